@@ -1,0 +1,1 @@
+"""samplescope's user-facing layer: the Gradio app and the ``samplescope`` CLI."""

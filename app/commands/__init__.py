@@ -1,0 +1,1 @@
+"""Subcommands of the ``samplescope`` CLI, one module per group."""

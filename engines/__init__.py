@@ -1,0 +1,4 @@
+"""samplescope engines: models, rewards, samplers and the trace they speak.
+
+Nothing here imports ``app`` or ``storage``.
+"""

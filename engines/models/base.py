@@ -1,0 +1,138 @@
+"""The text-model protocol every sampler talks to.
+
+A text model samples batched continuations of token-id prefixes, scores given
+continuations, and embeds texts. Prefixes are token ids (not strings) so that
+step-level samplers can grow a node token by token and reuse its KV cache
+without re-tokenisation drift; ``encode_task`` turns a :class:`Task` into the
+prompt's ids (with the chat template where the model has one and the task asks
+for it).
+
+Every call adds what it spent to an optional ``usage`` (:class:`Cost`), so the
+run tracker can count prefill tokens, generated tokens and forward calls.
+
+Log-probabilities come in two flavours on every generated token:
+``logprobs`` under the base model (temperature 1, no truncation: what
+likelihood-based samplers such as power MCMC need) and ``sample_logprobs``
+under the distribution actually sampled from (after temperature, top-k and
+top-p: the proposal density).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from engines.task import Task
+from engines.trace import Cost
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    min_new_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One sampled continuation of one prefix.
+
+    ``text`` is ``decode(token_ids)`` (special tokens skipped), so text and ids
+    always agree; when generation ended on a stop string, ``stop`` names it and
+    the token that completed it is the last one kept.
+    """
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    sample_logprobs: list[float]
+    finish_reason: Literal["eos", "stop", "length"]
+    stop: str | None = None
+    prefix_tokens: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+
+class TextModel(ABC):
+    """A language model as samplers see it."""
+
+    modality: Literal["text"] = "text"
+    name: str = "text-model"
+
+    # -- tokens ----------------------------------------------------------------
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of raw text (no special tokens added)."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids (special tokens skipped)."""
+
+    @abstractmethod
+    def encode_task(self, task: Task) -> list[int]:
+        """The prompt's token ids: chat-templated when the model has a template and
+        ``task.chat`` is set, raw otherwise."""
+
+    @property
+    @abstractmethod
+    def eos_token_id(self) -> int | None: ...
+
+    # -- sampling and scoring ----------------------------------------------------
+
+    @abstractmethod
+    def sample(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        n: int = 1,
+        rng: torch.Generator | None = None,
+        usage: Cost | None = None,
+    ) -> list[list[Generation]]:
+        """``n`` continuations of every prefix: ``result[i][j]`` is the j-th of prefix i."""
+
+    @abstractmethod
+    def score(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[int]],
+        *,
+        usage: Cost | None = None,
+    ) -> list[list[float]]:
+        """Per-token base-model log-probs of each continuation given its prefix."""
+
+    @abstractmethod
+    def embed(self, texts: Sequence[str], *, usage: Cost | None = None) -> torch.Tensor:
+        """Hidden-state embeddings, one row per text."""
+
+    @abstractmethod
+    def next_token_logprobs(
+        self, prefixes: Sequence[Sequence[int]], *, usage: Cost | None = None
+    ) -> torch.Tensor:
+        """Base-model log-probs of the next token after each prefix, shape [B, V]."""
+
+    def describe(self) -> dict:
+        return {"name": self.name, "modality": self.modality}

@@ -1,0 +1,96 @@
+"""The reward registry: spec strings -> reward objects.
+
+A spec is ``NAME`` or ``NAME:ARG`` (``math``, ``regex:^\\d+$``, ``keywords:sun,sea``,
+``rm:hf:/path/to/model``, ``digit:3``), or a weighted sum of those written
+``0.7*sentiment + 0.3*length:40``. Each registered :class:`RewardFactory`
+builds its reward from the argument and a :class:`RewardEnv` that lends it
+the run's text model (for LLM judges) and the model loader (for learned
+reward models).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engines.errors import ConfigError
+from engines.registry import Registry
+from engines.rewards.base import PairwiseReward, Reward, StepReward, WeightedSum
+
+
+@dataclass
+class RewardEnv:
+    """What a reward factory may use: the run's model and a loader for others."""
+
+    model: Any = None
+    load_model: Callable[..., Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def loader(self) -> Callable[..., Any]:
+        if self.load_model is None:
+            from engines.models import load_model
+
+            return load_model
+        return self.load_model
+
+
+@dataclass(frozen=True)
+class RewardFactory:
+    name: str
+    kind: str  # "outcome", "pairwise" or "step"
+    modality: str  # "text" or "image"
+    help: str
+    build: Callable[[str | None, RewardEnv], Reward | PairwiseReward | StepReward]
+    arg: str | None = None  # what the ARG means, when the reward takes one
+    arg_required: bool = False
+    needs_answer: bool = False
+
+
+REWARDS: Registry[RewardFactory] = Registry("reward")
+
+_WEIGHTED = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*\*\s*(.+)$")
+
+
+def build_reward(spec: str, env: RewardEnv | None = None) -> Reward | PairwiseReward | StepReward:
+    env = env or RewardEnv()
+    spec = (spec or "").strip()
+    if not spec:
+        raise ConfigError("no reward given")
+    if _WEIGHTED.match(spec):
+        parts = []
+        for term in spec.split("+"):
+            m = _WEIGHTED.match(term)
+            weight, sub = (float(m.group(1)), m.group(2)) if m else (1.0, term)
+            reward = build_reward(sub.strip(), env)
+            if not isinstance(reward, Reward):
+                raise ConfigError(f"only outcome rewards can be summed; {sub.strip()!r} is {reward.kind}")
+            parts.append((weight, reward))
+        return WeightedSum(parts)
+    name, _, arg = spec.partition(":")
+    factory = REWARDS.get(name)
+    if factory.arg_required and not arg:
+        raise ConfigError(f"reward {name!r} needs an argument: {name}:{factory.arg}")
+    return factory.build(arg or None, env)
+
+
+def list_rewards() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": f.name,
+            "kind": f.kind,
+            "modality": f.modality,
+            "help": f.help,
+            "arg": f.arg,
+            "needs_answer": f.needs_answer,
+        }
+        for _, f in REWARDS.items()
+    ]
+
+
+def _load_all() -> None:
+    from engines.rewards import classifier, judge, text, verifiable  # noqa: F401
+
+
+_load_all()

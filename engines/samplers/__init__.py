@@ -1,0 +1,38 @@
+"""The sampler registry: name -> Sampler class.
+
+Each sampler lives in its own module and registers itself with
+``@SAMPLERS.register(name)``; importing this package imports them all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engines.registry import Registry
+from engines.samplers.base import Sampler
+
+SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
+
+
+def build_sampler(name: str, params: dict[str, Any] | None = None, *, strings: bool = False) -> Sampler:
+    """A sampler by registered name, its config built from ``params``
+    (parsed from strings when ``strings`` is set, as the CLI's ``--set``)."""
+    cls = SAMPLERS.get(name)
+    params = params or {}
+    config = cls.Config.from_strings(params) if strings else cls.Config.from_dict(params)
+    return cls(config)
+
+
+def _load_all() -> None:
+    # Imported for their registration side effect, one module per algorithm.
+    from engines.samplers import (  # noqa: F401
+        best_of_n,
+        best_of_majority,
+        knockout,
+        majority,
+        preference_pairs,
+        rejection,
+    )
+
+
+_load_all()

@@ -1,0 +1,266 @@
+"""What every sampler shares: the run context, cost metering, budgets, cancel.
+
+A sampler subclasses :class:`Sampler`, declares a frozen ``Config`` and
+implements :meth:`Sampler.steps`, a generator of trace events that does its
+model and reward work through the :class:`RunContext`. The context counts
+every token, forward call and reward call into the run's :class:`Cost`,
+refuses work past the :class:`Budget`, and raises :class:`Cancelled` at the
+next model or reward call after the cancel flag is set, so a run stops within
+one step.
+
+:meth:`Sampler.run` is the public generator (``run(task, model, reward,
+budget, rng)`` as DESIGN.md has it). It times only the work done inside the
+sampler (not the time the consumer spends between events), keeps a shadow
+trace, and always ends with exactly one ``done`` event: ``ok``, or ``budget``
+/ ``cancelled`` with the best complete candidate found so far as the pick.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from engines.config import Config, param
+from engines.errors import BudgetExhausted, Cancelled, ConfigError
+from engines.models.base import Generation, SamplingParams, TextModel
+from engines.rewards.base import PairwiseReward, Reward, StepReward
+from engines.task import Task
+from engines.trace import (
+    Budget,
+    Cost,
+    CostEvent,
+    DoneEvent,
+    Event,
+    NodeEvent,
+    ScoreEvent,
+    SelectEvent,
+    Trace,
+)
+
+
+class GenerationConfig(Config):
+    """Decoding fields every language-model sampler carries."""
+
+    max_new_tokens: int = param(64, label="Max new tokens", min=1, max=4096, help="Per candidate (or per step).")
+    temperature: float = param(1.0, label="Temperature", min=0.0, max=5.0, step=0.05, help="0 is greedy.")
+    top_p: float = param(1.0, label="Top-p", min=0.01, max=1.0, step=0.01, help="Nucleus sampling mass.")
+    top_k: int = param(0, label="Top-k", min=0, max=100000, help="0 keeps every token.", advanced=True)
+
+    def sampling(self, **overrides: Any) -> SamplingParams:
+        values = {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+        }
+        values.update(overrides)
+        return SamplingParams(**values)
+
+
+class RunContext:
+    """Per-run state handed to a sampler: task, model, reward, rng, cost, budget."""
+
+    def __init__(
+        self,
+        task: Task,
+        model: Any,
+        reward: Any,
+        budget: Budget,
+        rng: torch.Generator,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.task = task
+        self.model = model
+        self.reward = reward
+        self.budget = budget
+        self.rng = rng
+        self.cancel = cancel
+        self.cost = Cost()
+        self.trace = Trace()
+        self.metrics: dict[str, Any] = {}
+        self._next_id = 0
+
+    # -- bookkeeping -------------------------------------------------------------
+
+    def new_id(self, prefix: str = "n") -> str:
+        self._next_id += 1
+        return f"{prefix}{self._next_id}"
+
+    def check(self) -> None:
+        """Raise if the run was cancelled or a budget counter reached its cap."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("run cancelled")
+        exhausted = self.budget.exhausted(self.cost)
+        if exhausted is not None:
+            raise BudgetExhausted(f"budget exhausted: {exhausted}")
+
+    def remaining(self, counter: str) -> float:
+        return self.budget.remaining(self.cost, counter)
+
+    def affordable(self, n: int, max_new_tokens: int) -> int:
+        """How many of ``n`` new sequences of up to ``max_new_tokens`` fit the budget (worst case)."""
+        fit = n
+        tokens_left = self.remaining("generated_tokens")
+        if tokens_left != float("inf"):
+            fit = min(fit, int(tokens_left // max_new_tokens))
+        calls_left = self.remaining("model_calls")
+        if calls_left < max_new_tokens + 1:
+            fit = 0
+        if self.remaining("reward_calls") != float("inf"):
+            fit = min(fit, int(self.remaining("reward_calls")))
+        return max(fit, 0)
+
+    # -- metered work ------------------------------------------------------------
+
+    def generate(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        params: SamplingParams,
+        n: int = 1,
+    ) -> list[list[Generation]]:
+        self.check()
+        worst = len(prefixes) * n * params.max_new_tokens
+        if worst > self.remaining("generated_tokens"):
+            raise BudgetExhausted("budget exhausted: generated_tokens")
+        return self.model.sample(prefixes, params, n=n, rng=self.rng, usage=self.cost)
+
+    def score(self, candidates: Sequence[Any]) -> list[float]:
+        self.check()
+        if len(candidates) > self.remaining("reward_calls"):
+            raise BudgetExhausted("budget exhausted: reward_calls")
+        values = self.reward.score(self.task, candidates, usage=self.cost)
+        self.cost.add(reward_calls=len(candidates))
+        return [float(v) for v in values]
+
+    def compare(self, a: Any, b: Any) -> float:
+        self.check()
+        if self.remaining("reward_calls") < 1:
+            raise BudgetExhausted("budget exhausted: reward_calls")
+        p = self.pairwise.compare(self.task, a, b, usage=self.cost)
+        self.cost.add(reward_calls=1)
+        return float(p)
+
+    def score_steps(self, candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        self.check()
+        if len(candidates) > self.remaining("reward_calls"):
+            raise BudgetExhausted("budget exhausted: reward_calls")
+        values = self.reward.score_steps(self.task, candidates, usage=self.cost)
+        self.cost.add(reward_calls=len(candidates))
+        return values
+
+    @property
+    def pairwise(self) -> PairwiseReward:
+        if isinstance(self.reward, PairwiseReward):
+            return self.reward
+        raise ConfigError(f"reward {getattr(self.reward, 'name', self.reward)!r} is not pairwise")
+
+    # -- event helpers -------------------------------------------------------------
+
+    def root(self, text: str, tokens: int) -> NodeEvent:
+        return NodeEvent(id="root", parent=None, depth=0, text=text, tokens=tokens)
+
+    def cost_event(self) -> CostEvent:
+        return CostEvent(cost=self.cost.as_dict())
+
+
+class Sampler(ABC):
+    """Base class: subclasses set ``name``, ``Config`` and implement :meth:`steps`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[Config]]
+    modalities: ClassVar[tuple[str, ...]] = ("text",)
+    #: which reward protocol the sampler consumes: "outcome", "pairwise" or "step"
+    reward_kind: ClassVar[str] = "outcome"
+
+    def __init__(self, config: Config | None = None) -> None:
+        config = config if config is not None else self.Config()
+        if not isinstance(config, self.Config):
+            raise ConfigError(f"{self.name} needs a {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    def check_inputs(self, task: Task, model: Any, reward: Any) -> None:
+        """Raise a one-line error when model or reward do not fit this sampler."""
+        modality = getattr(model, "modality", None)
+        if modality not in self.modalities:
+            raise ConfigError(f"sampler {self.name!r} works on {'/'.join(self.modalities)} models, not {modality}")
+        wanted = {"outcome": Reward, "pairwise": PairwiseReward, "step": StepReward}[self.reward_kind]
+        if not isinstance(reward, wanted):
+            raise ConfigError(f"sampler {self.name!r} needs a {self.reward_kind} reward, got {getattr(reward, 'name', reward)!r}")
+        if getattr(reward, "modality", modality) != modality:
+            raise ConfigError(f"reward {reward.name!r} scores {reward.modality}, but the model makes {modality}")
+        reward.check_task(task)
+        if modality == "text" and not task.prompt.strip():
+            raise ConfigError("the prompt is empty")
+
+    def run(
+        self,
+        task: Task,
+        model: Any,
+        reward: Any,
+        budget: Budget | None = None,
+        rng: torch.Generator | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Event]:
+        """Yield the run's events; the last one is always ``done``."""
+        self.check_inputs(task, model, reward)
+        if rng is None:
+            rng = torch.Generator().manual_seed(0)
+        ctx = RunContext(task, model, reward, budget or Budget(), rng, cancel)
+        return self._drive(ctx)
+
+    def _drive(self, ctx: RunContext) -> Iterator[Event]:
+        inner = self.steps(ctx)
+        status, message = "ok", ""
+        while True:
+            started = time.perf_counter()
+            try:
+                event = next(inner)
+            except StopIteration:
+                ctx.cost.add(wall_seconds=time.perf_counter() - started)
+                break
+            except BudgetExhausted as exc:
+                ctx.cost.add(wall_seconds=time.perf_counter() - started)
+                status, message = "budget", str(exc)
+                break
+            except Cancelled as exc:
+                ctx.cost.add(wall_seconds=time.perf_counter() - started)
+                status, message = "cancelled", str(exc)
+                break
+            ctx.cost.add(wall_seconds=time.perf_counter() - started)
+            ctx.trace.append(event)
+            yield event
+        picks = list(ctx.trace.selected)
+        if not picks:
+            picks = self.fallback_picks(ctx.trace)
+            if picks:
+                select = SelectEvent(nodes=picks, reason=f"best so far ({status})")
+                ctx.trace.append(select)
+                yield select
+        yield DoneEvent(
+            picks=picks,
+            candidates=[i for i, n in ctx.trace.nodes.items() if n.final],
+            cost=ctx.cost.as_dict(),
+            status=status,  # type: ignore[arg-type]
+            metrics=dict(ctx.metrics),
+            message=message,
+        )
+
+    def fallback_picks(self, trace: Trace) -> list[str]:
+        """The pick when the run stops early: the best-scored complete candidate."""
+        scored = [(trace.reward(i), i) for i in trace.nodes if trace.nodes[i].final and trace.reward(i) is not None]
+        if not scored:
+            return []
+        return [max(scored, key=lambda pair: pair[0])[1]]
+
+    @abstractmethod
+    def steps(self, ctx: RunContext) -> Iterator[Event]:
+        """The algorithm: yield events, do work through ``ctx``."""
+
+
+def score_events(node_ids: Sequence[str], values: Sequence[float], reward_name: str, partial: bool = False) -> list[ScoreEvent]:
+    return [ScoreEvent(node=i, reward=reward_name, value=v, partial=partial) for i, v in zip(node_ids, values, strict=True)]
