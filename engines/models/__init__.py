@@ -111,7 +111,7 @@ SCHEMES.add("embedded", _load_embedded)
 
 
 def _register_builtin() -> None:
-    from engines.models import embedded, hf, toy  # noqa: F401  (registration side effects)
+    from engines.models import arith, embedded, hf, toy  # noqa: F401  (registration side effects)
 
 
 _register_builtin()
