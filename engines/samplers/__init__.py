@@ -28,10 +28,14 @@ def _load_all() -> None:
     from engines.samplers import (  # noqa: F401
         best_of_n,
         best_of_majority,
+        dts,
+        fk_steering,
         knockout,
         majority,
         preference_pairs,
         rejection,
+        reno,
+        svdd,
     )
 
 

@@ -153,6 +153,24 @@ class RunContext:
         self.cost.add(reward_calls=len(candidates))
         return values
 
+    def denoise(self, x: torch.Tensor, step: int, schedule: Any, *, grad: bool = False) -> Any:
+        """One diffusion network evaluation per particle at inference step ``step``
+        (the model's ``predict``), metered as ``nfe``; refuses a batch past the nfe budget."""
+        self.check()
+        if x.shape[0] * self.model.nfe_for(self.task) > self.remaining("nfe"):
+            raise BudgetExhausted("budget exhausted: nfe")
+        with torch.set_grad_enabled(grad):
+            return self.model.predict(x, step, schedule, self.task, usage=self.cost)
+
+    def score_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """A differentiable image reward's [B] values with their autograd graph, metered like :meth:`score`."""
+        self.check()
+        if images.shape[0] > self.remaining("reward_calls"):
+            raise BudgetExhausted("budget exhausted: reward_calls")
+        values = self.reward.score_tensor(self.task, images)
+        self.cost.add(reward_calls=images.shape[0])
+        return values
+
     @property
     def pairwise(self) -> PairwiseReward:
         if isinstance(self.reward, PairwiseReward):
