@@ -32,6 +32,7 @@ def _load_all() -> None:
         majority,
         preference_pairs,
         rejection,
+        weighted_majority,
     )
 
 

@@ -137,13 +137,14 @@ class RunContext:
         self.cost.add(reward_calls=len(candidates))
         return [float(v) for v in values]
 
-    def compare(self, a: Any, b: Any) -> float:
+    def compare(self, pairs: Sequence[tuple[Any, Any]]) -> list[float]:
+        """P(a beats b) for each pair, from the pairwise reward (one reward call per pair)."""
         self.check()
-        if self.remaining("reward_calls") < 1:
+        if len(pairs) > self.remaining("reward_calls"):
             raise BudgetExhausted("budget exhausted: reward_calls")
-        p = self.pairwise.compare(self.task, a, b, usage=self.cost)
-        self.cost.add(reward_calls=1)
-        return float(p)
+        values = self.pairwise.compare_many(self.task, pairs, usage=self.cost)
+        self.cost.add(reward_calls=len(pairs))
+        return [float(p) for p in values]
 
     def score_steps(self, candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         self.check()
@@ -190,7 +191,11 @@ class Sampler(ABC):
             raise ConfigError(f"sampler {self.name!r} works on {'/'.join(self.modalities)} models, not {modality}")
         wanted = {"outcome": Reward, "pairwise": PairwiseReward, "step": StepReward}[self.reward_kind]
         if not isinstance(reward, wanted):
-            raise ConfigError(f"sampler {self.name!r} needs a {self.reward_kind} reward, got {getattr(reward, 'name', reward)!r}")
+            got = getattr(reward, "kind", type(reward).__name__)
+            raise ConfigError(
+                f"sampler {self.name!r} needs a reward of kind {self.reward_kind!r}; "
+                f"{getattr(reward, 'name', reward)!r} is a {got} reward"
+            )
         if getattr(reward, "modality", modality) != modality:
             raise ConfigError(f"reward {reward.name!r} scores {reward.modality}, but the model makes {modality}")
         reward.check_task(task)
@@ -235,7 +240,7 @@ class Sampler(ABC):
             ctx.trace.append(event)
             yield event
         picks = list(ctx.trace.selected)
-        if not picks:
+        if not picks and status != "ok":
             picks = self.fallback_picks(ctx.trace)
             if picks:
                 select = SelectEvent(nodes=picks, reason=f"best so far ({status})")
@@ -251,7 +256,7 @@ class Sampler(ABC):
         )
 
     def fallback_picks(self, trace: Trace) -> list[str]:
-        """The pick when the run stops early: the best-scored complete candidate."""
+        """The pick when the run stops early (budget, cancel): the best-scored complete candidate."""
         scored = [(trace.reward(i), i) for i in trace.nodes if trace.nodes[i].final and trace.reward(i) is not None]
         if not scored:
             return []
