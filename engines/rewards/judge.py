@@ -54,9 +54,10 @@ class _Judge:
         if model is None or getattr(model, "modality", None) != "text":
             raise ConfigError("an LLM judge needs a text model (the run's model or judge:MODEL_SPEC)")
         self.model = model
-        self.pos = _first_tokens(model, positive)
-        self.neg = _first_tokens(model, negative)
-        if not self.pos or not self.neg or set(self.pos) & set(self.neg):
+        pos, neg = set(_first_tokens(model, positive)), set(_first_tokens(model, negative))
+        # a first token shared by both words (a bare space in a character vocabulary) decides nothing
+        self.pos, self.neg = sorted(pos - neg), sorted(neg - pos)
+        if not self.pos or not self.neg:
             raise ConfigError(f"the judge model {model.name!r} cannot tell the answer words apart")
 
     def p_positive(self, prompts: Sequence[str], usage: Cost | None) -> list[float]:

@@ -50,6 +50,11 @@ class GenerationConfig(Config):
     temperature: float = param(1.0, label="Temperature", min=0.0, max=5.0, step=0.05, help="0 is greedy.")
     top_p: float = param(1.0, label="Top-p", min=0.01, max=1.0, step=0.01, help="Nucleus sampling mass.")
     top_k: int = param(0, label="Top-k", min=0, max=100000, help="0 keeps every token.", advanced=True)
+    min_new_tokens: int = param(0, label="Min new tokens", min=0, max=4096, help="End-of-text is suppressed before this.", advanced=True)
+
+    def validate(self) -> None:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError("min_new_tokens cannot exceed max_new_tokens")
 
     def sampling(self, **overrides: Any) -> SamplingParams:
         values = {
@@ -57,6 +62,7 @@ class GenerationConfig(Config):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
+            "min_new_tokens": self.min_new_tokens,
         }
         values.update(overrides)
         return SamplingParams(**values)

@@ -33,6 +33,7 @@ class BestOfMajorityConfig(VoteConfig):
     alpha: float = param(0.1, label="α", min=0.0, max=1.0, step=0.01, help="Minimum answer frequency to be considered.")
 
     def validate(self) -> None:
+        super().validate()
         if self.k > self.n:
             raise ConfigError(f"k ({self.k}) cannot exceed n ({self.n})")
 

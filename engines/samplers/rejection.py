@@ -57,6 +57,7 @@ class RejectionConfig(GenerationConfig):
     batch_size: int = param(16, label="Batch size", min=1, max=256, advanced=True, help="Candidates per model call.")
 
     def validate(self) -> None:
+        super().validate()
         if self.mode == "statistical" and self.r_max is None and self.accept > self.n:
             raise ConfigError("RSO without r_max can accept at most n candidates: lower 'accept' or raise 'n'")
 
