@@ -1,0 +1,87 @@
+"""Storage: runs, traces, comparisons and human preference votes in a real database.
+
+Open a :class:`Database` (SQLite by default, any SQLAlchemy URL), then call the
+repository functions with a session per user event::
+
+    from storage import Database, add_vote, save_run
+
+    db = Database.open()  # migrated to the newest schema
+    run_id = db.write(lambda s: save_run(s, trace=trace, task=task, model="smollm2",
+                                         reward="length", sampler="best_of_n",
+                                         config=config, seed=0))
+    shown = db.read(lambda s: next_comparison(s, "ada"))
+    vote = db.write(lambda s: add_vote(s, comparison_id=shown.comparison_id,
+                                       annotator="ada", outcome=shown.outcome("left"),
+                                       idempotency_key=key, shown_at=shown.shown_at))
+
+Every deliberate error is a :class:`storage.errors.StorageError` with a
+one-line message, raised before anything is written.
+"""
+
+from storage.db import CheckReport, Database, RetryPolicy, resolve_url
+from storage.errors import (
+    Conflict,
+    DatabaseBusy,
+    InvalidInput,
+    NotAllowed,
+    NotFound,
+    SchemaError,
+    StorageError,
+)
+from storage.exports import export, export_rows
+from storage.imports import ImportReport, import_file, import_rows
+from storage.models import OUTCOMES, RATIONALE_MAX_CHARS
+from storage.pairs import STRATEGIES, compare_runs, make_comparisons
+from storage.runs import RunSummary, StoredCandidate, StoredRun, list_runs, load_run, save_run
+from storage.stats import summary
+from storage.votes import (
+    Presentation,
+    Shown,
+    VoteResult,
+    add_vote,
+    assign,
+    next_comparison,
+    present,
+    start_session,
+    vote_history,
+)
+
+__all__ = [
+    "OUTCOMES",
+    "RATIONALE_MAX_CHARS",
+    "STRATEGIES",
+    "CheckReport",
+    "Conflict",
+    "Database",
+    "DatabaseBusy",
+    "ImportReport",
+    "InvalidInput",
+    "NotAllowed",
+    "NotFound",
+    "Presentation",
+    "RetryPolicy",
+    "RunSummary",
+    "SchemaError",
+    "Shown",
+    "StorageError",
+    "StoredCandidate",
+    "StoredRun",
+    "VoteResult",
+    "add_vote",
+    "assign",
+    "compare_runs",
+    "export",
+    "export_rows",
+    "import_file",
+    "import_rows",
+    "list_runs",
+    "load_run",
+    "make_comparisons",
+    "next_comparison",
+    "present",
+    "resolve_url",
+    "save_run",
+    "start_session",
+    "summary",
+    "vote_history",
+]
