@@ -18,33 +18,57 @@ Every deliberate error is a :class:`storage.errors.StorageError` with a
 one-line message, raised before anything is written.
 """
 
-from storage.db import CheckReport, Database, RetryPolicy, resolve_url
-from storage.errors import (
-    Conflict,
-    DatabaseBusy,
-    InvalidInput,
-    NotAllowed,
-    NotFound,
-    SchemaError,
-    StorageError,
-)
-from storage.exports import export, export_rows
-from storage.imports import ImportReport, import_file, import_rows
-from storage.models import OUTCOMES, RATIONALE_MAX_CHARS
-from storage.pairs import STRATEGIES, compare_runs, make_comparisons
-from storage.runs import RunSummary, StoredCandidate, StoredRun, list_runs, load_run, save_run
-from storage.stats import summary
-from storage.votes import (
-    Presentation,
-    Shown,
-    VoteResult,
-    add_vote,
-    assign,
-    next_comparison,
-    present,
-    start_session,
-    vote_history,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Names resolve lazily (PEP 562) so that `import storage` stays cheap: the
+# statistics pull in scipy and scikit-learn, exports pyarrow.
+_EXPORTS = {
+    "storage.db": ("CheckReport", "Database", "RetryPolicy", "resolve_url"),
+    "storage.errors": (
+        "Conflict",
+        "DatabaseBusy",
+        "InvalidInput",
+        "NotAllowed",
+        "NotFound",
+        "SchemaError",
+        "StorageError",
+    ),
+    "storage.exports": ("export", "export_rows"),
+    "storage.imports": ("ImportReport", "import_file", "import_rows"),
+    "storage.models": ("OUTCOMES", "RATIONALE_MAX_CHARS"),
+    "storage.pairs": ("STRATEGIES", "compare_runs", "make_comparisons"),
+    "storage.runs": ("RunSummary", "StoredCandidate", "StoredRun", "list_runs", "load_run", "save_run"),
+    "storage.stats": ("summary",),
+    "storage.votes": (
+        "Presentation",
+        "Shown",
+        "VoteResult",
+        "add_vote",
+        "assign",
+        "next_comparison",
+        "present",
+        "start_session",
+        "vote_history",
+    ),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'storage' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "OUTCOMES",

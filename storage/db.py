@@ -172,15 +172,15 @@ class Database:
 
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[Session]:
-        """A session in one transaction: committed on success when ``write``, else rolled back."""
+        """A session in one transaction: committed on success when ``write``; a read commits nothing."""
         bind = self._write_engine if write else self.engine
         with Session(bind, expire_on_commit=False) as session:
             try:
                 yield session
                 if write:
                     session.commit()
-                else:
-                    session.rollback()
+                # a read just closes: the connection's transaction is rolled back on return to the
+                # pool, and loaded objects stay readable (rollback() would expire them)
             except BaseException:
                 session.rollback()
                 raise
