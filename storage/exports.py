@@ -46,10 +46,10 @@ from sqlalchemy.orm import Session
 
 from storage.common import prompt_hash
 from storage.errors import InvalidInput
+from storage.models import EXPORT_FORMATS, PLAYERS
 from storage.records import VoteRecord, vote_records
 
-FORMATS = ("dpo", "kto", "battles")
-PLAYERS = ("sampler", "model")
+FORMATS = EXPORT_FORMATS
 
 _SIDE_FIELDS = [
     ("run_id", pa.int64()),

@@ -135,9 +135,10 @@ def annotator_agreement(records: Sequence[VoteRecord]) -> dict[str, Any]:
     alpha = None
     if pairable and len(annotators) >= 2:
         try:
-            value = krippendorff.alpha(
-                reliability_data=matrix, level_of_measurement="nominal", value_domain=list(code.values())
-            )
+            with np.errstate(invalid="ignore", divide="ignore"):
+                value = krippendorff.alpha(
+                    reliability_data=matrix, level_of_measurement="nominal", value_domain=list(code.values())
+                )
             alpha = float(value) if np.isfinite(value) else None
         except (ValueError, ZeroDivisionError):  # e.g. every pairable rating is the same label
             alpha = None
@@ -195,13 +196,16 @@ def bradley_terry(
     players, ia, ib, y = _battles(records, by)
     if len(players) < 2:
         return []
-    theta = fit_bradley_terry(len(players), ia, ib, y)
+    # The likelihood depends only on how often each (a, b, score) occurs: fit on those counts,
+    # and resample counts (multinomial), which is the same as resampling battles with replacement.
+    groups, counts = np.unique(np.stack([ia, ib, y], axis=1), axis=0, return_counts=True)
+    ga, gb, gy = groups[:, 0].astype(int), groups[:, 1].astype(int), groups[:, 2]
+    theta = fit_bradley_terry(len(players), ga, gb, gy, counts.astype(float))
     rng = np.random.default_rng(seed)
     samples = np.empty((bootstrap, len(players)))
     for k in range(bootstrap):
-        # multinomial counts == resampling battles with replacement
-        weights = rng.multinomial(len(y), np.full(len(y), 1 / len(y))).astype(float)
-        samples[k] = fit_bradley_terry(len(players), ia, ib, y, weights, start=theta)
+        weights = rng.multinomial(len(y), counts / len(y)).astype(float)
+        samples[k] = fit_bradley_terry(len(players), ga, gb, gy, weights, start=theta)
     battles = np.bincount(ia, minlength=len(players)) + np.bincount(ib, minlength=len(players))
     wins = np.bincount(ia, y, len(players)) + np.bincount(ib, 1 - y, len(players))
     table = []
