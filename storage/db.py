@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, func, inspect, select, text
+from sqlalchemy import create_engine, event, func, inspect, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from storage.errors import DatabaseBusy, InvalidInput, SchemaError
+from storage.errors import DatabaseBusy, InvalidInput
 from storage.models import TABLES
 
 T = TypeVar("T")
@@ -101,7 +101,11 @@ def is_retryable(exc: BaseException) -> bool:
     """True for lock / serialization errors after which the whole transaction may be rerun."""
     if isinstance(exc, OperationalError):
         message = str(exc.orig).lower()
-        if "database is locked" in message or "database is busy" in message or "database table is locked" in message:
+        if (
+            "database is locked" in message
+            or "database is busy" in message
+            or "database table is locked" in message
+        ):
             return True
     if isinstance(exc, DBAPIError):
         code = getattr(exc.orig, "pgcode", None) or getattr(exc.orig, "sqlstate", None)
@@ -217,7 +221,11 @@ class Database:
     # -- migrations --------------------------------------------------------------
 
     def upgrade(self, revision: str = "head") -> None:
-        """Apply the Alembic migrations up to ``revision`` (idempotent)."""
+        """Apply the Alembic migrations up to ``revision`` (idempotent).
+
+        Raises :class:`storage.errors.SchemaError` when the database was migrated
+        by a newer samplescope (a revision this code does not know).
+        """
         from storage.migrate import upgrade
 
         upgrade(self._write_engine, revision)
@@ -226,17 +234,6 @@ class Database:
         from storage.migrate import current_revision
 
         return current_revision(self.engine)
-
-    def require_current(self) -> None:
-        """Raise SchemaError unless the database is at the newest migration."""
-        from storage.migrate import head_revision
-
-        found, head = self.revision(), head_revision()
-        if found != head:
-            raise SchemaError(
-                f"database schema is at {found or 'nothing'}, this code needs {head}: "
-                "run `samplescope db upgrade`"
-            )
 
     # -- checks ------------------------------------------------------------------
 
@@ -262,7 +259,9 @@ class Database:
             existing = set(inspect(conn).get_table_names())
             for table in TABLES:
                 if table.name in existing:
-                    counts[table.name] = int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+                    counts[table.name] = int(
+                        conn.execute(select(func.count()).select_from(table)).scalar_one()
+                    )
                 else:
                     problems.append(f"table {table.name} is missing")
         return CheckReport(url=self.safe_url, revision=revision, head=head, counts=counts, problems=problems)
@@ -273,11 +272,6 @@ class Database:
     def safe_url(self) -> str:
         """The URL with any password hidden (for messages and logs)."""
         return make_url(self.url).render_as_string(hide_password=True)
-
-    def execute_raw(self, sql: str) -> list[tuple[Any, ...]]:
-        """Run one SQL statement outside the ORM (for checks and tests)."""
-        with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql)).fetchall()]
 
     def close(self) -> None:
         self.engine.dispose()

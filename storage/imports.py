@@ -83,7 +83,9 @@ class _Row:
 def _side(raw: dict[str, Any], role: str, where: str) -> _Side:
     text = raw.get(role)
     if isinstance(text, list):
-        raise InvalidInput(f"{where}: '{role}' is a list of messages; only the standard text format is supported")
+        raise InvalidInput(
+            f"{where}: '{role}' is a list of messages; only the standard text format is supported"
+        )
     reward = raw.get(f"{role}_reward")
     if reward is not None and (isinstance(reward, bool) or not isinstance(reward, int | float)):
         raise InvalidInput(f"{where}: {role}_reward must be a number")
@@ -115,7 +117,9 @@ def parse_row(raw: Any, line: int) -> _Row:
         raise InvalidInput(f"{where}: must be an object with prompt, chosen and rejected")
     prompt = raw.get("prompt")
     if isinstance(prompt, list):
-        raise InvalidInput(f"{where}: 'prompt' is a list of messages; only the standard text format is supported")
+        raise InvalidInput(
+            f"{where}: 'prompt' is a list of messages; only the standard text format is supported"
+        )
     prompt = check_text(prompt, f"{where}: prompt")
     chosen, rejected = _side(raw, "chosen", where), _side(raw, "rejected", where)
     if (chosen.text, chosen.image) == (rejected.text, rejected.image):
@@ -124,14 +128,18 @@ def parse_row(raw: Any, line: int) -> _Row:
     if shown_left is not None and not isinstance(shown_left, bool):
         raise InvalidInput(f"{where}: chosen_shown_left must be true or false")
     content = {k: v for k, v in raw.items() if k not in ID_COLUMNS}
-    digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=True, default=str).encode()).hexdigest()
+    digest = hashlib.sha256(
+        json.dumps(content, sort_keys=True, ensure_ascii=True, default=str).encode()
+    ).hexdigest()
     return _Row(
         line=line,
         prompt=prompt,
         chosen=chosen,
         rejected=rejected,
         annotator=check_name(raw.get("annotator") or "import", f"{where}: annotator"),
-        rationale=check_optional_text(raw.get("rationale"), f"{where}: rationale", max_chars=RATIONALE_MAX_CHARS),
+        rationale=check_optional_text(
+            raw.get("rationale"), f"{where}: rationale", max_chars=RATIONALE_MAX_CHARS
+        ),
         strategy=check_name(raw.get("strategy") or "import", f"{where}: strategy"),
         voted_at=_parse_time(raw.get("voted_at"), where),
         chosen_shown_left=shown_left,
@@ -205,7 +213,9 @@ def import_rows(session: Session, rows: Sequence[Any], *, seed: int = 0) -> Impo
     for row in parsed:
         prompt = get_or_create_prompt(session, row.prompt)
         chosen_id = importer.candidate_for(importer.run_for(prompt.id, row.prompt, row.chosen), row.chosen)
-        rejected_id = importer.candidate_for(importer.run_for(prompt.id, row.prompt, row.rejected), row.rejected)
+        rejected_id = importer.candidate_for(
+            importer.run_for(prompt.id, row.prompt, row.rejected), row.rejected
+        )
         if row.chosen_shown_left is None:
             side = draw_sides(random.Random(f"{seed}:import:{row.key}"), 1)[0]
         else:  # a new comparison has the chosen candidate as A

@@ -16,6 +16,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from storage.errors import SchemaError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -34,7 +36,15 @@ def head_revision() -> str:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = alembic_config()
+    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
     with engine.connect() as connection:
+        found = MigrationContext.configure(connection).get_current_revision()
+        connection.rollback()  # end the read so that env.py runs the migration in its own transaction
+        if found is not None and found not in known:
+            raise SchemaError(
+                f"the database schema is at revision {found}, newer than this samplescope knows "
+                f"(newest {head_revision()}): upgrade samplescope"
+            )
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

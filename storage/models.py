@@ -209,9 +209,7 @@ class Vote(Base):
             ["votes.id", "votes.comparison_id", "votes.annotator_id"],
             name="fk_votes_supersedes_same_pair",
         ),
-        CheckConstraint(
-            "outcome IN (" + ", ".join(f"'{o}'" for o in OUTCOMES) + ")", name="outcome"
-        ),
+        CheckConstraint("outcome IN (" + ", ".join(f"'{o}'" for o in OUTCOMES) + ")", name="outcome"),
         CheckConstraint("revision >= 1", name="revision_positive"),
         CheckConstraint(
             "(revision = 1 AND supersedes_id IS NULL) OR (revision > 1 AND supersedes_id IS NOT NULL)",

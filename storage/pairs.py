@@ -100,7 +100,9 @@ def sweet_spot_pair(candidates: Sequence[PairCandidate], k: float = 2.0) -> list
     return [(best.id, rejected.id)]
 
 
-def knockout_pairs(candidates: Sequence[PairCandidate], matches: Sequence[tuple[str, str | None]]) -> list[Pair]:
+def knockout_pairs(
+    candidates: Sequence[PairCandidate], matches: Sequence[tuple[str, str | None]]
+) -> list[Pair]:
     by_node = {c.node_id: c.id for c in candidates}
     pairs = []
     for a, b in matches:
@@ -154,7 +156,13 @@ def draw_sides(rng: random.Random, n: int) -> list[str]:
 
 
 def store_pairs(
-    session: Session, prompt_id: int, pairs: Sequence[Pair], *, strategy: str, sides: Sequence[str], blind: bool
+    session: Session,
+    prompt_id: int,
+    pairs: Sequence[Pair],
+    *,
+    strategy: str,
+    sides: Sequence[str],
+    blind: bool,
 ) -> list[int]:
     """Comparisons for ``pairs`` (left side from ``sides``); their ids.
 
@@ -174,7 +182,12 @@ def store_pairs(
             ids.append(existing)
             continue
         comparison = Comparison(
-            prompt_id=prompt_id, candidate_a_id=a, candidate_b_id=b, left_side=left, blind=blind, strategy=strategy
+            prompt_id=prompt_id,
+            candidate_a_id=a,
+            candidate_b_id=b,
+            left_side=left,
+            blind=blind,
+            strategy=strategy,
         )
         session.add(comparison)
         session.flush()
@@ -210,13 +223,16 @@ def make_comparisons(
         raise InvalidInput(f"unknown pair strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     stored = load_run(session, run_id)
     candidates = [
-        PairCandidate(id=c.id, node_id=c.node_id, reward=c.reward, content=(c.text, c.image)) for c in stored.candidates
+        PairCandidate(id=c.id, node_id=c.node_id, reward=c.reward, content=(c.text, c.image))
+        for c in stored.candidates
     ]
     matches = [(m.a, m.b) for m in stored.trace.matches]
     rng = random.Random(f"{seed}:{run_id}:{strategy}")
     pairs = choose_pairs(strategy, candidates, rng=rng, matches=matches, count=count, max_pairs=max_pairs)
     prompt_id = session.scalars(select(Run.prompt_id).where(Run.id == run_id)).one()
-    ids = store_pairs(session, prompt_id, pairs, strategy=strategy, sides=draw_sides(rng, len(pairs)), blind=blind)
+    ids = store_pairs(
+        session, prompt_id, pairs, strategy=strategy, sides=draw_sides(rng, len(pairs)), blind=blind
+    )
     if assign_to:
         assign(session, ids, assign_to)
     return ids
@@ -245,7 +261,9 @@ def compare_runs(
         raise InvalidInput("compare_runs needs runs on the same prompt")
     representatives = []
     for run in runs:
-        cands = session.scalars(select(Candidate).where(Candidate.run_id == run.id).order_by(Candidate.id)).all()
+        cands = session.scalars(
+            select(Candidate).where(Candidate.run_id == run.id).order_by(Candidate.id)
+        ).all()
         picked = [c for c in cands if c.picked]
         scored = [c for c in cands if c.reward is not None]
         choice = picked[0] if picked else (max(scored, key=lambda c: c.reward) if scored else None)

@@ -202,7 +202,9 @@ def load_run(session: Session, run_id: int) -> StoredRun:
     """The stored run with its trace rebuilt from the events (NotFound if missing)."""
     run = require(session, Run, run_id, "run")
     prompt = session.get(Prompt, run.prompt_id)
-    payloads = session.scalars(select(RunEvent.payload).where(RunEvent.run_id == run.id).order_by(RunEvent.seq))
+    payloads = session.scalars(
+        select(RunEvent.payload).where(RunEvent.run_id == run.id).order_by(RunEvent.seq)
+    )
     trace = Trace(event_from_dict(from_jsonable(p)) for p in payloads)
     candidates = session.scalars(select(Candidate).where(Candidate.run_id == run.id).order_by(Candidate.id))
     return StoredRun(
@@ -255,7 +257,11 @@ def list_runs(
         .limit(limit)
         .offset(offset)
     )
-    for column, value, name in ((Run.sampler, sampler, "sampler"), (Run.model, model, "model"), (Run.reward, reward, "reward")):
+    for column, value, name in (
+        (Run.sampler, sampler, "sampler"),
+        (Run.model, model, "model"),
+        (Run.reward, reward, "reward"),
+    ):
         if value is not None:
             query = query.where(column == check_text(value, name, max_chars=NAME_MAX_CHARS))
     return [

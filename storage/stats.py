@@ -167,7 +167,11 @@ def _battles(records: Sequence[VoteRecord], by: str) -> tuple[list[str], np.ndar
 
 
 def fit_bradley_terry(
-    n_players: int, ia: np.ndarray, ib: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None,
+    n_players: int,
+    ia: np.ndarray,
+    ib: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray | None = None,
     start: np.ndarray | None = None,
 ) -> np.ndarray:
     """Strengths theta (natural-log odds scale) maximising the ridge-penalised BT likelihood."""
@@ -210,7 +214,7 @@ def bradley_terry(
     wins = np.bincount(ia, y, len(players)) + np.bincount(ib, 1 - y, len(players))
     table = []
     for i, name in enumerate(players):
-        low, high = (np.percentile(samples[:, i], [2.5, 97.5]) if bootstrap else (np.nan, np.nan))
+        low, high = np.percentile(samples[:, i], [2.5, 97.5]) if bootstrap else (np.nan, np.nan)
         table.append(
             {
                 "name": name,
@@ -242,6 +246,10 @@ def summary(session: Session, *, by: str = "sampler", bootstrap: int = 200, seed
         "outcomes": outcomes,
         "reward_agreement": reward_agreement(records),
         "annotator_agreement": annotator_agreement(records),
-        "ranking": {"by": by, "bootstrap": bootstrap, "players": bradley_terry(records, by=by, bootstrap=bootstrap, seed=seed)},
+        "ranking": {
+            "by": by,
+            "bootstrap": bootstrap,
+            "players": bradley_terry(records, by=by, bootstrap=bootstrap, seed=seed),
+        },
         "position_bias": position_bias(records),
     }

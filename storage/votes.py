@@ -148,7 +148,12 @@ def _shown(session: Session, candidate_id: int) -> Shown:
     cand = session.get(Candidate, candidate_id)
     run = session.get(Run, cand.run_id)
     return Shown(
-        candidate_id=cand.id, text=cand.text, image=cand.image, run_id=run.id, model=run.model, sampler=run.sampler
+        candidate_id=cand.id,
+        text=cand.text,
+        image=cand.image,
+        run_id=run.id,
+        model=run.model,
+        sampler=run.sampler,
     )
 
 
@@ -254,7 +259,9 @@ def add_vote(
     if replay is not None:
         return replay
 
-    if session.scalars(select(Assignment.annotator_id).where(Assignment.comparison_id == comparison.id)).first():
+    if session.scalars(
+        select(Assignment.annotator_id).where(Assignment.comparison_id == comparison.id)
+    ).first():
         if person is None or session.get(Assignment, (comparison.id, person.id)) is None:
             raise NotAllowed(f"comparison {comparison.id} is in another annotator's queue")
     if session_id is not None:
@@ -270,7 +277,9 @@ def add_vote(
         )
     if supersedes is not None and (head is None or head.id != supersedes):
         current = f"the current vote is {head.id}" if head is not None else "there is no earlier vote"
-        raise Conflict(f"vote {supersedes} is not {annotator}'s current vote on comparison {comparison.id}; {current}")
+        raise Conflict(
+            f"vote {supersedes} is not {annotator}'s current vote on comparison {comparison.id}; {current}"
+        )
 
     if person is None:
         person = get_or_create_annotator(session, annotator)
@@ -312,7 +321,9 @@ def _replay(
 ) -> VoteResult | None:
     """The stored vote with this idempotency key, if the request repeats it exactly."""
     row = session.execute(
-        select(Vote, Annotator.name).join(Annotator, Annotator.id == Vote.annotator_id).where(Vote.idempotency_key == key)
+        select(Vote, Annotator.name)
+        .join(Annotator, Annotator.id == Vote.annotator_id)
+        .where(Vote.idempotency_key == key)
     ).first()
     if row is None:
         return None

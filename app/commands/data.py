@@ -49,7 +49,11 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 def _add_db(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (default: $SAMPLESCOPE_DB or the user data folder)")
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="SQLAlchemy database URL (default: $SAMPLESCOPE_DB or the user data folder)",
+    )
 
 
 def _print_json(data: Any) -> None:
@@ -117,9 +121,13 @@ def print_stats(result: dict[str, Any]) -> None:
     )
     for pair in agreement["pairs"]:
         first, second = pair["annotators"]
-        print(f"  {first} / {second}: Cohen's kappa {_fmt(pair['kappa'])}, agree {pair['agreement']:.0%} of {pair['n']}")
+        print(
+            f"  {first} / {second}: Cohen's kappa {_fmt(pair['kappa'])}, agree {pair['agreement']:.0%} of {pair['n']}"
+        )
     ranking = result["ranking"]
-    print(f"Bradley-Terry ranking of {ranking['by']}s (Elo scale, 95% bootstrap CI, {ranking['bootstrap']} resamples):")
+    print(
+        f"Bradley-Terry ranking of {ranking['by']}s (Elo scale, 95% bootstrap CI, {ranking['bootstrap']} resamples):"
+    )
     if not ranking["players"]:
         print("  n/a (needs votes between two different players)")
     for row in ranking["players"]:
@@ -150,7 +158,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     with _open(args) as db:
         runs = db.read(
-            lambda s: list_runs(s, sampler=args.sampler, model=args.model, reward=args.reward, limit=args.limit)
+            lambda s: list_runs(
+                s, sampler=args.sampler, model=args.model, reward=args.reward, limit=args.limit
+            )
         )
     if args.json:
         _print_json([r.as_dict() for r in runs])
@@ -158,7 +168,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print("no runs")
         return 0
-    print(f"{'id':>5}  {'created (UTC)':<19}  {'sampler':<16} {'model':<20} {'reward':<14} {'status':<10} {'cands':>5} {'best':>8}  prompt")
+    print(
+        f"{'id':>5}  {'created (UTC)':<19}  {'sampler':<16} {'model':<20} {'reward':<14} {'status':<10} {'cands':>5} {'best':>8}  prompt"
+    )
     for r in runs:
         prompt = " ".join(r.prompt.split())
         prompt = prompt[:40] + ("…" if len(prompt) > 40 else "")
@@ -189,13 +201,24 @@ def cmd_db(args: argparse.Namespace) -> int:
             before = db.revision()
             db.upgrade()
             after = db.revision()
-            print(f"{db.safe_url}: schema {before or 'empty'} -> {after}" if before != after
-                  else f"{db.safe_url}: schema already at {after}")
+            print(
+                f"{db.safe_url}: schema {before or 'empty'} -> {after}"
+                if before != after
+                else f"{db.safe_url}: schema already at {after}"
+            )
             return 0
         report = db.check()
     if args.json:
-        _print_json({"ok": report.ok, "url": report.url, "revision": report.revision, "head": report.head,
-                     "counts": report.counts, "problems": report.problems})
+        _print_json(
+            {
+                "ok": report.ok,
+                "url": report.url,
+                "revision": report.revision,
+                "head": report.head,
+                "counts": report.counts,
+                "problems": report.problems,
+            }
+        )
     else:
         print(f"{report.url}: schema {report.revision or 'none'} (newest {report.head})")
         for table, n in report.counts.items():
@@ -214,8 +237,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from storage.models import PLAYERS
 
     p = subparsers.add_parser("export", help="export votes as DPO, KTO or battle rows (JSONL or Parquet)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="dpo: prompt/chosen/rejected; kto: "
-                   "prompt/completion/label; battles: FastChat model_a/model_b/winner")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="dpo: prompt/chosen/rejected; kto: "
+        "prompt/completion/label; battles: FastChat model_a/model_b/winner",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="output file, .jsonl or .parquet")
     p.add_argument("--by", choices=PLAYERS, default="sampler", help="battles: who plays (default: sampler)")
     _add_db(p)
@@ -229,8 +257,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_import)
 
     p = subparsers.add_parser("stats", help="agreement, Bradley-Terry ranking and position bias of the votes")
-    p.add_argument("--by", choices=PLAYERS, default="sampler", help="rank samplers or models (default: sampler)")
-    p.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples (default 200)")
+    p.add_argument(
+        "--by", choices=PLAYERS, default="sampler", help="rank samplers or models (default: sampler)"
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples (default 200)"
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_db(p)
@@ -246,8 +278,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_runs)
 
     p = subparsers.add_parser("db", help="database maintenance: upgrade the schema, check integrity")
-    p.add_argument("action", choices=("upgrade", "check"), help="upgrade: apply migrations; check: integrity, "
-                   "foreign keys (SQLite), schema revision and row counts (exit 1 on problems)")
+    p.add_argument(
+        "action",
+        choices=("upgrade", "check"),
+        help="upgrade: apply migrations; check: integrity, "
+        "foreign keys (SQLite), schema revision and row counts (exit 1 on problems)",
+    )
     p.add_argument("--json", action="store_true", help="check: print JSON")
     _add_db(p)
     p.set_defaults(func=cmd_db)

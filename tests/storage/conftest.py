@@ -48,8 +48,10 @@ def pg_schema_url() -> Iterator[Callable[[], str]]:
         with admin.connect() as conn:
             conn.execute(text(f"CREATE SCHEMA {schema}"))
         made.append(schema)
-        return make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
+        return (
+            make_url(PG_URL)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
         )
 
     yield make

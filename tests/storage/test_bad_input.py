@@ -31,7 +31,7 @@ from storage.records import vote_records
 
 NASTY = [
     "'; DROP TABLE votes; --",
-    "\" OR 1=1 --",
+    '" OR 1=1 --',
     "Robert'); DELETE FROM runs WHERE ('1'='1",
     "50% _off_ \\ $$ $1 :name ? `x` [y] /* z */",
     "O'Brien",
@@ -42,8 +42,11 @@ NASTY = [
 def seeded(db):
     """A run, three comparisons (the last in bob's queue) and one vote by bob."""
     trace = make_trace(["alpha", "beta", "gamma"], [1.0, 2.0, 3.0])
-    run = db.write(lambda s: save_run(s, trace=trace, task={"prompt": "p"}, model="m", reward="r",
-                                      sampler="s", config={}, seed=0))
+    run = db.write(
+        lambda s: save_run(
+            s, trace=trace, task={"prompt": "p"}, model="m", reward="r", sampler="s", config={}, seed=0
+        )
+    )
     cids = db.write(lambda s: make_comparisons(s, run, "all_pairs"))
     db.write(lambda s: assign(s, [cids[2]], ["bob"]))
     db.write(lambda s: add_vote(s, comparison_id=cids[2], annotator="bob", outcome="a", idempotency_key="b1"))
@@ -79,9 +82,12 @@ BAD_VOTES = [
     ("supersede nothing", {"supersedes": 1}, Conflict, "current vote"),
     ("supersedes not int", {"supersedes": "1"}, InvalidInput, "vote id"),
     ("bob's key reused", {"idempotency_key": "b1"}, Conflict, "already used"),
-    ("SQL in every field + bad outcome", {"annotator": NASTY[0], "rationale": NASTY[1],
-                                          "idempotency_key": NASTY[2], "outcome": NASTY[3]},
-     InvalidInput, "unknown outcome"),
+    (
+        "SQL in every field + bad outcome",
+        {"annotator": NASTY[0], "rationale": NASTY[1], "idempotency_key": NASTY[2], "outcome": NASTY[3]},
+        InvalidInput,
+        "unknown outcome",
+    ),
 ]
 
 
@@ -101,17 +107,30 @@ def test_sql_metacharacters_are_stored_verbatim_everywhere(db, seeded):
     before = dump(db)
     for i, nasty in enumerate(NASTY):
         trace = make_trace([nasty + " one", nasty + " two"], [0.0, 1.0])
-        run = db.write(lambda s, t=trace, n=nasty, i=i: save_run(
-            s, trace=t, task={"prompt": n, "system": n}, model=n, reward=n, sampler=n,
-            config={n: n}, seed=i, title=n))
+        run = db.write(
+            lambda s, t=trace, n=nasty, i=i: save_run(
+                s,
+                trace=t,
+                task={"prompt": n, "system": n},
+                model=n,
+                reward=n,
+                sampler=n,
+                config={n: n},
+                seed=i,
+                title=n,
+            )
+        )
         stored = db.read(lambda s, r=run: load_run(s, r))
         assert (stored.prompt, stored.model, stored.reward, stored.sampler, stored.title) == (nasty,) * 5
         assert stored.config == {nasty: nasty} and stored.task["system"] == nasty
         assert [c.text for c in stored.candidates] == [nasty + " one", nasty + " two"]
         [cid] = db.write(lambda s, r=run: make_comparisons(s, r, "max_min"))
         sid = db.write(lambda s, n=nasty: start_session(s, n, client=n))
-        db.write(lambda s, c=cid, n=nasty, sid=sid: add_vote(
-            s, comparison_id=c, annotator=n, outcome="b", idempotency_key=n, rationale=n, session_id=sid))
+        db.write(
+            lambda s, c=cid, n=nasty, sid=sid: add_vote(
+                s, comparison_id=c, annotator=n, outcome="b", idempotency_key=n, rationale=n, session_id=sid
+            )
+        )
         [record] = [r for r in db.read(vote_records) if r.comparison_id == cid]
         assert (record.annotator, record.rationale, record.prompt) == (nasty, nasty, nasty)
         assert [v.outcome for v in db.read(lambda s, c=cid, n=nasty: vote_history(s, c, n))] == ["b"]

@@ -33,8 +33,11 @@ def url(tmp_path):
         r2 = store_run(db, ["y1"], [0.0], sampler="smc", model="m2")
         [cid] = db.write(lambda s: compare_runs(s, [r1, r2]))
         for who, outcome in (("ada", "a"), ("bob", "b")):
-            db.write(lambda s, w=who, o=outcome: add_vote(s, comparison_id=cid, annotator=w, outcome=o,
-                                                          idempotency_key=w))
+            db.write(
+                lambda s, w=who, o=outcome: add_vote(
+                    s, comparison_id=cid, annotator=w, outcome=o, idempotency_key=w
+                )
+            )
     return url
 
 
@@ -87,8 +90,10 @@ def test_db_check_fails_on_a_broken_database(cli, tmp_path, url):
     raw = db.engine.raw_connection()  # orphan a candidate behind the database's back
     try:
         raw.execute("PRAGMA foreign_keys = OFF")
-        raw.execute("INSERT INTO candidates (run_id, node_id, text, tokens, picked, meta) "
-                    "VALUES (999, 'x', 't', 0, 0, '{}')")
+        raw.execute(
+            "INSERT INTO candidates (run_id, node_id, text, tokens, picked, meta) "
+            "VALUES (999, 'x', 't', 0, 0, '{}')"
+        )
         raw.commit()
     finally:
         raw.close()

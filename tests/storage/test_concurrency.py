@@ -52,9 +52,15 @@ def test_sixteen_threads_cast_3200_distinct_votes(db):
 
     def cast(i):
         for n, cid in enumerate(cids):
-            result = db.write(lambda s, c=cid, n=n: add_vote(
-                s, comparison_id=c, annotator=f"annotator-{i}", outcome="ab"[n % 2],
-                idempotency_key=f"t{i}-c{c}"))
+            result = db.write(
+                lambda s, c=cid, n=n: add_vote(
+                    s,
+                    comparison_id=c,
+                    annotator=f"annotator-{i}",
+                    outcome="ab"[n % 2],
+                    idempotency_key=f"t{i}-c{c}",
+                )
+            )
             assert result.created
 
     errors = run_threads(cast, THREADS)
@@ -69,8 +75,13 @@ def test_concurrent_retries_of_one_vote_store_it_once(db):
     results = []
 
     def send(_):
-        results.append(db.write(lambda s: add_vote(s, comparison_id=cid, annotator="ada", outcome="b",
-                                                   idempotency_key="double-click")))
+        results.append(
+            db.write(
+                lambda s: add_vote(
+                    s, comparison_id=cid, annotator="ada", outcome="b", idempotency_key="double-click"
+                )
+            )
+        )
 
     assert run_threads(send, 8) == []
     assert count_votes(db) == 1
@@ -84,8 +95,11 @@ def test_racing_first_votes_leave_one_current_vote(db):
 
     def send(i):
         try:
-            db.write(lambda s: add_vote(s, comparison_id=cid, annotator="ada", outcome="ab"[i % 2],
-                                        idempotency_key=f"tab-{i}"))
+            db.write(
+                lambda s: add_vote(
+                    s, comparison_id=cid, annotator="ada", outcome="ab"[i % 2], idempotency_key=f"tab-{i}"
+                )
+            )
             outcomes.append("stored")
         except Conflict:
             outcomes.append("conflict")
@@ -104,8 +118,13 @@ def test_writer_killed_mid_stream_loses_no_acknowledged_vote(db, db_url, rounds)
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     acked: set[str] = set()
     for round_ in range(rounds):
-        child = subprocess.Popen([sys.executable, str(writer), db_url, str(cid)], stdout=subprocess.PIPE,
-                                 text=True, env=env, cwd=root)
+        child = subprocess.Popen(
+            [sys.executable, str(writer), db_url, str(cid)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=root,
+        )
         assert child.stdout.readline().strip() == "ready"
         target = 20 + 15 * round_
         got = 0
@@ -127,3 +146,33 @@ def test_writer_killed_mid_stream_loses_no_acknowledged_vote(db, db_url, rounds)
         assert acked <= stored
         # the next writer starts from scratch: its keys repeat, so each restart replays (stores nothing new)
     assert count_votes(db) >= max(int(k.split("-")[1]) for k in acked) + 1
+
+
+def test_locked_writes_are_retried_then_reported(tmp_path):
+    import sqlite3
+
+    from storage import DatabaseBusy, RetryPolicy, start_session
+
+    path = tmp_path / "locked.db"
+    Database.open(f"sqlite:///{path}").close()
+    # no busy wait inside SQLite: every lock conflict surfaces as "database is locked" at once
+    db = Database(f"sqlite:///{path}", busy_timeout_ms=0, retry=RetryPolicy(attempts=4, base_delay_s=0.01))
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    with pytest.raises(DatabaseBusy, match="locked through 4 attempts"):
+        db.write(lambda s: start_session(s, "ada"))
+    # released while we back off: the retry goes through
+    db_patient = Database(
+        f"sqlite:///{path}",
+        busy_timeout_ms=0,
+        retry=RetryPolicy(attempts=50, base_delay_s=0.01, max_delay_s=0.05),
+    )
+    timer = threading.Timer(0.1, lambda: holder.execute("COMMIT"))
+    started = time.perf_counter()
+    timer.start()
+    assert db_patient.write(lambda s: start_session(s, "ada")) == 1
+    assert time.perf_counter() - started >= 0.09  # it waited for the lock: retried, not lucky
+    timer.join()
+    holder.close()
+    db.close()
+    db_patient.close()

@@ -23,15 +23,29 @@ from storage.records import vote_records
 
 
 def cast(db, cid, who, outcome, **kw):
-    return db.write(lambda s: add_vote(s, comparison_id=cid, annotator=who, outcome=outcome,
-                                       idempotency_key=f"{who}:{cid}:{outcome}:{kw.get('supersedes')}", **kw))
+    return db.write(
+        lambda s: add_vote(
+            s,
+            comparison_id=cid,
+            annotator=who,
+            outcome=outcome,
+            idempotency_key=f"{who}:{cid}:{outcome}:{kw.get('supersedes')}",
+            **kw,
+        )
+    )
 
 
 @pytest.fixture
 def labelled(db):
     """Two samplers on one prompt, every outcome kind, a corrected vote, an image candidate."""
-    r1 = store_run(db, ["good answer", "bad answer", "meh answer"], [0.9, 0.1, 0.5], sampler="best_of_n",
-                   model="m1", picks=[0])
+    r1 = store_run(
+        db,
+        ["good answer", "bad answer", "meh answer"],
+        [0.9, 0.1, 0.5],
+        sampler="best_of_n",
+        model="m1",
+        picks=[0],
+    )
     r2 = store_run(db, ["smc answer", "smc other"], [0.7, 0.2], sampler="smc", model="m2", picks=[0])
     within = db.write(lambda s: make_comparisons(s, r1, "all_pairs"))
     across = db.write(lambda s: compare_runs(s, [r1, r2]))
@@ -72,8 +86,12 @@ def test_kto_labels(db, labelled):
     for pair in by_vote.values():
         assert len(pair) == 2
         labels.setdefault(pair[0]["outcome"], set()).add(tuple(sorted(r["label"] for r in pair)))
-    assert labels == {"a": {(False, True)}, "b": {(False, True)}, "tie": {(True, True)},
-                      "both_bad": {(False, False)}}
+    assert labels == {
+        "a": {(False, True)},
+        "b": {(False, True)},
+        "tie": {(True, True)},
+        "both_bad": {(False, False)},
+    }
     assert "skip" not in {r["outcome"] for r in rows}
     assert set(rows[0]) >= {"prompt", "completion", "label"}
 
@@ -130,32 +148,47 @@ def test_export_import_export_gives_the_same_rows(db, labelled, tmp_path, suffix
 
 def test_plain_trl_file_imports_under_the_import_annotator(db, tmp_path):
     path = tmp_path / "plain.jsonl"
-    rows = [{"prompt": "2+2?", "chosen": "4", "rejected": "5"},
-            {"prompt": "2+2?", "chosen": "four", "rejected": "5"},
-            {"prompt": "capital of France?", "chosen": "Paris", "rejected": "Lyon \u2028 line sep"}]
+    rows = [
+        {"prompt": "2+2?", "chosen": "4", "rejected": "5"},
+        {"prompt": "2+2?", "chosen": "four", "rejected": "5"},
+        {"prompt": "capital of France?", "chosen": "Paris", "rejected": "Lyon \u2028 line sep"},
+    ]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     report = db.write(lambda s: import_file(s, path))
     assert report.votes_created == 3 and report.runs_created == 2
     out = db.read(lambda s: export_rows(s, "dpo"))
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in out] == [
-        (r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+        (r["prompt"], r["chosen"], r["rejected"]) for r in rows
+    ]
     assert {r["annotator"] for r in out} == {"import"} and {r["chosen_sampler"] for r in out} == {"import"}
 
 
 @pytest.mark.parametrize(
     "content,message",
     [
-        ('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n', "row 2: rejected"),
+        (
+            '{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n',
+            "row 2: rejected",
+        ),
         ('{"prompt": "p", "chosen": "a", "rejected": "a"}\n', "identical"),
-        ('{"prompt": [{"role": "user", "content": "p"}], "chosen": "a", "rejected": "b"}\n', "list of messages"),
+        (
+            '{"prompt": [{"role": "user", "content": "p"}], "chosen": "a", "rejected": "b"}\n',
+            "list of messages",
+        ),
         ('{"prompt": "p", "chosen": "a", "rejected": "b", "rationale": "' + "x" * 2001 + '"}\n', "limit"),
         ('{"prompt": "p\\u0000", "chosen": "a", "rejected": "b"}\n', "NUL"),
         ('{"prompt": "p\\ud800", "chosen": "a", "rejected": "b"}\n', "UTF-8"),
         ('{"prompt": "p", "chosen": "a", "rejected": "b"}\nnot json\n', ":2: not JSON"),
-        ('[1, 2]\n', "JSON object"),
-        ('{"prompt": "p", "chosen": "a", "rejected": "b", "annotator": "x", "voted_at": "yesterday"}\n', "ISO"),
-        ('{"prompt": "p", "chosen": "a", "rejected": "b", "annotator": "x"}\n'
-         '{"prompt": "p", "chosen": "b", "rejected": "a", "annotator": "x"}\n', "row 2: x already voted"),
+        ("[1, 2]\n", "JSON object"),
+        (
+            '{"prompt": "p", "chosen": "a", "rejected": "b", "annotator": "x", "voted_at": "yesterday"}\n',
+            "ISO",
+        ),
+        (
+            '{"prompt": "p", "chosen": "a", "rejected": "b", "annotator": "x"}\n'
+            '{"prompt": "p", "chosen": "b", "rejected": "a", "annotator": "x"}\n',
+            "row 2: x already voted",
+        ),
     ],
 )
 def test_bad_import_files_change_nothing(db, labelled, tmp_path, content, message):

@@ -15,8 +15,10 @@ from storage.pairs import PairCandidate, choose_pairs, sweet_spot_pair
 
 def cands(rewards, texts=None):
     texts = texts or [f"t{i}" for i in range(len(rewards))]
-    return [PairCandidate(id=i + 1, node_id=f"n{i}", reward=r, content=(t, None))
-            for i, (r, t) in enumerate(zip(rewards, texts, strict=True))]
+    return [
+        PairCandidate(id=i + 1, node_id=f"n{i}", reward=r, content=(t, None))
+        for i, (r, t) in enumerate(zip(rewards, texts, strict=True))
+    ]
 
 
 def test_sweet_spot_picks_max_and_nearest_mu_minus_two_sigma():
@@ -58,7 +60,11 @@ def test_knockout_pairs_follow_the_matches_and_skip_byes():
     pool = cands([1.0, 2.0, 3.0, 4.0, 5.0])
     matches = [("n0", "n1"), ("n2", "n3"), ("n4", None), ("n1", "n3"), ("n4", "n3")]
     assert choose_pairs("knockout", pool, rng=random.Random(0), matches=matches) == [
-        (1, 2), (3, 4), (2, 4), (5, 4)]
+        (1, 2),
+        (3, 4),
+        (2, 4),
+        (5, 4),
+    ]
     with pytest.raises(InvalidInput, match="not a stored candidate"):
         choose_pairs("knockout", pool, rng=random.Random(0), matches=[("n0", "zz")])
 
@@ -69,8 +75,7 @@ def test_unknown_strategy():
 
 
 def test_make_comparisons_stores_pairs_with_seeded_sides(db):
-    run = store_run(db, ["w", "x", "y", "z"], [0.1, 0.9, 0.5, 0.3],
-                    matches=[(0, 1, 1), (2, 3, 2), (1, 2, 1)])
+    run = store_run(db, ["w", "x", "y", "z"], [0.1, 0.9, 0.5, 0.3], matches=[(0, 1, 1), (2, 3, 2), (1, 2, 1)])
     ids = db.write(lambda s: make_comparisons(s, run, "max_min"))
     [row] = db.read(lambda s: [s.get(Comparison, i) for i in ids])
     cand = {c.id: c.node_id for c in db.read(lambda s: load_run(s, run)).candidates}

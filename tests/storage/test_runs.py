@@ -29,20 +29,34 @@ def _rich_trace() -> Trace:
     return Trace(
         [
             NodeEvent(id="root", parent=None, text="Q: 2+2?"),
-            NodeEvent(id="a", parent="root", depth=1, text=" four ☃ \u2028 é", tokens=3, logprob=-1.25,
-                      meta={"step": [1, 2.5, None]}),
+            NodeEvent(
+                id="a",
+                parent="root",
+                depth=1,
+                text=" four ☃ \u2028 é",
+                tokens=3,
+                logprob=-1.25,
+                meta={"step": [1, 2.5, None]},
+            ),
             NodeEvent(id="b", parent="root", depth=1, text=" 5", tokens=1, final=True, logprob=-math.inf),
             NodeEvent(id="a1", parent="a", depth=2, text="!", tokens=1, final=True),
             ScoreEvent(node="a", reward="prm", value=0.3, partial=True),
             ScoreEvent(node="a1", reward="exact", value=1.0),
             ScoreEvent(node="b", reward="exact", value=-math.inf),
             PruneEvent(node="b", reason="rejected"),
-            ResampleEvent(step=1, particles=["a", "b"], ancestors=[0, 0], log_weights=[0.0, -math.inf], ess=1.0),
+            ResampleEvent(
+                step=1, particles=["a", "b"], ancestors=[0, 0], log_weights=[0.0, -math.inf], ess=1.0
+            ),
             AcceptEvent(node="a1", accepted=True, probability=0.75, step=1, current="a"),
             CostEvent(cost={"generated_tokens": 5, "wall_seconds": 0.25}),
             SelectEvent(nodes=["a1"], reason="best"),
-            DoneEvent(picks=["a1"], candidates=["a1", "b"], cost={"generated_tokens": 5, "nfe": 0},
-                      metrics={"ess": [1.0, math.nan]}, message="fine"),
+            DoneEvent(
+                picks=["a1"],
+                candidates=["a1", "b"],
+                cost={"generated_tokens": 5, "nfe": 0},
+                metrics={"ess": [1.0, math.nan]},
+                message="fine",
+            ),
         ]
     )
 
@@ -53,8 +67,17 @@ def test_save_load_replays_identical_events(db):
     task = Task(prompt="Q: 2+2?", answer="4", meta={"source": "toy"})
     config = {"n": 4, "threshold": -math.inf, "nested": {"list": [1, 2]}}
     run_id = db.write(
-        lambda s: save_run(s, trace=trace, task=task, model="m", reward="exact", sampler="smc", config=config,
-                           seed=2**40, title="rich")
+        lambda s: save_run(
+            s,
+            trace=trace,
+            task=task,
+            model="m",
+            reward="exact",
+            sampler="smc",
+            config=config,
+            seed=2**40,
+            title="rich",
+        )
     )
     stored = db.read(lambda s: load_run(s, run_id))
     assert stored.trace.to_list() == before
@@ -72,7 +95,9 @@ def test_candidates_are_stored_with_text_reward_and_pick(db):
     rows = {c.node_id: c for c in stored.candidates}
     assert [rows[n].text for n in ("n0", "n1", "n2")] == ["alpha", "beta", "gamma"]
     assert rows["n0"].reward == 0.5 and rows["n1"].reward is None
-    assert rows["n2"].reward is None and math.isnan(rows["n2"].meta["rewards"]["toy"])  # exact value kept in meta
+    assert rows["n2"].reward is None and math.isnan(
+        rows["n2"].meta["rewards"]["toy"]
+    )  # exact value kept in meta
     assert [c.picked for c in stored.candidates] == [False, True, False]
     assert rows["n0"].tokens == len("alpha")
 
@@ -117,8 +142,15 @@ def test_list_runs_filters_and_orders_newest_first(db):
 def test_invalid_runs_write_nothing(db, change):
     store_run(db, ["keep"], [1.0])
     before = dump(db)
-    kwargs = dict(trace=make_trace(["x", "y"], [1.0, 2.0]), task={"prompt": "p"}, model="m", reward="r",
-                  sampler="s", config={}, seed=0)
+    kwargs = dict(
+        trace=make_trace(["x", "y"], [1.0, 2.0]),
+        task={"prompt": "p"},
+        model="m",
+        reward="r",
+        sampler="s",
+        config={},
+        seed=0,
+    )
     kwargs.update(change)
     with pytest.raises(InvalidInput):
         db.write(lambda s: save_run(s, **kwargs))
@@ -144,8 +176,11 @@ def test_thousand_event_trace_round_trips(db):
     for i in range(999):
         events.append(NodeEvent(id=f"n{i}", parent="root", depth=1, text=f"t{i}", final=True))
     trace = Trace(events)
-    run_id = db.write(lambda s: save_run(s, trace=trace, task={"prompt": "p"}, model="m", reward="r",
-                                         sampler="s", config={}, seed=1))
+    run_id = db.write(
+        lambda s: save_run(
+            s, trace=trace, task={"prompt": "p"}, model="m", reward="r", sampler="s", config={}, seed=1
+        )
+    )
     stored = db.read(lambda s: load_run(s, run_id))
     assert len(stored.trace) == 1000 and stored.trace.to_list() == trace.to_list()
     assert stored.status == "incomplete" and len(stored.candidates) == 999

@@ -13,7 +13,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from storage_helpers import store_run
 
-from storage import Database, resolve_url
+from storage import Database, SchemaError, resolve_url
 from storage.migrate import MIGRATIONS_DIR, current_revision, downgrade, head_revision
 from storage.models import Base, Comparison, Vote
 from storage.votes import add_vote
@@ -77,7 +77,9 @@ def _one_vote(db):
     from storage import make_comparisons
 
     [cid] = db.write(lambda s: make_comparisons(s, run, "max_min"))
-    vote = db.write(lambda s: add_vote(s, comparison_id=cid, annotator="ada", outcome="a", idempotency_key="k1"))
+    vote = db.write(
+        lambda s: add_vote(s, comparison_id=cid, annotator="ada", outcome="a", idempotency_key="k1")
+    )
     return cid, vote
 
 
@@ -100,9 +102,21 @@ def test_database_enforces_vote_rules(db):
         {**base, "revision": 1, "outcome": "b", "idempotency_key": "x2"},  # second first vote
         {**base, "revision": 2, "outcome": "b", "idempotency_key": "x3"},  # revision 2 must supersede
         {**base, "revision": 1, "outcome": "b", "idempotency_key": "k1", "supersedes_id": None},  # key reuse
-        {**base, "revision": 2, "outcome": "b", "idempotency_key": "x4", "supersedes_id": 999},  # no such vote
-        {**base, "revision": 2, "outcome": "b", "idempotency_key": "x5", "supersedes_id": first.vote_id,
-         "rationale": "r" * 2001},  # CHECK length
+        {
+            **base,
+            "revision": 2,
+            "outcome": "b",
+            "idempotency_key": "x4",
+            "supersedes_id": 999,
+        },  # no such vote
+        {
+            **base,
+            "revision": 2,
+            "outcome": "b",
+            "idempotency_key": "x5",
+            "supersedes_id": first.vote_id,
+            "rationale": "r" * 2001,
+        },  # CHECK length
     ]
     for row in bad_rows:
         with pytest.raises(IntegrityError):
@@ -123,8 +137,13 @@ def test_comparison_needs_two_distinct_candidates(db):
         with db.engine.begin() as conn:
             conn.execute(
                 insert(Comparison).values(
-                    prompt_id=1, candidate_a_id=1, candidate_b_id=1, left_side="a", blind=True,
-                    strategy="x", created_at=datetime.now(UTC),
+                    prompt_id=1,
+                    candidate_a_id=1,
+                    candidate_b_id=1,
+                    left_side="a",
+                    blind=True,
+                    strategy="x",
+                    created_at=datetime.now(UTC),
                 )
             )
     assert run == 1
@@ -136,3 +155,11 @@ def test_check_reports_problems(tmp_path):
         assert not report.ok
         assert any("revision" in p for p in report.problems)
         assert any("table votes is missing" in p for p in report.problems)
+
+
+def test_a_newer_schema_is_refused_not_downgraded(db):
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(SchemaError, match="newer than this samplescope knows"):
+        db.upgrade()
+    assert not db.check().ok

@@ -28,15 +28,33 @@ _ids = itertools.count(1)
 
 def side(sampler="s", reward=None, reward_name="r", model="m"):
     cid = next(_ids)
-    return Side(candidate_id=cid, run_id=1, text=f"t{cid}", image=None, reward=reward, model=model,
-                sampler=sampler, reward_name=reward_name)
+    return Side(
+        candidate_id=cid,
+        run_id=1,
+        text=f"t{cid}",
+        image=None,
+        reward=reward,
+        model=model,
+        sampler=sampler,
+        reward_name=reward_name,
+    )
 
 
 def record(outcome, a=None, b=None, *, annotator="ada", comparison_id=None, left_side="a"):
     return VoteRecord(
-        vote_id=next(_ids), comparison_id=comparison_id or next(_ids), annotator=annotator, outcome=outcome,
-        rationale=None, left_side=left_side, blind=True, strategy="x", prompt="p", a=a or side(), b=b or side(),
-        voted_at=datetime.now(UTC), latency_ms=None,
+        vote_id=next(_ids),
+        comparison_id=comparison_id or next(_ids),
+        annotator=annotator,
+        outcome=outcome,
+        rationale=None,
+        left_side=left_side,
+        blind=True,
+        strategy="x",
+        prompt="p",
+        a=a or side(),
+        b=b or side(),
+        voted_at=datetime.now(UTC),
+        latency_ms=None,
     )
 
 
@@ -99,8 +117,11 @@ def nominal_alpha(units):
 def test_krippendorff_alpha_matches_the_coincidence_matrix():
     units = [["a", "a", "b"], ["b", "b"], ["tie", "tie", "tie"], ["a", "b"], ["both_bad", "both_bad"], ["a"]]
     names = ["ada", "bob", "cy"]
-    recs = [record(v, annotator=names[j], comparison_id=500 + i) for i, u in enumerate(units)
-            for j, v in enumerate(u)]
+    recs = [
+        record(v, annotator=names[j], comparison_id=500 + i)
+        for i, u in enumerate(units)
+        for j, v in enumerate(u)
+    ]
     result = annotator_agreement(recs)
     assert result["krippendorff_alpha"] == pytest.approx(nominal_alpha(units))
     assert result["comparisons_with_two_or_more"] == 5 and result["annotators"] == 3
@@ -154,7 +175,7 @@ def test_bradley_terry_agrees_with_fastchat_style_logistic_regression():
     for rec in recs:  # FastChat duplicates a tie as a win for each side; weigh each copy 1/2
         x = np.zeros(len(names))
         x[names.index(rec.a.sampler)], x[names.index(rec.b.sampler)] = 1, -1
-        for y in ([1] if rec.outcome == "a" else [0] if rec.outcome == "b" else [1, 0]):
+        for y in [1] if rec.outcome == "a" else [0] if rec.outcome == "b" else [1, 0]:
             rows.append(x)
             ys.append(y)
             weights.append(1.0 if rec.outcome in ("a", "b") else 0.5)
@@ -191,8 +212,11 @@ def test_summary_from_the_database_is_json_ready(db):
     cids = db.write(lambda s: compare_runs(s, [r1, r2, r3]))
     for who in ("ada", "bob"):
         for cid in cids:
-            db.write(lambda s, c=cid, w=who: add_vote(s, comparison_id=c, annotator=w, outcome="a",
-                                                      idempotency_key=f"{w}{c}"))
+            db.write(
+                lambda s, c=cid, w=who: add_vote(
+                    s, comparison_id=c, annotator=w, outcome="a", idempotency_key=f"{w}{c}"
+                )
+            )
     result = db.read(lambda s: summary(s, bootstrap=20))
     json.dumps(result, allow_nan=False)
     assert result["votes"] == 6 and result["outcomes"]["a"] == 6

@@ -31,8 +31,9 @@ def comparisons(db):
 
 def vote(db, cid, who="ada", outcome="a", key=None, **kw):
     key = key or f"{who}-{cid}-{outcome}-{kw.get('supersedes')}"
-    return db.write(lambda s: add_vote(s, comparison_id=cid, annotator=who, outcome=outcome,
-                                       idempotency_key=key, **kw))
+    return db.write(
+        lambda s: add_vote(s, comparison_id=cid, annotator=who, outcome=outcome, idempotency_key=key, **kw)
+    )
 
 
 def test_next_comparison_never_repeats_a_voted_one(db, comparisons):
@@ -70,8 +71,15 @@ def test_presentation_maps_buttons_to_candidates(db, comparisons):
 def test_vote_is_stored_with_latency_and_session(db, comparisons):
     shown_at = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     sid = db.write(lambda s: start_session(s, "ada", client="firefox"))
-    result = vote(db, comparisons[0], outcome="tie", rationale="both fine", shown_at=shown_at,
-                  voted_at=shown_at + timedelta(seconds=2.5), session_id=sid)
+    result = vote(
+        db,
+        comparisons[0],
+        outcome="tie",
+        rationale="both fine",
+        shown_at=shown_at,
+        voted_at=shown_at + timedelta(seconds=2.5),
+        session_id=sid,
+    )
     assert result.created and result.revision == 1 and result.supersedes is None
     [record] = db.read(vote_records)
     assert record.outcome == "tie" and record.rationale == "both fine" and record.latency_ms == 2500

@@ -18,9 +18,16 @@ def main() -> None:
     i = 0
     while True:
         key = f"kill-{i}"
-        db.write(lambda s, k=key, n=i: add_vote(
-            s, comparison_id=comparison_id, annotator=f"writer-{n}", outcome="ab"[n % 2],
-            idempotency_key=k, rationale="r" * (n % 50)))
+        db.write(
+            lambda s, k=key, n=i: add_vote(
+                s,
+                comparison_id=comparison_id,
+                annotator=f"writer-{n}",
+                outcome="ab"[n % 2],
+                idempotency_key=k,
+                rationale="r" * (n % 50),
+            )
+        )
         sys.stdout.write(f"ack {key}\n")
         sys.stdout.flush()
         i += 1
