@@ -38,6 +38,7 @@ from sqlalchemy import create_engine, event, func, inspect, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
 
 from storage.errors import DatabaseBusy, InvalidInput
 from storage.models import TABLES
@@ -132,10 +133,17 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
             database = parsed.database or ""
-            if database and database != ":memory:" and not database.startswith("file:"):
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            in_memory = database in ("", ":memory:") or "mode=memory" in self.url
+            if not in_memory and not database.startswith("file:"):
+                path = Path(database).expanduser()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.url = parsed.set(database=str(path)).render_as_string(hide_password=False)
             kwargs["connect_args"] = {"check_same_thread": False}
-            if database and database != ":memory:":
+            if in_memory:
+                # one shared connection, so every session sees the same in-memory database
+                # (for tests and single-threaded use; concurrent writers need a file)
+                kwargs["poolclass"] = StaticPool
+            else:
                 kwargs["pool_size"] = 20  # concurrent writers wait on SQLite's lock, not the pool
                 kwargs["max_overflow"] = 20
         else:

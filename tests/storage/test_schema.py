@@ -163,3 +163,28 @@ def test_a_newer_schema_is_refused_not_downgraded(db):
     with pytest.raises(SchemaError, match="newer than this samplescope knows"):
         db.upgrade()
     assert not db.check().ok
+
+
+def test_in_memory_and_home_relative_sqlite_urls(tmp_path, monkeypatch):
+    from storage_helpers import make_trace
+
+    from storage import load_run, save_run
+
+    with Database.open("sqlite://") as db:
+        run = db.write(
+            lambda s: save_run(
+                s,
+                trace=make_trace(["a"], [1.0]),
+                task={"prompt": "p"},
+                model="m",
+                reward="r",
+                sampler="s",
+                config={},
+                seed=0,
+            )
+        )
+        assert db.read(lambda s: load_run(s, run)).candidates[0].text == "a"
+        assert db.check().ok
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with Database.open("sqlite:///~/sub/x.db") as db:
+        assert (tmp_path / "sub" / "x.db").exists() and db.check().ok
