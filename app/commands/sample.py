@@ -66,10 +66,9 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     run_id = None
     if args.save:
-        from app.commands.common import open_database
+        from app.commands.common import open_database, save_request_run
 
-        db = open_database(args.db)
-        run_id = db.save_trace(request, trace)
+        run_id = save_request_run(open_database(args.db), request, trace)
     result = request.summary(trace)
     if run_id is not None:
         result["run_id"] = run_id

@@ -73,3 +73,14 @@ def test_console_script_help_and_usage_errors():
     assert result.returncode == 0 and "sample" in result.stdout
     result = subprocess.run([sys.executable, "-m", "app.cli", "sample"], capture_output=True, text=True)
     assert result.returncode == 2 and "required" in result.stderr
+
+
+def test_sample_save_then_runs_lists_it(capsys, tmp_path):
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    code, out, _ = run_cli(capsys, "sample", "--model", "toy:abc", "--reward", "length", "--prompt", "go",
+                           "--n", "4", "--save", "--db", db, "--json")
+    assert code == 0
+    run_id = json.loads(out)["run_id"]
+    code, out, _ = run_cli(capsys, "runs", "--json", "--db", db)
+    runs = json.loads(out)
+    assert code == 0 and any(r["id"] == run_id for r in (runs if isinstance(runs, list) else runs["runs"]))
