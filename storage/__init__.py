@@ -50,6 +50,7 @@ _EXPORTS = {
         "assign",
         "next_comparison",
         "present",
+        "progress",
         "start_session",
         "vote_history",
     ),

@@ -62,6 +62,7 @@ class Shown:
     run_id: int
     model: str
     sampler: str
+    reward: float | None = None  # hidden by a blind UI until the vote is in
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ def _shown(session: Session, candidate_id: int) -> Shown:
         run_id=run.id,
         model=run.model,
         sampler=run.sampler,
+        reward=cand.reward,
     )
 
 
@@ -200,6 +202,18 @@ def next_comparison(session: Session, annotator: str, *, now: datetime | None = 
     )
     comparison_id = session.scalars(query).first()
     return None if comparison_id is None else present(session, comparison_id, now=now)
+
+
+def progress(session: Session, annotator: str) -> tuple[int, int]:
+    """(comparisons this annotator has voted on, comparisons still in their queue)."""
+    person = find_annotator(session, annotator)
+    person_id = person.id if person is not None else -1
+    mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.annotator_id == person_id)
+    anyone = exists().where(Assignment.comparison_id == Comparison.id)
+    voted = exists().where(Vote.comparison_id == Comparison.id, Vote.annotator_id == person_id)
+    done = session.scalar(select(func.count()).select_from(Comparison).where(voted)) or 0
+    remaining = session.scalar(select(func.count()).select_from(Comparison).where(~voted, mine | ~anyone)) or 0
+    return int(done), int(remaining)
 
 
 def _check_time(value: Any, field: str) -> datetime | None:
