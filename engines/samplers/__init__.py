@@ -36,6 +36,7 @@ def _load_all() -> None:
         rejection,
         reno,
         svdd,
+        weighted_majority,
     )
 
 
