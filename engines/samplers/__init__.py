@@ -26,8 +26,8 @@ def build_sampler(name: str, params: dict[str, Any] | None = None, *, strings: b
 def _load_all() -> None:
     # Imported for their registration side effect, one module per algorithm.
     from engines.samplers import (  # noqa: F401
-        best_of_n,
         best_of_majority,
+        best_of_n,
         dts,
         fk_steering,
         knockout,

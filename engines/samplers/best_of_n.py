@@ -8,20 +8,32 @@ reward with CDF F over the model's samples, P(pick ≤ r) = F(r)^N.
 Candidates are drawn in batches of ``batch_size`` sharing the prompt's KV
 cache (the prompt is encoded once), scored as each batch lands, so the UI
 sees the distribution fill in.
+
+On a diffusion model the same sampler is best-of-N over seeds: N independent
+reverse chains (``steps`` and ``eta`` from :class:`DiffusionConfig`), batched
+``batch_size`` at a time, every state a node of the trace.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from engines.config import param
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
 from engines.samplers.common import Candidate, argmax, draw_scored, open_root
+from engines.samplers.diffusion_common import (
+    DiffusionConfig,
+    ImageCandidate,
+    check_diffusion_inputs,
+    draw_images,
+)
+from engines.task import Task
 from engines.trace import Event, SelectEvent
 
 
-class BestOfNConfig(GenerationConfig):
+class BestOfNConfig(DiffusionConfig, GenerationConfig):
     label = "Best-of-N"
     paper = "Stiennon et al. 2020, Learning to summarize from human feedback (arXiv:2009.01325)"
     summary = "Draw N candidates, keep the one with the highest reward."
@@ -34,9 +46,22 @@ class BestOfNConfig(GenerationConfig):
 class BestOfN(Sampler):
     name = "best_of_n"
     Config = BestOfNConfig
+    modalities = ("text", "image")
+
+    def check_inputs(self, task: Task, model: Any, reward: Any) -> None:
+        super().check_inputs(task, model, reward)
+        if model.modality == "image":
+            check_diffusion_inputs(model, reward)
 
     def steps(self, ctx: RunContext) -> Iterator[Event]:
         cfg: BestOfNConfig = self.config  # type: ignore[assignment]
+        if ctx.model.modality == "image":
+            images: list[ImageCandidate] = []
+            while len(images) < cfg.n:
+                yield from draw_images(ctx, min(cfg.batch_size, cfg.n - len(images)), cfg.steps, cfg.eta, images)
+            best = argmax(images)  # type: ignore[arg-type]
+            yield SelectEvent(nodes=[best.id], reason=f"highest reward of {len(images)} seeds")
+            return
         prefix, root = open_root(ctx)
         yield root
         found: list[Candidate] = []

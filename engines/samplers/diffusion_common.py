@@ -11,26 +11,26 @@
   timestep and the particle index;
 - :func:`fit_particles`: how many particles a plan can afford within the
   run's nfe and reward-call budgets, so that samplers shrink a plan up front
-  instead of stopping half way down the chain.
+  instead of stopping half way down the chain;
+- :func:`draw_images`: N independent chains, scored (best-of-N's image branch).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from engines.config import Config, param
-from engines.errors import ConfigError
+from engines.errors import BudgetExhausted, ConfigError
 from engines.samplers.base import RunContext, Sampler
 from engines.task import Task
-from engines.trace import NodeEvent, PruneEvent, ScoreEvent
+from engines.trace import Event, NodeEvent, PruneEvent, ScoreEvent
 
 
-@dataclass(frozen=True, kw_only=True)
 class DiffusionConfig(Config):
     """Fields every diffusion sampler carries."""
 
@@ -147,3 +147,51 @@ def take(pred: Any, index: torch.Tensor) -> Any:
 
 def cat_predictions(preds: Sequence[Any]) -> Any:
     return type(preds[0])(eps=torch.cat([p.eps for p in preds]), x0=torch.cat([p.x0 for p in preds]))
+
+
+@dataclass
+class ImageCandidate:
+    """A finished diffusion sample: its final node and reward (what flat samplers rank)."""
+
+    id: str
+    reward: float | None = None
+
+
+def draw_images(
+    ctx: RunContext, count: int, steps: int | None, eta: float, out: list[ImageCandidate]
+) -> Iterator[Event]:
+    """Run ``count`` independent chains (as many as the budget allows, else BudgetExhausted):
+    yield every state as a node, then the final images, their scores and a cost snapshot;
+    append the finished samples to ``out``. The image counterpart of the text samplers'
+    ``draw_scored``."""
+    model = ctx.model
+    sched = model.schedule(steps)
+    total = len(sched)
+    n = fit_particles(ctx, count, nfe_each=total, reward_calls_each=1)
+    if n < 1:
+        raise BudgetExhausted("budget exhausted: no room for another chain")
+    offset = len(out)
+    particles = list(range(offset, offset + n))
+    x = model.initial_noise(n, ctx.rng)
+    parents: list[str | None] = [None] * n
+    for i in range(total):
+        pred = ctx.denoise(x, i, sched)
+        parents, events = state_nodes(
+            ctx,
+            depth=i,
+            parents=parents,
+            images=preview_uris(ctx, pred.x0),
+            timestep=sched.timesteps[i],
+            particles=particles,
+        )
+        yield from events
+        x = model.step(x, i, sched, pred, eta=eta, rng=ctx.rng).sample
+    images = model.decode(x)
+    ids, events = state_nodes(
+        ctx, depth=total, parents=parents, images=image_uris(ctx, images), timestep=None, particles=particles, final=True
+    )
+    yield from events
+    values = ctx.score(images)
+    yield from scores(ids, values, reward_name(ctx), partial=False)
+    out.extend(ImageCandidate(node_id, value) for node_id, value in zip(ids, values, strict=True))
+    yield ctx.cost_event()

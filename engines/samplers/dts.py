@@ -62,7 +62,6 @@ from engines.samplers.diffusion_common import (
 from engines.trace import Event, SelectEvent
 
 
-@dataclass(frozen=True, kw_only=True)
 class DTSConfig(DiffusionConfig):
     label = "Diffusion Tree Sampling / Search"
     paper = "Jain et al. 2025, Diffusion Tree Sampling: Scalable inference-time alignment of diffusion models"

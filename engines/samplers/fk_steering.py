@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -69,7 +68,6 @@ from engines.samplers.diffusion_common import (
 from engines.trace import Event, ResampleEvent, SelectEvent
 
 
-@dataclass(frozen=True, kw_only=True)
 class FKSteeringConfig(DiffusionConfig):
     label = "Feynman-Kac steering"
     paper = "Singhal et al. 2025, A General Framework for Inference-time Scaling and Steering of Diffusion Models"
@@ -81,7 +79,9 @@ class FKSteeringConfig(DiffusionConfig):
         "max", label="Potential", choices=("max", "difference", "sum"), help="How intermediate rewards weigh particles."
     )
     resample_every: int = param(5, label="Resample every", min=1, max=1000, help="Steps between potentials.")
-    resample_start: int = param(0, label="First resampling step", min=0, max=1000, advanced=True)
+    resample_start: int = param(
+        0, label="First resampling step", min=0, max=1000, advanced=True, help="Step index of the first potential."
+    )
     resample_end: int | None = param(
         None, label="Last resampling step", min=0, max=1000, advanced=True, help="Empty: up to the last step."
     )
@@ -89,7 +89,11 @@ class FKSteeringConfig(DiffusionConfig):
         0.5, label="ESS threshold", min=0.0, max=1.0, step=0.05, help="Resample when ESS < threshold·N (1: always)."
     )
     resampling: Literal["systematic", "multinomial", "stratified"] = param(
-        "systematic", label="Resampling", choices=("systematic", "multinomial", "stratified"), advanced=True
+        "systematic",
+        label="Resampling",
+        choices=("systematic", "multinomial", "stratified"),
+        advanced=True,
+        help="How ancestors are drawn from the weights (systematic has the least variance).",
     )
     guidance: float = param(
         0.0,

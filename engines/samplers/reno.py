@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
@@ -55,7 +54,6 @@ from engines.samplers.diffusion_common import (
 from engines.trace import Event, SelectEvent
 
 
-@dataclass(frozen=True, kw_only=True)
 class ReNOConfig(DiffusionConfig):
     label = "ReNO (noise optimisation)"
     paper = "Eyring et al. 2024, ReNO: Enhancing One-step Text-to-Image Models through Reward-based Noise Optimization"

@@ -25,7 +25,6 @@ candidates need none): N + N·M·(K−1) in all; N·M·K reward calls.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
@@ -48,7 +47,6 @@ from engines.samplers.diffusion_common import (
 from engines.trace import Event, SelectEvent
 
 
-@dataclass(frozen=True, kw_only=True)
 class SVDDConfig(DiffusionConfig):
     label = "SVDD (soft value-based decoding)"
     paper = "Li et al. 2024, Derivative-Free Guidance in Continuous and Discrete Diffusion Models with Soft Value-Based Decoding"

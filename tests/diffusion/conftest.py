@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_parts import save_tiny_clip, save_tiny_stable_diffusion, save_tiny_unet_pipeline  # noqa: E402
-
-from engines.models.gaussian_mixture import GaussianMixture, GaussianMixtureDiffusion  # noqa: E402
-from engines.rewards.image import ImageReward  # noqa: E402
+from engines.models.gaussian_mixture import GaussianMixture, GaussianMixtureDiffusion
+from engines.rewards.image import ImageReward
+from tests.diffusion.tiny_parts import save_tiny_clip, save_tiny_stable_diffusion, save_tiny_unet_pipeline
 
 
 @pytest.fixture(scope="package", autouse=True)

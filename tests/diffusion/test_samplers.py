@@ -18,6 +18,7 @@ from engines.trace import Budget, DoneEvent, collect, event_to_dict
 TASK = Task(prompt="")
 
 CASES = {
+    "best_of_n": ("best_of_n", {"n": 5, "steps": 5, "batch_size": 2}),
     "fk_max_systematic": ("fk_steering", {"particles": 4, "steps": 6, "resample_every": 2, "ess_threshold": 1.0}),
     "fk_difference_multinomial": (
         "fk_steering",
@@ -81,10 +82,19 @@ def test_respects_an_nfe_budget(case: str, digits_model, digit3) -> None:  # noq
 
 
 def test_every_diffusion_sampler_is_registered() -> None:
-    for name in ("fk_steering", "svdd", "dts", "reno"):
+    for name in ("best_of_n", "fk_steering", "svdd", "dts", "reno"):
         cls = SAMPLERS.get(name)
-        assert cls.modalities == ("image",) and cls.Config.paper
+        assert "image" in cls.modalities and cls.Config.paper
+        assert {"steps", "eta"} <= {spec.name for spec in cls.Config.specs()}
         assert all(spec.label for spec in cls.Config.specs())
+
+
+def test_best_of_n_over_seeds_picks_the_highest_reward(digits_model, digit3) -> None:  # noqa: ANN001
+    trace = run("best_of_n", {"n": 6, "steps": 5, "batch_size": 4}, digits_model, digit3)
+    finals = [i for i, n in trace.nodes.items() if n.final]
+    assert len(finals) == 6 and len({trace.nodes[i].meta["particle"] for i in finals}) == 6
+    assert trace.selected == [max(finals, key=lambda i: trace.scores[i]["digit:3"])]
+    assert trace.done.cost["nfe"] == 6 * 5 and trace.done.cost["reward_calls"] == 6
 
 
 # -- Feynman-Kac steering ---------------------------------------------------------------
