@@ -97,11 +97,16 @@ class RunContext:
         self._next_id += 1
         return f"{prefix}{self._next_id}"
 
-    def check(self) -> None:
-        """Raise if the run was cancelled or a budget counter reached its cap."""
+    def check(self, *counters: str) -> None:
+        """Raise if the run was cancelled or a budget counter reached its cap: any counter,
+        or only ``counters`` (and wall time) when the work about to be done spends only those
+        (scoring the candidates that used up the token or nfe budget is still allowed)."""
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("run cancelled")
-        exhausted = self.budget.exhausted(self.cost)
+        if not counters:
+            exhausted = self.budget.exhausted(self.cost)
+        else:
+            exhausted = next((c for c in (*counters, "wall_seconds") if self.remaining(c) <= 0), None)
         if exhausted is not None:
             raise BudgetExhausted(f"budget exhausted: {exhausted}")
 
@@ -136,7 +141,7 @@ class RunContext:
         return self.model.sample(prefixes, params, n=n, rng=self.rng, usage=self.cost)
 
     def score(self, candidates: Sequence[Any]) -> list[float]:
-        self.check()
+        self.check("reward_calls", "reward_tokens")
         if len(candidates) > self.remaining("reward_calls"):
             raise BudgetExhausted("budget exhausted: reward_calls")
         values = self.reward.score(self.task, candidates, usage=self.cost)
@@ -145,7 +150,7 @@ class RunContext:
 
     def compare(self, pairs: Sequence[tuple[Any, Any]]) -> list[float]:
         """P(a beats b) for each pair, from the pairwise reward (one reward call per pair)."""
-        self.check()
+        self.check("reward_calls", "reward_tokens")
         if len(pairs) > self.remaining("reward_calls"):
             raise BudgetExhausted("budget exhausted: reward_calls")
         values = self.pairwise.compare_many(self.task, pairs, usage=self.cost)
@@ -153,7 +158,7 @@ class RunContext:
         return [float(p) for p in values]
 
     def score_steps(self, candidates: Sequence[Sequence[str]]) -> list[list[float]]:
-        self.check()
+        self.check("reward_calls", "reward_tokens")
         if len(candidates) > self.remaining("reward_calls"):
             raise BudgetExhausted("budget exhausted: reward_calls")
         values = self.reward.score_steps(self.task, candidates, usage=self.cost)
@@ -163,7 +168,7 @@ class RunContext:
     def denoise(self, x: torch.Tensor, step: int, schedule: Any, *, grad: bool = False) -> Any:
         """One diffusion network evaluation per particle at inference step ``step``
         (the model's ``predict``), metered as ``nfe``; refuses a batch past the nfe budget."""
-        self.check()
+        self.check("nfe", "model_calls")
         if x.shape[0] * self.model.nfe_for(self.task) > self.remaining("nfe"):
             raise BudgetExhausted("budget exhausted: nfe")
         with torch.set_grad_enabled(grad):
@@ -171,7 +176,7 @@ class RunContext:
 
     def score_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """A differentiable image reward's [B] values with their autograd graph, metered like :meth:`score`."""
-        self.check()
+        self.check("reward_calls", "reward_tokens")
         if images.shape[0] > self.remaining("reward_calls"):
             raise BudgetExhausted("budget exhausted: reward_calls")
         values = self.reward.score_tensor(self.task, images)

@@ -99,7 +99,7 @@ class FKSteeringConfig(DiffusionConfig):
         0.0,
         label="Gradient guidance",
         min=0.0,
-        max=100.0,
+        max=100000.0,
         help="Proposal mean μ + s·σ²·∇r(x̂0) (differentiable rewards; s = λ is the usual choice); weights correct for it.",
         advanced=True,
     )
