@@ -160,6 +160,15 @@ class RunContext:
         self.cost.add(reward_calls=len(candidates))
         return values
 
+    def score_last(self, candidates: Sequence[Sequence[str]]) -> list[float]:
+        """The step reward after the last step of each candidate."""
+        self.check()
+        if len(candidates) > self.remaining("reward_calls"):
+            raise BudgetExhausted("budget exhausted: reward_calls")
+        values = self.reward.score_last(self.task, candidates, usage=self.cost)
+        self.cost.add(reward_calls=len(candidates))
+        return [float(v) for v in values]
+
     @property
     def pairwise(self) -> PairwiseReward:
         if isinstance(self.reward, PairwiseReward):
