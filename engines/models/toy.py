@@ -208,6 +208,7 @@ class ToyModel(TextModel):
 
 
 TOY_MODELS = {
+    "ab2": (lambda: ToyModel("ab", 2, seed=3, name="toy:ab2"), "alphabet ab, horizon 2: 7 sequences (a depth-2 tree)"),
     "abc": (lambda: ToyModel("abc", 4, seed=0, name="toy:abc"), "alphabet abc, horizon 4: 121 sequences"),
     "binary": (lambda: ToyModel("01", 6, seed=1, name="toy:binary"), "alphabet 01, horizon 6: 127 sequences"),
     "digits": (

@@ -113,6 +113,8 @@ class ShepherdPRM(StepReward):
             if not steps:
                 out.append([])
                 continue
+            if any(self.step_tag in step for step in steps):
+                raise ConfigError(f"a step contains the PRM's step tag {self.step_tag!r}; its scores would shift")
             ids = torch.tensor([self.tokenizer(self._text(task, steps), add_special_tokens=False)["input_ids"]], device=self.device)
             logits = self.model(input_ids=ids).logits[0].float()
             pair = logits[:, [self.good_id, self.bad_id]].softmax(-1)[:, 0]
