@@ -31,7 +31,7 @@ from engines.models import SCHEMES, LoadOptions
 from engines.models.base import Generation, SamplingParams, TextModel
 from engines.models.kv import PrefixStore, RowKV, stack
 from engines.models.kv import row_kv as cut_row
-from engines.models.sampling import draw
+from engines.models.sampling import draw, entropy
 from engines.task import Task
 from engines.trace import Cost
 
@@ -221,6 +221,20 @@ class TransformersTextModel(TextModel):
         state = [_RowState() for _ in owners]
         max_stop = max((len(s) for s in params.stop), default=0)
         for step in range(params.max_new_tokens):
+            if params.stop_entropy is not None and step >= params.entropy_min_tokens:
+                # CARDS-style segments end before a high-uncertainty token: it is not drawn
+                uncertain = [r for r, h in enumerate(entropy(logits).tolist()) if h >= params.stop_entropy]
+                for r in uncertain:
+                    state[r].reason = "entropy"
+                if uncertain:
+                    self._finish(uncertain, owners, state, prefixes, cache, mask, results, fed_all=True)
+                    keep = [r for r in range(len(owners)) if r not in set(uncertain)]
+                    if not keep:
+                        return
+                    owners, state = [owners[r] for r in keep], [state[r] for r in keep]
+                    index = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(index)
+                    logits, mask, last_pos = logits[index], mask[index], last_pos[index]
             if step < params.min_new_tokens and self._eos_ids:
                 logits = logits.clone()
                 logits[:, list(self._eos_ids)] = float("-inf")
@@ -244,27 +258,12 @@ class TransformersTextModel(TextModel):
                     st.reason = "length"
                 if st.reason is not None:
                     finished.append(r)
-            for r in finished:
-                i, j = owners[r]
-                st = state[r]
-                if self.reuse_prefixes and st.reason != "eos" and len(st.ids) > 1:
-                    # the cache holds the prefix and every generated token but the last
-                    self.store.put(prefixes[i] + st.ids[:-1], cut_row(cache, r, mask[r]))
-                results[i][j] = Generation(
-                    text=self.decode(st.ids),
-                    token_ids=st.ids,
-                    logprobs=st.lp,
-                    sample_logprobs=st.slp,
-                    finish_reason=st.reason,
-                    stop=st.stop,
-                    prefix_tokens=len(prefixes[i]),
-                )
             if finished:
+                self._finish(finished, owners, state, prefixes, cache, mask, results, fed_all=False)
                 keep = [r for r in range(len(owners)) if r not in set(finished)]
                 if not keep:
                     return
-                owners = [owners[r] for r in keep]
-                state = [state[r] for r in keep]
+                owners, state = [owners[r] for r in keep], [state[r] for r in keep]
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
                 tokens, mask, last_pos = tokens[index], mask[index], last_pos[index]
@@ -280,6 +279,28 @@ class TransformersTextModel(TextModel):
             if usage is not None:
                 usage.add(model_calls=1)
             cache, logits = out.cache, out.logits[:, -1, :]
+
+    def _finish(self, rows, owners, state, prefixes, cache, mask, results, *, fed_all: bool) -> None:
+        """Record finished rows; keep their KV in the prefix store for later extension.
+
+        ``fed_all``: the cache already holds every generated token (a segment cut
+        before drawing); otherwise the last drawn token has not been fed yet.
+        """
+        for r in rows:
+            i, j = owners[r]
+            st = state[r]
+            cached = st.ids if fed_all else st.ids[:-1]
+            if self.reuse_prefixes and st.reason != "eos" and cached:
+                self.store.put(prefixes[i] + cached, cut_row(cache, r, mask[r]))
+            results[i][j] = Generation(
+                text=self.decode(st.ids),
+                token_ids=st.ids,
+                logprobs=st.lp,
+                sample_logprobs=st.slp,
+                finish_reason=st.reason,
+                stop=st.stop,
+                prefix_tokens=len(prefixes[i]),
+            )
 
     # -- scoring -----------------------------------------------------------------------
 

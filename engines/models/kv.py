@@ -35,8 +35,9 @@ def crop(kv: RowKV, length: int) -> RowKV:
 class PrefixStore:
     """LRU map from token-id tuples to their KV caches."""
 
-    def __init__(self, max_tokens: int = 200_000) -> None:
+    def __init__(self, max_tokens: int = 200_000, scan_limit: int = 256) -> None:
         self.max_tokens = max_tokens
+        self.scan_limit = scan_limit
         self._entries: OrderedDict[tuple[int, ...], RowKV] = OrderedDict()
         self._lengths: dict[int, int] = {}  # length -> how many entries have it
         self._tokens = 0
@@ -74,19 +75,35 @@ class PrefixStore:
                     del self._lengths[len(old)]
 
     def longest(self, ids: Sequence[int], limit: int) -> RowKV | None:
-        """KV of the longest stored prefix of ``ids``, cropped to at most ``limit`` tokens."""
+        """KV of the longest stored prefix shared with ``ids``, cropped to at most ``limit`` tokens.
+
+        A stored sequence need not be a prefix of ``ids``: any common prefix is
+        usable (the KV of a token depends only on the tokens before it), which is
+        what a Metropolis-Hastings move that rewrites a suffix needs.
+        """
         key = tuple(ids)
         with self._lock:
+            best_key, best_len = None, 0
             for length in sorted(self._lengths, reverse=True):
-                if length > len(key):
-                    continue
-                entry = self._entries.get(key[:length])
-                if entry is not None:
-                    self._entries.move_to_end(key[:length])
-                    self.hits += 1
-                    return crop(entry, min(length, limit))
-            self.misses += 1
-            return None
+                if length <= len(key) and key[:length] in self._entries:
+                    best_key, best_len = key[:length], length
+                    break
+            if best_len < min(limit, len(key)):
+                query = torch.tensor(key)
+                for stored in reversed(list(self._entries)[-self.scan_limit :]):
+                    m = min(len(stored), len(query))
+                    if m <= best_len:
+                        continue
+                    same = torch.tensor(stored[:m]) == query[:m]
+                    common = m if bool(same.all()) else int(same.int().argmin())
+                    if common > best_len:
+                        best_key, best_len = stored, common
+            if best_key is None or best_len == 0:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(best_key)
+            self.hits += 1
+            return crop(self._entries[best_key], min(best_len, limit))
 
 
 def stack(rows: Sequence[RowKV | None], width: int, template: RowKV | None) -> DynamicCache:

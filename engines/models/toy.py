@@ -24,7 +24,7 @@ import torch
 from engines.errors import ConfigError
 from engines.models import SCHEMES, LoadOptions
 from engines.models.base import Generation, SamplingParams, TextModel
-from engines.models.sampling import draw
+from engines.models.sampling import draw, entropy
 from engines.task import Task
 from engines.trace import Cost
 
@@ -125,6 +125,19 @@ class ToyModel(TextModel):
         live = list(range(len(rows)))
         for step in range(params.max_new_tokens):
             logits = torch.stack([self.logits(rows[r] + generated[r]) for r in live])
+            if params.stop_entropy is not None and step >= params.entropy_min_tokens:
+                high = entropy(logits) >= params.stop_entropy
+                for k in [k for k, h in enumerate(high.tolist()) if h]:
+                    r = live[k]
+                    done[r] = Generation(
+                        text=self.decode(generated[r]), token_ids=generated[r], logprobs=lps[r],
+                        sample_logprobs=slps[r], finish_reason="entropy", prefix_tokens=len(rows[r]),
+                    )
+                keep = [k for k, h in enumerate(high.tolist()) if not h]
+                live = [live[k] for k in keep]
+                if not live:
+                    break
+                logits = logits[keep]
             if step < params.min_new_tokens:
                 logits = logits.clone()
                 logits[:, self.eos_id] = float("-inf")
@@ -195,6 +208,7 @@ class ToyModel(TextModel):
 
 
 TOY_MODELS = {
+    "ab2": (lambda: ToyModel("ab", 2, seed=3, name="toy:ab2"), "alphabet ab, horizon 2: 7 sequences (a depth-2 tree)"),
     "abc": (lambda: ToyModel("abc", 4, seed=0, name="toy:abc"), "alphabet abc, horizon 4: 121 sequences"),
     "binary": (lambda: ToyModel("01", 6, seed=1, name="toy:binary"), "alphabet 01, horizon 6: 127 sequences"),
     "digits": (

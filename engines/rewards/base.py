@@ -88,6 +88,10 @@ class StepReward(ABC):
     ) -> list[list[float]]:
         """For each candidate (a list of step texts), one score per step."""
 
+    def score_last(self, task: Task, candidates: Sequence[Sequence[str]], *, usage: Cost | None = None) -> list[float]:
+        """The score after the last step of each candidate (samplers that only need the newest value)."""
+        return [scores[-1] for scores in self.score_steps(task, candidates, usage=usage)]
+
     def check_task(self, task: Task) -> None:
         if self.requires_answer and not task.answer:
             raise ValueError(f"reward {self.name!r} needs a reference answer (--answer or a task set)")

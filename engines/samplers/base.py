@@ -165,6 +165,15 @@ class RunContext:
         self.cost.add(reward_calls=len(candidates))
         return values
 
+    def score_last(self, candidates: Sequence[Sequence[str]]) -> list[float]:
+        """The step reward after the last step of each candidate."""
+        self.check("reward_calls", "reward_tokens")
+        if len(candidates) > self.remaining("reward_calls"):
+            raise BudgetExhausted("budget exhausted: reward_calls")
+        values = self.reward.score_last(self.task, candidates, usage=self.cost)
+        self.cost.add(reward_calls=len(candidates))
+        return [float(v) for v in values]
+
     def denoise(self, x: torch.Tensor, step: int, schedule: Any, *, grad: bool = False) -> Any:
         """One diffusion network evaluation per particle at inference step ``step``
         (the model's ``predict``), metered as ``nfe``; refuses a batch past the nfe budget."""
