@@ -69,6 +69,17 @@ class GaussianMixture:
         )
         return GaussianMixture(weights, means, self.stds)
 
+    def log_partition(self, direction: Sequence[float], lam: float) -> float:
+        """log Z = log E_{p0}[exp(λ·aᵀx)], the normaliser of the tilted density."""
+        a = list(direction)
+        a2 = sum(v * v for v in a)
+        return math.log(
+            sum(
+                w * math.exp(lam * sum(ai * mi for ai, mi in zip(a, m, strict=True)) + 0.5 * lam**2 * s**2 * a2)
+                for w, m, s in zip(self.weights, self.means, self.stds, strict=True)
+            )
+        )
+
     def mass_above(self, threshold: float, axis: int = 0) -> float:
         """P(x[axis] > threshold) under the mixture."""
         return sum(

@@ -12,7 +12,8 @@ take N_eff as the smallest ESS the run reported (resampling and the final
 weights included: the run's bottleneck) and allow four standard errors; the
 same bound checks the weighted mean against the target's standard deviation.
 The untilted mixture lies far outside the bound, so a sampler that ignored
-the reward, or weighted wrongly, fails.
+the reward, or weighted wrongly, fails. The run's estimate of log Z is checked
+against the closed form too.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ LAM = 0.5
 def weighted_estimates(trace) -> tuple[float, float, float]:  # noqa: ANN001
     """(P(x > 0), E[x], N_eff) from the final particles and their importance weights."""
     final = trace.resamples[-1]
-    assert final.step == len(final.particles) * 0 + final.step and not final.resampled
+    assert not final.resampled  # the final event carries the importance weights
     weights = torch.softmax(torch.tensor(final.log_weights, dtype=torch.float64), dim=0)
     xs = torch.tensor([trace.scores[i]["x0"] for i in final.particles], dtype=torch.float64)
     n_eff = min(r.ess for r in trace.resamples)
@@ -75,6 +76,9 @@ def test_fk_steering_matches_the_tilted_density(toy_model, mixture, coordinate_r
     tol_mean = 4 * mixture_sd(target) / math.sqrt(n_eff)
     assert abs(p_hat - p) < tol_p, f"P(x>0) = {p_hat:.4f}, exact {p:.4f}, bound {tol_p:.4f}"
     assert abs(mean_hat - target.mean()) < tol_mean, f"E[x] = {mean_hat:.4f}, exact {target.mean():.4f}"
+    # the SMC estimate of log Z = log E[exp(λ r)] (relative s.e. of Ẑ about 1/√N_eff)
+    log_z = mixture.log_partition([1.0], lam)
+    assert abs(trace.done.metrics["log_evidence"] - log_z) < 4 / math.sqrt(n_eff)
     if lam > 0:
         # the untilted answer is far outside the bound: the test can tell the two apart
         assert abs(mixture.mass_above(0.0) - p) > 5 * tol_p
