@@ -252,11 +252,11 @@ def plot(result: dict[str, Any], path: Any) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
     lams = list(HACK_LAMBDAS)
-    for kind, style in (("derivative-free", "-"), ("gradient", "--")):
+    for kind, style, colors in (("derivative-free", "-", ("C0", "C2")), ("gradient", "--", ("C1", "C3"))):
         names = [n for n in result["hacking"] if kind in n]
         rows = [result["hacking"][n]["summary"] for n in names]
-        axes[2].plot(lams, [r["reward"] for r in rows], "o" + style, color="C0", label=f"reward, {kind}")
-        axes[2].plot(lams, [r["check_target"] for r in rows], "s" + style, color="C3", label=f"check: {target}, {kind}")
+        axes[2].plot(lams, [r["reward"] for r in rows], "o" + style, color=colors[0], label=f"reward, {kind}")
+        axes[2].plot(lams, [r["check_target"] for r in rows], "s" + style, color=colors[1], label=f"check: {target}, {kind}")
     axes[2].set_xscale("log")
     axes[2].set_xlabel("λ (reward weight)")
     axes[2].set_ylim(-0.02, 1.02)
@@ -269,18 +269,26 @@ def plot(result: dict[str, Any], path: Any) -> None:
 
 
 def hacking_examples(result: dict[str, Any], path: Any, per_row: int = 10, scale: int = 6) -> None:
-    from PIL import Image
+    """The picks of the λ sweep, one labelled row per configuration; a light frame marks the
+    picks the held-out check recognised as the target digit, a dark frame the others."""
+    from PIL import Image, ImageDraw
 
     rows = []
     for cell in result["hacking"].values():
         tiles = []
         for run in cell["runs"][:per_row]:
             pixels = ((image_from_uri(run["image"])[0, 0].numpy() + 1) * 127.5).astype(np.uint8)
-            border = 200 if run["check_target"] else 90  # light frame: the check read the target digit
-            tiles.append(np.pad(pixels, 1, constant_values=border))
+            tiles.append(np.pad(pixels, 1, constant_values=200 if run["check_target"] else 90))
         rows.append(np.concatenate(tiles, axis=1))
     grid = np.concatenate(rows, axis=0)
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+    tiles = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    margin = 230
+    canvas = Image.new("L", (tiles.width + margin, tiles.height), 255)
+    canvas.paste(tiles, (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, name in enumerate(result["hacking"]):
+        draw.text((6, i * 10 * scale + 4 * scale), name.replace("λ", "lambda"), fill=0)
+    canvas.save(path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -121,7 +121,7 @@ class DiffusionTreeSampling(DiffusionSampler):
             if cost * model.nfe_for(ctx.task) > ctx.remaining("nfe") or ctx.remaining("reward_calls") < 1:
                 break
             leaf = None
-            for event in self._expand_and_rollout(ctx, node, sched):
+            for event in self._expand_and_rollout(ctx, node, sched, rollout=rollouts):
                 if isinstance(event, TreeNode):
                     leaf = event
                 else:
@@ -171,8 +171,9 @@ class DiffusionTreeSampling(DiffusionSampler):
         """Network evaluations to expand ``node`` and roll out to x0."""
         return total - (node.depth + 1)  # one per new state before x0; the parent's prediction is cached
 
-    def _expand_and_rollout(self, ctx: RunContext, node: TreeNode, sched: Any) -> Iterator[Any]:
-        """Yield the new nodes' events, then (last) the new leaf TreeNode."""
+    def _expand_and_rollout(self, ctx: RunContext, node: TreeNode, sched: Any, rollout: int) -> Iterator[Any]:
+        """Yield the new nodes' events, then (last) the new leaf TreeNode; node meta ``particle``
+        is the rollout that created the node."""
         model, cfg, total = ctx.model, self.config, len(sched)
         if node.depth < 0:
             x = model.initial_noise(1, ctx.rng)
@@ -196,7 +197,7 @@ class DiffusionTreeSampling(DiffusionSampler):
                 images=uris,
                 timestep=timestep,
                 final=depth == total,
-                particles=[0],
+                particles=[rollout],
             )
             child.node_id = ids[0]
             yield from events
