@@ -221,7 +221,7 @@ gradient, so images that fool the classifier without looking like digits fail it
 On the train split (digits it never saw): {h["real_digits_passing"]:.1%} pass the cut, k-NN accuracy
 {h["knn_accuracy_on_train_split"]:.1%}.
 
-## Samples ({s["samples"]} images, seed {metrics["seed"]}, {s["steps"]} steps, η = 1)
+## Samples ({s["samples"]} images, sampling seed {metrics["seed"] + 1}, {s["steps"]} steps, η = 1)
 - Recognised confidently by the classifier (max probability > 0.9): **{s["classifier_confident_share"]:.1%}**;
   confident samples per class: {hist}.
 - Pass the held-out check: **{s["heldout_check_pass_share"]:.1%}**; the check names the classifier's
