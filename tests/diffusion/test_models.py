@@ -108,3 +108,12 @@ def test_samplers_run_on_stable_diffusion(tiny_sd_folder, tiny_clip_folder) -> N
         assert final.final and final.image.startswith("data:image/png;base64,")
     # two UNet evaluations per particle and step with guidance
     assert trace.done.cost["nfe"] == 2 * 2 * 2
+
+
+def test_digits_task_set_names_model_and_reward() -> None:
+    from engines.tasks import TASK_SETS, get_task
+
+    task = get_task("digits:3")
+    assert task.meta == {"reward": "digit:3", "modality": "image"}
+    assert TASK_SETS.get("digits").model == "embedded:digits"
+    assert len(TASK_SETS.get("digits").tasks()) == 10
