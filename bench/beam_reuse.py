@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
         times, trace = [], None
         for _ in range(args.repeats):
             model.store.clear()
-            seconds, trace = timed(lambda: collect(build_sampler("beam_search", config).run(
-                task, model, reward, rng=torch.Generator().manual_seed(0))))
+            sampler = build_sampler("beam_search", config)
+            seconds, trace = timed(lambda m=model, s=sampler: collect(s.run(task, m, reward, rng=torch.Generator().manual_seed(0))))
             times.append(seconds)
         cost = trace.done.cost
         results["reuse" if reuse else "no_reuse"] = {

@@ -8,6 +8,7 @@ import importlib
 from app.commands.common import quiet_libraries
 from bench import BENCHES
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
