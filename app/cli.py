@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 #: modules under app.commands, each with ``register(subparsers)``
-COMMAND_MODULES = ("sample", "listing", "data", "serve")
+COMMAND_MODULES = ("sample", "listing", "data", "serve", "bench")
 
 
 class _Parser(argparse.ArgumentParser):

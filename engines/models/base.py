@@ -42,6 +42,8 @@ class SamplingParams:
     stop_entropy: float | None = None
     #: ... but only after this many tokens of the segment
     entropy_min_tokens: int = 1
+    #: keep each finished row's KV cache for later extension (tree search, SMC, MCMC)
+    keep_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

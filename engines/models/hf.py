@@ -46,7 +46,7 @@ class TransformersTextModel(TextModel):
         *,
         name: str,
         reuse_prefixes: bool = True,
-        store_tokens: int = 200_000,
+        store_bytes: int = 1 << 30,
         batch_size: int = 64,
     ) -> None:
         self.model = model.eval()
@@ -54,7 +54,7 @@ class TransformersTextModel(TextModel):
         self.name = name
         self.device = next(model.parameters()).device
         self.reuse_prefixes = reuse_prefixes
-        self.store = PrefixStore(store_tokens)
+        self.store = PrefixStore(store_bytes)
         self.batch_size = batch_size
         self._lock = threading.RLock()
         config = model.config
@@ -227,7 +227,7 @@ class TransformersTextModel(TextModel):
                 for r in uncertain:
                     state[r].reason = "entropy"
                 if uncertain:
-                    self._finish(uncertain, owners, state, prefixes, cache, mask, results, fed_all=True)
+                    self._finish(uncertain, owners, state, prefixes, cache, mask, results, fed_all=True, keep=params.keep_cache)
                     keep = [r for r in range(len(owners)) if r not in set(uncertain)]
                     if not keep:
                         return
@@ -259,7 +259,7 @@ class TransformersTextModel(TextModel):
                 if st.reason is not None:
                     finished.append(r)
             if finished:
-                self._finish(finished, owners, state, prefixes, cache, mask, results, fed_all=False)
+                self._finish(finished, owners, state, prefixes, cache, mask, results, fed_all=False, keep=params.keep_cache)
                 keep = [r for r in range(len(owners)) if r not in set(finished)]
                 if not keep:
                     return
@@ -280,7 +280,7 @@ class TransformersTextModel(TextModel):
                 usage.add(model_calls=1)
             cache, logits = out.cache, out.logits[:, -1, :]
 
-    def _finish(self, rows, owners, state, prefixes, cache, mask, results, *, fed_all: bool) -> None:
+    def _finish(self, rows, owners, state, prefixes, cache, mask, results, *, fed_all: bool, keep: bool) -> None:
         """Record finished rows; keep their KV in the prefix store for later extension.
 
         ``fed_all``: the cache already holds every generated token (a segment cut
@@ -290,7 +290,7 @@ class TransformersTextModel(TextModel):
             i, j = owners[r]
             st = state[r]
             cached = st.ids if fed_all else st.ids[:-1]
-            if self.reuse_prefixes and st.reason != "eos" and cached:
+            if self.reuse_prefixes and keep and st.reason != "eos" and cached:
                 self.store.put(prefixes[i] + cached, cut_row(cache, r, mask[r]))
             results[i][j] = Generation(
                 text=self.decode(st.ids),

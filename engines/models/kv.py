@@ -4,7 +4,9 @@ Tree search, beam search and SMC extend many nodes whose prefixes were already
 encoded. :class:`PrefixStore` keeps, for a token sequence, the keys and values
 of every layer (batch dimension removed), and finds the longest stored prefix
 of a new request, so only the rest is prefilled. Entries are evicted least
-recently used once the store holds more than ``max_tokens`` tokens.
+recently used once the store holds more than ``max_bytes`` of keys and values
+(SmolLM2-135M in fp32 needs about 46 KB per token, so the default 1 GiB keeps
+about 23,000 tokens).
 
 :func:`stack` turns per-row caches of different lengths into one batched
 ``DynamicCache`` by left padding (the attention mask hides the pads);
@@ -28,6 +30,10 @@ def kv_length(kv: RowKV) -> int:
     return int(kv[0][0].shape[1]) if kv else 0
 
 
+def nbytes(kv: RowKV) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+
+
 def crop(kv: RowKV, length: int) -> RowKV:
     return [(k[:, :length], v[:, :length]) for k, v in kv]
 
@@ -35,12 +41,12 @@ def crop(kv: RowKV, length: int) -> RowKV:
 class PrefixStore:
     """LRU map from token-id tuples to their KV caches."""
 
-    def __init__(self, max_tokens: int = 200_000, scan_limit: int = 256) -> None:
-        self.max_tokens = max_tokens
+    def __init__(self, max_bytes: int = 1 << 30, scan_limit: int = 256) -> None:
+        self.max_bytes = max_bytes
         self.scan_limit = scan_limit
         self._entries: OrderedDict[tuple[int, ...], RowKV] = OrderedDict()
         self._lengths: dict[int, int] = {}  # length -> how many entries have it
-        self._tokens = 0
+        self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -52,13 +58,14 @@ class PrefixStore:
         with self._lock:
             self._entries.clear()
             self._lengths.clear()
-            self._tokens = 0
+            self._bytes = 0
 
     def put(self, ids: Sequence[int], kv: RowKV) -> None:
         key = tuple(ids)
         if len(key) != kv_length(kv):
             raise ValueError(f"cache length {kv_length(kv)} does not match {len(key)} tokens")
-        if not key or len(key) > self.max_tokens:
+        size = nbytes(kv)
+        if not key or size > self.max_bytes:
             return
         with self._lock:
             if key in self._entries:
@@ -66,10 +73,10 @@ class PrefixStore:
                 return
             self._entries[key] = kv
             self._lengths[len(key)] = self._lengths.get(len(key), 0) + 1
-            self._tokens += len(key)
-            while self._tokens > self.max_tokens:
-                old, _ = self._entries.popitem(last=False)
-                self._tokens -= len(old)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                old, old_kv = self._entries.popitem(last=False)
+                self._bytes -= nbytes(old_kv)
                 self._lengths[len(old)] -= 1
                 if not self._lengths[len(old)]:
                     del self._lengths[len(old)]

@@ -27,7 +27,7 @@ import torch
 
 from engines.config import Config, param
 from engines.errors import BudgetExhausted, Cancelled, ConfigError
-from engines.models.base import Generation, SamplingParams, TextModel
+from engines.models.base import Generation, SamplingParams
 from engines.rewards.base import PairwiseReward, Reward, StepReward
 from engines.task import Task
 from engines.trace import (

@@ -27,7 +27,15 @@ import torch
 from engines.config import param
 from engines.samplers import SAMPLERS
 from engines.samplers.base import RunContext
-from engines.samplers.stepwise import Partial, StepConfig, StepSampler, expand, prune, root_partial, score_last
+from engines.samplers.stepwise import (
+    Partial,
+    StepConfig,
+    StepSampler,
+    expand,
+    prune,
+    root_partial,
+    score_last,
+)
 from engines.trace import AcceptEvent, Event, SelectEvent
 
 

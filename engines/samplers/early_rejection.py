@@ -18,7 +18,16 @@ from collections.abc import Iterator
 from engines.config import param
 from engines.samplers import SAMPLERS
 from engines.samplers.base import RunContext
-from engines.samplers.stepwise import STEP_MODES, Partial, StepConfig, StepSampler, expand, prune, root_partial, score_last
+from engines.samplers.stepwise import (
+    STEP_MODES,
+    Partial,
+    StepConfig,
+    StepSampler,
+    expand,
+    prune,
+    root_partial,
+    score_last,
+)
 from engines.trace import Event, SelectEvent
 
 

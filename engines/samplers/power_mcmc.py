@@ -108,7 +108,7 @@ class PowerMCMC(Sampler):
         budget = end - t
         if ctx.affordable(1, budget) < 1:
             raise BudgetExhausted("budget exhausted: no room for another proposal")
-        (gen,) = ctx.generate([prompt + state.tokens[:t]], cfg.sampling(max_new_tokens=budget, min_new_tokens=0))[0]
+        (gen,) = ctx.generate([prompt + state.tokens[:t]], cfg.sampling(max_new_tokens=budget, min_new_tokens=0, keep_cache=True))[0]
         new = _State(
             id=ctx.new_id(),
             tokens=state.tokens[:t] + gen.token_ids,

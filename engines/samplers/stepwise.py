@@ -47,6 +47,7 @@ class StepConfig(GenerationConfig):
             stop=stop,
             stop_entropy=self.entropy_threshold if self.step == "entropy" else None,
             entropy_min_tokens=self.entropy_min_tokens,
+            keep_cache=True,
         )
 
 

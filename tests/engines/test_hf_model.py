@@ -81,7 +81,7 @@ def test_shared_prompt_is_prefilled_once(tiny_lm):
 
 
 def test_prefix_store_reuse_gives_the_same_results_with_less_prefill(tiny_lm_dir):
-    params = SamplingParams(max_new_tokens=6, temperature=0)
+    params = SamplingParams(max_new_tokens=6, temperature=0, keep_cache=True)
     outputs = {}
     for reuse in (False, True):
         model = TransformersTextModel.from_pretrained(str(tiny_lm_dir), name="t", reuse_prefixes=reuse)
