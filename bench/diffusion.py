@@ -23,7 +23,8 @@ not digits -- reward hacking, exposed by the held-out check. Example picks of
 the sweep are saved as an image.
 
 Writes ``bench/results/diffusion.json`` (every run), ``diffusion.md`` (the
-tables), ``diffusion.png`` (the plots) and ``diffusion_hacking.png``.
+tables), ``diffusion.png`` (the plots) and ``diffusion_hacking.png``
+(``diffusion_quick.*`` with ``--quick``, so a smoke run keeps the full results).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import json
 import math
 import statistics
 import time
@@ -297,26 +299,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=10, help="runs per cell")
     parser.add_argument("--quick", action="store_true", help="3 seeds and budgets up to 200 (a smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this model)")
+    parser.add_argument("--json", action="store_true", help="print the summaries as JSON instead of progress lines")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds, budgets = (3, BUDGETS[:4]) if args.quick else (args.seeds, BUDGETS)
     started = time.perf_counter()
-    result = run_benchmark(target=args.target, seeds=seeds, budgets=budgets)
+    result = run_benchmark(target=args.target, seeds=seeds, budgets=budgets, log=(lambda line: None) if args.json else print)
     result["seconds"] = time.perf_counter() - started
     info = machine()
     result["machine_line"] = f"{info['processor']}, {info['threads']} torch thread(s), torch {info['torch']}"
     command = "python -m bench.diffusion" + (" --quick" if args.quick else f" --target {args.target} --seeds {seeds}")
+    name = "diffusion_quick" if args.quick else "diffusion"  # a smoke run never overwrites the full results
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "diffusion.md").write_text(markdown(result, command))
-    plot(result, RESULTS / "diffusion.png")
-    hacking_examples(result, RESULTS / "diffusion_hacking.png")
+    (RESULTS / f"{name}.md").write_text(markdown(result, command))
+    plot(result, RESULTS / f"{name}.png")
+    hacking_examples(result, RESULTS / f"{name}_hacking.png")
     for section in ("matched", "hacking"):  # the JSON keeps numbers, not images
         cells = result[section].values() if section == "hacking" else [c for per in result[section].values() for c in per.values()]
         for cell in cells:
             for run in cell["runs"]:
                 run.pop("image", None)
-    path = save("diffusion", result)
-    print(f"wrote {path}, {RESULTS / 'diffusion.md'}, {RESULTS / 'diffusion.png'} in {result['seconds']:.0f} s")
+    path = save(name, result)
+    if args.json:
+        summaries = {
+            "matched": {m: {b: c["summary"] for b, c in per.items()} for m, per in result["matched"].items()},
+            "hacking": {name: c["summary"] for name, c in result["hacking"].items()},
+        }
+        print(json.dumps(summaries, indent=2))
+    else:
+        print(f"wrote {path}, {RESULTS / f'{name}.md'}, {RESULTS / f'{name}.png'} in {result['seconds']:.0f} s")
     return result
 
 
