@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 #: modules under app.commands, each with ``register(subparsers)``
-COMMAND_MODULES = ("sample", "listing")
+COMMAND_MODULES = ("sample", "listing", "data", "serve", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"samplescope: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("samplescope: interrupted", file=sys.stderr)
         return 130

@@ -1,7 +1,8 @@
 """Frozen, self-validating configs that carry their own UI metadata.
 
-A sampler config is a ``@dataclass(frozen=True, kw_only=True)`` subclass of
-:class:`Config` whose fields are declared with :func:`param`. The metadata
+A sampler config is a subclass of :class:`Config` whose fields are declared
+with :func:`param`; every subclass becomes a frozen, keyword-only dataclass
+on its own (``__init_subclass__``), so there is no decorator to forget. The metadata
 (label, help, range, choices) drives validation in ``__post_init__``, the
 CLI's ``--set key=value`` parsing and the app's generated forms, so a new
 sampler needs no UI code.
@@ -79,6 +80,11 @@ class Config:
     label: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # every subclass is itself a frozen, keyword-only dataclass: declaring fields is enough
+        super().__init_subclass__(**kwargs)
+        dataclass(frozen=True, kw_only=True)(cls)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))

@@ -7,6 +7,8 @@ A spec is ``scheme:rest``:
   side's ``embedded:digits``);
 - ``hf:ID_OR_FOLDER``: a transformers causal LM from a local folder or a hub id;
 - ``gguf:FILE``: a GGUF file, dequantised by transformers;
+- ``diffusers:PATH_OR_ID``: a diffusers pipeline folder or hub id (Stable
+  Diffusion, or a UNet2DModel DDPM/DDIM pipeline);
 - ``toy:NAME``: small enumerable models for tests and demos.
 
 Other modules add schemes and embedded names through :data:`SCHEMES` and
@@ -111,7 +113,7 @@ SCHEMES.add("embedded", _load_embedded)
 
 
 def _register_builtin() -> None:
-    from engines.models import arith, embedded, hf, toy  # noqa: F401  (registration side effects)
+    from engines.models import arith, digits, embedded, hf, stable_diffusion, toy  # noqa: F401  (registration side effects)
 
 
 _register_builtin()

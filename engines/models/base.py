@@ -38,6 +38,12 @@ class SamplingParams:
     top_k: int = 0
     stop: tuple[str, ...] = ()
     min_new_tokens: int = 0
+    #: end a segment before a token whose next-token entropy (nats) reaches this (CARDS)
+    stop_entropy: float | None = None
+    #: ... but only after this many tokens of the segment
+    entropy_min_tokens: int = 1
+    #: keep each finished row's KV cache for later extension (tree search, SMC, MCMC)
+    keep_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -50,6 +56,10 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.stop_entropy is not None and self.stop_entropy <= 0:
+            raise ValueError(f"stop_entropy must be > 0, got {self.stop_entropy}")
+        if self.entropy_min_tokens < 1:
+            raise ValueError("entropy_min_tokens must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float]
     sample_logprobs: list[float]
-    finish_reason: Literal["eos", "stop", "length"]
+    finish_reason: Literal["eos", "stop", "length", "entropy"]
     stop: str | None = None
     prefix_tokens: int = 0
     meta: dict = field(default_factory=dict)

@@ -45,3 +45,9 @@ def draw(
         sample_lp = warped.gather(-1, tokens[:, None]).squeeze(-1)
     base_lp = base.gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, base_lp, sample_lp
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of the base next-token distribution of each row."""
+    logp = logits.float().log_softmax(-1)
+    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)

@@ -90,7 +90,7 @@ def list_rewards() -> list[dict[str, Any]]:
 
 
 def _load_all() -> None:
-    from engines.rewards import arith, classifier, judge, text, verifiable  # noqa: F401
+    from engines.rewards import arith, classifier, image, judge, steps, text, verifiable  # noqa: F401
 
 
 _load_all()

@@ -88,6 +88,10 @@ class StepReward(ABC):
     ) -> list[list[float]]:
         """For each candidate (a list of step texts), one score per step."""
 
+    def score_last(self, task: Task, candidates: Sequence[Sequence[str]], *, usage: Cost | None = None) -> list[float]:
+        """The score after the last step of each candidate (samplers that only need the newest value)."""
+        return [scores[-1] for scores in self.score_steps(task, candidates, usage=usage)]
+
     def check_task(self, task: Task) -> None:
         if self.requires_answer and not task.answer:
             raise ValueError(f"reward {self.name!r} needs a reference answer (--answer or a task set)")
@@ -135,10 +139,14 @@ class ScalarAsPairwise(PairwiseReward):
         self.name = f"{reward.name}~bt"
         self.modality = reward.modality  # type: ignore[misc]
         self.requires_answer = reward.requires_answer  # type: ignore[misc]
-        self._memo: dict[tuple[int, str], float] = {}
+        self._memo: dict[tuple[str, str | None, str], float] = {}
 
     def _value(self, task: Task, candidate: Any, usage: Cost | None) -> float:
-        key = (id(task), candidate if isinstance(candidate, str) else str(id(candidate)))
+        if not isinstance(candidate, str):  # tensors (images) are not hashable by value
+            return self.reward.score(task, [candidate], usage=usage)[0]
+        key = (task.prompt, task.answer, candidate)
+        if len(self._memo) > 100_000:
+            self._memo.clear()
         if key not in self._memo:
             self._memo[key] = self.reward.score(task, [candidate], usage=usage)[0]
         return self._memo[key]

@@ -26,12 +26,24 @@ def build_sampler(name: str, params: dict[str, Any] | None = None, *, strings: b
 def _load_all() -> None:
     # Imported for their registration side effect, one module per algorithm.
     from engines.samplers import (  # noqa: F401
-        best_of_n,
+        beam_search,
         best_of_majority,
+        best_of_n,
+        cards,
+        dts,
+        dvts,
+        early_rejection,
+        fk_steering,
         knockout,
         majority,
+        mcts,
+        power_mcmc,
         preference_pairs,
         rejection,
+        reno,
+        smc,
+        svdd,
+        weighted_majority,
     )
 
 

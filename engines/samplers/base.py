@@ -27,7 +27,7 @@ import torch
 
 from engines.config import Config, param
 from engines.errors import BudgetExhausted, Cancelled, ConfigError
-from engines.models.base import Generation, SamplingParams, TextModel
+from engines.models.base import Generation, SamplingParams
 from engines.rewards.base import PairwiseReward, Reward, StepReward
 from engines.task import Task
 from engines.trace import (
@@ -50,6 +50,11 @@ class GenerationConfig(Config):
     temperature: float = param(1.0, label="Temperature", min=0.0, max=5.0, step=0.05, help="0 is greedy.")
     top_p: float = param(1.0, label="Top-p", min=0.01, max=1.0, step=0.01, help="Nucleus sampling mass.")
     top_k: int = param(0, label="Top-k", min=0, max=100000, help="0 keeps every token.", advanced=True)
+    min_new_tokens: int = param(0, label="Min new tokens", min=0, max=4096, help="End-of-text is suppressed before this.", advanced=True)
+
+    def validate(self) -> None:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError("min_new_tokens cannot exceed max_new_tokens")
 
     def sampling(self, **overrides: Any) -> SamplingParams:
         values = {
@@ -57,6 +62,7 @@ class GenerationConfig(Config):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
+            "min_new_tokens": self.min_new_tokens,
         }
         values.update(overrides)
         return SamplingParams(**values)
@@ -91,11 +97,16 @@ class RunContext:
         self._next_id += 1
         return f"{prefix}{self._next_id}"
 
-    def check(self) -> None:
-        """Raise if the run was cancelled or a budget counter reached its cap."""
+    def check(self, *counters: str) -> None:
+        """Raise if the run was cancelled or a budget counter reached its cap: any counter,
+        or only ``counters`` (and wall time) when the work about to be done spends only those
+        (scoring the candidates that used up the token or nfe budget is still allowed)."""
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("run cancelled")
-        exhausted = self.budget.exhausted(self.cost)
+        if not counters:
+            exhausted = self.budget.exhausted(self.cost)
+        else:
+            exhausted = next((c for c in (*counters, "wall_seconds") if self.remaining(c) <= 0), None)
         if exhausted is not None:
             raise BudgetExhausted(f"budget exhausted: {exhausted}")
 
@@ -130,27 +141,55 @@ class RunContext:
         return self.model.sample(prefixes, params, n=n, rng=self.rng, usage=self.cost)
 
     def score(self, candidates: Sequence[Any]) -> list[float]:
-        self.check()
+        self.check("reward_calls", "reward_tokens")
         if len(candidates) > self.remaining("reward_calls"):
             raise BudgetExhausted("budget exhausted: reward_calls")
         values = self.reward.score(self.task, candidates, usage=self.cost)
         self.cost.add(reward_calls=len(candidates))
         return [float(v) for v in values]
 
-    def compare(self, a: Any, b: Any) -> float:
-        self.check()
-        if self.remaining("reward_calls") < 1:
+    def compare(self, pairs: Sequence[tuple[Any, Any]]) -> list[float]:
+        """P(a beats b) for each pair, from the pairwise reward (one reward call per pair)."""
+        self.check("reward_calls", "reward_tokens")
+        if len(pairs) > self.remaining("reward_calls"):
             raise BudgetExhausted("budget exhausted: reward_calls")
-        p = self.pairwise.compare(self.task, a, b, usage=self.cost)
-        self.cost.add(reward_calls=1)
-        return float(p)
+        values = self.pairwise.compare_many(self.task, pairs, usage=self.cost)
+        self.cost.add(reward_calls=len(pairs))
+        return [float(p) for p in values]
 
     def score_steps(self, candidates: Sequence[Sequence[str]]) -> list[list[float]]:
-        self.check()
+        self.check("reward_calls", "reward_tokens")
         if len(candidates) > self.remaining("reward_calls"):
             raise BudgetExhausted("budget exhausted: reward_calls")
         values = self.reward.score_steps(self.task, candidates, usage=self.cost)
         self.cost.add(reward_calls=len(candidates))
+        return values
+
+    def score_last(self, candidates: Sequence[Sequence[str]]) -> list[float]:
+        """The step reward after the last step of each candidate."""
+        self.check("reward_calls", "reward_tokens")
+        if len(candidates) > self.remaining("reward_calls"):
+            raise BudgetExhausted("budget exhausted: reward_calls")
+        values = self.reward.score_last(self.task, candidates, usage=self.cost)
+        self.cost.add(reward_calls=len(candidates))
+        return [float(v) for v in values]
+
+    def denoise(self, x: torch.Tensor, step: int, schedule: Any, *, grad: bool = False) -> Any:
+        """One diffusion network evaluation per particle at inference step ``step``
+        (the model's ``predict``), metered as ``nfe``; refuses a batch past the nfe budget."""
+        self.check("nfe", "model_calls")
+        if x.shape[0] * self.model.nfe_for(self.task) > self.remaining("nfe"):
+            raise BudgetExhausted("budget exhausted: nfe")
+        with torch.set_grad_enabled(grad):
+            return self.model.predict(x, step, schedule, self.task, usage=self.cost)
+
+    def score_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """A differentiable image reward's [B] values with their autograd graph, metered like :meth:`score`."""
+        self.check("reward_calls", "reward_tokens")
+        if images.shape[0] > self.remaining("reward_calls"):
+            raise BudgetExhausted("budget exhausted: reward_calls")
+        values = self.reward.score_tensor(self.task, images)
+        self.cost.add(reward_calls=images.shape[0])
         return values
 
     @property
@@ -190,7 +229,11 @@ class Sampler(ABC):
             raise ConfigError(f"sampler {self.name!r} works on {'/'.join(self.modalities)} models, not {modality}")
         wanted = {"outcome": Reward, "pairwise": PairwiseReward, "step": StepReward}[self.reward_kind]
         if not isinstance(reward, wanted):
-            raise ConfigError(f"sampler {self.name!r} needs a {self.reward_kind} reward, got {getattr(reward, 'name', reward)!r}")
+            got = getattr(reward, "kind", type(reward).__name__)
+            raise ConfigError(
+                f"sampler {self.name!r} needs a reward of kind {self.reward_kind!r}; "
+                f"{getattr(reward, 'name', reward)!r} is a {got} reward"
+            )
         if getattr(reward, "modality", modality) != modality:
             raise ConfigError(f"reward {reward.name!r} scores {reward.modality}, but the model makes {modality}")
         reward.check_task(task)
@@ -235,7 +278,7 @@ class Sampler(ABC):
             ctx.trace.append(event)
             yield event
         picks = list(ctx.trace.selected)
-        if not picks:
+        if not picks and status != "ok":
             picks = self.fallback_picks(ctx.trace)
             if picks:
                 select = SelectEvent(nodes=picks, reason=f"best so far ({status})")
@@ -251,7 +294,7 @@ class Sampler(ABC):
         )
 
     def fallback_picks(self, trace: Trace) -> list[str]:
-        """The pick when the run stops early: the best-scored complete candidate."""
+        """The pick when the run stops early (budget, cancel): the best-scored complete candidate."""
         scored = [(trace.reward(i), i) for i in trace.nodes if trace.nodes[i].final and trace.reward(i) is not None]
         if not scored:
             return []

@@ -53,7 +53,7 @@ def get_task(ref: str) -> Task:
 
 
 def _load_all() -> None:
-    from engines.tasks import arith, open_ended  # noqa: F401
+    from engines.tasks import arith, digits, open_ended  # noqa: F401
 
 
 _load_all()

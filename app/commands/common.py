@@ -1,0 +1,66 @@
+"""Helpers shared by the CLI subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import warnings
+
+from engines.errors import ConfigError
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def quiet_libraries() -> None:
+    """Keep library progress bars and advisory warnings out of the CLI's output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def open_database(url: str | None):
+    """The database at ``url`` (else SAMPLESCOPE_DB, else the user data folder), migrated."""
+    from storage import Database
+
+    return Database.open(url)
+
+
+def save_request_run(db, request, trace) -> int:
+    """Store a finished run made from a RunRequest; returns the run id."""
+    from storage import save_run
+
+    config = dict(request.params)
+    if request.budget.as_dict():
+        config["budget"] = request.budget.as_dict()
+    return db.write(
+        lambda s: save_run(
+            s,
+            trace=trace,
+            task=request.task,
+            model=request.model,
+            reward=request.reward,
+            sampler=request.sampler,
+            config=config,
+            seed=request.seed,
+        )
+    )

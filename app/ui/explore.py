@@ -1,0 +1,170 @@
+"""The Explore tab: pick a model, a reward and a sampler, run it, watch it live.
+
+The run handler is a thin generator over the sampler's events: it appends them
+to a trace and, a few times a second, yields ``{component: update}`` snapshots
+of the views. Cancel raises the run's flag; the sampler stops at its next
+model or reward call. A finished run (ok, stopped by its budget, or
+cancelled) is stored in one repository call and gets a link ``/?run=ID``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gradio as gr
+
+from app.ui import forms
+from app.ui.panel import ViewPanel, candidate_html
+from app.ui.services import Services, error_message
+from engines.runner import RunRequest, stream
+from engines.trace import Trace
+
+
+def progress_text(trace: Trace, request: RunRequest, finished: bool = False) -> str:
+    done = len(trace.candidates)
+    target = request.params.get("n")
+    count = f"{done}/{target} candidates" if target else f"{done} candidates, {len(trace.nodes)} nodes"
+    cost = trace.cost
+    spent = f"{int(cost.get('generated_tokens', 0)):,} tokens, {cost.get('wall_seconds', 0.0):.1f} s"
+    if finished and trace.done is not None:
+        note = f" — {trace.done.message}" if trace.done.message else ""
+        return f"**{trace.done.status}**: {count}, {spent}{note}"
+    return f"running… {count}, {spent}"
+
+
+def error_markdown(message: str) -> str:
+    # our own text around the user's error; the error itself is escaped by gr.Markdown's sanitiser
+    return f"<span class='error-line'>⚠ {message.replace('<', '&lt;')}</span>"
+
+
+class ExploreTab:
+    def __init__(self, services: Services) -> None:
+        from engines.samplers import SAMPLERS
+
+        self.services = services
+        samplers = SAMPLERS.items()
+        with gr.Tab("Explore", id="explore"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=320):
+                    self.model = gr.Dropdown(
+                        forms.model_choices(), value=services.default_model, allow_custom_value=True, label="Model",
+                        info="an embedded model, hf:/path/to/folder, hf:HUB_ID or gguf:FILE", elem_id="explore-model",
+                    )
+                    self.reward = gr.Dropdown(
+                        forms.reward_choices(), value="sentiment", allow_custom_value=True, label="Reward",
+                        info="e.g. sentiment, math, length:20, regex:PATTERN, judge, rm:/path", elem_id="explore-reward",
+                    )
+                    self.sampler = gr.Dropdown(
+                        [(cls.Config.label, name) for name, cls in samplers], value="best_of_n", label="Sampler", elem_id="explore-sampler",
+                    )
+                    self.forms = forms.build_forms(samplers, "best_of_n", "explore")
+                    with gr.Row():
+                        self.seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                        self.budget = gr.Number(0, precision=0, label="Token budget", info="0 = no cap", minimum=0)
+                with gr.Column(scale=2):
+                    self.task = gr.Dropdown(forms.task_choices(), value=None, label="Built-in prompt", elem_id="explore-task")
+                    self.prompt = gr.Textbox(lines=3, label="Prompt", placeholder="Write a prompt, or pick a built-in one", elem_id="explore-prompt")
+                    with gr.Row():
+                        self.answer = gr.Textbox(label="Reference answer", info="for verifiable rewards such as math", scale=3)
+                        self.chat = gr.Checkbox(True, label="Chat template", scale=1)
+                    with gr.Row():
+                        self.run_button = gr.Button("Run", variant="primary", elem_id="explore-run")
+                        self.cancel_button = gr.Button("Cancel", variant="stop", elem_id="explore-cancel")
+                    self.status = gr.Markdown(elem_id="explore-status")
+                    self.link = gr.Markdown(elem_id="explore-link")
+            self.panel = ViewPanel("explore")
+        self.token = gr.State(None)
+        self.run_id = gr.State(None)
+        self._wire()
+
+    def _wire(self) -> None:
+        inputs = [self.model, self.reward, self.sampler, self.prompt, self.answer, self.chat, self.seed, self.budget]
+        inputs += forms.all_inputs(self.forms)
+        outputs = [self.status, self.link, self.token, self.run_id, *self.panel.outputs]
+        self.run_button.click(
+            self.run, inputs, outputs, concurrency_limit=self.services.concurrency, concurrency_id="samplers",
+            show_progress="hidden",
+        )
+        self.prompt.submit(
+            self.run, inputs, outputs, concurrency_limit=self.services.concurrency, concurrency_id="samplers",
+            show_progress="hidden",
+        )
+        self.cancel_button.click(self.cancel, [self.token], [self.status], concurrency_limit=None, show_progress="hidden")
+        self.sampler.change(lambda s: forms.visibility(self.forms, s), [self.sampler], [f.group for f in self.forms])
+        self.task.change(self.pick_task, [self.task], [self.prompt, self.answer, self.chat, self.model, self.reward])
+        self.panel.table.select(self.show_candidate, [self.run_id], [self.panel.detail])
+
+    # -- handlers ------------------------------------------------------------------
+
+    def request(self, model, reward, sampler, prompt, answer, chat, seed, budget, values) -> RunRequest:
+        params = forms.params_for(self.forms, sampler, list(values))
+        return RunRequest.build(
+            model=model, reward=reward, sampler=sampler, params=params, prompt=prompt or "",
+            answer=(answer or "").strip() or None, chat=bool(chat), seed=int(seed or 0),
+            budget={"generated_tokens": int(budget)} if budget else None,
+            device=self.services.device, dtype=self.services.dtype,
+        )
+
+    def run(self, model, reward, sampler, prompt, answer, chat, seed, budget, *values):
+        try:
+            request = self.request(model, reward, sampler, prompt, answer, chat, seed, budget, values)
+        except Exception as exc:  # bad input: one line in the page, nothing else changes
+            yield {self.status: error_markdown(error_message(exc))}
+            return
+        token, flag = self.services.start_run()
+        trace = Trace()
+        try:
+            yield {self.status: f"loading `{request.model}`…", self.link: "", self.token: token, self.run_id: None, **self.panel.clear()}
+            last = 0.0
+            for event in stream(request, cancel=flag):
+                trace.append(event)
+                now = time.monotonic()
+                if event.kind == "done" or now - last >= self.services.update_interval:
+                    last = now
+                    yield {self.status: progress_text(trace, request, finished=event.kind == "done"), **self.panel.render(trace)}
+        except Exception as exc:
+            yield {self.status: error_markdown(error_message(exc)), self.token: None}
+            return
+        finally:
+            self.services.finish(token)
+        yield self.save(request, trace)
+
+    def save(self, request: RunRequest, trace: Trace) -> dict[Any, Any]:
+        from app.commands.common import save_request_run
+
+        try:
+            run_id = save_request_run(self.services.db, request, trace)
+        except Exception as exc:
+            return {self.link: error_markdown("not saved: " + error_message(exc)), self.token: None}
+        return {self.link: f"Saved as run {run_id}: [/?run={run_id}](/?run={run_id})", self.run_id: run_id, self.token: None}
+
+    def cancel(self, token):
+        if self.services.cancel(token):
+            return "cancelling… (the sampler stops at its next step)"
+        return "nothing is running"
+
+    def pick_task(self, ref):
+        if not ref:
+            return {}
+        from engines.tasks import TASK_SETS, get_task
+
+        task = get_task(ref)
+        task_set = TASK_SETS.get(ref.rsplit(":", 1)[0])
+        return {
+            self.prompt: task.prompt,
+            self.answer: task.answer or "",
+            self.chat: task.chat,
+            self.model: task_set.model,
+            self.reward: task.meta.get("reward", task_set.reward),
+        }
+
+    def show_candidate(self, run_id, evt: gr.SelectData):
+        if run_id is None:
+            return "<p><em>The run is still going; its candidates can be read when it is stored.</em></p>"
+        from storage import load_run
+
+        row = evt.row_value or []
+        node_id = row[1] if len(row) > 1 else None
+        trace = self.services.db.read(lambda s: load_run(s, int(run_id)).trace)
+        return candidate_html(trace, node_id)

@@ -1,0 +1,159 @@
+"""The Label tab: blind pairwise preferences, stored through storage's rules.
+
+Pairs come from stored runs by one of storage's pair strategies. A comparison
+is shown blind (no rewards, no sampler or model names) with its sides as
+recorded at creation; the names and rewards are revealed once the vote is in.
+Buttons A, B, Tie, Both bad and Skip answer to the keys 1, 2, 3, 4 and s
+(static/keys.js). Each shown comparison carries an idempotency key, so a
+repeated click or a replayed request stores nothing new; every rule (the
+comparison exists, the annotator may vote on it, a valid outcome, a rationale
+within limits) is checked by storage on the server.
+"""
+
+from __future__ import annotations
+
+import html
+import uuid
+from datetime import datetime
+from typing import Any
+
+import gradio as gr
+
+from app.ui.render import image_tag, markdown
+from app.ui.services import Services, error_message
+
+CHOICES = [("A is better", "left", "1", "vote-a"), ("B is better", "right", "2", "vote-b"),
+           ("Tie", "tie", "3", "vote-tie"), ("Both bad", "both_bad", "4", "vote-bad"), ("Skip", "skip", "s", "vote-skip")]
+
+
+def annotator_name(request: gr.Request | None, browser_id: str | None) -> str:
+    """The signed-in user under --auth, else this browser's own guest id."""
+    user = getattr(request, "username", None) if request is not None else None
+    if user:
+        return str(user)
+    if browser_id:
+        return str(browser_id)
+    raise ValueError("no annotator: reload the page")
+
+
+def side_html(shown: Any) -> str:
+    if shown.image:
+        return image_tag(shown.image, 192)
+    return markdown(shown.text)
+
+
+class LabelTab:
+    def __init__(self, services: Services) -> None:
+        from storage import STRATEGIES
+
+        self.services = services
+        with gr.Tab("Label", id="label", elem_id="label-panel"):
+            self.who = gr.Markdown(elem_id="label-who")
+            with gr.Accordion("Make pairs from stored runs", open=False):
+                with gr.Row():
+                    self.pair_runs = gr.Textbox(label="Run ids", placeholder="e.g. 3, 5 (empty: the 20 newest runs)", scale=2)
+                    self.strategy = gr.Dropdown(list(STRATEGIES), value="max_min", label="Pair strategy", scale=1)
+                    self.count = gr.Number(1, precision=0, minimum=1, label="Pairs per run (random)", scale=1)
+                    self.make = gr.Button("Make pairs", scale=0, elem_id="label-make")
+                self.made = gr.Markdown(elem_id="label-made")
+            self.progress = gr.Markdown(elem_id="label-progress")
+            self.prompt = gr.HTML(elem_id="label-prompt", elem_classes=["candidate-text"])
+            with gr.Row(equal_height=True):
+                with gr.Column():
+                    gr.Markdown("**A**")
+                    self.left = gr.HTML(elem_id="label-left", elem_classes=["candidate-text", "label-side"])
+                with gr.Column():
+                    gr.Markdown("**B**")
+                    self.right = gr.HTML(elem_id="label-right", elem_classes=["candidate-text", "label-side"])
+            self.rationale = gr.Textbox(label="Rationale (optional)", lines=2, max_length=2000, elem_id="label-rationale")
+            with gr.Row():
+                self.buttons = [gr.Button(f"{text} ({key})", elem_id=elem) for text, _, key, elem in CHOICES]
+            self.reveal = gr.Markdown(elem_id="label-reveal")
+        self.browser_id = gr.BrowserState(None, storage_key="samplescope-annotator")
+        self.current = gr.State(None)  # {comparison_id, key, shown_at}
+        shown = [self.who, self.progress, self.prompt, self.left, self.right, self.current, self.rationale]
+        for button, (_, choice, _, _) in zip(self.buttons, CHOICES, strict=True):
+            button.click(
+                self._voter(choice), [self.current, self.rationale, self.browser_id], [self.reveal, *shown],
+                concurrency_limit=8, concurrency_id="votes", show_progress="hidden", trigger_mode="once",
+            )
+        self.make.click(self.make_pairs, [self.pair_runs, self.strategy, self.count], [self.made]).then(
+            self.next, [self.browser_id], shown
+        )
+
+    # -- handlers --------------------------------------------------------------------
+
+    def ensure_identity(self, browser_id):
+        return browser_id or f"guest-{uuid.uuid4().hex[:8]}"
+
+    def next(self, browser_id, request: gr.Request = None) -> dict[Any, Any]:
+        from storage import next_comparison, progress
+
+        try:
+            who = annotator_name(request, browser_id)
+            shown, (done, remaining) = self.services.db.read(lambda s: (next_comparison(s, who), progress(s, who)))
+        except Exception as exc:
+            return {self.progress: f"⚠ {error_message(exc)}"}
+        base = {self.who: f"Labelling as **{html.escape(who)}**", self.progress: f"{done} done, {remaining} to go", self.rationale: ""}
+        if shown is None:
+            return {**base, self.prompt: "<p><em>No pairs left for you. Make pairs from stored runs above.</em></p>",
+                    self.left: "", self.right: "", self.current: None}
+        state = {"comparison_id": shown.comparison_id, "key": uuid.uuid4().hex, "shown_at": shown.shown_at.isoformat()}
+        return {**base, self.prompt: "<p><strong>Prompt</strong></p>" + markdown(shown.prompt),
+                self.left: side_html(shown.left), self.right: side_html(shown.right), self.current: state}
+
+    def _voter(self, choice: str):
+        def vote(current, rationale, browser_id, request: gr.Request = None):
+            return self.vote(choice, current, rationale, browser_id, request)
+
+        return vote
+
+    def vote(self, choice, current, rationale, browser_id, request=None) -> dict[Any, Any]:
+        from storage import add_vote, present
+
+        if not current:
+            return {self.reveal: "Nothing to vote on.", **self.next(browser_id, request)}
+        try:
+            who = annotator_name(request, browser_id)
+            comparison_id = int(current["comparison_id"])
+
+            def write(session):
+                shown = present(session, comparison_id)
+                result = add_vote(
+                    session, comparison_id=comparison_id, annotator=who, outcome=shown.outcome(choice),
+                    idempotency_key=f"{who}:{current['key']}", rationale=(rationale or None),
+                    shown_at=datetime.fromisoformat(current["shown_at"]),
+                )
+                return shown, result
+
+            shown, result = self.services.db.write(write)
+        except Exception as exc:
+            return {self.reveal: f"⚠ vote not stored: {error_message(exc)}"}
+        return {self.reveal: reveal_markdown(shown, choice, result.created), **self.next(browser_id, request)}
+
+    def make_pairs(self, run_ids, strategy, count) -> str:
+        from storage import list_runs, make_comparisons
+
+        try:
+            ids = [int(x) for x in (run_ids or "").replace(",", " ").split()]
+        except ValueError:
+            return "⚠ run ids must be numbers, separated by commas or spaces"
+        try:
+            if not ids:
+                ids = [r.id for r in self.services.db.read(lambda s: list_runs(s, limit=20))]
+            made = self.services.db.write(
+                lambda s: sum(len(make_comparisons(s, i, strategy, count=int(count or 1))) for i in ids)
+            )
+        except Exception as exc:
+            return f"⚠ {error_message(exc)}"
+        return f"made {made} comparison(s) from {len(ids)} run(s)"
+
+
+def reveal_markdown(shown: Any, choice: str, created: bool) -> str:
+    def side(name: str, s: Any) -> str:
+        reward = "-" if s.reward is None else f"{s.reward:.4g}"
+        return f"**{name}**: run {s.run_id}, {html.escape(s.sampler)} on {html.escape(s.model)}, reward {reward}"
+
+    said = {"left": "A", "right": "B", "tie": "a tie", "both_bad": "both bad", "skip": "skip"}[choice]
+    again = "" if created else " (already stored: nothing new was written)"
+    return f"Your vote: **{said}**{again}.  \n{side('A', shown.left)}  \n{side('B', shown.right)}"

@@ -1,0 +1,115 @@
+"""The Runs tab: stored runs, filtered by sampler, model and reward; open one to replay it.
+
+Opening a run replays its stored events into the same views Explore uses, in
+a few quick steps so the tree can be seen growing. ``/?run=ID`` opens a run
+directly (see :func:`app.ui.build_demo`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gradio as gr
+
+from app.ui.panel import ViewPanel, candidate_html
+from app.ui.services import Services, error_message
+from engines.trace import Trace
+
+ALL = "(all)"
+HEADERS = ["id", "created", "sampler", "model", "reward", "status", "candidates", "best reward", "prompt"]
+
+
+class RunsTab:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        with gr.Tab("Runs", id="runs"):
+            with gr.Row():
+                self.sampler = gr.Dropdown([ALL], value=ALL, label="Sampler", allow_custom_value=True)
+                self.model = gr.Dropdown([ALL], value=ALL, label="Model", allow_custom_value=True)
+                self.reward = gr.Dropdown([ALL], value=ALL, label="Reward", allow_custom_value=True)
+                self.refresh = gr.Button("Refresh", scale=0)
+            self.table = gr.Dataframe(
+                headers=HEADERS, interactive=False, wrap=True, max_height=300, label="Stored runs (click one to open it)",
+                datatype=["number", "str", "str", "str", "str", "str", "number", "number", "str"], elem_id="runs-table",
+            )
+            with gr.Row():
+                self.run_id = gr.Number(None, precision=0, label="Run id", scale=1, elem_id="runs-id")
+                self.open = gr.Button("Open", variant="primary", scale=0, elem_id="runs-open")
+            self.header = gr.Markdown(elem_id="runs-header")
+            self.panel = ViewPanel("runs")
+        self.opened = gr.State(None)
+        filters = [self.sampler, self.model, self.reward]
+        listing = [self.table, self.sampler, self.model, self.reward]
+        self.refresh.click(self.list, filters, listing)
+        for f in filters:
+            f.input(self.list, filters, listing)
+        self.open.click(self.replay, [self.run_id], [self.header, self.opened, *self.panel.outputs])
+        self.table.select(self.pick, [], [self.run_id]).then(self.replay, [self.run_id], [self.header, self.opened, *self.panel.outputs])
+        self.panel.table.select(self.show_candidate, [self.opened], [self.panel.detail])
+
+    def list(self, sampler=ALL, model=ALL, reward=ALL) -> dict[Any, Any]:
+        from storage import list_runs
+
+        def pick(value):
+            return None if value in (None, "", ALL) else value
+
+        try:
+            runs = self.services.db.read(lambda s: list_runs(s, sampler=pick(sampler), model=pick(model), reward=pick(reward), limit=200))
+            everything = self.services.db.read(lambda s: list_runs(s, limit=1000))
+        except Exception as exc:
+            gr.Warning(error_message(exc))
+            return {}
+        rows = [
+            [r.id, r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.sampler, r.model, r.reward, r.status, r.candidates,
+             None if r.best_reward is None else round(r.best_reward, 4), " ".join(r.prompt.split())[:120]]
+            for r in runs
+        ]
+
+        def choices(attr: str) -> list[str]:
+            return [ALL, *sorted({getattr(r, attr) for r in everything})]
+
+        return {
+            self.table: rows,
+            self.sampler: gr.update(choices=choices("sampler")),
+            self.model: gr.update(choices=choices("model")),
+            self.reward: gr.update(choices=choices("reward")),
+        }
+
+    def pick(self, evt: gr.SelectData):
+        row = evt.row_value or []
+        return row[0] if row else None
+
+    def replay(self, run_id, steps: int = 6):
+        if run_id is None or str(run_id).strip() == "":
+            yield {self.header: "Pick a run first."}
+            return
+        from storage import load_run
+
+        try:
+            stored = self.services.db.read(lambda s: load_run(s, int(run_id)))
+        except Exception as exc:
+            yield {self.header: f"⚠ {error_message(exc)}"}
+            return
+        header = (
+            f"### Run {stored.id}: {stored.sampler} · {stored.model} · {stored.reward} · seed {stored.seed}\n"
+            f"status **{stored.status}**, {stored.created_at.strftime('%Y-%m-%d %H:%M:%S')} — link: [/?run={stored.id}](/?run={stored.id})"
+        )
+        events = stored.trace.events
+        trace = Trace()
+        chunk = max(1, len(events) // steps)
+        for start in range(0, len(events), chunk):
+            trace.extend(events[start : start + chunk])
+            final = start + chunk >= len(events)
+            yield {self.header: header, self.opened: stored.id, **self.panel.render(trace, stored.status if final else "replaying…")}
+            if not final:
+                time.sleep(0.15)
+
+    def show_candidate(self, run_id, evt: gr.SelectData):
+        if run_id is None:
+            return ""
+        from storage import load_run
+
+        row = evt.row_value or []
+        trace = self.services.db.read(lambda s: load_run(s, int(run_id)).trace)
+        return candidate_html(trace, row[1] if len(row) > 1 else None)

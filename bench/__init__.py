@@ -1,0 +1,14 @@
+"""Benchmarks: each prints ratios measured in one process and writes JSON under bench/results/.
+
+``python -m bench [name ...]`` (``make bench``) runs them; ``samplescope bench NAME`` runs one.
+"""
+
+#: name -> (module, one-line description)
+BENCHES = {
+    "best_of_n": ("bench.best_of_n", "best-of-N against transformers generate, tokens/s, start times"),
+    "beam_reuse": ("bench.beam_reuse", "beam search with and without prefix KV reuse"),
+    "storage": ("bench.bench_storage", "votes per second and run save time"),
+    "scaling": ("bench.scaling", "accuracy against N and tokens on the reasoning lab"),
+    "diffusion": ("bench.diffusion", "reward and digit share against network evaluations"),
+    "browser": ("bench.browser", "time to first update and to done in a real browser"),
+}

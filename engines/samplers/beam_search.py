@@ -1,0 +1,61 @@
+"""Beam search over reasoning steps, guided by a process reward model.
+
+As in search-and-learn (Beeching, Tunstall & Rush, 2024, "Scaling test-time
+compute with open models"; Snell et al., 2024, arXiv:2408.03314): keep K
+beams; at each step expand every beam into M candidate next steps (N = K·M
+per step), score every candidate with the PRM (its steps' scores aggregated:
+last, min, product or mean), keep the K best unfinished ones. Solutions that
+end (end-of-text, or the step limit) leave the beam and join the finished
+pool; the pick is the finished solution with the best score.
+
+Each beam's prefix is in the model's prefix store, so expanding it prefills
+only its newest step, not the whole prompt and history (see bench/beam_reuse.py).
+
+Symbols: K = ``beams``, M = ``expand``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from engines.config import param
+from engines.samplers import SAMPLERS
+from engines.samplers.base import RunContext
+from engines.samplers.stepwise import Partial, StepConfig, StepSampler, expand, prune, root_partial, score
+from engines.trace import Event, SelectEvent
+
+
+class BeamSearchConfig(StepConfig):
+    label = "Beam search (PRM)"
+    paper = "Snell et al. 2024, Scaling LLM Test-Time Compute Optimally (arXiv:2408.03314); search-and-learn"
+    summary = "Keep K beams; expand each into M next steps, keep the K best by process reward."
+
+    beams: int = param(4, label="Beams (K)", min=1, max=256, help="Beam width: partial solutions kept per step.")
+    expand: int = param(4, label="Expansions (M)", min=1, max=64, help="Next steps sampled per beam.")
+
+
+@SAMPLERS.register("beam_search")
+class BeamSearch(StepSampler):
+    name = "beam_search"
+    Config = BeamSearchConfig
+
+    def steps(self, ctx: RunContext) -> Iterator[Event]:
+        cfg: BeamSearchConfig = self.config  # type: ignore[assignment]
+        root, node = root_partial(ctx)
+        yield node
+        active: list[Partial] = [root]
+        finished: list[Partial] = []
+        while active:
+            children: list[Partial] = []
+            # the first expansion draws all K·M from the root, later ones M per beam
+            k = cfg.beams * cfg.expand if active == [root] else cfg.expand
+            yield from expand(ctx, active, k, cfg, children)
+            yield from score(ctx, children, cfg.aggregate)
+            finished += [c for c in children if c.done]
+            ranked = sorted((c for c in children if not c.done), key=lambda c: -c.value)
+            active = ranked[: cfg.beams]
+            yield from prune(ranked[cfg.beams :], "below the beam")
+            yield ctx.cost_event()
+        best = max(finished, key=lambda c: c.value)
+        ctx.metrics.update(finished=len(finished))
+        yield SelectEvent(nodes=[best.id], reason=f"best of {len(finished)} finished beams")

@@ -1,0 +1,260 @@
+"""Feynman-Kac steering: sequential Monte Carlo over the denoising steps.
+
+Singhal, Horvitz, Teehan, Ren, Yu, Cho & Ranganath, "A General Framework for
+Inference-time Scaling and Steering of Diffusion Models" (ICML 2025,
+arXiv:2501.06848); reference code: zacharyhorvitz/Fk-Diffusion-Steering.
+
+N particles run the reverse chain together. At scheduled steps each particle's
+intermediate reward r_t = r(x̂0(x_t)) is turned into a potential G_t, the
+importance weights are multiplied by it, and when the effective sample size
+falls below a threshold the particles are resampled in proportion to their
+weights (ancestors are recorded in ``resample`` events). At the end a final
+potential makes the product of potentials along every path exactly
+exp(λ·r(x0)), so the weighted particles target
+
+    p_θ(x0) · exp(λ·r(x0)) / Z
+
+whatever intermediate potential is used; the intermediate potentials only
+decide which particles survive along the way. Where this implementation
+differs from the reference code, it follows the SMC algorithm of the paper:
+weights carry over between resampling steps (the code drops them when
+adaptive resampling is skipped), and the final weights are returned in the last
+``resample`` event (``resampled=False``) instead of a forced final resampling.
+
+With a differentiable reward, ``guidance`` s > 0 replaces the model's step by
+the proposal N(μ_θ(x_t) + s·σ_t²·∇r(x̂0), σ_t²): the Gaussian step tilted by
+the linearised reward (for s = λ, the locally optimal proposal of the twisted
+diffusion sampler, Wu et al. 2023). The weights multiply by
+p_θ(x_{t-1}|x_t)/τ(x_{t-1}|x_t), so the target is unchanged; only the
+variance falls (or, for too strong a push, rises).
+
+| code | paper | meaning |
+|---|---|---|
+| ``lam`` | λ | reward weight (inverse temperature) of the target |
+| ``difference`` | G_t = exp(λ(r_t − r_{t+1})) | reward improvement since the last potential |
+| ``max`` | G_t = exp(λ·max_{s≥t} r_s) | best intermediate reward so far |
+| ``sum`` | G_t = exp(λ·Σ_{s≥t} r_s) | accumulated intermediate reward |
+| ``lineage`` | Σ log G along the ancestry | used by the final potential |
+| final potential | G_0 = exp(λ·r(x0)) / Π_{t≥1} G_t | makes every path's product exp(λ r(x0)) |
+| ``guidance`` | the gradient-guided proposal τ | N(μ_θ + s·σ_t²·∇r(x̂0), σ_t²); weights × p_θ/τ |
+| ``log_evidence`` | log Ẑ | the SMC estimate of log E_{p_θ}[exp(λ r(x0))] |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+
+from engines.config import param
+from engines.errors import BudgetExhausted, ConfigError
+from engines.models.diffusion import transition_log_prob
+from engines.samplers import SAMPLERS
+from engines.samplers.base import RunContext
+from engines.samplers.diffusion_common import (
+    DiffusionConfig,
+    DiffusionSampler,
+    fit_particles,
+    image_uris,
+    preview_uris,
+    prunes,
+    reward_name,
+    scores,
+    state_nodes,
+    take,
+)
+from engines.trace import Event, ResampleEvent, SelectEvent
+
+
+class FKSteeringConfig(DiffusionConfig):
+    label = "Feynman-Kac steering"
+    paper = "Singhal et al. 2025, A General Framework for Inference-time Scaling and Steering of Diffusion Models"
+    summary = "Particles denoise together; potentials on intermediate rewards resample them toward p·exp(λr)."
+
+    particles: int = param(8, label="Particles", min=1, max=4096, help="N particles run the chain together.")
+    lam: float = param(10.0, label="λ (reward weight)", min=0.0, max=1000.0, help="Target p(x)·exp(λ·r(x)).")
+    potential: Literal["max", "difference", "sum"] = param(
+        "max", label="Potential", choices=("max", "difference", "sum"), help="How intermediate rewards weigh particles."
+    )
+    resample_every: int = param(5, label="Resample every", min=1, max=1000, help="Steps between potentials.")
+    resample_start: int = param(
+        0, label="First resampling step", min=0, max=1000, advanced=True, help="Step index of the first potential."
+    )
+    resample_end: int | None = param(
+        None, label="Last resampling step", min=0, max=1000, advanced=True, help="Empty: up to the last step."
+    )
+    ess_threshold: float = param(
+        0.5, label="ESS threshold", min=0.0, max=1.0, step=0.05, help="Resample when ESS < threshold·N (1: always)."
+    )
+    resampling: Literal["systematic", "multinomial", "stratified"] = param(
+        "systematic",
+        label="Resampling",
+        choices=("systematic", "multinomial", "stratified"),
+        advanced=True,
+        help="How ancestors are drawn from the weights (systematic has the least variance).",
+    )
+    guidance: float = param(
+        0.0,
+        label="Gradient guidance",
+        min=0.0,
+        max=100000.0,
+        help="Proposal mean μ + s·σ²·∇r(x̂0) (differentiable rewards; s = λ is the usual choice); weights correct for it.",
+        advanced=True,
+    )
+    pick: Literal["best", "sample"] = param(
+        "best", label="Pick", choices=("best", "sample"), help="Highest-reward particle, or one drawn by weight."
+    )
+
+    def validate(self) -> None:
+        if self.eta == 0:
+            raise ConfigError("fk_steering needs stochastic steps (eta > 0): deterministic particles cannot diversify")
+        if self.resample_end is not None and self.resample_end < self.resample_start:
+            raise ConfigError("resample_end must be >= resample_start")
+
+
+def effective_sample_size(log_weights: torch.Tensor) -> float:
+    """1 / Σ w̄_i² of the normalised weights."""
+    w = torch.softmax(log_weights.double(), dim=0)
+    return float(1.0 / (w**2).sum())
+
+
+def log_mean_exp(values: torch.Tensor) -> float:
+    return float(torch.logsumexp(values.double(), dim=0) - math.log(values.numel()))
+
+
+def resample_indices(log_weights: torch.Tensor, method: str, rng: torch.Generator | None) -> torch.Tensor:
+    """N ancestor indices drawn in proportion to the weights (multinomial, systematic or stratified)."""
+    w = torch.softmax(log_weights.double(), dim=0).cpu()
+    n = w.numel()
+    if method == "multinomial":
+        return torch.multinomial(w, n, replacement=True, generator=rng)
+    if method == "systematic":
+        u = (torch.rand(1, generator=rng, dtype=torch.float64) + torch.arange(n, dtype=torch.float64)) / n
+    elif method == "stratified":
+        u = (torch.rand(n, generator=rng, dtype=torch.float64) + torch.arange(n, dtype=torch.float64)) / n
+    else:
+        raise ConfigError(f"unknown resampling method {method!r}")
+    cdf = torch.cumsum(w, dim=0)
+    cdf[-1] = 1.0  # guard against rounding
+    return torch.searchsorted(cdf, u, right=True).clamp(max=n - 1)
+
+
+@SAMPLERS.register("fk_steering")
+class FKSteering(DiffusionSampler):
+    name = "fk_steering"
+    Config = FKSteeringConfig
+
+    def needs_gradient(self) -> bool:
+        return self.config.guidance > 0
+
+    def potential_steps(self, total: int) -> list[int]:
+        cfg = self.config
+        end = total - 1 if cfg.resample_end is None else min(cfg.resample_end, total - 1)
+        return [i for i in range(cfg.resample_start, end + 1) if (i - cfg.resample_start) % cfg.resample_every == 0]
+
+    def steps(self, ctx: RunContext) -> Iterator[Event]:
+        cfg = self.config
+        model = ctx.model
+        sched = model.schedule(cfg.steps)
+        total = len(sched)
+        scheduled = set(self.potential_steps(total))
+        guided_steps = sum(1 for i in range(total) if cfg.guidance > 0 and sched.std(i, cfg.eta) > 0)
+        n = fit_particles(ctx, cfg.particles, nfe_each=total, reward_calls_each=len(scheduled) + guided_steps + 1)
+        if n < 1:
+            raise BudgetExhausted("budget exhausted: not even one particle fits the nfe / reward budget")
+        rname = reward_name(ctx)
+        x = model.initial_noise(n, ctx.rng)
+        log_w = torch.zeros(n, dtype=torch.float64)
+        lineage = torch.zeros(n, dtype=torch.float64)
+        running = torch.full((n,), -math.inf if cfg.potential == "max" else 0.0, dtype=torch.float64)
+        parents: list[str | None] = [None] * n
+        log_evidence, resamples = 0.0, 0
+        for i in range(total):
+            pred = ctx.denoise(x, i, sched)
+            ids, events = state_nodes(
+                ctx, depth=i, parents=parents, images=preview_uris(ctx, pred.x0), timestep=sched.timesteps[i]
+            )
+            yield from events
+            parents = list(ids)
+            if i in scheduled:
+                r = torch.tensor(ctx.score(model.decode(pred.x0)), dtype=torch.float64)
+                yield from scores(ids, r.tolist(), rname, partial=True)
+                log_g, running = self._potential(r, running)
+                log_w += log_g
+                lineage += log_g
+                ess = effective_sample_size(log_w)
+                if cfg.ess_threshold >= 1 or ess < cfg.ess_threshold * n:
+                    log_evidence += log_mean_exp(log_w)
+                    resamples += 1
+                    anc = resample_indices(log_w, cfg.resampling, ctx.rng)
+                    yield ResampleEvent(
+                        step=i, particles=ids, ancestors=anc.tolist(), log_weights=log_w.tolist(), ess=ess
+                    )
+                    survivors = set(anc.tolist())
+                    yield from prunes([ids[j] for j in range(n) if j not in survivors], "resampled away")
+                    dev = anc.to(x.device)
+                    x, pred = x[dev], take(pred, dev)
+                    lineage, running = lineage[anc], running[anc]
+                    log_w = torch.zeros(n, dtype=torch.float64)
+                    parents = [ids[j] for j in anc.tolist()]
+                else:
+                    yield ResampleEvent(
+                        step=i,
+                        particles=ids,
+                        ancestors=list(range(n)),
+                        log_weights=log_w.tolist(),
+                        ess=ess,
+                        resampled=False,
+                    )
+            x, log_ratio = self._move(ctx, x, i, sched, pred)
+            log_w += log_ratio
+        images = model.decode(x)
+        r = torch.tensor(ctx.score(images), dtype=torch.float64)
+        log_w += cfg.lam * r - lineage
+        final_ids, events = state_nodes(ctx, depth=total, parents=parents, images=image_uris(ctx, images), timestep=None, final=True)
+        yield from events
+        yield from scores(final_ids, r.tolist(), rname, partial=False)
+        ess = effective_sample_size(log_w)
+        log_evidence += log_mean_exp(log_w)
+        yield ResampleEvent(
+            step=total, particles=final_ids, ancestors=list(range(n)), log_weights=log_w.tolist(), ess=ess, resampled=False
+        )
+        if cfg.pick == "best":
+            index = int(torch.argmax(r))
+        else:
+            index = int(torch.multinomial(torch.softmax(log_w, 0), 1, generator=ctx.rng))
+        ctx.metrics.update(
+            {"particles": n, "resamples": resamples, "final_ess": ess, "log_evidence": log_evidence, "steps": total}
+        )
+        yield SelectEvent(nodes=[final_ids[index]], reason=f"{cfg.pick} of {n} particles (final ESS {ess:.1f})")
+
+    def _potential(self, r: torch.Tensor, running: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log G_t, the updated running statistic) for intermediate rewards ``r``."""
+        lam = self.config.lam
+        if self.config.potential == "difference":
+            return lam * (r - running), r.clone()  # running holds the previous reward (0 at first)
+        if self.config.potential == "max":
+            best = torch.maximum(r, running)
+            return lam * best, best
+        total = running + r
+        return lam * total, total
+
+    def _move(self, ctx: RunContext, x: torch.Tensor, i: int, sched, pred) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        """One reverse step for every particle, and log p_θ/τ (zero without guidance)."""
+        cfg, model = self.config, ctx.model
+        zero = torch.zeros(x.shape[0], dtype=torch.float64)
+        std = sched.std(i, cfg.eta)
+        if cfg.guidance <= 0 or std == 0:
+            return model.step(x, i, sched, pred, eta=cfg.eta, rng=ctx.rng).sample, zero
+        x0 = pred.x0.detach().requires_grad_(True)
+        with torch.enable_grad():
+            values = ctx.score_tensor(model.decode(x0))
+            (grad,) = torch.autograd.grad(values.sum(), x0)
+        base = model.step(x, i, sched, pred, eta=cfg.eta, rng=ctx.rng)
+        mean = base.mean + cfg.guidance * std**2 * grad
+        sample = mean + (base.sample - base.mean)  # the same noise, around the shifted mean
+        log_p = transition_log_prob(sample, base.mean, std)
+        log_q = transition_log_prob(sample, mean, std)
+        return sample, (log_p - log_q).double().cpu()

@@ -1,0 +1,155 @@
+"""What the step-level samplers share: steps, partial solutions, expansion, scoring.
+
+A *step* is one segment of a continuation, cut by a delimiter (a newline, a
+blank line), by next-token entropy as in CARDS (a segment ends before a token
+whose entropy reaches a threshold, after a minimum length; the per-step token
+cap is the maximum), or by a fixed number of tokens. A :class:`Partial` is a
+node of the search: its token ids (prompt included, so the model's prefix
+store finds its KV cache), its step texts and their process scores.
+
+Step samplers consume a :class:`~engines.rewards.base.StepReward`; an outcome
+reward is accepted too and applied to partial texts (``partial:`` semantics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from engines.config import param
+from engines.errors import BudgetExhausted
+from engines.models.base import SamplingParams
+from engines.rewards.base import aggregate
+from engines.rewards.steps import as_step_reward
+from engines.samplers.base import GenerationConfig, RunContext, Sampler
+from engines.trace import Event, NodeEvent, PruneEvent, ScoreEvent
+
+STEP_MODES = ("newline", "blank_line", "entropy", "tokens")
+
+
+class StepConfig(GenerationConfig):
+    """Fields of every step-level sampler (``max_new_tokens`` caps one step)."""
+
+    step: str = param("newline", label="Step", choices=STEP_MODES, help="How a continuation is cut into steps.")
+    max_steps: int = param(8, label="Max steps", min=1, max=256, help="Depth limit of a solution.")
+    entropy_threshold: float = param(3.0, label="Entropy threshold", min=0.01, max=20.0, advanced=True,
+                                     help="step=entropy: a step ends before a token this uncertain (nats).")
+    entropy_min_tokens: int = param(4, label="Min step tokens", min=1, max=512, advanced=True,
+                                    help="step=entropy: no cut before this many tokens.")
+    aggregate: str = param("last", label="Aggregate", choices=("last", "min", "product", "mean"),
+                           help="How step scores become a solution's score.")
+
+    def step_params(self, max_tokens: int | None = None) -> SamplingParams:
+        stop: tuple[str, ...] = {"newline": ("\n",), "blank_line": ("\n\n",)}.get(self.step, ())
+        return self.sampling(
+            max_new_tokens=max_tokens or self.max_new_tokens,
+            stop=stop,
+            stop_entropy=self.entropy_threshold if self.step == "entropy" else None,
+            entropy_min_tokens=self.entropy_min_tokens,
+            keep_cache=True,
+        )
+
+
+@dataclass
+class Partial:
+    id: str
+    ids: list[int]
+    steps: list[str] = field(default_factory=list)
+    done: bool = False
+    scores: list[float] = field(default_factory=list)
+    value: float | None = None
+    logprob: float = 0.0
+    parent: Partial | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self.steps)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.steps)
+
+
+def root_partial(ctx: RunContext) -> tuple[Partial, NodeEvent]:
+    ids = ctx.model.encode_task(ctx.task)
+    return Partial(id="root", ids=ids), ctx.root(ctx.task.prompt, len(ids))
+
+
+def expand(
+    ctx: RunContext,
+    parents: Sequence[Partial],
+    k: int,
+    cfg: StepConfig,
+    out: list[Partial],
+    *,
+    distinct: bool = True,
+    max_tokens: int | None = None,
+    ends: Callable[[Partial], bool] | None = None,
+) -> Iterator[Event]:
+    """Sample ``k`` next steps of every parent (one batched call); children go to ``out``.
+
+    Children of one parent with identical tokens are merged when ``distinct``.
+    A child is done when it ends on end-of-text, reaches ``max_steps``, or
+    ``ends(child)`` says so (a sampler's own length limit).
+    """
+    params = cfg.step_params(max_tokens)
+    if ctx.affordable(len(parents) * k, params.max_new_tokens) < len(parents) * k:
+        raise BudgetExhausted("budget exhausted: no room for another expansion")
+    generations = ctx.generate([p.ids for p in parents], params, n=k)
+    for parent, gens in zip(parents, generations, strict=True):
+        seen: set[tuple[int, ...]] = set()
+        for gen in gens:
+            key = tuple(gen.token_ids)
+            if distinct and key in seen:
+                continue
+            seen.add(key)
+            child = Partial(
+                id=ctx.new_id(),
+                ids=parent.ids + gen.token_ids,
+                steps=[*parent.steps, gen.text],
+                logprob=parent.logprob + gen.logprob,
+                parent=parent,
+            )
+            child.done = gen.finish_reason == "eos" or child.depth >= cfg.max_steps or bool(ends and ends(child))
+            out.append(child)
+            yield NodeEvent(
+                id=child.id, parent=parent.id, depth=child.depth, text=gen.text, tokens=len(gen.token_ids),
+                logprob=gen.logprob, final=child.done, meta={"finish": gen.finish_reason},
+            )
+
+
+def score(ctx: RunContext, partials: Sequence[Partial], how: str) -> Iterator[Event]:
+    """Process scores of every step of each partial; its value is their aggregate."""
+    if not partials:
+        return
+    values = ctx.score_steps([p.steps for p in partials])
+    for p, steps in zip(partials, values, strict=True):
+        p.scores = list(steps)
+        p.value = aggregate(p.scores, how)  # type: ignore[arg-type]
+        yield ScoreEvent(node=p.id, reward=ctx.reward.name, value=p.value, partial=not p.done)
+
+
+def score_last(ctx: RunContext, partials: Sequence[Partial]) -> Iterator[Event]:
+    """Only the newest step's score (for samplers that weigh by the latest value)."""
+    if not partials:
+        return
+    values = ctx.score_last([p.steps for p in partials])
+    for p, value in zip(partials, values, strict=True):
+        p.scores = [*p.scores, value] if p.scores else [value]
+        p.value = value
+        yield ScoreEvent(node=p.id, reward=ctx.reward.name, value=value, partial=not p.done)
+
+
+def prune(partials: Sequence[Partial], reason: str) -> Iterator[Event]:
+    for p in partials:
+        yield PruneEvent(node=p.id, reason=reason)
+
+
+class StepSampler(Sampler):
+    """Base of the step-level samplers: takes a step reward (or an outcome one, applied to prefixes)."""
+
+    reward_kind: ClassVar[str] = "step"
+
+    def run(self, task, model, reward, budget=None, rng=None, cancel=None):
+        return super().run(task, model, as_step_reward(reward), budget, rng, cancel)

@@ -1,0 +1,283 @@
+"""Exports of the current votes as training and ranking data (JSONL or Parquet).
+
+``dpo`` -- TRL's standard *preference* format, one row per decisive vote
+(``a`` or ``b``)::
+
+    prompt, chosen, rejected            # what TRL's DPOTrainer reads
+    + chosen_image, rejected_image      # data URIs for image candidates, else null
+    + comparison_id, vote_id, annotator, rationale, strategy, voted_at,
+      chosen_shown_left, chosen_/rejected_ run_id, model, sampler, reward, reward_name
+
+``kto`` -- TRL's *unpaired preference* format (``prompt, completion, label``),
+two rows per vote, one per candidate:
+
+    =========  ===========================================================
+    outcome    labels
+    =========  ===========================================================
+    a / b      winner True, loser False (TRL's own preference -> unpaired
+               conversion, ``unpair_preference_dataset``)
+    tie        both True: "equally good" (``both_bad`` is the bad tie)
+    both_bad   both False
+    =========  ===========================================================
+
+``battles`` -- FastChat Chatbot Arena battle rows (``model_a, model_b, winner``
+with winner in ``model_a``/``model_b``/``tie``/``tie (bothbad)``), as read by
+its ``elo_analysis.py``; as in FastChat, ``model_a`` is the side shown on the
+left. The players are the samplers (``by="sampler"``) or models
+(``by="model"``) that produced the candidates.
+
+Skips are never exported. Only each annotator's current vote counts. The file
+type follows the extension: ``.jsonl`` or ``.parquet``; files are written to a
+temporary name and renamed, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy.orm import Session
+
+from storage.common import prompt_hash
+from storage.errors import InvalidInput
+from storage.models import EXPORT_FORMATS, PLAYERS
+from storage.records import VoteRecord, vote_records
+
+FORMATS = EXPORT_FORMATS
+
+_SIDE_FIELDS = [
+    ("run_id", pa.int64()),
+    ("model", pa.string()),
+    ("sampler", pa.string()),
+    ("reward", pa.float64()),
+    ("reward_name", pa.string()),
+]
+
+DPO_SCHEMA = pa.schema(
+    [
+        ("prompt", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("chosen_image", pa.string()),
+        ("rejected_image", pa.string()),
+        ("comparison_id", pa.int64()),
+        ("vote_id", pa.int64()),
+        ("annotator", pa.string()),
+        ("rationale", pa.string()),
+        ("strategy", pa.string()),
+        ("voted_at", pa.string()),
+        ("chosen_shown_left", pa.bool_()),
+    ]
+    + [(f"{role}_{name}", kind) for role in ("chosen", "rejected") for name, kind in _SIDE_FIELDS]
+)
+
+KTO_SCHEMA = pa.schema(
+    [
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+        ("label", pa.bool_()),
+        ("image", pa.string()),
+        ("comparison_id", pa.int64()),
+        ("vote_id", pa.int64()),
+        ("annotator", pa.string()),
+        ("outcome", pa.string()),
+    ]
+    + _SIDE_FIELDS
+)
+
+BATTLE_SCHEMA = pa.schema(
+    [
+        ("model_a", pa.string()),
+        ("model_b", pa.string()),
+        ("winner", pa.string()),
+        ("judge", pa.string()),
+        ("question_id", pa.string()),
+        ("comparison_id", pa.int64()),
+        ("vote_id", pa.int64()),
+        ("anony", pa.bool_()),
+        ("tstamp", pa.float64()),
+    ]
+)
+
+SCHEMAS = {"dpo": DPO_SCHEMA, "kto": KTO_SCHEMA, "battles": BATTLE_SCHEMA}
+
+#: database-local ids: they differ after an import into another database
+ID_COLUMNS = ("comparison_id", "vote_id", "chosen_run_id", "rejected_run_id", "run_id")
+
+
+def _side_columns(prefix: str, side: Any) -> dict[str, Any]:
+    return {
+        f"{prefix}run_id": side.run_id,
+        f"{prefix}model": side.model,
+        f"{prefix}sampler": side.sampler,
+        f"{prefix}reward": side.reward,
+        f"{prefix}reward_name": side.reward_name,
+    }
+
+
+def dpo_rows(records: Sequence[VoteRecord]) -> list[dict[str, Any]]:
+    rows = []
+    for rec in records:
+        if not rec.decisive:
+            continue
+        chosen, rejected = rec.winner, rec.loser
+        rows.append(
+            {
+                "prompt": rec.prompt,
+                "chosen": chosen.text,
+                "rejected": rejected.text,
+                "chosen_image": chosen.image,
+                "rejected_image": rejected.image,
+                "comparison_id": rec.comparison_id,
+                "vote_id": rec.vote_id,
+                "annotator": rec.annotator,
+                "rationale": rec.rationale,
+                "strategy": rec.strategy,
+                "voted_at": rec.voted_at.isoformat(),
+                "chosen_shown_left": rec.left.candidate_id == chosen.candidate_id,
+                **_side_columns("chosen_", chosen),
+                **_side_columns("rejected_", rejected),
+            }
+        )
+    return rows
+
+
+def kto_rows(records: Sequence[VoteRecord]) -> list[dict[str, Any]]:
+    rows = []
+    for rec in records:
+        if rec.outcome == "skip":
+            continue
+        labels = {
+            "a": (True, False),
+            "b": (False, True),
+            "tie": (True, True),
+            "both_bad": (False, False),
+        }[rec.outcome]
+        for side, label in zip((rec.a, rec.b), labels, strict=True):
+            rows.append(
+                {
+                    "prompt": rec.prompt,
+                    "completion": side.text,
+                    "label": label,
+                    "image": side.image,
+                    "comparison_id": rec.comparison_id,
+                    "vote_id": rec.vote_id,
+                    "annotator": rec.annotator,
+                    "outcome": rec.outcome,
+                    **_side_columns("", side),
+                }
+            )
+    return rows
+
+
+def battle_rows(records: Sequence[VoteRecord], by: str = "sampler") -> list[dict[str, Any]]:
+    if by not in PLAYERS:
+        raise InvalidInput(f"battles are between samplers or models, not {by!r}")
+    rows = []
+    for rec in records:
+        if rec.outcome == "skip":
+            continue
+        if rec.decisive:
+            winner = "model_a" if rec.winner.candidate_id == rec.left.candidate_id else "model_b"
+        else:
+            winner = "tie" if rec.outcome == "tie" else "tie (bothbad)"
+        rows.append(
+            {
+                "model_a": rec.left.player(by),
+                "model_b": rec.right.player(by),
+                "winner": winner,
+                "judge": rec.annotator,
+                "question_id": prompt_hash(rec.prompt)[:16],
+                "comparison_id": rec.comparison_id,
+                "vote_id": rec.vote_id,
+                "anony": rec.blind,
+                "tstamp": rec.voted_at.timestamp(),
+            }
+        )
+    return rows
+
+
+def export_rows(session: Session, fmt: str, *, by: str = "sampler") -> list[dict[str, Any]]:
+    """The rows of one export format, from the current votes."""
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    records = vote_records(session)
+    if fmt == "dpo":
+        return dpo_rows(records)
+    if fmt == "kto":
+        return kto_rows(records)
+    return battle_rows(records, by=by)
+
+
+def file_kind(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".jsonl":
+        return "jsonl"
+    if suffix == ".parquet":
+        return "parquet"
+    raise InvalidInput(f"{path}: use a .jsonl or .parquet file name")
+
+
+def write_rows(rows: Sequence[dict[str, Any]], path: str | Path, schema: pa.Schema) -> None:
+    """Write rows as JSONL or Parquet (by extension), atomically."""
+    path = Path(path)
+    kind = file_kind(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        if kind == "jsonl":
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        else:
+            os.close(fd)
+            pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL or Parquet file (InvalidInput names the bad line)."""
+    path = Path(path)
+    kind = file_kind(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if kind == "parquet":
+        return pq.read_table(path).to_pylist()
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InvalidInput(f"{path}:{line}: not valid UTF-8") from None
+    rows = []
+    # split on "\n" only: JSON text may hold U+2028 and friends unescaped
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise InvalidInput(f"{path}:{number}: each line must be a JSON object")
+        rows.append(row)
+    return rows
+
+
+def export(session: Session, fmt: str, path: str | Path, *, by: str = "sampler") -> int:
+    """Write one export format to ``path`` (.jsonl or .parquet); the number of rows."""
+    file_kind(path)  # fail before the query on a bad name
+    rows = export_rows(session, fmt, by=by)
+    write_rows(rows, path, SCHEMAS[fmt])
+    return len(rows)

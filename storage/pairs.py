@@ -1,0 +1,283 @@
+"""Pair strategies: which candidates of a run to show side by side.
+
+Each strategy is a pure function of the run's candidates (and its knockout
+matches), so it is testable without a database; :func:`make_comparisons`
+stores the pairs it picks as comparisons.
+
+=============  ==================================================================
+strategy       pair(s)
+=============  ==================================================================
+random         ``count`` distinct pairs drawn uniformly by a seeded rng
+max_min        highest-reward vs lowest-reward candidate (the conventional DPO
+               construction)
+sweet_spot     highest-reward vs the candidate whose reward is nearest
+               mu - 2 sigma of the run's rewards. Xiao et al., "Finding the
+               Sweet Spot: Preference Data Construction for Scaling Preference
+               Optimization", ACL 2025 (arXiv:2502.16825): with many samples,
+               the minimum-reward rejection hurts; the rejected response at
+               mu - 2 sigma works best. mu, sigma: mean and (population)
+               standard deviation of the candidates' rewards.
+knockout       the games of the run's knockout tournament (``match`` events;
+               byes are skipped), in play order
+all_pairs      every pair, or a seeded uniform sample of ``max_pairs`` of them
+=============  ==================================================================
+
+Candidates with identical content (same text and image) are merged first,
+keeping the first: a preference between identical outputs carries no signal
+(and would give DPO a chosen equal to its rejected). Reward-based strategies
+use only candidates with a finite reward. Candidate A is the first of the pair
+(the higher reward where rewards decide); which one is shown on the left is
+drawn by the seeded rng and recorded in ``comparisons.left_side``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from storage.errors import InvalidInput
+from storage.models import Candidate, Comparison, Run
+from storage.runs import load_run
+
+STRATEGIES = ("random", "max_min", "sweet_spot", "knockout", "all_pairs")
+
+
+@dataclass(frozen=True)
+class PairCandidate:
+    id: int
+    node_id: str
+    reward: float | None
+    content: tuple[str, str | None]  # (text, image): identical content is merged
+
+
+Pair = tuple[int, int]
+
+
+def unique_content(candidates: Sequence[PairCandidate]) -> list[PairCandidate]:
+    seen: set[tuple[str, str | None]] = set()
+    out = []
+    for cand in candidates:
+        if cand.content not in seen:
+            seen.add(cand.content)
+            out.append(cand)
+    return out
+
+
+def _rewarded(candidates: Sequence[PairCandidate]) -> list[PairCandidate]:
+    return [c for c in candidates if c.reward is not None and np.isfinite(c.reward)]
+
+
+def random_pairs(candidates: Sequence[PairCandidate], rng: random.Random, count: int = 1) -> list[Pair]:
+    pool = list(itertools.combinations([c.id for c in candidates], 2))
+    return rng.sample(pool, min(count, len(pool)))
+
+
+def max_min_pair(candidates: Sequence[PairCandidate]) -> list[Pair]:
+    scored = _rewarded(candidates)
+    if len(scored) < 2:
+        return []
+    best = max(scored, key=lambda c: c.reward)  # first of equals: max/min keep the earliest
+    worst = min(scored, key=lambda c: c.reward)
+    return [] if best.id == worst.id else [(best.id, worst.id)]
+
+
+def sweet_spot_pair(candidates: Sequence[PairCandidate], k: float = 2.0) -> list[Pair]:
+    """Highest reward vs the candidate nearest mu - k*sigma (k = 2 in the paper)."""
+    scored = _rewarded(candidates)
+    if len(scored) < 2:
+        return []
+    rewards = np.array([c.reward for c in scored], dtype=float)
+    target = rewards.mean() - k * rewards.std()
+    best = max(scored, key=lambda c: c.reward)
+    others = [c for c in scored if c.id != best.id]
+    rejected = min(others, key=lambda c: abs(c.reward - target))
+    return [(best.id, rejected.id)]
+
+
+def knockout_pairs(
+    candidates: Sequence[PairCandidate], matches: Sequence[tuple[str, str | None]]
+) -> list[Pair]:
+    by_node = {c.node_id: c.id for c in candidates}
+    pairs = []
+    for a, b in matches:
+        if b is None:
+            continue  # a bye
+        if a not in by_node or b not in by_node:
+            missing = a if a not in by_node else b
+            raise InvalidInput(f"knockout match names node {missing!r}, which is not a stored candidate")
+        pair = (by_node[a], by_node[b])
+        if pair[0] != pair[1] and pair not in pairs:
+            pairs.append(pair)
+    return pairs
+
+
+def all_pairs(candidates: Sequence[PairCandidate], rng: random.Random, max_pairs: int) -> list[Pair]:
+    pool = list(itertools.combinations([c.id for c in candidates], 2))
+    if len(pool) <= max_pairs:
+        return pool
+    keep = sorted(rng.sample(range(len(pool)), max_pairs))
+    return [pool[i] for i in keep]
+
+
+def choose_pairs(
+    strategy: str,
+    candidates: Sequence[PairCandidate],
+    *,
+    rng: random.Random,
+    matches: Sequence[tuple[str, str | None]] = (),
+    count: int = 1,
+    max_pairs: int = 100,
+) -> list[Pair]:
+    """The pairs ``strategy`` picks from ``candidates`` (after merging identical content)."""
+    if strategy == "knockout":  # the tournament's own games, even between equal texts
+        by_id = {c.id: c for c in candidates}
+        return [p for p in knockout_pairs(candidates, matches) if by_id[p[0]].content != by_id[p[1]].content]
+    pool = unique_content(candidates)
+    choosers: dict[str, Callable[[], list[Pair]]] = {
+        "random": lambda: random_pairs(pool, rng, count),
+        "max_min": lambda: max_min_pair(pool),
+        "sweet_spot": lambda: sweet_spot_pair(pool),
+        "all_pairs": lambda: all_pairs(pool, rng, max_pairs),
+    }
+    if strategy not in choosers:
+        raise InvalidInput(f"unknown pair strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    return choosers[strategy]()
+
+
+def draw_sides(rng: random.Random, n: int) -> list[str]:
+    """Which candidate ('a' or 'b') each of ``n`` comparisons shows on the left."""
+    return ["a" if rng.random() < 0.5 else "b" for _ in range(n)]
+
+
+def store_pairs(
+    session: Session,
+    prompt_id: int,
+    pairs: Sequence[Pair],
+    *,
+    strategy: str,
+    sides: Sequence[str],
+    blind: bool,
+) -> list[int]:
+    """Comparisons for ``pairs`` (left side from ``sides``); their ids.
+
+    A pair that already has a comparison, in either order, reuses it unchanged.
+    """
+    ids = []
+    for (a, b), left in zip(pairs, sides, strict=True):
+        existing = session.scalars(
+            select(Comparison.id).where(
+                or_(
+                    and_(Comparison.candidate_a_id == a, Comparison.candidate_b_id == b),
+                    and_(Comparison.candidate_a_id == b, Comparison.candidate_b_id == a),
+                )
+            )
+        ).first()
+        if existing is not None:
+            ids.append(existing)
+            continue
+        comparison = Comparison(
+            prompt_id=prompt_id,
+            candidate_a_id=a,
+            candidate_b_id=b,
+            left_side=left,
+            blind=blind,
+            strategy=strategy,
+        )
+        session.add(comparison)
+        session.flush()
+        ids.append(comparison.id)
+    return ids
+
+
+def _check_count(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+        raise InvalidInput(f"{name} must be an integer from 1 to 100000, got {value!r}")
+
+
+def make_comparisons(
+    session: Session,
+    run_id: int,
+    strategy: str,
+    *,
+    seed: int = 0,
+    count: int = 1,
+    max_pairs: int = 100,
+    blind: bool = True,
+    assign_to: Sequence[str] = (),
+) -> list[int]:
+    """Comparisons between candidates of one run, chosen by ``strategy``; their ids.
+
+    ``assign_to`` puts them in those annotators' queues (then only they may vote).
+    """
+    from storage.votes import assign  # votes imports nothing of pairs; avoid a cycle at import time
+
+    _check_count(count, "count")
+    _check_count(max_pairs, "max_pairs")
+    if strategy not in STRATEGIES:
+        raise InvalidInput(f"unknown pair strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    stored = load_run(session, run_id)
+    candidates = [
+        PairCandidate(id=c.id, node_id=c.node_id, reward=c.reward, content=(c.text, c.image))
+        for c in stored.candidates
+    ]
+    matches = [(m.a, m.b) for m in stored.trace.matches]
+    rng = random.Random(f"{seed}:{run_id}:{strategy}")
+    pairs = choose_pairs(strategy, candidates, rng=rng, matches=matches, count=count, max_pairs=max_pairs)
+    prompt_id = session.scalars(select(Run.prompt_id).where(Run.id == run_id)).one()
+    ids = store_pairs(
+        session, prompt_id, pairs, strategy=strategy, sides=draw_sides(rng, len(pairs)), blind=blind
+    )
+    if assign_to:
+        assign(session, ids, assign_to)
+    return ids
+
+
+def compare_runs(
+    session: Session,
+    run_ids: Sequence[int],
+    *,
+    seed: int = 0,
+    blind: bool = True,
+    assign_to: Sequence[str] = (),
+) -> list[int]:
+    """Comparisons between the final picks of runs on the same prompt (sampler vs sampler).
+
+    Each run contributes its first picked candidate (or, if it picked none, its
+    highest-reward one); every pair of runs gives one comparison. These are the
+    battles the Bradley-Terry ranking of samplers is fitted on.
+    """
+    from storage.votes import assign
+
+    runs = [session.get(Run, rid) for rid in run_ids]
+    if len(run_ids) < 2 or any(r is None for r in runs):
+        raise InvalidInput("compare_runs needs at least two existing run ids")
+    if len({r.prompt_id for r in runs}) != 1:
+        raise InvalidInput("compare_runs needs runs on the same prompt")
+    representatives = []
+    for run in runs:
+        cands = session.scalars(
+            select(Candidate).where(Candidate.run_id == run.id).order_by(Candidate.id)
+        ).all()
+        picked = [c for c in cands if c.picked]
+        scored = [c for c in cands if c.reward is not None]
+        choice = picked[0] if picked else (max(scored, key=lambda c: c.reward) if scored else None)
+        if choice is None:
+            raise InvalidInput(f"run {run.id} has no picked or rewarded candidate to compare")
+        representatives.append(choice)
+    pairs = [
+        (x.id, y.id)
+        for x, y in itertools.combinations(representatives, 2)
+        if (x.text, x.image) != (y.text, y.image)
+    ]
+    rng = random.Random(f"{seed}:runs:{','.join(map(str, run_ids))}")
+    sides = draw_sides(rng, len(pairs))
+    ids = store_pairs(session, runs[0].prompt_id, pairs, strategy="runs", sides=sides, blind=blind)
+    if assign_to:
+        assign(session, ids, assign_to)
+    return ids

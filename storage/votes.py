@@ -1,0 +1,367 @@
+"""Labelling: annotator queues, the next comparison to show, and votes.
+
+A vote's ``outcome`` names the comparison's candidate (``a``/``b``), a
+``tie``, ``both_bad`` or a ``skip``; :meth:`Presentation.outcome` turns the
+button the annotator pressed (left / right / ...) into it, using the side the
+comparison was shown on.
+
+``add_vote`` follows the habits of labelling systems that people trust:
+
+* everything is checked before anything is written; any problem raises one
+  :class:`storage.errors.StorageError` subclass and the transaction writes
+  nothing;
+* a retry with the same idempotency key returns the first result and stores
+  nothing new (a key reused for a *different* vote is a Conflict);
+* one current vote per (comparison, annotator): a second vote must name the
+  current one in ``supersedes`` (a changed mind); it becomes a new row with the
+  next revision, the old row stays as it was;
+* the result is returned only after the caller commits (``Database.write``),
+  so an acknowledged vote is on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import exists, func, literal, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from storage.common import find_annotator, get_or_create_annotator, require
+from storage.errors import Conflict, InvalidInput, NotAllowed
+from storage.models import (
+    KEY_MAX_CHARS,
+    NAME_MAX_CHARS,
+    OUTCOMES,
+    RATIONALE_MAX_CHARS,
+    Annotator,
+    Assignment,
+    Candidate,
+    Comparison,
+    LabelSession,
+    Prompt,
+    Run,
+    Vote,
+    utcnow,
+)
+from storage.serial import check_optional_text, check_text
+
+CHOICES = ("left", "right", "tie", "both_bad", "skip")
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One side of a comparison as the Label tab shows it."""
+
+    candidate_id: int
+    text: str
+    image: str | None
+    run_id: int
+    model: str
+    sampler: str
+    reward: float | None = None  # hidden by a blind UI until the vote is in
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """A comparison ready to show: prompt, left and right candidates, when it was served."""
+
+    comparison_id: int
+    prompt: str
+    left: Shown
+    right: Shown
+    left_side: str  # which candidate ('a' or 'b') is on the left
+    blind: bool  # hide model / sampler names until the vote is in
+    strategy: str
+    shown_at: datetime
+
+    def outcome(self, choice: str) -> str:
+        """The vote outcome for a button: left / right / tie / both_bad / skip."""
+        if choice == "left":
+            return self.left_side
+        if choice == "right":
+            return "b" if self.left_side == "a" else "a"
+        if choice in ("tie", "both_bad", "skip"):
+            return choice
+        raise InvalidInput(f"unknown choice {choice!r}; choose one of {', '.join(CHOICES)}")
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    vote_id: int
+    comparison_id: int
+    annotator: str
+    outcome: str
+    revision: int
+    supersedes: int | None
+    created: bool  # False when an idempotent retry returned the stored vote
+    created_at: datetime
+
+
+def _result(vote: Vote, annotator: str, created: bool) -> VoteResult:
+    return VoteResult(
+        vote_id=vote.id,
+        comparison_id=vote.comparison_id,
+        annotator=annotator,
+        outcome=vote.outcome,
+        revision=vote.revision,
+        supersedes=vote.supersedes_id,
+        created=created,
+        created_at=vote.created_at,
+    )
+
+
+def current_vote_filter() -> Any:
+    """SQL condition: the vote is current (no later vote supersedes it)."""
+    later = aliased(Vote)
+    return ~exists().where(later.supersedes_id == Vote.id)
+
+
+def start_session(session: Session, annotator: str, *, client: str | None = None) -> int:
+    """Open a labelling session for ``annotator`` (created if new); its id."""
+    client = check_optional_text(client, "client", max_chars=NAME_MAX_CHARS)
+    row = LabelSession(annotator_id=get_or_create_annotator(session, annotator).id, client=client)
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def assign(session: Session, comparison_ids: Sequence[int], annotators: Sequence[str]) -> int:
+    """Put comparisons in annotators' queues (only they may then vote); new assignments made."""
+    if isinstance(annotators, str):
+        raise InvalidInput("annotators must be a list of names, not one string")
+    comparisons = [require(session, Comparison, cid, "comparison") for cid in comparison_ids]
+    people = [get_or_create_annotator(session, name) for name in annotators]
+    made = 0
+    for comparison in comparisons:
+        for person in people:
+            if session.get(Assignment, (comparison.id, person.id)) is None:
+                session.add(Assignment(comparison_id=comparison.id, annotator_id=person.id))
+                made += 1
+    session.flush()
+    return made
+
+
+def _shown(session: Session, candidate_id: int) -> Shown:
+    cand = session.get(Candidate, candidate_id)
+    run = session.get(Run, cand.run_id)
+    return Shown(
+        candidate_id=cand.id,
+        text=cand.text,
+        image=cand.image,
+        run_id=run.id,
+        model=run.model,
+        sampler=run.sampler,
+        reward=cand.reward,
+    )
+
+
+def present(session: Session, comparison_id: int, *, now: datetime | None = None) -> Presentation:
+    """The comparison laid out left/right as recorded in ``comparisons.left_side``."""
+    comparison = require(session, Comparison, comparison_id, "comparison")
+    a, b = _shown(session, comparison.candidate_a_id), _shown(session, comparison.candidate_b_id)
+    left, right = (a, b) if comparison.left_side == "a" else (b, a)
+    return Presentation(
+        comparison_id=comparison.id,
+        prompt=session.get(Prompt, comparison.prompt_id).text,
+        left=left,
+        right=right,
+        left_side=comparison.left_side,
+        blind=comparison.blind,
+        strategy=comparison.strategy,
+        shown_at=now or utcnow(),
+    )
+
+
+def next_comparison(session: Session, annotator: str, *, now: datetime | None = None) -> Presentation | None:
+    """The next comparison for ``annotator``, or None when their queue is empty.
+
+    Never one they already voted on (a skip counts as a vote). Comparisons
+    assigned to them come first, then open ones (assigned to nobody) with the
+    fewest annotators so far, oldest first. Read-only.
+    """
+    person = find_annotator(session, annotator)
+    person_id = person.id if person is not None else -1
+    voters = (
+        select(Vote.comparison_id, func.count(func.distinct(Vote.annotator_id)).label("n"))
+        .group_by(Vote.comparison_id)
+        .subquery()
+    )
+    mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.annotator_id == person_id)
+    anyone = exists().where(Assignment.comparison_id == Comparison.id)
+    voted = exists().where(Vote.comparison_id == Comparison.id, Vote.annotator_id == person_id)
+    query = (
+        select(Comparison.id)
+        .outerjoin(voters, voters.c.comparison_id == Comparison.id)
+        .where(~voted, mine | ~anyone)
+        .order_by(mine.desc(), func.coalesce(voters.c.n, literal(0)), Comparison.id)
+        .limit(1)
+    )
+    comparison_id = session.scalars(query).first()
+    return None if comparison_id is None else present(session, comparison_id, now=now)
+
+
+def progress(session: Session, annotator: str) -> tuple[int, int]:
+    """(comparisons this annotator has voted on, comparisons still in their queue)."""
+    person = find_annotator(session, annotator)
+    person_id = person.id if person is not None else -1
+    mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.annotator_id == person_id)
+    anyone = exists().where(Assignment.comparison_id == Comparison.id)
+    voted = exists().where(Vote.comparison_id == Comparison.id, Vote.annotator_id == person_id)
+    done = session.scalar(select(func.count()).select_from(Comparison).where(voted)) or 0
+    remaining = session.scalar(select(func.count()).select_from(Comparison).where(~voted, mine | ~anyone)) or 0
+    return int(done), int(remaining)
+
+
+def _check_time(value: Any, field: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidInput(f"{field} must be a timezone-aware datetime")
+    return value
+
+
+def _check_optional_id(value: Any, what: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidInput(f"{what} must be a vote id (an integer), got {value!r}")
+    return value
+
+
+def _current_vote(session: Session, comparison_id: int, annotator_id: int) -> Vote | None:
+    return session.scalars(
+        select(Vote)
+        .where(Vote.comparison_id == comparison_id, Vote.annotator_id == annotator_id)
+        .order_by(Vote.revision.desc())
+        .limit(1)
+    ).first()
+
+
+def add_vote(
+    session: Session,
+    *,
+    comparison_id: int,
+    annotator: str,
+    outcome: str,
+    idempotency_key: str,
+    rationale: str | None = None,
+    shown_at: datetime | None = None,
+    voted_at: datetime | None = None,
+    supersedes: int | None = None,
+    session_id: int | None = None,
+) -> VoteResult:
+    """Record a vote (see the module docstring for the rules); raises StorageError on bad input."""
+    if not isinstance(outcome, str) or outcome not in OUTCOMES:
+        raise InvalidInput(f"unknown outcome {outcome!r}; choose one of {', '.join(OUTCOMES)}")
+    key = check_text(idempotency_key, "idempotency key", max_chars=KEY_MAX_CHARS, allow_empty=False)
+    rationale = check_optional_text(rationale, "rationale", max_chars=RATIONALE_MAX_CHARS)
+    shown_at = _check_time(shown_at, "shown_at")
+    voted_at = _check_time(voted_at, "voted_at") or utcnow()
+    supersedes = _check_optional_id(supersedes, "supersedes")
+    session_id = _check_optional_id(session_id, "session_id")
+    latency_ms = None
+    if shown_at is not None:
+        latency_ms = round((voted_at - shown_at).total_seconds() * 1000)
+        if latency_ms < 0:
+            raise InvalidInput("shown_at is later than voted_at")
+    person = find_annotator(session, annotator)  # validates the name
+    comparison = require(session, Comparison, comparison_id, "comparison")
+
+    replay = _replay(session, key, comparison_id, annotator, outcome, rationale, supersedes)
+    if replay is not None:
+        return replay
+
+    if session.scalars(
+        select(Assignment.annotator_id).where(Assignment.comparison_id == comparison.id)
+    ).first():
+        if person is None or session.get(Assignment, (comparison.id, person.id)) is None:
+            raise NotAllowed(f"comparison {comparison.id} is in another annotator's queue")
+    if session_id is not None:
+        label_session = require(session, LabelSession, session_id, "labelling session")
+        if person is None or label_session.annotator_id != person.id:
+            raise NotAllowed(f"labelling session {session_id} belongs to another annotator")
+
+    head = _current_vote(session, comparison.id, person.id) if person is not None else None
+    if supersedes is None and head is not None:
+        raise Conflict(
+            f"{annotator} already voted on comparison {comparison.id} (vote {head.id}); "
+            f"to change it, supersede vote {head.id}"
+        )
+    if supersedes is not None and (head is None or head.id != supersedes):
+        current = f"the current vote is {head.id}" if head is not None else "there is no earlier vote"
+        raise Conflict(
+            f"vote {supersedes} is not {annotator}'s current vote on comparison {comparison.id}; {current}"
+        )
+
+    if person is None:
+        person = get_or_create_annotator(session, annotator)
+    vote = Vote(
+        comparison_id=comparison.id,
+        annotator_id=person.id,
+        session_id=session_id,
+        revision=1 if head is None else head.revision + 1,
+        supersedes_id=supersedes,
+        outcome=outcome,
+        rationale=rationale,
+        shown_at=shown_at,
+        voted_at=voted_at,
+        latency_ms=latency_ms,
+        idempotency_key=key,
+    )
+    try:
+        with session.begin_nested():
+            session.add(vote)
+    except IntegrityError:
+        # A concurrent request won the race: the same key (a retry) or the same slot.
+        replay = _replay(session, key, comparison_id, annotator, outcome, rationale, supersedes)
+        if replay is not None:
+            return replay
+        raise Conflict(
+            f"{annotator}'s vote on comparison {comparison.id} changed meanwhile; reload and vote again"
+        ) from None
+    return _result(vote, annotator, created=True)
+
+
+def _replay(
+    session: Session,
+    key: str,
+    comparison_id: Any,
+    annotator: str,
+    outcome: str,
+    rationale: str | None,
+    supersedes: int | None,
+) -> VoteResult | None:
+    """The stored vote with this idempotency key, if the request repeats it exactly."""
+    row = session.execute(
+        select(Vote, Annotator.name)
+        .join(Annotator, Annotator.id == Vote.annotator_id)
+        .where(Vote.idempotency_key == key)
+    ).first()
+    if row is None:
+        return None
+    vote, name = row
+    same = (
+        vote.comparison_id == comparison_id
+        and name == annotator
+        and vote.outcome == outcome
+        and vote.rationale == rationale
+        and vote.supersedes_id == supersedes
+    )
+    if not same:
+        raise Conflict(f"idempotency key {key!r} was already used for a different vote ({vote.id})")
+    return _result(vote, name, created=False)
+
+
+def vote_history(session: Session, comparison_id: int, annotator: str) -> list[VoteResult]:
+    """Every vote ``annotator`` cast on the comparison, oldest first (the last is current)."""
+    person = find_annotator(session, annotator)
+    if person is None:
+        return []
+    votes = session.scalars(
+        select(Vote)
+        .where(Vote.comparison_id == comparison_id, Vote.annotator_id == person.id)
+        .order_by(Vote.revision)
+    )
+    return [_result(v, annotator, created=False) for v in votes]

@@ -1,0 +1,48 @@
+"""Shared fixtures: a private samplescope home per test, tiny local models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path, monkeypatch):
+    """Point the app's data folder (database, artifacts) at a temp folder; the model cache stays shared."""
+    monkeypatch.setenv("SAMPLESCOPE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SAMPLESCOPE_DB", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    from tests.tiny import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("tiny-lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_lm_dir):
+    from engines.models.hf import TransformersTextModel
+
+    return TransformersTextModel.from_pretrained(str(tiny_lm_dir), name="tiny")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from engines.models import load_model
+
+    return load_model("embedded:smollm2")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(skip)

@@ -1,0 +1,151 @@
+"""One behaviour suite that every registered text sampler must pass (toy models, no network)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from engines.models import load_model
+from engines.rewards.base import ScalarAsPairwise
+from engines.samplers import SAMPLERS, build_sampler
+from engines.task import Task
+from engines.trace import Budget, Trace, collect
+from tests.engines.toys import DigitValue
+
+TEXT_SAMPLERS = [name for name, cls in SAMPLERS.items() if "text" in cls.modalities]
+TASK = Task(prompt="pick a number", answer="7")
+
+
+def reward_for(name: str):
+    kind = SAMPLERS.get(name).reward_kind
+    if kind == "outcome":
+        return DigitValue()
+    if kind == "pairwise":
+        return ScalarAsPairwise(DigitValue(), tau=0.05)
+    from engines.rewards.steps import OutcomeAsStep  # step-level samplers: the value of the digits so far
+
+    return OutcomeAsStep(DigitValue())
+
+
+def small_config(name: str, **extra) -> dict:
+    fields = {s.name for s in SAMPLERS.get(name).Config.specs()}
+    small = {"n": 6, "max_new_tokens": 3, "particles": 6, "beams": 2, "expand": 3, "simulations": 6,
+             "max_tokens": 4, "interval": 1, "block_size": 2, "mcmc_steps": 2, "step": "tokens", "max_steps": 3}
+    params = {k: v for k, v in small.items() if k in fields}
+    params.update(extra)
+    return params
+
+
+def run(name: str, seed: int = 0, budget: Budget | None = None, cancel=None, **extra) -> Trace:
+    model = load_model("toy:digits")
+    sampler = build_sampler(name, small_config(name, **extra))
+    rng = torch.Generator().manual_seed(seed)
+    return collect(sampler.run(TASK, model, reward_for(name), budget=budget, rng=rng, cancel=cancel))
+
+
+def comparable(trace: Trace) -> list[dict]:
+    rows = []
+    for event in trace.to_list():
+        if event["kind"] in ("cost", "done"):
+            event = {k: v for k, v in event.items() if k != "cost"}
+            event.pop("metrics", None)
+        rows.append(event)
+    return rows
+
+
+@pytest.mark.parametrize("name", TEXT_SAMPLERS)
+def test_same_seed_same_trace(name):
+    assert comparable(run(name, seed=3)) == comparable(run(name, seed=3))
+
+
+@pytest.mark.parametrize("name", TEXT_SAMPLERS)
+def test_ends_with_exactly_one_done(name):
+    trace = run(name)
+    kinds = [e.kind for e in trace.events]
+    assert kinds[-1] == "done" and kinds.count("done") == 1
+    assert trace.done.status == "ok"
+    assert set(trace.done.picks) <= set(trace.nodes)
+    for pick in trace.done.picks:
+        assert trace.nodes[pick].final
+
+
+FLAT = [n for n in TEXT_SAMPLERS if "n" in {s.name for s in SAMPLERS.get(n).Config.specs()} and SAMPLERS.get(n).reward_kind != "step"]
+
+
+@pytest.mark.parametrize("name", FLAT)
+def test_exactly_n_candidates(name):
+    trace = run(name)
+    assert len(trace.candidates) == 6
+
+
+@pytest.mark.parametrize("name", TEXT_SAMPLERS)
+def test_generated_token_budget_is_never_passed(name):
+    trace = run(name, budget=Budget(generated_tokens=7))
+    assert trace.done.cost["generated_tokens"] <= 7
+    # either the budget stopped it, or the whole run fit (then it finished normally with a pick)
+    assert trace.done.status == "budget" or (trace.done.status == "ok" and trace.done.picks)
+    tight = run(name, budget=Budget(generated_tokens=1))
+    assert tight.done.status == "budget" and tight.done.cost["generated_tokens"] == 0
+
+
+@pytest.mark.parametrize("name", TEXT_SAMPLERS)
+def test_cancel_before_start_stops_at_once(name):
+    cancel = threading.Event()
+    cancel.set()
+    trace = run(name, cancel=cancel)
+    assert trace.done.status == "cancelled"
+    assert trace.done.cost["generated_tokens"] == 0
+
+
+class CountingModel:
+    """The toy model, counting the sample/score calls made after a cancel flag went up."""
+
+    def __init__(self, model, flag):
+        self.model, self.flag, self.calls_after_cancel = model, flag, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def sample(self, *args, **kwargs):
+        self.calls_after_cancel += self.flag.is_set()
+        return self.model.sample(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name", TEXT_SAMPLERS)
+def test_cancel_mid_run_stops_within_a_step(name):
+    cancel = threading.Event()
+    model = CountingModel(load_model("toy:digits"), cancel)
+    fields = {s.name for s in SAMPLERS.get(name).Config.specs()}
+    sampler = build_sampler(name, small_config(name, **{k: v for k, v in {"n": 36, "batch_size": 4}.items() if k in fields}))
+    trace = Trace()
+    for event in sampler.run(TASK, model, reward_for(name), rng=torch.Generator().manual_seed(0), cancel=cancel):
+        trace.append(event)
+        if event.kind == "node" and event.parent is not None:
+            cancel.set()
+    assert trace.done.status in ("cancelled", "ok")
+    assert model.calls_after_cancel == 0  # the flag is honoured before any further model call
+
+
+@pytest.mark.parametrize("name", TEXT_SAMPLERS)
+def test_trace_json_round_trip(name):
+    trace = run(name)
+    assert Trace.from_json(trace.to_json()).to_list() == trace.to_list()
+
+
+@pytest.mark.parametrize("name", TEXT_SAMPLERS)
+def test_costs_are_counted(name):
+    cost = run(name).done.cost
+    assert cost["generated_tokens"] > 0 and cost["model_calls"] > 0 and cost["reward_calls"] > 0
+    assert cost["wall_seconds"] >= 0
+
+
+def test_empty_prompt_and_wrong_reward_are_refused():
+    from engines.errors import ConfigError
+
+    model = load_model("toy:digits")
+    with pytest.raises(ConfigError, match="empty"):
+        build_sampler("best_of_n").run(Task(prompt="  "), model, DigitValue())
+    with pytest.raises(ConfigError, match="pairwise"):
+        build_sampler("best_of_n").run(TASK, model, ScalarAsPairwise(DigitValue()))

@@ -1,0 +1,139 @@
+"""Queues, the next comparison, votes: idempotency, supersede chains, permissions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from storage_helpers import dump, store_run
+
+from storage import (
+    Conflict,
+    InvalidInput,
+    NotAllowed,
+    NotFound,
+    add_vote,
+    assign,
+    make_comparisons,
+    next_comparison,
+    present,
+    start_session,
+    vote_history,
+)
+from storage.records import vote_records
+
+
+@pytest.fixture
+def comparisons(db):
+    run = store_run(db, ["a", "b", "c", "d"], [1.0, 2.0, 3.0, 4.0])
+    return db.write(lambda s: make_comparisons(s, run, "all_pairs"))
+
+
+def vote(db, cid, who="ada", outcome="a", key=None, **kw):
+    key = key or f"{who}-{cid}-{outcome}-{kw.get('supersedes')}"
+    return db.write(
+        lambda s: add_vote(s, comparison_id=cid, annotator=who, outcome=outcome, idempotency_key=key, **kw)
+    )
+
+
+def test_next_comparison_never_repeats_a_voted_one(db, comparisons):
+    seen = []
+    while (shown := db.read(lambda s: next_comparison(s, "ada"))) is not None:
+        assert shown.comparison_id not in seen
+        seen.append(shown.comparison_id)
+        vote(db, shown.comparison_id, outcome=shown.outcome("left" if len(seen) % 2 else "skip"))
+    assert sorted(seen) == sorted(comparisons)
+    # another annotator still has the whole queue
+    assert db.read(lambda s: next_comparison(s, "bob")).comparison_id == comparisons[0]
+
+
+def test_next_comparison_prefers_own_queue_then_least_voted(db, comparisons):
+    db.write(lambda s: assign(s, [comparisons[3]], ["bob"]))
+    assert db.read(lambda s: next_comparison(s, "bob")).comparison_id == comparisons[3]
+    # ada cannot see bob's assignment; she gets the oldest open one
+    assert db.read(lambda s: next_comparison(s, "ada")).comparison_id == comparisons[0]
+    vote(db, comparisons[0], who="cy")
+    assert db.read(lambda s: next_comparison(s, "ada")).comparison_id == comparisons[1]
+
+
+def test_presentation_maps_buttons_to_candidates(db, comparisons):
+    shown = db.read(lambda s: present(s, comparisons[0]))
+    a_is_left = shown.left_side == "a"
+    assert shown.outcome("left") == ("a" if a_is_left else "b")
+    assert shown.outcome("right") == ("b" if a_is_left else "a")
+    assert [shown.outcome(c) for c in ("tie", "both_bad", "skip")] == ["tie", "both_bad", "skip"]
+    assert shown.left.candidate_id != shown.right.candidate_id
+    assert shown.prompt == "Say something nice." and shown.left.sampler == "best_of_n"
+    with pytest.raises(InvalidInput):
+        shown.outcome("middle")
+
+
+def test_vote_is_stored_with_latency_and_session(db, comparisons):
+    shown_at = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    sid = db.write(lambda s: start_session(s, "ada", client="firefox"))
+    result = vote(
+        db,
+        comparisons[0],
+        outcome="tie",
+        rationale="both fine",
+        shown_at=shown_at,
+        voted_at=shown_at + timedelta(seconds=2.5),
+        session_id=sid,
+    )
+    assert result.created and result.revision == 1 and result.supersedes is None
+    [record] = db.read(vote_records)
+    assert record.outcome == "tie" and record.rationale == "both fine" and record.latency_ms == 2500
+    assert record.voted_at == shown_at + timedelta(seconds=2.5)
+
+
+def test_same_idempotency_key_stores_once(db, comparisons):
+    first = vote(db, comparisons[0], key="click-1")
+    again = vote(db, comparisons[0], key="click-1")
+    assert first.created and not again.created
+    assert again.vote_id == first.vote_id and again.created_at == first.created_at
+    assert len(db.read(vote_records)) == 1
+    with pytest.raises(Conflict, match="already used for a different vote"):
+        vote(db, comparisons[0], outcome="b", key="click-1")
+
+
+def test_second_vote_must_supersede_the_current_one(db, comparisons):
+    first = vote(db, comparisons[0], outcome="a")
+    with pytest.raises(Conflict, match="already voted"):
+        vote(db, comparisons[0], outcome="b")
+    second = vote(db, comparisons[0], outcome="b", supersedes=first.vote_id)
+    assert second.revision == 2 and second.supersedes == first.vote_id
+    with pytest.raises(Conflict, match="not ada's current vote"):  # stale: first is no longer current
+        vote(db, comparisons[0], outcome="tie", supersedes=first.vote_id, key="stale")
+    third = vote(db, comparisons[0], outcome="tie", supersedes=second.vote_id)
+    history = db.read(lambda s: vote_history(s, comparisons[0], "ada"))
+    assert [(h.outcome, h.revision) for h in history] == [("a", 1), ("b", 2), ("tie", 3)]
+    [current] = db.read(vote_records)
+    assert current.vote_id == third.vote_id and current.outcome == "tie"
+    # supersede someone else's vote: refused
+    bob = vote(db, comparisons[1], who="bob")
+    with pytest.raises(Conflict):
+        vote(db, comparisons[1], who="ada", supersedes=bob.vote_id)
+
+
+def test_someone_elses_queue_is_refused(db, comparisons):
+    db.write(lambda s: assign(s, [comparisons[0]], ["bob"]))
+    before = dump(db)
+    with pytest.raises(NotAllowed, match="another annotator's queue"):
+        vote(db, comparisons[0], who="ada")
+    with pytest.raises(NotAllowed):
+        vote(db, comparisons[0], who="newcomer")
+    assert dump(db) == before  # not even the new annotator row
+    assert vote(db, comparisons[0], who="bob").created
+
+
+def test_session_of_another_annotator_is_refused(db, comparisons):
+    sid = db.write(lambda s: start_session(s, "bob"))
+    with pytest.raises(NotAllowed, match="session"):
+        vote(db, comparisons[0], who="ada", session_id=sid)
+    with pytest.raises(NotFound):
+        vote(db, comparisons[0], who="ada", session_id=sid + 100)
+
+
+def test_missing_comparison(db):
+    with pytest.raises(NotFound, match="no comparison with id 9"):
+        vote(db, 9)
