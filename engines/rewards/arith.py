@@ -9,18 +9,23 @@ Registered names
   follow. So a planted wrong step and everything after it score 0.0, the
   Math-Shepherd label with a perfect completer (Wang et al. 2024), i.e. the
   "first wrong step" reading of Lightman et al. 2023 ("Let's Verify Step by
-  Step"); the aggregations ``last`` and ``min`` agree on it.
+  Step"); the aggregations ``last`` and ``min`` agree on it. An empty step
+  adds nothing and keeps the score so far (1.0 for ``[""]``, the empty
+  prefix that CARDS scores first).
 - ``arith_orm`` (learned outcome reward, :class:`ArithOutcomeModel`): a
   ``LlamaForSequenceClassification`` (one label, initialised from the
   policy) trained on the policy's own samples labelled by the final-answer
   check. The score is the logit read at the ``<eos>`` appended to
   ``prompt + completion``; higher means "more likely correct".
+  ``arith_orm:prob`` gives sigmoid(logit), the estimated P(correct) in [0, 1]
+  that reward-weighted voting needs (non-negative weights).
 - ``arith_prm`` (learned process reward, :class:`ArithProcessModel`): a
   ``LlamaForTokenClassification`` (one label) trained, Math-Shepherd style,
   on the policy's samples with the ``arith_steps`` labels. The input is
   ``prompt + step_1 + "\\n" + ... + step_k + "\\n"``; step i's score is
   ``sigmoid(logit)`` read at its closing newline (PRM800K / Math-Shepherd
-  read a step tag in the same place).
+  read a step tag in the same place). An empty step is read where the text
+  so far ends (the prompt's newline for the first), which is trained to 1.
 
 The learned models load offline from ``engines/assets/arith/{orm,prm}``, once
 per process, and add the tokens they read to ``usage.reward_tokens``. Inputs
@@ -65,11 +70,15 @@ def orm_input_ids(tokenizer: Any, prompt: str, completion: str) -> list[int]:
 
 
 def prm_input_ids(tokenizer: Any, prompt: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
-    """(ids, read positions): each step stripped and closed by a newline; its score sits on that newline."""
+    """(ids, read positions): each step stripped and closed by a newline; its score sits on that newline.
+
+    An empty step adds no tokens and is read at the end of the text so far.
+    """
     ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     positions: list[int] = []
     for step in steps:
-        ids += tokenizer(step.strip() + "\n", add_special_tokens=False)["input_ids"]
+        if step.strip():
+            ids += tokenizer(step.strip() + "\n", add_special_tokens=False)["input_ids"]
         positions.append(len(ids) - 1)
     return ids, positions
 
@@ -91,18 +100,12 @@ def _pad_right(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, t
 def step_scores(problem: Problem, steps: Sequence[str]) -> list[float]:
     """Prefix validity per step text (multi-line steps: all their lines must follow)."""
     lines: list[str] = []
-    ends: list[int] = []  # index into lines of each step's last line, -1 for an empty step
+    ends: list[int] = []  # index into lines of each step's last line (-1: none yet)
     for step in steps:
-        parts = [line for line in step.splitlines() if line.strip()]
-        lines += parts
-        ends.append(len(lines) - 1 if parts else -1)
+        lines += [line for line in step.splitlines() if line.strip()]
+        ends.append(len(lines) - 1)
     valid = check_steps(problem, lines)
-    scores: list[float] = []
-    ok = True
-    for end in ends:
-        ok = ok and end >= 0 and valid[end]
-        scores.append(1.0 if ok else 0.0)
-    return scores
+    return [1.0 if end < 0 or valid[end] else 0.0 for end in ends]
 
 
 class ArithStepReward(StepReward):
@@ -130,8 +133,10 @@ class ArithOutcomeModel(Reward):
     name = "arith_orm"
     kind = "outcome"
 
-    def __init__(self, folder=ORM_DIR, device: str = "cpu", batch_size: int = 128) -> None:
-        self.folder, self.device, self.batch_size = folder, device, batch_size
+    def __init__(self, folder=ORM_DIR, device: str = "cpu", batch_size: int = 128, *, prob: bool = False) -> None:
+        self.folder, self.device, self.batch_size, self.prob = folder, device, batch_size, prob
+        if prob:
+            self.name = "arith_orm:prob"
 
     @torch.no_grad()
     def score(self, task: Task, candidates: Sequence[str], *, usage: Cost | None = None) -> list[float]:
@@ -143,7 +148,8 @@ class ArithOutcomeModel(Reward):
             part = rows[start : start + self.batch_size]
             ids, mask = _pad_right(part, tokenizer.pad_token_id)
             logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            out += [float(v) for v in logits[:, 0].float().cpu()]
+            values = logits[:, 0].float().cpu()
+            out += [float(v) for v in (torch.sigmoid(values) if self.prob else values)]
         if usage is not None:
             usage.add(reward_tokens=sum(len(r) for r in rows))
         return out
@@ -183,6 +189,12 @@ def _device(env: RewardEnv) -> str:
     return str(env.options.get("device", "cpu"))
 
 
+def _orm_output(arg: str | None) -> bool:
+    if arg in (None, "logit", "prob"):
+        return arg == "prob"
+    raise ConfigError(f"arith_orm takes 'logit' (the default) or 'prob', got {arg!r}")
+
+
 REWARDS.add(
     "arith_steps",
     RewardFactory(
@@ -199,8 +211,10 @@ REWARDS.add(
         name="arith_orm",
         kind="outcome",
         modality="text",
-        help="Learned outcome reward model for arith tasks (logit that the final answer is right)",
-        build=lambda arg, env: ArithOutcomeModel(device=_device(env)),
+        help="Learned outcome reward model for arith tasks: the logit that the final answer is right "
+        "(arith_orm:prob gives the probability)",
+        build=lambda arg, env: ArithOutcomeModel(device=_device(env), prob=_orm_output(arg)),
+        arg="logit|prob",
     ),
 )
 REWARDS.add(

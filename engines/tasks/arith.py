@@ -170,6 +170,24 @@ def _reductions(numbers: list[int], ops: list[str]) -> Iterable[tuple[str, list[
         yield f"{a}{op}{b}={c}", numbers, ops
 
 
+def planted_solution(problem: Problem, step: int, delta: int) -> list[str]:
+    """The reference step lines with the result of ``step`` off by ``delta`` and every later
+    step (and the answer line) worked out consistently from the wrong value: a fluent,
+    self-consistent solution with exactly one wrong step, for testing process rewards."""
+    if not 0 <= step < len(problem.ops) or delta == 0:
+        raise ValueError(f"step must be in 0..{len(problem.ops) - 1} and delta non-zero")
+    numbers, ops = list(problem.numbers), list(problem.ops)
+    lines: list[str] = []
+    for k in range(len(problem.ops)):
+        i = _canonical_index(ops)
+        a, op, b = numbers[i], ops[i], numbers[i + 1]
+        c = _apply(a, op, b) + (delta if k == step else 0)
+        lines.append(f"{a}{op}{b}={c}")
+        numbers = [*numbers[:i], c, *numbers[i + 2 :]]
+        ops = [*ops[:i], *ops[i + 1 :]]
+    return [*lines, f"{ANSWER_PREFIX}{numbers[0]}"]
+
+
 def evaluate(numbers: Sequence[int], ops: Sequence[str]) -> int:
     value = None
     for _, nums, _ in _reductions(list(numbers), list(ops)):
@@ -274,6 +292,56 @@ def check_steps(problem: Problem, steps: Sequence[str]) -> list[bool]:
         else:
             ok = False  # anything after a wrong step or after the answer line
         out.append(ok)
+    return out
+
+
+def legal_lines(numbers: Sequence[int], ops: Sequence[str]) -> dict[str, tuple[list[int], list[str]] | None]:
+    """Every line that follows from the expression now -> the expression after it (None: the answer line)."""
+    if not ops:
+        return {f"{ANSWER_PREFIX}{numbers[0]}": None}
+    out: dict[str, tuple[list[int], list[str]] | None] = {}
+    for i in range(len(ops)):
+        if _legal(ops, i):
+            c = _apply(numbers[i], ops[i], numbers[i + 1])
+            after = ([*numbers[:i], c, *numbers[i + 2 :]], [*ops[:i], *ops[i + 1 :]])
+            out.setdefault(f"{numbers[i]}{ops[i]}{numbers[i + 1]}={c}", after)
+    return out
+
+
+def on_track(problem: Problem, text: str, *, finished: bool = False) -> list[bool]:
+    """Per character of ``text`` (a completion), and one more for the end of text when
+    ``finished``: can the text up to there still grow into a fully valid solution?
+
+    The character-level version of :func:`check_steps` (strict about the format: no
+    spaces, no blank lines): a line is on track while it is a prefix of a line that
+    follows, and its newline is on track iff the line follows, so at every newline
+    the value equals ``check_steps`` of the lines so far. After the answer line only
+    whitespace stays on track. This is the perfect-completer Math-Shepherd label at
+    every token, which dense process supervision trains on.
+    """
+    numbers, ops = list(problem.numbers), list(problem.ops)
+    options = legal_lines(numbers, ops)
+    line, ok, answered = "", True, False
+    out: list[bool] = []
+    for ch in text:
+        if ok and answered:
+            ok = ch.isspace()
+        elif ok and ch == "\n":
+            ok = line in options
+            if ok:
+                after = options[line]
+                if after is None:
+                    answered = True
+                else:
+                    numbers, ops = after
+                    options = legal_lines(numbers, ops)
+                line = ""
+        elif ok:
+            line += ch
+            ok = any(option.startswith(line) for option in options)
+        out.append(ok)
+    if finished:
+        out.append(ok and (answered or options.get(line, False) is None))
     return out
 
 

@@ -1,0 +1,243 @@
+"""Test-time scaling on the reasoning lab: accuracy against N and against generated tokens.
+
+    samplescope bench scaling [--quick] [--json] [--problems P] [--max-n 64]
+    python -m bench.scaling ...
+
+On the first P problems of the ``arith`` task set (the default level) with
+``embedded:arith`` at temperature 1, for N = 1, 2, 4, ..., max-n, every method
+draws N candidates and picks one; the pick counts as right when the ``math``
+verifier accepts its final answer.
+
+| method | sampler | reward |
+|---|---|---|
+| oracle best-of-N | ``best_of_n`` | ``math`` (the exact verifier: an upper bound) |
+| best-of-N, learned ORM | ``best_of_n`` | ``arith_orm`` |
+| majority vote | ``majority`` | none (self-consistency; ``math`` only labels) |
+| reward-weighted majority | ``weighted_majority`` | ``arith_orm:prob`` |
+| knockout, pairwise ORM | ``knockout`` (stochastic) | ``pairwise:arith_orm`` |
+
+Every method runs with the same seed per (problem, N) and the same batch
+size, so all of them choose among the same N candidates: the differences are
+the selection rules, paired on identical samples. The knockout draws each
+winner with P(a beats b) = σ(r_a - r_b): with deterministic winners a
+tournament over a scalar's Bradley-Terry view is exactly best-of-N by that
+scalar, so only the stochastic one adds a curve.
+
+Check of the oracle: best-of-N with the exact verifier is right iff one of the
+N samples is, so its accuracy should match pass@N, estimated without bias
+(Chen et al. 2021, "Evaluating Large Language Models Trained on Code") from
+each problem's correct count among its max-n oracle candidates. Where the
+learned-ORM curve falls away from the oracle as N grows (over-optimisation of
+an imperfect reward), the table shows the gap; nothing here tunes it away.
+
+Writes ``bench/results/scaling.json``, ``scaling.md`` (the table) and
+``scaling.png`` (the plots); ``scaling_quick.*`` with ``--quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from bench.common import RESULTS, machine, save
+
+METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "oracle": ("best_of_n", "math", {}),
+    "bon_orm": ("best_of_n", "arith_orm", {}),
+    "majority": ("majority", "math", {}),
+    "weighted_majority": ("weighted_majority", "arith_orm:prob", {}),
+    "knockout": ("knockout", "pairwise:arith_orm", {"stochastic": True}),
+}
+LABELS = {
+    "oracle": "best-of-N, exact verifier (oracle)",
+    "bon_orm": "best-of-N, learned ORM",
+    "majority": "majority vote",
+    "weighted_majority": "ORM-weighted majority",
+    "knockout": "knockout, pairwise ORM (stochastic)",
+}
+MAX_NEW_TOKENS = 80
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from c right among n samples: 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"k={k} exceeds the n={n} samples")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def run_method(method: str, task: Any, n: int, seed: int, model: Any, rewards: dict[str, Any], check: Any) -> dict:
+    from engines.samplers import build_sampler
+    from engines.trace import collect
+
+    sampler_name, reward_spec, extra = METHODS[method]
+    if sampler_name == "knockout" and n < 2:
+        sampler_name, reward_spec, extra = "best_of_n", "arith_orm", {}  # a one-player tournament is its player
+    params = {"n": n, "batch_size": min(n, 64), "max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, **extra}
+    trace = collect(
+        build_sampler(sampler_name, params).run(
+            task, model, rewards[reward_spec], rng=torch.Generator().manual_seed(seed)
+        )
+    )
+    picks = trace.selected
+    right = bool(picks) and check.score(task, [trace.full_text(picks[0])])[0] == 1.0
+    row = {
+        "right": right,
+        "tokens": trace.done.cost["generated_tokens"],
+        "reward_tokens": trace.done.cost["reward_tokens"],
+        "wall_seconds": trace.done.cost["wall_seconds"],
+    }
+    if method == "oracle":
+        row["correct_candidates"] = sum(1 for c in trace.candidates if trace.scores.get(c, {}).get("math") == 1.0)
+        row["candidates"] = len(trace.candidates)
+    return row
+
+
+def run_benchmark(problems: int, ns: list[int], seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+    from engines.models import load_model
+    from engines.rewards import build_reward
+    from engines.tasks import TASK_SETS
+
+    model = load_model("embedded:arith")
+    specs = {spec for _, spec, _ in METHODS.values()} | {"arith_orm"}
+    rewards = {spec: build_reward(spec) for spec in specs}
+    check = build_reward("math")
+    tasks = TASK_SETS.get("arith").tasks()[:problems]
+    runs: dict[str, dict[str, list[dict]]] = {m: {str(n): [] for n in ns} for m in METHODS}
+    for n in ns:
+        started = time.perf_counter()
+        for i, task in enumerate(tasks):
+            for method in METHODS:
+                row = run_method(method, task, n, seed * 1_000_003 + 1_000 * i + n, model, rewards, check)
+                runs[method][str(n)].append(row)
+        accs = {m: statistics.fmean(r["right"] for r in runs[m][str(n)]) for m in METHODS}
+        log(f"N={n:>3}: " + ", ".join(f"{m} {a:.3f}" for m, a in accs.items()) + f"  ({time.perf_counter() - started:.0f} s)")
+    return {"problems": problems, "ns": ns, "seed": seed, "runs": runs, "summary": summarise(runs, ns)}
+
+
+def summarise(runs: dict[str, dict[str, list[dict]]], ns: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for method, per in runs.items():
+        out[method] = {}
+        for n in ns:
+            rows = per[str(n)]
+            acc = statistics.fmean(r["right"] for r in rows)
+            out[method][str(n)] = {
+                "accuracy": acc,
+                "se": math.sqrt(acc * (1 - acc) / len(rows)),
+                "tokens": statistics.fmean(r["tokens"] for r in rows),
+                "wall_seconds": statistics.fmean(r["wall_seconds"] for r in rows),
+            }
+    top = runs["oracle"][str(max(ns))]
+    per_sample = [r["correct_candidates"] / r["candidates"] for r in top]
+    out["per_sample_accuracy"] = statistics.fmean(per_sample)
+    out["pass_at_n"] = {
+        str(n): statistics.fmean(pass_at_k(r["candidates"], r["correct_candidates"], n) for r in top) for n in ns
+    }
+    return out
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    s, ns = result["summary"], result["ns"]
+    head = "| N | pass@N (estimate) | " + " | ".join(LABELS[m] for m in METHODS) + " | ORM gap to oracle |"
+    lines = [
+        "# Test-time scaling on the reasoning lab",
+        "",
+        f"`{command}`: {result['problems']} problems of the `arith` task set, `embedded:arith` at T=1,",
+        f"seed {result['seed']}; {result['machine_line']}; {result['seconds']:.0f} s.",
+        "",
+        "Accuracy of the pick (the `math` verifier), ± one standard error over problems. All methods",
+        "choose among the same N samples per problem. pass@N is estimated from each problem's correct",
+        f"count among its {max(ns)} oracle candidates (per-sample accuracy {s['per_sample_accuracy']:.3f}); the",
+        "oracle column should track it. The last column is oracle minus best-of-N with the learned ORM.",
+        "",
+        head,
+        "|" + "---|" * (len(METHODS) + 3),
+    ]
+    for n in ns:
+        cells = [f"{s[m][str(n)]['accuracy']:.3f} ± {s[m][str(n)]['se']:.3f}" for m in METHODS]
+        gap = s["oracle"][str(n)]["accuracy"] - s["bon_orm"][str(n)]["accuracy"]
+        lines.append(f"| {n} | {s['pass_at_n'][str(n)]:.3f} | " + " | ".join(cells) + f" | {gap:+.3f} |")
+    lines += [
+        "",
+        "Generated tokens per problem (mean; the same for every method at a given N, as they share samples):",
+        "",
+        "| N | " + " | ".join(str(n) for n in ns) + " |",
+        "|" + "---|" * (len(ns) + 1),
+        "| tokens | " + " | ".join(f"{s['oracle'][str(n)]['tokens']:.0f}" for n in ns) + " |",
+        "",
+        "![accuracy against N and against generated tokens](scaling.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s, ns = result["summary"], result["ns"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for method in METHODS:
+        rows = [s[method][str(n)] for n in ns]
+        for ax, xs in ((axes[0], ns), (axes[1], [r["tokens"] for r in rows])):
+            ax.errorbar(xs, [r["accuracy"] for r in rows], yerr=[r["se"] for r in rows], marker="o", capsize=2, label=LABELS[method])
+    axes[0].plot(ns, [s["pass_at_n"][str(n)] for n in ns], "k:", label="pass@N estimate")
+    for ax, xlabel in ((axes[0], "N (samples per problem)"), (axes[1], "generated tokens per problem")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy of the pick")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"arith, {result['problems']} problems: accuracy against N")
+    axes[1].set_title("accuracy against generated tokens")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=100, help="problems of the arith task set (max 200)")
+    parser.add_argument("--max-n", type=int, default=64, help="largest N (powers of two from 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="20 problems, N up to 16 (a smoke run)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this model)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of progress lines")
+    args = parser.parse_args(argv)
+    problems, max_n = (20, 16) if args.quick else (args.problems, args.max_n)
+    if not 1 <= problems <= 200 or max_n < 1:
+        raise ValueError("--problems must be in 1..200 and --max-n >= 1")
+    torch.set_num_threads(args.threads)
+    ns = [2**i for i in range(int(math.log2(max_n)) + 1)]
+    started = time.perf_counter()
+    result = run_benchmark(problems, ns, args.seed, log=(lambda line: None) if args.json else print)
+    result["seconds"] = time.perf_counter() - started
+    info = machine()
+    result["machine_line"] = f"{info['processor']}, {info['threads']} torch thread(s), torch {info['torch']}"
+    command = "samplescope bench scaling" + (" --quick" if args.quick else f" --problems {problems} --max-n {max_n}")
+    name = "scaling_quick" if args.quick else "scaling"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(markdown(result, command).replace("(scaling.png)", f"({name}.png)"))
+    plot(result, RESULTS / f"{name}.png")
+    path = save(name, result)
+    if args.json:
+        print(json.dumps(result["summary"], indent=2))
+    else:
+        print(f"wrote {path}, {RESULTS / f'{name}.md'}, {RESULTS / f'{name}.png'} in {result['seconds']:.0f} s")
+    return result
+
+
+if __name__ == "__main__":
+    main()
