@@ -209,7 +209,7 @@ def plot(result: dict[str, Any], path: Any) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--problems", type=int, default=100, help="problems of the arith task set (max 200)")
+    parser.add_argument("--problems", type=int, default=200, help="problems of the arith task set (max 200)")
     parser.add_argument("--max-n", type=int, default=64, help="largest N (powers of two from 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="20 problems, N up to 16 (a smoke run)")

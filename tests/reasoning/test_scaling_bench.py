@@ -1,0 +1,37 @@
+"""The scaling benchmark's estimator and its paired design, on a tiny run."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from bench.scaling import METHODS, pass_at_k, run_benchmark
+
+
+@pytest.mark.parametrize(("n", "c"), [(5, 0), (5, 2), (6, 6), (8, 3)])
+def test_pass_at_k_matches_counting_subsets(n: int, c: int) -> None:
+    samples = [1] * c + [0] * (n - c)
+    for k in range(1, n + 1):
+        subsets = list(itertools.combinations(samples, k))
+        expected = sum(any(s) for s in subsets) / len(subsets)
+        assert math.isclose(pass_at_k(n, c, k), expected, abs_tol=1e-12)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 1, 4)
+
+
+def test_methods_share_samples_and_the_oracle_bounds_them_all() -> None:
+    result = run_benchmark(problems=4, ns=[1, 4], seed=3, log=lambda line: None)
+    runs, summary = result["runs"], result["summary"]
+    for n in ("1", "4"):
+        tokens = {m: [r["tokens"] for r in runs[m][n]] for m in METHODS}
+        assert len({tuple(t) for t in tokens.values()}) == 1  # every method drew the same samples
+        for i, oracle in enumerate(runs["oracle"][n]):
+            assert oracle["candidates"] == int(n)
+            assert oracle["right"] == (oracle["correct_candidates"] > 0)
+            for method in METHODS:
+                assert runs[method][n][i]["right"] <= oracle["right"]
+    # with one sample every method returns it
+    assert len({summary[m]["1"]["accuracy"] for m in METHODS}) == 1
+    assert 0.0 <= summary["pass_at_n"]["1"] <= summary["pass_at_n"]["4"] <= 1.0
