@@ -8,6 +8,7 @@ needs besides the Blocks (CSS, the keyboard-shortcut script, auth).
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,12 @@ def build_demo(services: Services) -> gr.Blocks:
                 yield updates
                 return
             updates[tabs] = gr.Tabs(selected="runs")
-            updates[runs.run_id] = wanted
+            if not wanted.strip().isdigit():  # the Number box takes only an id; say so instead of failing
+                yield {**updates, runs.header: f"⚠ no run {html.escape(wanted[:40])!r}: a run link is /?run=ID"}
+                return
+            updates[runs.run_id] = int(wanted)
             yield updates
-            yield from runs.replay(wanted)
+            yield from runs.replay(int(wanted))
 
         def sample(model: str, reward: str, sampler: str, prompt: str, params: dict | None = None,
                    answer: str | None = None, seed: int = 0) -> dict:

@@ -68,7 +68,8 @@ class CompareTab:
             self.status = gr.Markdown(elem_id="compare-status")
             self.plot = gr.Plot(label="Quality against compute")
             self.table = gr.Dataframe(headers=["sampler", "N", "tokens/prompt", "quality", "prompts"], interactive=False)
-        self.token = gr.State(None)
+            # states live inside the Tab: a State directly under gr.Tabs makes Gradio 6.31 draw duplicate tab buttons
+            self.token = gr.State(None)
         inputs = [self.samplers, self.task_set, self.model, self.reward, self.evaluate, self.prompts, self.max_n, self.tokens, self.seed]
         self.go.click(self.run, inputs, [self.status, self.plot, self.table, self.token],
                       concurrency_limit=services.concurrency, concurrency_id="samplers", show_progress="hidden")

@@ -69,8 +69,9 @@ class LabelTab:
             with gr.Row():
                 self.buttons = [gr.Button(f"{text} ({key})", elem_id=elem) for text, _, key, elem in CHOICES]
             self.reveal = gr.Markdown(elem_id="label-reveal")
-        self.browser_id = gr.BrowserState(None, storage_key="samplescope-annotator")
-        self.current = gr.State(None)  # {comparison_id, key, shown_at}
+            # states live inside the Tab: a State directly under gr.Tabs makes Gradio 6.31 draw duplicate tab buttons
+            self.browser_id = gr.BrowserState(None, storage_key="samplescope-annotator")
+            self.current = gr.State(None)  # {comparison_id, key, shown_at}
         shown = [self.who, self.progress, self.prompt, self.left, self.right, self.current, self.rationale]
         for button, (_, choice, _, _) in zip(self.buttons, CHOICES, strict=True):
             button.click(

@@ -38,7 +38,8 @@ class RunsTab:
                 self.open = gr.Button("Open", variant="primary", scale=0, elem_id="runs-open")
             self.header = gr.Markdown(elem_id="runs-header")
             self.panel = ViewPanel("runs")
-        self.opened = gr.State(None)
+            # states live inside the Tab: a State directly under gr.Tabs makes Gradio 6.31 draw duplicate tab buttons
+            self.opened = gr.State(None)
         filters = [self.sampler, self.model, self.reward]
         listing = [self.table, self.sampler, self.model, self.reward]
         self.refresh.click(self.list, filters, listing)
