@@ -17,7 +17,7 @@ import gradio as gr
 from app.ui.compare import CompareTab
 from app.ui.data import DataTab
 from app.ui.explore import ExploreTab
-from app.ui.label import LabelTab
+from app.ui.label import LabelTab, annotator_state
 from app.ui.runs import RunsTab
 from app.ui.services import Services
 
@@ -27,10 +27,11 @@ STATIC = Path(__file__).resolve().parents[2] / "static"
 def build_demo(services: Services) -> gr.Blocks:
     with gr.Blocks(title="samplescope") as demo:
         gr.Markdown("## samplescope <small>— a lab for reward-guided sampling</small>")
+        browser_id = annotator_state()  # outside the tabs, so that it is mounted (and read) at page load
         with gr.Tabs(selected="explore") as tabs:
             ExploreTab(services)
             runs = RunsTab(services)
-            label = LabelTab(services)
+            label = LabelTab(services, browser_id)
             data = DataTab(services)
             CompareTab(services)
 

@@ -58,7 +58,7 @@ class CompareTab:
                 self.reward = gr.Textbox(label="Steering reward (empty: the set's)")
                 self.evaluate = gr.Textbox(label="Evaluation reward (empty: the steering reward)")
             with gr.Row():
-                self.prompts = gr.Slider(1, 50, value=8, step=1, label="Prompts")
+                self.prompts = gr.Slider(1, 50, value=8, step=1, label="Prompts", elem_id="compare-prompts")
                 self.max_n = gr.Dropdown([1, 2, 4, 8, 16, 32, 64], value=8, label="Largest N (the budget)")
                 self.tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens")
                 self.seed = gr.Number(0, precision=0, label="Seed")
@@ -66,7 +66,7 @@ class CompareTab:
                 self.go = gr.Button("Run comparison", variant="primary", elem_id="compare-run")
                 self.stop = gr.Button("Cancel", variant="stop")
             self.status = gr.Markdown(elem_id="compare-status")
-            self.plot = gr.Plot(label="Quality against compute")
+            self.plot = gr.Plot(label="Quality against compute", elem_id="compare-plot")
             self.table = gr.Dataframe(headers=["sampler", "N", "tokens/prompt", "quality", "prompts"], interactive=False)
             # states live inside the Tab: a State directly under gr.Tabs makes Gradio 6.31 draw duplicate tab buttons
             self.token = gr.State(None)
