@@ -59,8 +59,8 @@ class CompareTab:
                 self.evaluate = gr.Textbox(label="Evaluation reward (empty: the steering reward)")
             with gr.Row():
                 self.prompts = gr.Slider(1, 50, value=8, step=1, label="Prompts", elem_id="compare-prompts")
-                self.max_n = gr.Dropdown([1, 2, 4, 8, 16, 32, 64], value=8, label="Largest N (the budget)")
-                self.tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens")
+                self.max_n = gr.Dropdown([1, 2, 4, 8, 16, 32, 64], value=8, label="Largest N (the budget)", elem_id="compare-max-n")
+                self.tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens", elem_id="compare-tokens")
                 self.seed = gr.Number(0, precision=0, label="Seed")
             with gr.Row():
                 self.go = gr.Button("Run comparison", variant="primary", elem_id="compare-run")
@@ -88,7 +88,7 @@ class CompareTab:
         try:
             tasks = TASK_SETS.get(task_set).tasks()[: int(prompts)]
             grid = [2**k for k in range(int(max_n).bit_length()) if 2**k <= int(max_n)]
-            judge = None
+            judges: dict[str, Any] = {}  # evaluation reward by spec, built once per run
             yield {self.token: token, self.status: "loading…", self.plot: scaling_figure([]), self.table: []}
             for name in samplers:
                 for n in grid:
@@ -102,9 +102,13 @@ class CompareTab:
                             params={"n": n, "max_new_tokens": int(tokens)}, task_ref=f"{task_set}:{i}",
                             seed=int(seed or 0) + i, device=self.services.device, dtype=self.services.dtype,
                         )
-                        if judge is None:
+                        # without an evaluation reward each prompt is judged by its own steering reward
+                        # (a set's prompts may name different ones), not by the first prompt's
+                        spec = evaluate.strip() or request.reward
+                        if spec not in judges:
                             model_obj, steer, _ = load_parts(request)
-                            judge = build_reward(evaluate.strip(), RewardEnv(model=model_obj)) if evaluate.strip() else steer
+                            judges[spec] = build_reward(spec, RewardEnv(model=model_obj)) if evaluate.strip() else steer
+                        judge = judges[spec]
                         trace = Trace(stream(request, cancel=flag))
                         tokens_used.append(trace.cost["generated_tokens"])
                         picks = [trace.full_text(p) for p in trace.done.picks[:1]]

@@ -261,6 +261,25 @@ def test_compare_on_a_toy_model_yields_a_point_per_sampler_and_n(services):
     assert services.live_runs() == 0
 
 
+def test_compare_judges_each_prompt_by_its_own_reward_without_an_evaluation_reward(services):
+    from engines.rewards import build_reward
+    from engines.runner import RunRequest, execute
+
+    with gr.Blocks():
+        compare = CompareTab(services)
+    updates = list(compare.run(["best_of_n"], "open", "toy:abc", "", "", 8, 1, 8, 0))
+    (quality,) = [u[compare.plot] for u in updates if compare.plot in u][-1].data[0].y
+    expected, specs = [], set()
+    for i in range(8):  # the same runs, each pick scored by its own prompt's reward
+        request = RunRequest.build(model="toy:abc", sampler="best_of_n", params={"n": 1, "max_new_tokens": 8},
+                                   task_ref=f"open:{i}", seed=i)
+        trace = execute(request)
+        specs.add(request.reward)
+        expected.append(build_reward(request.reward).score(request.task, [trace.full_text(trace.done.picks[0])])[0])
+    assert len(specs) == 3  # sentiment, length and a regex: judging all by the first would differ
+    assert quality == pytest.approx(sum(expected) / len(expected)) and quality > 0
+
+
 # -- the users file ----------------------------------------------------------------------------------------------
 
 
