@@ -32,6 +32,7 @@ class RunsTab:
             self.table = gr.Dataframe(
                 headers=HEADERS, interactive=False, wrap=True, max_height=300, label="Stored runs (click one to open it)",
                 datatype=["number", "str", "str", "str", "str", "str", "number", "number", "str"], elem_id="runs-table",
+                column_widths=["5%", "15%", "10%", "13%", "10%", "7%", "10%", "9%", "21%"],
             )
             with gr.Row():
                 self.run_id = gr.Number(None, precision=0, label="Run id", scale=1, elem_id="runs-id")
