@@ -91,7 +91,7 @@ class CompareTab:
             judges: dict[str, Any] = {}  # evaluation reward by spec, built once per run
             yield {self.token: token, self.status: "loading…", self.plot: scaling_figure([]), self.table: []}
             for name in samplers:
-                for n in grid:
+                for n in [n for n in grid if n >= n_min(name)]:  # knockout needs two to play
                     tokens_used, quality = [], []
                     for i, task in enumerate(tasks):
                         if flag.is_set():
@@ -122,6 +122,14 @@ class CompareTab:
             yield {self.status: f"⚠ {error_message(exc)}", self.token: None}
         finally:
             self.services.finish(token)
+
+
+def n_min(sampler: str) -> int:
+    """The smallest N the sampler accepts (its config's bound on ``n``)."""
+    from engines.samplers import SAMPLERS
+
+    spec = next(s for s in SAMPLERS.get(sampler).Config.specs() if s.name == "n")
+    return int(spec.min or 1)
 
 
 def table_rows(points: list[dict]) -> list[list[Any]]:

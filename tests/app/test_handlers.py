@@ -258,6 +258,9 @@ def test_compare_on_a_toy_model_yields_a_point_per_sampler_and_n(services):
     assert all(x > 0 for t in final.data for x in t.x) and final.data[0].x[0] < final.data[0].x[-1]
     assert updates[-1][compare.status] == "done: 6 points" and len(updates[-2][compare.table]) == 6
     assert list(compare.run([], "open", "", "", "", 1, 1, 8, 0))[0][compare.status].startswith("⚠")
+    knockout = list(compare.run(["knockout"], "open", "toy:abc", "length", "", 1, 4, 8, 0))
+    assert knockout[-1][compare.status] == "done: 2 points"  # N=1 is no tournament: skipped, not an error
+    assert list(knockout[-2][compare.plot].data[0].text) == ["N=2", "N=4"]
     assert services.live_runs() == 0
 
 
