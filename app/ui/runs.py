@@ -7,6 +7,7 @@ directly (see :func:`app.ui.build_demo`).
 
 from __future__ import annotations
 
+import html
 import time
 from typing import Any
 
@@ -93,8 +94,10 @@ class RunsTab:
         except Exception as exc:
             yield {self.header: f"⚠ {error_message(exc)}"}
             return
+        # names are typed by users (hf:PATH, regex:PATTERN): shown as text, not as Markdown's raw HTML
+        names = " · ".join(html.escape(name) for name in (stored.sampler, stored.model, stored.reward))
         header = (
-            f"### Run {stored.id}: {stored.sampler} · {stored.model} · {stored.reward} · seed {stored.seed}\n"
+            f"### Run {stored.id}: {names} · seed {stored.seed}\n"
             f"status **{stored.status}**, {stored.created_at.strftime('%Y-%m-%d %H:%M:%S')} — link: [/?run={stored.id}](/?run={stored.id})"
         )
         events = stored.trace.events

@@ -234,9 +234,11 @@ def test_xss_payloads_in_stored_candidates_show_as_text(page, server):
 
     url, db = server
     combined = "\n\n".join(XSS_PAYLOADS)
-    run_id = store_run(db, [combined, *XSS_PAYLOADS], [0.9, 0.1, 0.2, 0.3, 0.4], prompt=f"Prompt {XSS_IMG}", pick=0)
+    run_id = store_run(db, [combined, *XSS_PAYLOADS], [0.9, 0.1, 0.2, 0.3, 0.4], prompt=f"Prompt {XSS_IMG}", pick=0,
+                       model=f"hf:{XSS_IMG}")  # a model spec is typed by a user: untrusted too
     page.goto(f"{url}?run={run_id}")
     expect(page.locator("#runs-cost")).to_contain_text("status: ok")
+    expect(page.locator("#runs-header")).to_contain_text(f"hf:{XSS_IMG}")
     detail = page.locator("#runs-detail")
     for payload in XSS_PAYLOADS:
         expect(detail).to_contain_text(payload)
