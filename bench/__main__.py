@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["best_of_n"]
+BENCHES = ["best_of_n", "browser"]
 
 
 def main(argv: list[str]) -> int:
