@@ -82,8 +82,8 @@ class DataTab:
                 self.refresh = gr.Button("Refresh", scale=0, elem_id="data-refresh")
             self.counts = gr.Markdown(elem_id="data-counts")
             with gr.Row():
-                self.ranking = gr.Plot(label="Ranking")
-                self.agreement = gr.Plot(label="Agreement")
+                self.ranking = gr.Plot(label="Ranking", elem_id="data-ranking")
+                self.agreement = gr.Plot(label="Agreement", elem_id="data-agreement")
             self.annotators = gr.Markdown()
             gr.Markdown("### Exports")
             with gr.Row():

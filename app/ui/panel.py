@@ -37,6 +37,7 @@ class ViewPanel:
                     interactive=False,
                     wrap=True,
                     max_height=420,
+                    column_widths=["7%", "8%", "11%", "10%", "12%", "52%"],  # room for the text; no headers wrapped letter by letter
                     elem_id=f"{prefix}-candidates",
                 )
             with gr.Column(scale=2):
