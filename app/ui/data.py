@@ -13,7 +13,8 @@ from app.ui.services import Services, error_message
 from app.ui.views import _layout, empty
 
 FORMATS = [("DPO pairs (JSONL)", "dpo", ".jsonl"), ("DPO pairs (Parquet)", "dpo", ".parquet"),
-           ("KTO rows (JSONL)", "kto", ".jsonl"), ("Battles (JSONL)", "battles", ".jsonl")]
+           ("KTO rows (JSONL)", "kto", ".jsonl"), ("Battles (JSONL)", "battles", ".jsonl"),
+           ("Image pairs, Pick-a-Pic (Parquet)", "pickapic", ".parquet")]
 
 
 def ranking_figure(stats: dict) -> go.Figure:
