@@ -401,7 +401,7 @@ class Trace:
                     "image": node.image,
                     "reward": self.reward(node_id),
                     "rewards": dict(self.scores.get(node_id, {})),
-                    "tokens": sum(self.nodes[i].tokens for i in self.path(node_id)),
+                    "tokens": sum(self.nodes[i].tokens for i in self.path(node_id) if self.nodes[i].parent is not None),
                     "picked": node_id in picks,
                     "pruned": self.pruned.get(node_id),
                     "meta": dict(node.meta),

@@ -26,6 +26,15 @@ its ``elo_analysis.py``; as in FastChat, ``model_a`` is the side shown on the
 left. The players are the samplers (``by="sampler"``) or models
 (``by="model"``) that produced the candidates.
 
+``pickapic`` -- image pairs in the Pick-a-Pic layout (Kirstain et al., 2023,
+"Pick-a-Pic: An Open Dataset of User Preferences for Text-to-Image
+Generation"): ``caption, jpg_0, jpg_1, label_0, label_1`` (1/0 for a
+decisive vote, 0.5/0.5 for a tie) plus ``model_0/1, image_0_uid/1_uid,
+best_image_uid, user_id, ranking_id, created_at, has_label, are_different``.
+Only comparisons of two images; the image columns hold the PNG bytes (the
+column names keep Pick-a-Pic's ``jpg_`` for drop-in use), base64 in JSONL.
+``both_bad`` has no place in that layout and is left out, as are skips.
+
 Skips are never exported. Only each annotator's current vote counts. The file
 type follows the extension: ``.jsonl`` or ``.parquet``; files are written to a
 temporary name and renamed, so a crash never leaves half a file.
@@ -33,6 +42,7 @@ temporary name and renamed, so a crash never leaves half a file.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tempfile
@@ -105,7 +115,27 @@ BATTLE_SCHEMA = pa.schema(
     ]
 )
 
-SCHEMAS = {"dpo": DPO_SCHEMA, "kto": KTO_SCHEMA, "battles": BATTLE_SCHEMA}
+PICKAPIC_SCHEMA = pa.schema(
+    [
+        ("caption", pa.string()),
+        ("jpg_0", pa.binary()),
+        ("jpg_1", pa.binary()),
+        ("label_0", pa.float64()),
+        ("label_1", pa.float64()),
+        ("model_0", pa.string()),
+        ("model_1", pa.string()),
+        ("image_0_uid", pa.string()),
+        ("image_1_uid", pa.string()),
+        ("best_image_uid", pa.string()),
+        ("user_id", pa.string()),
+        ("ranking_id", pa.int64()),
+        ("created_at", pa.string()),
+        ("has_label", pa.bool_()),
+        ("are_different", pa.bool_()),
+    ]
+)
+
+SCHEMAS = {"dpo": DPO_SCHEMA, "kto": KTO_SCHEMA, "battles": BATTLE_SCHEMA, "pickapic": PICKAPIC_SCHEMA}
 
 #: database-local ids: they differ after an import into another database
 ID_COLUMNS = ("comparison_id", "vote_id", "chosen_run_id", "rejected_run_id", "run_id")
@@ -203,6 +233,45 @@ def battle_rows(records: Sequence[VoteRecord], by: str = "sampler") -> list[dict
     return rows
 
 
+def _png(data_uri: str) -> bytes:
+    return base64.b64decode(data_uri.split(",", 1)[1])
+
+
+def pickapic_rows(records: Sequence[VoteRecord], by: str = "sampler") -> list[dict[str, Any]]:
+    if by not in PLAYERS:
+        raise InvalidInput(f"pairs are between samplers or models, not {by!r}")
+    rows = []
+    for rec in records:
+        if rec.outcome not in ("a", "b", "tie") or not (rec.left.image and rec.right.image):
+            continue
+        first, second = rec.left, rec.right
+        if rec.outcome == "tie":
+            labels, best = (0.5, 0.5), None
+        else:
+            first_won = rec.winner.candidate_id == first.candidate_id
+            labels, best = ((1.0, 0.0), first) if first_won else ((0.0, 1.0), second)
+        rows.append(
+            {
+                "caption": rec.prompt,
+                "jpg_0": _png(first.image),
+                "jpg_1": _png(second.image),
+                "label_0": labels[0],
+                "label_1": labels[1],
+                "model_0": first.player(by),
+                "model_1": second.player(by),
+                "image_0_uid": str(first.candidate_id),
+                "image_1_uid": str(second.candidate_id),
+                "best_image_uid": None if best is None else str(best.candidate_id),
+                "user_id": rec.annotator,
+                "ranking_id": rec.vote_id,
+                "created_at": rec.voted_at.isoformat(),
+                "has_label": True,
+                "are_different": first.image != second.image,
+            }
+        )
+    return rows
+
+
 def export_rows(session: Session, fmt: str, *, by: str = "sampler") -> list[dict[str, Any]]:
     """The rows of one export format, from the current votes."""
     if fmt not in FORMATS:
@@ -212,6 +281,8 @@ def export_rows(session: Session, fmt: str, *, by: str = "sampler") -> list[dict
         return dpo_rows(records)
     if fmt == "kto":
         return kto_rows(records)
+    if fmt == "pickapic":
+        return pickapic_rows(records, by=by)
     return battle_rows(records, by=by)
 
 
@@ -234,7 +305,7 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path, schema: pa.Sche
         if kind == "jsonl":
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
                 for row in rows:
-                    handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+                    handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False, default=_bytes_as_base64) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
         else:
@@ -244,6 +315,12 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path, schema: pa.Sche
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _bytes_as_base64(value: Any) -> str:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

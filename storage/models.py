@@ -52,7 +52,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 OUTCOMES = ("a", "b", "tie", "both_bad", "skip")
-EXPORT_FORMATS = ("dpo", "kto", "battles")
+EXPORT_FORMATS = ("dpo", "kto", "battles", "pickapic")
 PLAYERS = ("sampler", "model")  # who plays in battles and rankings
 RATIONALE_MAX_CHARS = 2000
 NAME_MAX_CHARS = 200

@@ -101,13 +101,15 @@ def _print_human(result: dict) -> None:
     for cand in result["candidates"]:
         mark = "*" if cand["id"] in picks else " "
         reward = "    -   " if cand["reward"] is None else f"{cand['reward']:8.3f}"
-        text = " ".join(cand["text"].split())
+        text = "[image]" if cand.get("image") and not cand["text"] else " ".join(cand["text"].split())
         print(f"{mark} {cand['id']:>5} {reward}  {text[:100]}{'...' if len(text) > 100 else ''}")
     cost = result["cost"]
     print(
         f"status {result['status']}; picks {', '.join(result['picks']) or '-'}; "
         f"{cost['generated_tokens']} generated + {cost['prefill_tokens']} prefill tokens, "
-        f"{cost['model_calls']} model calls, {cost['reward_calls']} reward calls, {cost['wall_seconds']:.2f} s"
+        f"{cost['model_calls']} model calls, {cost['reward_calls']} reward calls, "
+        + (f"{cost['nfe']} network evaluations, " if cost.get("nfe") else "")
+        + f"{cost['wall_seconds']:.2f} s"
     )
     if result.get("metrics"):
         shown = {k: v for k, v in result["metrics"].items() if not isinstance(v, dict | list)}

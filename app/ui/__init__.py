@@ -8,6 +8,7 @@ needs besides the Blocks (CSS, the keyboard-shortcut script, auth).
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import gradio as gr
 from app.ui.compare import CompareTab
 from app.ui.data import DataTab
 from app.ui.explore import ExploreTab
-from app.ui.label import LabelTab
+from app.ui.label import LabelTab, annotator_state
 from app.ui.runs import RunsTab
 from app.ui.services import Services
 
@@ -26,10 +27,11 @@ STATIC = Path(__file__).resolve().parents[2] / "static"
 def build_demo(services: Services) -> gr.Blocks:
     with gr.Blocks(title="samplescope") as demo:
         gr.Markdown("## samplescope <small>— a lab for reward-guided sampling</small>")
+        browser_id = annotator_state()  # outside the tabs, so that it is mounted (and read) at page load
         with gr.Tabs(selected="explore") as tabs:
             ExploreTab(services)
             runs = RunsTab(services)
-            label = LabelTab(services)
+            label = LabelTab(services, browser_id)
             data = DataTab(services)
             CompareTab(services)
 
@@ -42,9 +44,12 @@ def build_demo(services: Services) -> gr.Blocks:
                 yield updates
                 return
             updates[tabs] = gr.Tabs(selected="runs")
-            updates[runs.run_id] = wanted
+            if not wanted.strip().isdigit():  # the Number box takes only an id; say so instead of failing
+                yield {**updates, runs.header: f"⚠ no run {html.escape(wanted[:40])!r}: a run link is /?run=ID"}
+                return
+            updates[runs.run_id] = int(wanted)
             yield updates
-            yield from runs.replay(wanted)
+            yield from runs.replay(int(wanted))
 
         def sample(model: str, reward: str, sampler: str, prompt: str, params: dict | None = None,
                    answer: str | None = None, seed: int = 0) -> dict:

@@ -51,7 +51,7 @@ class UserStore:
         return sorted(self._read())
 
     def add(self, name: str, password: str) -> None:
-        if not NAME.match(name or ""):
+        if not NAME.fullmatch(name or ""):  # match() would let "ada\n" through ($ matches before a final newline)
             raise AuthError("user names are 1-64 letters, digits, or _ . @ -")
         if len(password or "") < 8:
             raise AuthError("passwords need at least 8 characters")

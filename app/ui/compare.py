@@ -58,17 +58,18 @@ class CompareTab:
                 self.reward = gr.Textbox(label="Steering reward (empty: the set's)")
                 self.evaluate = gr.Textbox(label="Evaluation reward (empty: the steering reward)")
             with gr.Row():
-                self.prompts = gr.Slider(1, 50, value=8, step=1, label="Prompts")
-                self.max_n = gr.Dropdown([1, 2, 4, 8, 16, 32, 64], value=8, label="Largest N (the budget)")
-                self.tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens")
+                self.prompts = gr.Slider(1, 50, value=8, step=1, label="Prompts", elem_id="compare-prompts")
+                self.max_n = gr.Dropdown([1, 2, 4, 8, 16, 32, 64], value=8, label="Largest N (the budget)", elem_id="compare-max-n")
+                self.tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens", elem_id="compare-tokens")
                 self.seed = gr.Number(0, precision=0, label="Seed")
             with gr.Row():
                 self.go = gr.Button("Run comparison", variant="primary", elem_id="compare-run")
                 self.stop = gr.Button("Cancel", variant="stop")
             self.status = gr.Markdown(elem_id="compare-status")
-            self.plot = gr.Plot(label="Quality against compute")
+            self.plot = gr.Plot(label="Quality against compute", elem_id="compare-plot")
             self.table = gr.Dataframe(headers=["sampler", "N", "tokens/prompt", "quality", "prompts"], interactive=False)
-        self.token = gr.State(None)
+            # states live inside the Tab: a State directly under gr.Tabs makes Gradio 6.31 draw duplicate tab buttons
+            self.token = gr.State(None)
         inputs = [self.samplers, self.task_set, self.model, self.reward, self.evaluate, self.prompts, self.max_n, self.tokens, self.seed]
         self.go.click(self.run, inputs, [self.status, self.plot, self.table, self.token],
                       concurrency_limit=services.concurrency, concurrency_id="samplers", show_progress="hidden")
@@ -87,10 +88,10 @@ class CompareTab:
         try:
             tasks = TASK_SETS.get(task_set).tasks()[: int(prompts)]
             grid = [2**k for k in range(int(max_n).bit_length()) if 2**k <= int(max_n)]
-            judge = None
+            judges: dict[str, Any] = {}  # evaluation reward by spec, built once per run
             yield {self.token: token, self.status: "loading…", self.plot: scaling_figure([]), self.table: []}
             for name in samplers:
-                for n in grid:
+                for n in [n for n in grid if n >= n_min(name)]:  # knockout needs two to play
                     tokens_used, quality = [], []
                     for i, task in enumerate(tasks):
                         if flag.is_set():
@@ -101,9 +102,13 @@ class CompareTab:
                             params={"n": n, "max_new_tokens": int(tokens)}, task_ref=f"{task_set}:{i}",
                             seed=int(seed or 0) + i, device=self.services.device, dtype=self.services.dtype,
                         )
-                        if judge is None:
+                        # without an evaluation reward each prompt is judged by its own steering reward
+                        # (a set's prompts may name different ones), not by the first prompt's
+                        spec = evaluate.strip() or request.reward
+                        if spec not in judges:
                             model_obj, steer, _ = load_parts(request)
-                            judge = build_reward(evaluate.strip(), RewardEnv(model=model_obj)) if evaluate.strip() else steer
+                            judges[spec] = build_reward(spec, RewardEnv(model=model_obj)) if evaluate.strip() else steer
+                        judge = judges[spec]
                         trace = Trace(stream(request, cancel=flag))
                         tokens_used.append(trace.cost["generated_tokens"])
                         picks = [trace.full_text(p) for p in trace.done.picks[:1]]
@@ -117,6 +122,14 @@ class CompareTab:
             yield {self.status: f"⚠ {error_message(exc)}", self.token: None}
         finally:
             self.services.finish(token)
+
+
+def n_min(sampler: str) -> int:
+    """The smallest N the sampler accepts (its config's bound on ``n``)."""
+    from engines.samplers import SAMPLERS
+
+    spec = next(s for s in SAMPLERS.get(sampler).Config.specs() if s.name == "n")
+    return int(spec.min or 1)
 
 
 def table_rows(points: list[dict]) -> list[list[Any]]:

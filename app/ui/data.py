@@ -13,7 +13,8 @@ from app.ui.services import Services, error_message
 from app.ui.views import _layout, empty
 
 FORMATS = [("DPO pairs (JSONL)", "dpo", ".jsonl"), ("DPO pairs (Parquet)", "dpo", ".parquet"),
-           ("KTO rows (JSONL)", "kto", ".jsonl"), ("Battles (JSONL)", "battles", ".jsonl")]
+           ("KTO rows (JSONL)", "kto", ".jsonl"), ("Battles (JSONL)", "battles", ".jsonl"),
+           ("Image pairs, Pick-a-Pic (Parquet)", "pickapic", ".parquet")]
 
 
 def ranking_figure(stats: dict) -> go.Figure:
@@ -82,8 +83,8 @@ class DataTab:
                 self.refresh = gr.Button("Refresh", scale=0, elem_id="data-refresh")
             self.counts = gr.Markdown(elem_id="data-counts")
             with gr.Row():
-                self.ranking = gr.Plot(label="Ranking")
-                self.agreement = gr.Plot(label="Agreement")
+                self.ranking = gr.Plot(label="Ranking", elem_id="data-ranking")
+                self.agreement = gr.Plot(label="Agreement", elem_id="data-agreement")
             self.annotators = gr.Markdown()
             gr.Markdown("### Exports")
             with gr.Row():

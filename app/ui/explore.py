@@ -74,8 +74,9 @@ class ExploreTab:
                     self.status = gr.Markdown(elem_id="explore-status")
                     self.link = gr.Markdown(elem_id="explore-link")
             self.panel = ViewPanel("explore")
-        self.token = gr.State(None)
-        self.run_id = gr.State(None)
+            # states live inside the Tab: a State directly under gr.Tabs makes Gradio 6.31 draw duplicate tab buttons
+            self.token = gr.State(None)
+            self.run_id = gr.State(None)
         self._wire()
 
     def _wire(self) -> None:

@@ -36,6 +36,16 @@ def annotator_name(request: gr.Request | None, browser_id: str | None) -> str:
     raise ValueError("no annotator: reload the page")
 
 
+def annotator_state() -> gr.BrowserState:
+    """This browser's guest annotator id, kept in localStorage.
+
+    Create it outside ``gr.Tabs``: inside a tab it is mounted only once the tab is first opened, so
+    the page-load event reads None and every reload becomes a new guest; directly under ``gr.Tabs``
+    it makes Gradio 6.31 draw duplicate tab buttons.
+    """
+    return gr.BrowserState(None, storage_key="samplescope-annotator")
+
+
 def side_html(shown: Any) -> str:
     if shown.image:
         return image_tag(shown.image, 192)
@@ -43,10 +53,12 @@ def side_html(shown: Any) -> str:
 
 
 class LabelTab:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, browser_id: gr.BrowserState | None = None) -> None:
+        """``browser_id``: the per-browser annotator id, made by the caller outside ``gr.Tabs`` (see build_demo)."""
         from storage import STRATEGIES
 
         self.services = services
+        self.browser_id = browser_id if browser_id is not None else annotator_state()
         with gr.Tab("Label", id="label", elem_id="label-panel"):
             self.who = gr.Markdown(elem_id="label-who")
             with gr.Accordion("Make pairs from stored runs", open=False):
@@ -69,8 +81,8 @@ class LabelTab:
             with gr.Row():
                 self.buttons = [gr.Button(f"{text} ({key})", elem_id=elem) for text, _, key, elem in CHOICES]
             self.reveal = gr.Markdown(elem_id="label-reveal")
-        self.browser_id = gr.BrowserState(None, storage_key="samplescope-annotator")
-        self.current = gr.State(None)  # {comparison_id, key, shown_at}
+            # states live inside the Tab: a State directly under gr.Tabs makes Gradio 6.31 draw duplicate tab buttons
+            self.current = gr.State(None)  # {comparison_id, key, shown_at}
         shown = [self.who, self.progress, self.prompt, self.left, self.right, self.current, self.rationale]
         for button, (_, choice, _, _) in zip(self.buttons, CHOICES, strict=True):
             button.click(

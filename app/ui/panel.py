@@ -37,6 +37,7 @@ class ViewPanel:
                     interactive=False,
                     wrap=True,
                     max_height=420,
+                    column_widths=["7%", "8%", "11%", "10%", "12%", "52%"],  # room for the text; no headers wrapped letter by letter
                     elem_id=f"{prefix}-candidates",
                 )
             with gr.Column(scale=2):
@@ -55,7 +56,7 @@ class ViewPanel:
             self.bracket: gr.update(value=views.bracket_figure(trace), visible=bool(trace.matches)),
             self.particles: gr.update(value=views.particles_figure(trace), visible=bool(trace.resamples)),
             self.acceptance: gr.update(value=views.acceptance_figure(trace), visible=bool(trace.accepts)),
-            self.images: gr.update(value=image_grid(trace), visible=any(n.image for n in trace.nodes.values())),
+            self.images: gr.update(value=image_grid(trace) + views.particle_grid_html(trace), visible=any(n.image for n in trace.nodes.values())),
             self.table: rows,
             self.cost: views.cost_markdown(trace.cost, status),
         }
@@ -93,4 +94,4 @@ def image_grid(trace: Trace, limit: int = 64) -> str:
             f'<figure style="margin:4px;display:inline-block;text-align:center;border:{border};padding:2px">'
             f"{image_tag(r['image'], 64, r['id'])}<figcaption><small>{r['id']} {reward}</small></figcaption></figure>"
         )
-    return "<div>" + "".join(cells) + "</div>"
+    return "<p><strong>Final images, ranked by reward</strong></p><div>" + "".join(cells) + "</div>"

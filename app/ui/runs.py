@@ -7,6 +7,7 @@ directly (see :func:`app.ui.build_demo`).
 
 from __future__ import annotations
 
+import html
 import time
 from typing import Any
 
@@ -32,13 +33,15 @@ class RunsTab:
             self.table = gr.Dataframe(
                 headers=HEADERS, interactive=False, wrap=True, max_height=300, label="Stored runs (click one to open it)",
                 datatype=["number", "str", "str", "str", "str", "str", "number", "number", "str"], elem_id="runs-table",
+                column_widths=["5%", "15%", "10%", "13%", "10%", "7%", "10%", "9%", "21%"],
             )
             with gr.Row():
                 self.run_id = gr.Number(None, precision=0, label="Run id", scale=1, elem_id="runs-id")
                 self.open = gr.Button("Open", variant="primary", scale=0, elem_id="runs-open")
             self.header = gr.Markdown(elem_id="runs-header")
             self.panel = ViewPanel("runs")
-        self.opened = gr.State(None)
+            # states live inside the Tab: a State directly under gr.Tabs makes Gradio 6.31 draw duplicate tab buttons
+            self.opened = gr.State(None)
         filters = [self.sampler, self.model, self.reward]
         listing = [self.table, self.sampler, self.model, self.reward]
         self.refresh.click(self.list, filters, listing)
@@ -91,8 +94,10 @@ class RunsTab:
         except Exception as exc:
             yield {self.header: f"⚠ {error_message(exc)}"}
             return
+        # names are typed by users (hf:PATH, regex:PATTERN): shown as text, not as Markdown's raw HTML
+        names = " · ".join(html.escape(name) for name in (stored.sampler, stored.model, stored.reward))
         header = (
-            f"### Run {stored.id}: {stored.sampler} · {stored.model} · {stored.reward} · seed {stored.seed}\n"
+            f"### Run {stored.id}: {names} · seed {stored.seed}\n"
             f"status **{stored.status}**, {stored.created_at.strftime('%Y-%m-%d %H:%M:%S')} — link: [/?run={stored.id}](/?run={stored.id})"
         )
         events = stored.trace.events

@@ -64,8 +64,11 @@ class Services:
 
 def error_message(exc: BaseException) -> str:
     """One line for the page: the user's error as is, anything else named but not dumped."""
+    # storage's deliberate errors (not found, conflict, invalid input) are the user's too
+    from storage.errors import StorageError
+
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, SamplescopeError | ValueError | KeyError | FileNotFoundError):
+    if isinstance(exc, SamplescopeError | StorageError | ValueError | KeyError | FileNotFoundError):
         return text
     log.exception("unexpected error in a handler")
     return f"internal error ({type(exc).__name__}): {text}"

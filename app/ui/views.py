@@ -14,7 +14,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from app.ui.render import plain
+from app.ui.render import image_tag, plain
 from engines.trace import Trace
 
 GREY = "#b8b8b8"
@@ -126,6 +126,12 @@ def tree_figure(trace: Trace, title: str = "Candidate tree") -> go.Figure:
                 marker={"symbol": "star", "size": 18, "color": PICK}, hovertext=[hover(i) for i in picks], hoverinfo="text",
             )
         )
+    thumbs = [i for i in ids if trace.nodes[i].image]
+    if thumbs and len(thumbs) <= 150:  # image nodes (diffusion trees) show their picture
+        for i in thumbs:
+            x, y = pos[i]
+            fig.add_layout_image(source=trace.nodes[i].image, x=x, y=y, xref="x", yref="y", sizex=0.45, sizey=0.9,
+                                 xanchor="center", yanchor="middle", layer="above")
     depth = max(n.depth for n in trace.nodes.values())
     fig.update_xaxes(title="depth / step", dtick=1, range=[-0.3, depth + 0.3])
     fig.update_yaxes(visible=False)
@@ -209,38 +215,73 @@ def bracket_figure(trace: Trace, title: str = "Knockout bracket") -> go.Figure:
 
 
 def particles_figure(trace: Trace, title: str = "Particles and ancestry") -> go.Figure:
+    """Particles by step (colour: relative weight), a line from each to its ancestor, and the ESS."""
     if not trace.resamples:
         return empty(title, "no resampling in this run")
+    events = trace.resamples
     fig = go.Figure()
     xs: list[float | None] = []
     ys: list[float | None] = []
-    for step, event in enumerate(trace.resamples, start=1):
+    for k, event in enumerate(events[:-1]):  # event k's ancestors feed the particles of event k + 1
         for i, parent in enumerate(event.ancestors):
-            xs += [step - 1, step, None]
+            xs += [k, k + 1, None]
             ys += [parent, i, None]
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#9aa5b1", "width": 1}, hoverinfo="skip"))
-    steps, idx, weights = [], [], []
-    for step, event in enumerate(trace.resamples):
+    steps, idx, weights, hovers = [], [], [], []
+    for k, event in enumerate(events):
         finite = [w for w in event.log_weights if math.isfinite(w)]
         top = max(finite) if finite else 0.0
-        for i, w in enumerate(event.log_weights):
-            steps.append(step)
+        for i, (node, w) in enumerate(zip(event.particles, event.log_weights, strict=True)):
+            weight = math.exp(w - top) if math.isfinite(w) else 0.0
+            steps.append(k)
             idx.append(i)
-            weights.append(math.exp(w - top) if math.isfinite(w) else 0.0)
+            weights.append(weight)
+            text = trace.full_text(node) if node in trace.nodes else ""
+            hovers.append(f"step {event.step}, particle {i} ({plain(node, 20)}), relative weight {weight:.3f}<br>{plain(text, 200)}")
     fig.add_trace(
         go.Scatter(
             x=steps, y=idx, mode="markers",
             marker={"color": weights, "colorscale": SCALE, "size": 7, "showscale": True, "colorbar": {"title": "weight", "thickness": 10}},
-            hovertext=[f"step {s}, particle {i}, relative weight {w:.3f}" for s, i, w in zip(steps, idx, weights, strict=True)],
-            hoverinfo="text",
+            hovertext=hovers, hoverinfo="text",
         )
     )
-    ess = [e.ess for e in trace.resamples]
-    fig.add_trace(go.Scatter(x=list(range(len(ess))), y=ess, mode="lines+markers", yaxis="y2", line={"color": PICK}, name="ESS"))
-    fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": "ESS", "showgrid": False})
-    fig.update_xaxes(title="step")
-    fig.update_yaxes(title="particle")
+    fig.add_trace(go.Scatter(
+        x=list(range(len(events))), y=[e.ess for e in events], mode="lines+markers", yaxis="y2",
+        line={"color": PICK}, name="ESS", hovertext=[f"ESS {e.ess:.1f}{' (resampled)' if e.resampled else ''}" for e in events],
+        hoverinfo="text",
+    ))
+    fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": "ESS", "showgrid": False, "rangemode": "tozero"})
+    fig.update_xaxes(title="resampling point", tickvals=list(range(len(events))), ticktext=[str(e.step) for e in events])
+    fig.update_layout(yaxis={"title": "particle"})
     return _layout(fig, title, height=380)
+
+
+def particle_grid_html(trace: Trace, max_particles: int = 16, max_steps: int = 12) -> str:
+    """Image particles by step: rows are particles, columns resampling points, each with its reward."""
+    events = [e for e in trace.resamples if any(trace.nodes.get(n) and trace.nodes[n].image for n in e.particles)]
+    if not events:
+        return ""
+    if len(events) > max_steps:  # evenly spaced columns, the last one always shown
+        stride = (len(events) - 1) / (max_steps - 1)
+        events = [events[round(j * stride)] for j in range(max_steps)]
+    header = "".join(f"<th><small>step {e.step}</small></th>" for e in events)
+    rows = []
+    for i in range(min(max_particles, len(events[0].particles))):
+        cells = []
+        for e in events:
+            node = trace.nodes.get(e.particles[i]) if i < len(e.particles) else None
+            if node is None or not node.image:
+                cells.append("<td></td>")
+                continue
+            scores = trace.scores.get(node.id) or trace.partial_scores.get(node.id) or {}
+            value = next(iter(scores.values()), None)
+            label = "" if value is None else f"{value:.2f}"
+            cells.append(f"<td style='text-align:center'>{image_tag(node.image, 40, node.id)}<br><small>{label}</small></td>")
+        rows.append(f"<tr><th><small>{i}</small></th>{''.join(cells)}</tr>")
+    return (
+        "<p><strong>Particles by step</strong> <small>(predicted clean image; reward under each)</small></p>"
+        f"<div style='overflow-x:auto'><table><tr><th></th>{header}</tr>{''.join(rows)}</table></div>"
+    )
 
 
 def acceptance_figure(trace: Trace, title: str = "Acceptance") -> go.Figure:

@@ -63,6 +63,7 @@ def test_views():
     table = {row["id"]: row for row in trace.reward_table()}
     assert table["a"]["picked"] and table["a"]["reward"] == 1.0
     assert table["b"]["image"].startswith("data:image/png")
+    assert table["a"]["tokens"] == 1 and table["b"]["tokens"] == 2  # the prompt is not counted
     tree = {row["id"]: row for row in trace.tree()}
     assert tree["c"]["pruned"] and tree["c"]["score"] == 0.25
     assert tree["a"]["chosen"] and tree["root"]["chosen"] and not tree["b"]["chosen"]

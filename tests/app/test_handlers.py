@@ -1,0 +1,337 @@
+"""The tabs' handlers, called directly (no server): Explore, Runs, Label, Data, Compare; the users file."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+
+import gradio as gr
+import pyarrow.parquet as pq
+import pytest
+
+from app.ui import launch_options
+from app.ui.auth import AuthError, UserStore
+from app.ui.compare import CompareTab
+from app.ui.data import FORMATS, DataTab
+from app.ui.explore import ExploreTab
+from app.ui.label import LabelTab
+from app.ui.runs import RunsTab
+from tests.app.helpers import explore_args, store_run
+
+
+def counts(db) -> dict[str, int]:
+    return db.check().counts
+
+
+def status_of(update: dict, tab) -> str:
+    return str(update.get(tab.status, ""))
+
+
+@pytest.fixture
+def explore(services):
+    with gr.Blocks():
+        return ExploreTab(services)
+
+
+# -- Explore ------------------------------------------------------------------------------------------------
+
+
+def test_explore_run_streams_live_updates_then_stores_the_run(explore, services, db):
+    from storage import load_run
+
+    updates = list(explore.run(*explore_args(explore, n=5, batch_size=1, max_new_tokens=4)))
+    first, last = updates[0], updates[-1]
+    assert "loading `toy:abc`" in status_of(first, explore) and first[explore.token]
+    assert first[explore.panel.table] == []  # the views start clear
+
+    live = [u for u in updates if explore.panel.table in u]
+    rows = [len(u[explore.panel.table]) for u in live]
+    assert rows == sorted(rows) and rows[-1] == 5 and len(set(rows)) >= 5  # one candidate at a time
+    assert all(u[explore.panel.tree].layout.uirevision == "keep" for u in live)
+    assert any(status_of(u, explore).startswith("running… 2/5 candidates") for u in live)
+    assert status_of(live[-1], explore).startswith("**ok**: 5/5 candidates")
+
+    run_id = last[explore.run_id]
+    assert isinstance(run_id, int) and f"/?run={run_id}" in last[explore.link] and last[explore.token] is None
+    stored = db.read(lambda s: load_run(s, run_id))
+    assert (stored.sampler, stored.model, stored.reward, stored.status) == ("best_of_n", "toy:abc", "length", "ok")
+    assert stored.config["n"] == 5 and stored.config["max_new_tokens"] == 4 and len(stored.candidates) == 5
+    assert [c.node_id for c in stored.candidates if c.picked] == stored.trace.selected
+    assert services.live_runs() == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n": 0}, "n must be >= 1"),
+        ({"n": 2.5}, "N must be an integer"),
+        ({"prompt": "   "}, "the prompt is empty"),
+        ({"sampler": "nope"}, "unknown sampler"),
+        ({"model": "nope:x"}, "unknown model scheme"),
+        ({"reward": "regex:("}, "invalid regex"),
+        ({"budget": -1}, "budget generated_tokens"),
+    ],
+)
+def test_explore_bad_input_is_one_line_in_the_status_and_nothing_is_stored(explore, services, db, change, message):
+    sampler_params = {k: v for k, v in change.items() if k == "n"}
+    page = {k: v for k, v in change.items() if k != "n"}
+    args = explore_args(explore, **{k: v for k, v in page.items() if k != "sampler"}, **sampler_params)
+    if "sampler" in page:
+        args[2] = page["sampler"]
+    updates = list(explore.run(*args))
+    error = status_of(updates[-1], explore)
+    assert message in error and error.startswith("<span class='error-line'>⚠") and "\n" not in error
+    assert "Traceback" not in error and "internal error" not in error
+    assert not any(u.get(explore.run_id) for u in updates)
+    assert counts(db)["runs"] == 0 and services.live_runs() == 0
+
+
+def test_cancel_stops_the_sampler_within_one_step(explore, services, db):
+    from storage import load_run
+
+    run = explore.run(*explore_args(explore, n=40, batch_size=1, max_new_tokens=4))
+    token = next(run)[explore.token]
+    seen = 0
+    for update in run:
+        seen = len(update.get(explore.panel.table, []))
+        if seen >= 3:
+            break
+    assert explore.cancel(token).startswith("cancelling")
+    rest = list(run)
+    assert "**cancelled**" in status_of(rest[-2], explore)
+    stored = db.read(lambda s: load_run(s, rest[-1][explore.run_id]))
+    assert stored.status == "cancelled"
+    assert seen <= len(stored.candidates) <= seen + 1  # the step under way may finish, no more
+    assert explore.cancel(token) == "nothing is running" and services.live_runs() == 0
+
+
+def test_a_built_in_prompt_fills_the_form(explore):
+    filled = explore.pick_task("open:9")
+    assert filled[explore.prompt].startswith("Write a sentence that mentions the sun")
+    assert filled[explore.reward] == "keywords:sun,sea" and filled[explore.model] == "embedded:smollm2"
+    assert explore.pick_task(None) == {}
+
+
+def test_every_sampler_has_a_form_and_only_the_chosen_one_shows(explore):
+    from app.ui import forms
+    from engines.samplers import SAMPLERS
+
+    assert [f.name for f in explore.forms] == [name for name, _ in SAMPLERS.items()]
+    shown = forms.visibility(explore.forms, "knockout")
+    assert [u["visible"] for u in shown.values()] == [f.name == "knockout" for f in explore.forms]
+    values = explore_args(explore, sampler="knockout", n=6)[8:]
+    assert forms.params_for(explore.forms, "knockout", values)["n"] == 6
+
+
+# -- Runs ------------------------------------------------------------------------------------------------------
+
+
+def test_runs_list_filters_and_replay(services, db):
+    with gr.Blocks():
+        runs = RunsTab(services)
+    first = store_run(db, ["a", "b", "c", "d"], [0.1, 0.9, 0.5, 0.3], sampler="best_of_n", pick=1)
+    store_run(db, ["x", "y"], [0.2, 0.4], sampler="knockout")
+    listed = runs.list()
+    assert [r[0] for r in listed[runs.table]] == [first + 1, first]
+    assert "knockout" in listed[runs.sampler]["choices"]
+    assert [r[2] for r in runs.list(sampler="knockout")[runs.table]] == ["knockout"]
+
+    steps = list(runs.replay(first))
+    rows = [len(u[runs.panel.table]) for u in steps]
+    assert len(steps) > 1 and rows == sorted(rows) and rows[-1] == 4  # replayed in steps, growing
+    assert steps[-1][runs.opened] == first and f"/?run={first}" in steps[-1][runs.header]
+    assert "**status:** ok" in steps[-1][runs.panel.cost] and "replaying" in steps[0][runs.panel.cost]
+    assert steps[-1][runs.panel.table][0][:3] == ["★", "n1", 0.9]
+    assert next(runs.replay(999))[runs.header] == "⚠ no run with id 999"
+    assert next(runs.replay(None))[runs.header] == "Pick a run first."
+
+
+# -- Label -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def label(services):
+    with gr.Blocks():
+        return LabelTab(services)
+
+
+def test_label_vote_flow_is_blind_stored_once_and_revealed(label, db):
+    from storage import present, vote_history
+
+    for k in range(3):
+        store_run(db, [f"good answer {k}", f"bad answer {k}"], [0.9, -0.4], sampler="secret_sampler", model="secret-model")
+    assert label.make_pairs("", "max_min", 1) == "made 3 comparison(s) from 3 run(s)"
+
+    shown = label.next("guest-1")
+    assert shown[label.progress] == "0 done, 3 to go" and "guest-1" in shown[label.who]
+    blind = shown[label.left] + shown[label.right] + shown[label.prompt]
+    assert "answer" in blind and not any(w in blind for w in ("secret", "0.9", "-0.4"))
+    current = shown[label.current]
+
+    out = label.vote("left", current, "clearer", "guest-1")
+    assert out[label.reveal].startswith("Your vote: **A**.") and "secret_sampler on secret-model" in out[label.reveal]
+    assert out[label.progress] == "1 done, 2 to go" and out[label.current]["comparison_id"] != current["comparison_id"]
+    cid = current["comparison_id"]
+    (vote,) = db.read(lambda s: vote_history(s, cid, "guest-1"))
+    assert vote.outcome == db.read(lambda s: present(s, cid)).outcome("left") and counts(db)["votes"] == 1
+    # the same shown state voted again (a double click, a replayed request) stores nothing new
+    again = label.vote("left", current, "clearer", "guest-1")
+    assert "already stored: nothing new was written" in again[label.reveal] and counts(db)["votes"] == 1
+    # the same state with another answer is refused, not stored as a second vote
+    other = label.vote("right", current, "clearer", "guest-1")
+    assert other[label.reveal].startswith("⚠ vote not stored: idempotency key") and counts(db)["votes"] == 1
+
+
+@pytest.mark.parametrize(
+    ("current", "browser_id", "message"),
+    [
+        ({"comparison_id": 999, "key": "k1"}, "guest-1", "no comparison with id 999"),
+        ({"comparison_id": "x", "key": "k1"}, "guest-1", "invalid literal"),
+        ({"comparison_id": 1, "key": "k1", "shown_at": "yesterday"}, "guest-1", "isoformat"),
+        ({"comparison_id": 1, "key": "k1"}, None, "no annotator"),
+    ],
+)
+def test_a_bad_vote_is_an_error_and_stores_nothing(label, db, current, browser_id, message):
+    store_run(db, ["one", "two"], [0.9, 0.1])
+    label.make_pairs("", "max_min", 1)
+    state = {"shown_at": datetime.now(UTC).isoformat(), **current}
+    out = label.vote("left", state, "", browser_id)
+    assert out[label.reveal].startswith("⚠ vote not stored") and message in out[label.reveal]
+    assert "internal error" not in out[label.reveal] and counts(db)["votes"] == 0
+    assert label.vote("left", None, "", "guest-1")[label.reveal] == "Nothing to vote on."
+
+
+def test_make_pairs_reports_bad_input(label, db):
+    assert label.make_pairs("3, x", "max_min", 1).startswith("⚠ run ids must be numbers")
+    assert label.make_pairs("42", "max_min", 1) == "⚠ no run with id 42"
+    run = store_run(db, ["one", "two"], [0.9, 0.1])
+    assert "unknown pair strategy" in label.make_pairs(str(run), "nope", 1)
+    assert counts(db)["comparisons"] == 0
+
+
+# -- Data -------------------------------------------------------------------------------------------------------
+
+
+def test_data_stats_and_every_export_have_rows(services, db, tmp_path):
+    from storage import add_vote, compare_runs, present
+
+    prompt = "Name a colour."
+    ids = [store_run(db, [f"{name} says {k}"], [k / 3], prompt=prompt, sampler=name)
+           for k, name in enumerate(["best_of_n", "knockout", "rejection"])]
+    comparisons = db.write(lambda s: compare_runs(s, ids))
+    for who, choice in (("ann", "left"), ("bob", "left"), ("cat", "right")):
+        for k, cid in enumerate(comparisons):
+            def vote(s, cid=cid, who=who, choice=choice, key=f"{who}{k}"):
+                return add_vote(s, comparison_id=cid, annotator=who, outcome=present(s, cid).outcome(choice), idempotency_key=key)
+            db.write(vote)
+    with gr.Blocks():
+        data = DataTab(services)
+    shown = data.stats("sampler")
+    assert "9 current" in shown[data.counts] and "3 runs" in shown[data.counts]
+    assert set(shown[data.ranking].data[0].y) == {"best_of_n", "knockout", "rejection"}
+    assert shown[data.agreement].data and "Krippendorff" in shown[data.annotators]
+
+    for _, fmt, ext in FORMATS:
+        out = data.export(fmt, ext, "sampler")
+        path = out[data.file]
+        rows = int(out[data.note].split()[0])
+        if fmt == "pickapic":  # image pairs only; these votes are on text (tests/storage/test_pickapic.py)
+            assert rows == 0 and path.endswith(ext)
+            continue
+        assert rows > 0 and path.endswith(ext)
+        if ext == ".jsonl":
+            lines = [json.loads(line) for line in open(path, encoding="utf-8")]
+            assert len(lines) == rows and (fmt == "battles" or prompt in json.dumps(lines[0]))
+        else:
+            assert pq.read_table(path).num_rows == rows
+
+
+# -- Compare ----------------------------------------------------------------------------------------------------
+
+
+def test_compare_on_a_toy_model_yields_a_point_per_sampler_and_n(services):
+    with gr.Blocks():
+        compare = CompareTab(services)
+    updates = list(compare.run(["best_of_n", "majority"], "open", "toy:abc", "length", "", 2, 4, 8, 0))
+    plots = [u[compare.plot] for u in updates if compare.plot in u]
+    assert [len(p.data) for p in plots] == [0, 1, 1, 1, 2, 2, 2]  # live: one point at a time
+    final = plots[-1]
+    assert [list(t.text) for t in final.data] == [["N=1", "N=2", "N=4"]] * 2
+    assert all(x > 0 for t in final.data for x in t.x) and final.data[0].x[0] < final.data[0].x[-1]
+    assert updates[-1][compare.status] == "done: 6 points" and len(updates[-2][compare.table]) == 6
+    assert list(compare.run([], "open", "", "", "", 1, 1, 8, 0))[0][compare.status].startswith("⚠")
+    knockout = list(compare.run(["knockout"], "open", "toy:abc", "length", "", 1, 4, 8, 0))
+    assert knockout[-1][compare.status] == "done: 2 points"  # N=1 is no tournament: skipped, not an error
+    assert list(knockout[-2][compare.plot].data[0].text) == ["N=2", "N=4"]
+    assert services.live_runs() == 0
+
+
+def test_compare_judges_each_prompt_by_its_own_reward_without_an_evaluation_reward(services):
+    from engines.rewards import build_reward
+    from engines.runner import RunRequest, execute
+
+    with gr.Blocks():
+        compare = CompareTab(services)
+    updates = list(compare.run(["best_of_n"], "open", "toy:abc", "", "", 8, 1, 8, 0))
+    (quality,) = [u[compare.plot] for u in updates if compare.plot in u][-1].data[0].y
+    expected, specs = [], set()
+    for i in range(8):  # the same runs, each pick scored by its own prompt's reward
+        request = RunRequest.build(model="toy:abc", sampler="best_of_n", params={"n": 1, "max_new_tokens": 8},
+                                   task_ref=f"open:{i}", seed=i)
+        trace = execute(request)
+        specs.add(request.reward)
+        expected.append(build_reward(request.reward).score(request.task, [trace.full_text(trace.done.picks[0])])[0])
+    assert len(specs) == 3  # sentiment, length and a regex: judging all by the first would differ
+    assert quality == pytest.approx(sum(expected) / len(expected)) and quality > 0
+
+
+# -- the users file ----------------------------------------------------------------------------------------------
+
+
+def test_users_file_holds_scrypt_hashes_and_verifies(tmp_path):
+    store = UserStore(tmp_path / "users.jsonl")
+    with pytest.raises(AuthError, match="samplescope users add NAME"):
+        store.require_users()
+    store.add("ada", "correct horse battery")
+    text = (tmp_path / "users.jsonl").read_text()
+    assert "correct horse" not in text
+    (row,) = [json.loads(line) for line in text.splitlines()]
+    assert set(row) == {"name", "salt", "hash", "n", "r", "p"} and row["n"] == 2**14
+    assert len(bytes.fromhex(row["hash"])) == 32 and len(bytes.fromhex(row["salt"])) == 16
+    assert store.verify("ada", "correct horse battery")
+    assert not store.verify("ada", "correct horse batterz") and not store.verify("eve", "correct horse battery")
+    store.require_users()
+    for name in ("", "a b", "x" * 65, "<script>", "ada\n"):
+        with pytest.raises(AuthError, match="user names"):
+            store.add(name, "long enough pw")
+    with pytest.raises(AuthError, match="at least 8"):
+        store.add("bob", "short")
+    with pytest.raises(AuthError, match="already exists"):
+        store.add("ada", "another password")
+    assert store.names() == ["ada"] and (tmp_path / "users.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_auth_goes_into_launch_options_only_with_users(services, tmp_path):
+    assert "auth" not in launch_options(services)
+    store = UserStore(tmp_path / "users.jsonl")
+    services.users = store
+    with pytest.raises(AuthError):
+        launch_options(services)
+    store.add("ada", "correct horse battery")
+    options = launch_options(services)
+    assert options["auth"]("ada", "correct horse battery") and not options["auth"]("ada", "nope")
+    assert "keys.js" not in options["head"] and "vote-a" in options["head"]
+
+
+def test_users_add_command_and_serve_refusing_an_empty_users_file(tmp_path, monkeypatch, capsys):
+    from app.cli import main
+
+    users = tmp_path / "users.jsonl"
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long password\n"))
+    assert main(["users", "add", "bob", "--auth", str(users), "--password-stdin"]) == 0
+    assert UserStore(users).verify("bob", "a long password")
+    assert main(["users", "list", "--auth", str(users)]) == 0 and capsys.readouterr().out.splitlines()[-1] == "bob"
+    empty = tmp_path / "nobody.jsonl"
+    assert main(["serve", "--auth", str(empty), "--db", f"sqlite:///{tmp_path / 'x.db'}", "--no-preload"]) == 2
+    assert "no users in" in capsys.readouterr().err
