@@ -121,7 +121,8 @@ def test_particles_figure_shows_lineage_weights_and_ess():
     ])
     fig = views.particles_figure(trace)
     lines, dots, ess = fig.data
-    assert lines.x.count(None) == 6  # one edge per particle per step
+    assert lines.x.count(None) == 3  # each particle of step 2 drawn to its ancestor at step 1
+    assert list(lines.y) == [0, 0, None, 0, 1, None, 2, 2, None]
     assert len(dots.x) == 6 and dots.marker.color[2] == 0.0 and max(dots.marker.color) == 1.0
     assert list(ess.y) == [1.8, 2.4]
 
