@@ -1,6 +1,6 @@
 """Test-time scaling on the reasoning lab: accuracy against N and against generated tokens.
 
-    samplescope bench scaling [--quick] [--json] [--problems P] [--max-n 64]
+    samplescope bench scaling [--quick] [--json] [--problems P] [--max-n 64] [--part flat|steps|all]
     python -m bench.scaling ...
 
 On the first P problems of the ``arith`` task set (the default level) with
@@ -215,7 +215,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="20 problems, N up to 16 (a smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this model)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of progress lines")
+    parser.add_argument("--part", choices=("flat", "steps", "all"), default="all",
+                        help="flat samplers against N, step-level samplers at matched tokens (bench/scaling_steps.py), or both")
     args = parser.parse_args(argv)
+    if args.part != "flat":
+        from bench import scaling_steps
+
+        forwarded = ["--seed", str(args.seed), "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+        forwarded += ["--json"] if args.json else []
+        steps = scaling_steps.main(forwarded)
+        if args.part == "steps":
+            return steps
     problems, max_n = (20, 16) if args.quick else (args.problems, args.max_n)
     if not 1 <= problems <= 200 or max_n < 1:
         raise ValueError("--problems must be in 1..200 and --max-n >= 1")

@@ -1,0 +1,225 @@
+"""Step-level samplers on the reasoning lab at matched generated-token budgets.
+
+    samplescope bench scaling --part steps [--quick] [--problems P]
+    python -m bench.scaling_steps ...
+
+On the first P problems of the ``arith`` task set with ``embedded:arith`` at
+T=1, each method runs at sizes K = 4, 8, 16 (N for the flat samplers, K·... for
+the others as below); a point is (mean generated tokens per problem, accuracy
+of the pick under the ``math`` verifier). Methods at equal tokens are at equal
+generation compute; reward calls are reported too.
+
+| method | sampler, size K | reward |
+|---|---|---|
+| best-of-N (oracle) | ``best_of_n``, n=K | ``math`` (exact outcome: an upper bound) |
+| best-of-N (ORM) | ``best_of_n``, n=K | ``arith_orm`` |
+| weighted majority | ``weighted_majority``, n=K | ``arith_orm:prob`` |
+| beam search | ``beam_search``, K/4 beams × 4 | process reward |
+| DVTS | ``dvts``, n=K, 4 per subtree | process reward |
+| SMC | ``smc``, K particles, λ=10 | process reward (difference potential) |
+| CARDS | ``cards``, up to K tries per step, hard threshold 0.5 | process reward |
+| early rejection | ``early_rejection``, n=K, α=0.5 at every line | process reward |
+
+Every step-level method runs twice: with the exact process reward
+(``arith_steps``, the verifier of each line) and with the learned one
+(``arith_prm``). Steps are lines (the lab writes one reduction per line), so
+CARDS cuts at newlines here rather than by entropy, and early rejection's
+checkpoints fall at line ends (a process reward cannot judge half a line).
+
+Writes ``bench/results/scaling_steps.{json,md,png}`` (``_quick`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from bench.common import RESULTS, machine, save
+
+LINE = {"step": "newline", "max_new_tokens": 16, "max_steps": 8, "temperature": 1.0}
+PRMS = {"exact": "arith_steps", "learned": "arith_prm"}
+
+
+def configs(k: int) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """method -> (sampler, reward spec, params) at size k."""
+    flat = {"max_new_tokens": 80, "temperature": 1.0, "batch_size": 64}
+    out: dict[str, tuple[str, str, dict[str, Any]]] = {
+        "bon_oracle": ("best_of_n", "math", {"n": k, **flat}),
+        "bon_orm": ("best_of_n", "arith_orm", {"n": k, **flat}),
+        "weighted_majority": ("weighted_majority", "arith_orm:prob", {"n": k, **flat}),
+    }
+    for tag, prm in PRMS.items():
+        out[f"beam_{tag}"] = ("beam_search", prm, {"beams": max(1, k // 4), "expand": 4, **LINE})
+        out[f"dvts_{tag}"] = ("dvts", prm, {"n": k, "expand": 4, **LINE})
+        out[f"smc_{tag}"] = ("smc", prm, {"particles": k, "lam": 10.0, "ess_threshold": 0.5, **LINE})
+        out[f"cards_{tag}"] = ("cards", prm, {"mode": "hard", "reward_threshold": 0.5, "alpha": 1.0, "max_retries": k,
+                                              "max_tokens": 80, **LINE})
+        out[f"early_{tag}"] = ("early_rejection", prm, {"n": k, "rejection_rate": 0.5, "interval": 16, "max_tokens": 80,
+                                                        **LINE, "max_steps": 8})
+    return out
+
+
+LABELS = {
+    "bon_oracle": "best-of-N, exact verifier (oracle)",
+    "bon_orm": "best-of-N, learned ORM",
+    "weighted_majority": "ORM-weighted majority",
+    **{f"{m}_{t}": f"{name}, {t} PRM" for t in PRMS for m, name in
+       (("beam", "beam search"), ("dvts", "DVTS"), ("smc", "SMC"), ("cards", "CARDS"), ("early", "early rejection"))},
+}
+
+
+def run_one(sampler: str, spec: str, params: dict, task, model, rewards, check, seed: int) -> dict[str, Any]:
+    from engines.samplers import build_sampler
+    from engines.trace import collect
+
+    trace = collect(build_sampler(sampler, params).run(task, model, rewards[spec], rng=torch.Generator().manual_seed(seed)))
+    picks = trace.done.picks
+    right = bool(picks) and check.score(task, [trace.full_text(picks[0])])[0] == 1.0
+    cost = trace.done.cost
+    return {"right": right, "tokens": cost["generated_tokens"], "reward_calls": cost["reward_calls"],
+            "wall_seconds": cost["wall_seconds"], "status": trace.done.status}
+
+
+def run_benchmark(problems: int, sizes: list[int], seed: int, log) -> dict[str, Any]:
+    from engines.models import load_model
+    from engines.rewards import build_reward
+    from engines.tasks import TASK_SETS
+
+    model = load_model("embedded:arith")
+    specs = {spec for k in sizes for _, spec, _ in configs(k).values()}
+    rewards = {spec: build_reward(spec) for spec in specs}
+    check = build_reward("math")
+    tasks = TASK_SETS.get("arith").tasks()[:problems]
+    summary: dict[str, dict[str, dict[str, float]]] = {m: {} for m in configs(sizes[0])}
+    for k in sizes:
+        started = time.perf_counter()
+        for method, (sampler, spec, params) in configs(k).items():
+            rows = [run_one(sampler, spec, params, task, model, rewards, check, seed * 1_000_003 + 1_000 * i + k)
+                    for i, task in enumerate(tasks)]
+            acc = statistics.fmean(r["right"] for r in rows)
+            summary[method][str(k)] = {
+                "accuracy": acc,
+                "se": math.sqrt(acc * (1 - acc) / len(rows)),
+                "tokens": statistics.fmean(r["tokens"] for r in rows),
+                "reward_calls": statistics.fmean(r["reward_calls"] for r in rows),
+                "wall_seconds": statistics.fmean(r["wall_seconds"] for r in rows),
+            }
+        log(f"K={k:>3}: " + ", ".join(f"{m} {summary[m][str(k)]['accuracy']:.2f}@{summary[m][str(k)]['tokens']:.0f}"
+                                      for m in summary) + f"  ({time.perf_counter() - started:.0f} s)")
+    return {"problems": problems, "sizes": sizes, "seed": seed, "summary": summary}
+
+
+def findings(s: dict[str, dict[str, dict[str, float]]], sizes: list[int]) -> list[str]:
+    """The papers' claims, checked against this run's numbers (no claim is assumed to hold)."""
+    top, low = str(max(sizes)), str(min(sizes))
+
+    def at(method: str, k: str) -> dict[str, float]:
+        return s[method][k]
+
+    out = []
+    for tag in PRMS:
+        early, bon = at(f"early_{tag}", top), at("bon_orm", top)
+        out.append(
+            f"Early rejection ({tag} PRM), K={top}: accuracy {early['accuracy']:.2f} with {early['tokens']:.0f} tokens; "
+            f"best-of-{top} by the learned ORM: {bon['accuracy']:.2f} with {bon['tokens']:.0f} tokens "
+            f"({early['tokens'] / bon['tokens']:.0%} of its tokens): the claim of reaching best-of-N's quality for a "
+            f"fraction of the compute {'holds' if early['accuracy'] >= bon['accuracy'] - 2 * bon['se'] else 'does not hold'} here."
+        )
+        beam, bon_low = at(f"beam_{tag}", low), at("bon_oracle", low)
+        out.append(
+            f"Beam search ({tag} PRM) at K={low}: {beam['accuracy']:.2f} with {beam['tokens']:.0f} tokens, against "
+            f"oracle best-of-{low} {bon_low['accuracy']:.2f} with {bon_low['tokens']:.0f} tokens."
+        )
+        dvts, beam_top = at(f"dvts_{tag}", top), at(f"beam_{tag}", top)
+        verdict = "beats" if dvts["accuracy"] > beam_top["accuracy"] + 2 * beam_top["se"] else "does not beat"
+        out.append(f"DVTS ({tag} PRM) at K={top} {verdict} beam search: {dvts['accuracy']:.2f} against {beam_top['accuracy']:.2f}.")
+    return out
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    s, sizes = result["summary"], result["sizes"]
+    lines = [
+        "# Step-level samplers at matched token budgets (reasoning lab)",
+        "",
+        f"`{command}`: {result['problems']} problems of `arith`, `embedded:arith` at T=1, seed {result['seed']};",
+        f"{result['machine_line']}; {result['seconds']:.0f} s. Cells: accuracy of the pick ± one standard error",
+        "(mean generated tokens per problem, mean reward calls).",
+        "",
+        "| method | " + " | ".join(f"K={k}" for k in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for method, per in s.items():
+        cells = [f"{per[str(k)]['accuracy']:.2f} ± {per[str(k)]['se']:.2f} ({per[str(k)]['tokens']:.0f} tok, "
+                 f"{per[str(k)]['reward_calls']:.0f} rc)" for k in sizes]
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+    lines += ["", "What the numbers say about the papers' claims:", ""] + [f"- {f}" for f in result["findings"]]
+    lines += ["", f"![accuracy against generated tokens]({result['name']}.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s, sizes = result["summary"], result["sizes"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    for ax, tag in zip(axes, PRMS, strict=True):
+        for method in ["bon_oracle", "bon_orm", "weighted_majority"] + [m for m in s if m.endswith(f"_{tag}")]:
+            rows = [s[method][str(k)] for k in sizes]
+            style = "--" if method.startswith(("bon", "weighted")) else "-"
+            ax.errorbar([r["tokens"] for r in rows], [r["accuracy"] for r in rows], yerr=[r["se"] for r in rows],
+                        fmt=style, marker="o", capsize=2, label=LABELS[method])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("generated tokens per problem")
+        ax.set_title(f"{tag} process reward ({PRMS[tag]})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("accuracy of the pick")
+    axes[0].set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="12 problems, K = 4 and 8 (a smoke run)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    problems, sizes = (12, [4, 8]) if args.quick else (args.problems, [4, 8, 16])
+    if not 1 <= problems <= 200:
+        raise ValueError("--problems must be in 1..200")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    result = run_benchmark(problems, sizes, args.seed, log=(lambda line: None) if args.json else print)
+    result["seconds"] = time.perf_counter() - started
+    info = machine()
+    result["machine_line"] = f"{info['processor']}, {info['threads']} torch thread(s), torch {info['torch']}"
+    result["name"] = "scaling_steps_quick" if args.quick else "scaling_steps"
+    result["findings"] = findings(result["summary"], sizes)
+    command = "samplescope bench scaling --part steps" + (" --quick" if args.quick else f" --problems {problems}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{result['name']}.md").write_text(markdown(result, command))
+    plot(result, RESULTS / f"{result['name']}.png")
+    path = save(result["name"], result)
+    if args.json:
+        print(json.dumps({"summary": result["summary"], "findings": result["findings"]}, indent=2))
+    else:
+        print("\n".join(result["findings"]))
+        print(f"wrote {path} in {result['seconds']:.0f} s")
+    return result
+
+
+if __name__ == "__main__":
+    main()
