@@ -228,13 +228,10 @@ class TransformersTextModel(TextModel):
                     state[r].reason = "entropy"
                 if uncertain:
                     self._finish(uncertain, owners, state, prefixes, cache, mask, results, fed_all=True, keep=params.keep_cache)
-                    keep = [r for r in range(len(owners)) if r not in set(uncertain)]
-                    if not keep:
+                    live = self._drop(uncertain, owners, state, cache, logits, mask, last_pos)
+                    if live is None:
                         return
-                    owners, state = [owners[r] for r in keep], [state[r] for r in keep]
-                    index = torch.tensor(keep, device=self.device)
-                    cache.batch_select_indices(index)
-                    logits, mask, last_pos = logits[index], mask[index], last_pos[index]
+                    owners, state, logits, mask, last_pos = live
             if step < params.min_new_tokens and self._eos_ids:
                 logits = logits.clone()
                 logits[:, list(self._eos_ids)] = float("-inf")
@@ -260,13 +257,10 @@ class TransformersTextModel(TextModel):
                     finished.append(r)
             if finished:
                 self._finish(finished, owners, state, prefixes, cache, mask, results, fed_all=False, keep=params.keep_cache)
-                keep = [r for r in range(len(owners)) if r not in set(finished)]
-                if not keep:
+                live = self._drop(finished, owners, state, cache, tokens, mask, last_pos)
+                if live is None:
                     return
-                owners, state = [owners[r] for r in keep], [state[r] for r in keep]
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                tokens, mask, last_pos = tokens[index], mask[index], last_pos[index]
+                owners, state, tokens, mask, last_pos = live
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             last_pos = last_pos + 1
             out = self.model(
@@ -279,6 +273,16 @@ class TransformersTextModel(TextModel):
             if usage is not None:
                 usage.add(model_calls=1)
             cache, logits = out.cache, out.logits[:, -1, :]
+
+    def _drop(self, rows, owners, state, cache, *tensors):
+        """The live batch without ``rows`` (its cache shrunk in place), or None when no row is left."""
+        gone = set(rows)
+        keep = [r for r in range(len(owners)) if r not in gone]
+        if not keep:
+            return None
+        index = torch.tensor(keep, device=self.device)
+        cache.batch_select_indices(index)
+        return [owners[r] for r in keep], [state[r] for r in keep], *(t[index] for t in tensors)
 
     def _finish(self, rows, owners, state, prefixes, cache, mask, results, *, fed_all: bool, keep: bool) -> None:
         """Record finished rows; keep their KV in the prefix store for later extension.
