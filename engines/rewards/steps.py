@@ -142,6 +142,33 @@ def load_prm(path: str, name: str) -> ShepherdPRM:
     return ShepherdPRM(model, tokenizer, name=name, **settings)
 
 
+class StepAsOutcome(Reward):
+    """``last:SPEC``: a process reward's score after the last step of a whole candidate.
+
+    The candidate is cut into steps at newlines (each step keeps its newline),
+    so a process reward can rank complete solutions: best-of-N "by the PRM".
+    """
+
+    def __init__(self, step_reward: StepReward) -> None:
+        self.step_reward = step_reward
+        self.name = f"last:{step_reward.name}"
+        self.requires_answer = step_reward.requires_answer  # type: ignore[misc]
+
+    def score(self, task: Task, candidates: Sequence[str], *, usage: Cost | None = None) -> list[float]:
+        steps = [text.splitlines(keepends=True) or [""] for text in candidates]
+        return self.step_reward.score_last(task, steps, usage=usage)
+
+    def check_task(self, task: Task) -> None:
+        self.step_reward.check_task(task)
+
+
+def _last(arg: str | None, env: RewardEnv) -> StepAsOutcome:
+    inner = build_reward(arg or "", env)
+    if not isinstance(inner, StepReward):
+        raise ConfigError(f"last: needs a process reward, {arg!r} is {getattr(inner, 'kind', inner)}")
+    return StepAsOutcome(inner)
+
+
 def as_step_reward(reward) -> StepReward:
     """Step samplers accept an outcome reward too, applied to partial texts."""
     if isinstance(reward, StepReward):
@@ -159,6 +186,10 @@ def _partial(arg: str | None, env: RewardEnv) -> OutcomeAsStep:
 REWARDS.add("partial", RewardFactory(
     name="partial", kind="step", modality="text", build=_partial, arg="REWARD", arg_required=True,
     help="an outcome reward scored on every prefix of steps (process reward from an outcome one)",
+))
+REWARDS.add("last", RewardFactory(
+    name="last", kind="outcome", modality="text", build=_last, arg="STEP_REWARD", arg_required=True,
+    help="a process reward's score after the last line of a whole candidate (best-of-N by a PRM)",
 ))
 REWARDS.add("judge_steps", RewardFactory(
     name="judge_steps", kind="step", modality="text", arg="MODEL_SPEC",

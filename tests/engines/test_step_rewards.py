@@ -50,3 +50,11 @@ def test_math_shepherd_prm_loader(tmp_path):
         prm.score_steps(T, [["a # b\n"]])  # a step containing the tag would shift every score
     with pytest.raises(ConfigError, match="folder"):
         build_reward("prm:/no/such/folder")
+
+
+def test_last_step_score_ranks_whole_candidates():
+    reward = build_reward("last:partial:length")
+    assert reward.kind == "outcome"
+    assert reward.score(T, ["one two\nthree four five\n", "x"]) == [5.0, 1.0]
+    with pytest.raises(ConfigError, match="process reward"):
+        build_reward("last:length")
