@@ -22,6 +22,7 @@ in torch so that it stays differentiable.
 from __future__ import annotations
 
 import threading
+from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -60,9 +61,9 @@ class ImageReward(Reward):
         with torch.no_grad():
             return [float(v) for v in self.score_tensor(task, images)]
 
+    @abstractmethod
     def score_tensor(self, task: Task, images: torch.Tensor) -> torch.Tensor:
         """The rewards of a [B, C, H, W] batch as a [B] tensor that keeps the autograd graph."""
-        raise NotImplementedError(f"reward {self.name!r} is not differentiable")
 
     def check_image_shape(self, shape: Sequence[int]) -> None:
         """Raise ConfigError when images of ``shape`` (C, H, W) cannot be scored."""
