@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -48,3 +49,11 @@ def save(name: str, data: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **data}, indent=2, default=float))
     return path
+
+
+def accuracy_summary(rows: list[dict], means: tuple[str, ...]) -> dict[str, float]:
+    """Accuracy of ``rows[i]["right"]`` with its binomial standard error, and the means of ``means``."""
+    acc = statistics.fmean(r["right"] for r in rows)
+    out = {"accuracy": acc, "se": math.sqrt(acc * (1 - acc) / len(rows))}
+    out.update({key: statistics.fmean(r[key] for r in rows) for key in means})
+    return out

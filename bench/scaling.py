@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS, machine, save
+from bench.common import RESULTS, accuracy_summary, machine, save
 
 METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "oracle": ("best_of_n", "math", {}),
@@ -128,14 +128,7 @@ def summarise(runs: dict[str, dict[str, list[dict]]], ns: list[int]) -> dict[str
     for method, per in runs.items():
         out[method] = {}
         for n in ns:
-            rows = per[str(n)]
-            acc = statistics.fmean(r["right"] for r in rows)
-            out[method][str(n)] = {
-                "accuracy": acc,
-                "se": math.sqrt(acc * (1 - acc) / len(rows)),
-                "tokens": statistics.fmean(r["tokens"] for r in rows),
-                "wall_seconds": statistics.fmean(r["wall_seconds"] for r in rows),
-            }
+            out[method][str(n)] = accuracy_summary(per[str(n)], ("tokens", "wall_seconds"))
     top = runs["oracle"][str(max(ns))]
     per_sample = [r["correct_candidates"] / r["candidates"] for r in top]
     out["per_sample_accuracy"] = statistics.fmean(per_sample)

@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import time
 from typing import Any
 
 import torch
 
-from bench.common import RESULTS, machine, save
+from bench.common import RESULTS, accuracy_summary, machine, save
 
 LINE = {"step": "newline", "max_new_tokens": 16, "max_steps": 8, "temperature": 1.0}
 PRMS = {"exact": "arith_steps", "learned": "arith_prm"}
@@ -104,14 +102,7 @@ def run_benchmark(problems: int, sizes: list[int], seed: int, log) -> dict[str, 
         for method, (sampler, spec, params) in configs(k).items():
             rows = [run_one(sampler, spec, params, task, model, rewards, check, seed * 1_000_003 + 1_000 * i + k)
                     for i, task in enumerate(tasks)]
-            acc = statistics.fmean(r["right"] for r in rows)
-            summary[method][str(k)] = {
-                "accuracy": acc,
-                "se": math.sqrt(acc * (1 - acc) / len(rows)),
-                "tokens": statistics.fmean(r["tokens"] for r in rows),
-                "reward_calls": statistics.fmean(r["reward_calls"] for r in rows),
-                "wall_seconds": statistics.fmean(r["wall_seconds"] for r in rows),
-            }
+            summary[method][str(k)] = accuracy_summary(rows, ("tokens", "reward_calls", "wall_seconds"))
         log(f"K={k:>3}: " + ", ".join(f"{m} {summary[m][str(k)]['accuracy']:.2f}@{summary[m][str(k)]['tokens']:.0f}"
                                       for m in summary) + f"  ({time.perf_counter() - started:.0f} s)")
     return {"problems": problems, "sizes": sizes, "seed": seed, "summary": summary}

@@ -36,31 +36,3 @@ def quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
-
-
-def open_database(url: str | None):
-    """The database at ``url`` (else SAMPLESCOPE_DB, else the user data folder), migrated."""
-    from storage import Database
-
-    return Database.open(url)
-
-
-def save_request_run(db, request, trace) -> int:
-    """Store a finished run made from a RunRequest; returns the run id."""
-    from storage import save_run
-
-    config = dict(request.params)
-    if request.budget.as_dict():
-        config["budget"] = request.budget.as_dict()
-    return db.write(
-        lambda s: save_run(
-            s,
-            trace=trace,
-            task=request.task,
-            model=request.model,
-            reward=request.reward,
-            sampler=request.sampler,
-            config=config,
-            seed=request.seed,
-        )
-    )

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     run_id = None
     if args.save:
-        from app.commands.common import open_database, save_request_run
+        from app.store import open_database, save_request_run
 
         run_id = save_request_run(open_database(args.db), request, trace)
     result = request.summary(trace)

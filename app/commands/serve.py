@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build_services(args: argparse.Namespace):
-    from app.commands.common import open_database
+    from app.store import open_database
     from app.ui.auth import UserStore
     from app.ui.services import Services
 

@@ -71,7 +71,7 @@ def build_demo(services: Services) -> gr.Blocks:
 
 
 def sample_api(services: Services, model, reward, sampler, prompt, params, answer, seed) -> dict:
-    from app.commands.common import save_request_run
+    from app.store import save_request_run
     from app.ui.services import error_message
     from engines.runner import RunRequest, execute
 

@@ -132,7 +132,7 @@ class ExploreTab:
         yield self.save(request, trace)
 
     def save(self, request: RunRequest, trace: Trace) -> dict[Any, Any]:
-        from app.commands.common import save_request_run
+        from app.store import save_request_run
 
         try:
             run_id = save_request_run(self.services.db, request, trace)

@@ -24,8 +24,8 @@ class DiffusionProtocolTests:
     steps = 8
 
     @pytest.fixture()
-    def model(self) -> DiffusionModel:  # overridden by every subclass
-        raise NotImplementedError
+    def model(self) -> DiffusionModel:  # every subclass overrides this fixture with its own model
+        pytest.fail(f"{type(self).__name__} must override the `model` fixture")
 
     def test_schedule_runs_from_noise_to_data(self, model: DiffusionModel) -> None:
         sched = model.schedule(self.steps)
