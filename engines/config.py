@@ -80,6 +80,9 @@ class Config:
     label: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    #: the field that sets how much a run draws (N, particles, beams, simulations, rollouts):
+    #: what ``--n`` and the Compare tab's size grid set. None where a sampler has no such knob.
+    size_field: ClassVar[str | None] = "n"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # every subclass is itself a frozen, keyword-only dataclass: declaring fields is enough
@@ -172,6 +175,11 @@ class Config:
             kind, optional = _base_type(hints[key])
             parsed[key] = _parse_scalar(key, raw, kind, optional)
         return cls.from_dict(parsed)
+
+    @classmethod
+    def size_spec(cls) -> ParamSpec | None:
+        """The spec of :attr:`size_field`, or None when the sampler has no size knob."""
+        return next((s for s in cls.specs() if s.name == cls.size_field), None)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}

@@ -26,6 +26,7 @@ from engines.trace import Event, SelectEvent
 
 
 class BeamSearchConfig(StepConfig):
+    size_field = "beams"
     label = "Beam search (PRM)"
     paper = "Snell et al. 2024, Scaling LLM Test-Time Compute Optimally (arXiv:2408.03314); search-and-learn"
     summary = "Keep K beams; expand each into M next steps, keep the K best by process reward."

@@ -40,6 +40,7 @@ from engines.trace import AcceptEvent, Event, SelectEvent
 
 
 class CARDSConfig(StepConfig):
+    size_field = None
     label = "CARDS (cascade reward sampling)"
     paper = "Li et al. 2025, Cascade Reward Sampling for Efficient Decoding-Time Alignment (arXiv:2406.16306)"
     summary = "Grow the answer segment by segment; reject a segment whose prefix reward is under a rising threshold."

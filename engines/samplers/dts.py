@@ -63,6 +63,7 @@ from engines.trace import Event, SelectEvent
 
 
 class DTSConfig(DiffusionConfig):
+    size_field = "rollouts"
     label = "Diffusion Tree Sampling / Search"
     paper = "Jain et al. 2025, Diffusion Tree Sampling: Scalable inference-time alignment of diffusion models"
     summary = "A tree over denoising trajectories with soft value backups; sample (DTS) or search (DTS*)."

@@ -69,6 +69,7 @@ from engines.trace import Event, ResampleEvent, SelectEvent
 
 
 class FKSteeringConfig(DiffusionConfig):
+    size_field = "particles"
     label = "Feynman-Kac steering"
     paper = "Singhal et al. 2025, A General Framework for Inference-time Scaling and Steering of Diffusion Models"
     summary = "Particles denoise together; potentials on intermediate rewards resample them toward p·exp(λr)."

@@ -35,6 +35,7 @@ from engines.trace import Event, SelectEvent
 
 
 class MCTSConfig(StepConfig):
+    size_field = "simulations"
     label = "MCTS (UCT)"
     paper = "Kocsis & Szepesvári 2006, Bandit based Monte-Carlo Planning (UCT); Hao et al. 2023, RAP (arXiv:2305.14992)"
     summary = "UCT over steps: select by Q + c·sqrt(ln N / n), expand one step, evaluate with the PRM, back up."

@@ -39,6 +39,7 @@ from engines.trace import AcceptEvent, Event, NodeEvent, ScoreEvent, SelectEvent
 
 
 class PowerMCMCConfig(GenerationConfig):
+    size_field = None
     label = "Power sampling (MCMC)"
     paper = "Karan & Du 2025, Reasoning with Sampling: Your Base Model is Smarter Than You Think (arXiv:2510.14901)"
     summary = "Metropolis-Hastings over blocks, targeting p(x)^α of the base model."

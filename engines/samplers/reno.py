@@ -55,6 +55,7 @@ from engines.trace import Event, SelectEvent
 
 
 class ReNOConfig(DiffusionConfig):
+    size_field = "particles"
     label = "ReNO (noise optimisation)"
     paper = "Eyring et al. 2024, ReNO: Enhancing One-step Text-to-Image Models through Reward-based Noise Optimization"
     summary = "Gradient ascent on the initial noise through the sampler, with a χ-norm regulariser."

@@ -36,6 +36,7 @@ from engines.trace import Event, PruneEvent, ResampleEvent, SelectEvent
 
 
 class SMCConfig(StepConfig):
+    size_field = "particles"
     label = "Sequential Monte Carlo"
     paper = "Zhao et al. 2024, Twisted Sequential Monte Carlo (arXiv:2404.17546); Puri et al. 2025 (arXiv:2502.01618)"
     summary = "Particles grow step by step, weighted by exp(λ·Δreward), resampled when the ESS drops."

@@ -48,6 +48,7 @@ from engines.trace import Event, SelectEvent
 
 
 class SVDDConfig(DiffusionConfig):
+    size_field = "particles"
     label = "SVDD (soft value-based decoding)"
     paper = "Li et al. 2024, Derivative-Free Guidance in Continuous and Discrete Diffusion Models with Soft Value-Based Decoding"
     summary = "M candidates per step, valued through the predicted x0; keep the best (or a soft choice)."
