@@ -12,7 +12,10 @@ Events and whole traces serialise to JSON and back without loss
 
 Cost accounting lives here too: :class:`Cost` counts generated tokens,
 prefill tokens, model calls, reward calls, reward tokens, diffusion network
-evaluations (NFE) and wall seconds; a :class:`Budget` caps any of them.
+evaluations (NFE), latent decodes (VAE decoder passes, one per image), backward
+passes (one per particle back-propagated through a reward, and the denoiser
+evaluations differentiated through) and wall seconds; a :class:`Budget` caps
+any of them. Counters added later read as 0 in runs stored before them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ COST_FIELDS = (
     "reward_calls",
     "reward_tokens",
     "nfe",
+    "decodes",
+    "backward_passes",
+    "backward_nfe",
     "wall_seconds",
 )
 
@@ -48,6 +54,12 @@ class Cost:
     reward_calls: int = 0
     reward_tokens: int = 0
     nfe: int = 0
+    #: latent-to-image decoder passes, one per image (pixel-space models decode for free: 0)
+    decodes: int = 0
+    #: reward backward passes, one per particle (the decoder in front of the reward included)
+    backward_passes: int = 0
+    #: denoiser evaluations back-propagated through, per particle (counted like ``nfe``)
+    backward_nfe: int = 0
     wall_seconds: float = 0.0
 
     def add(self, **deltas: float) -> None:
@@ -82,6 +94,9 @@ class Budget:
     reward_calls: int | None = None
     reward_tokens: int | None = None
     nfe: int | None = None
+    decodes: int | None = None
+    backward_passes: int | None = None
+    backward_nfe: int | None = None
     wall_seconds: float | None = None
 
     def __post_init__(self) -> None:

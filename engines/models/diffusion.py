@@ -15,7 +15,8 @@ optimisation) can weigh, resample, branch or differentiate at every step:
   call), with the Gaussian transition it sampled from, and
   :func:`transition_log_prob` for log N(x_{t-1}; μ, σ²I);
 - :meth:`~DiffusionModel.decode` -- x0 (pixels or latents) to images in
-  [-1, 1]; :meth:`~DiffusionModel.preview` a cheap look at an intermediate x̂0;
+  [-1, 1] (``decoder_passes`` says what one image costs: 0 in pixel space,
+  one VAE pass for latent models; samplers meter it as ``decodes``); :meth:`~DiffusionModel.preview` a cheap look at an intermediate x̂0;
   :func:`images_to_data_uris` PNG data URIs for trace nodes.
 
 Implementations: :class:`UNetDiffusion` (a diffusers ``UNet2DModel`` and the
@@ -124,6 +125,9 @@ class DiffusionModel(ABC):
     prediction_type: str = "epsilon"
     clip_sample: bool = False
     clip_range: float = 1.0
+    #: decoder network passes per decoded image: 0 where decoding is a clamp (pixel space),
+    #: 1 for latent models with a VAE; samplers meter them as ``decodes``
+    decoder_passes: int = 0
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 
@@ -234,6 +238,11 @@ class DiffusionModel(ABC):
     def preview(self, x0: torch.Tensor) -> torch.Tensor:
         """A cheap image of an intermediate x̂0 (latent models approximate the decoder)."""
         return self.decode(x0)
+
+    @property
+    def preview_decoder_passes(self) -> int:
+        """Decoder passes one :meth:`preview` costs per image (as :meth:`decode` unless overridden)."""
+        return self.decoder_passes
 
     def to_data_uris(self, images: torch.Tensor) -> list[str | None]:
         return images_to_data_uris(images)

@@ -11,8 +11,10 @@ the guidance scale (``task.meta["guidance_scale"]`` or the model's default,
 7.5). With w > 1 every prediction evaluates the UNet twice per particle, and
 ``nfe`` counts both. Text embeddings are computed once per prompt and cached.
 
-Latents decode through ``AutoencoderKL`` (``latents / scaling_factor``).
-Intermediate previews skip the VAE: for 4-channel latents they use the usual
+Latents decode through ``AutoencoderKL`` (``latents / scaling_factor``): one
+decoder pass per image (``decoder_passes = 1``), which samplers meter as
+``decodes`` -- FK steering decodes N images at every potential step, SVDD N·M
+per step, on top of the network evaluations. Intermediate previews skip the VAE: for 4-channel latents they use the usual
 linear latent-to-RGB approximation of SD 1.x/2.x latents (close enough for a
 thumbnail, free to compute); other latent widths decode through the VAE.
 
@@ -163,6 +165,12 @@ class StableDiffusionModel(DiffusionModel):
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         images = self.vae.decode(x0.to(self.dtype) / self.scaling_factor).sample
         return images.float().clamp(-1, 1)
+
+    decoder_passes = 1
+
+    @property
+    def preview_decoder_passes(self) -> int:
+        return 0 if self.sample_shape[0] == _LATENT_RGB.shape[0] else 1
 
     def preview(self, x0: torch.Tensor) -> torch.Tensor:
         if x0.shape[1] != _LATENT_RGB.shape[0]:

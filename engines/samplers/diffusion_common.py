@@ -9,9 +9,13 @@
   of the decoded sample; ``depth`` is the number of denoising steps taken
   (0: the initial noise x_T, K: the final sample); ``meta`` carries the
   timestep and the particle index;
+- metered work the run context does not cover: :func:`decode` (latent
+  decodes, counted as ``decodes`` when the model has a decoder network) and
+  :func:`reward_gradient` (a reward's gradient with respect to a batch of
+  clean samples: one ``backward_passes`` per particle);
 - :func:`fit_particles`: how many particles a plan can afford within the
-  run's nfe and reward-call budgets, so that samplers shrink a plan up front
-  instead of stopping half way down the chain;
+  run's nfe, reward-call, decode and backward budgets, so that samplers
+  shrink a plan up front instead of stopping half way down the chain;
 - :func:`draw_images`: N independent chains, scored (best-of-N's image branch).
 """
 
@@ -79,18 +83,88 @@ def steps_for(ctx: RunContext, config: Any) -> Any:
     return ctx.model.schedule(config.steps)
 
 
-def fit_particles(ctx: RunContext, wanted: int, nfe_each: int, reward_calls_each: int) -> int:
-    """How many of ``wanted`` particles fit the nfe and reward-call budgets (each costing the given amounts)."""
+def fit_particles(
+    ctx: RunContext,
+    wanted: int,
+    nfe_each: int,
+    reward_calls_each: int,
+    *,
+    decodes_each: int = 0,
+    backward_each: int = 0,
+    backward_nfe_each: int = 0,
+) -> int:
+    """How many of ``wanted`` particles fit the budgets, each particle costing ``nfe_each``
+    network evaluations (times the model's evaluations per prediction), ``reward_calls_each``
+    reward calls, ``decodes_each`` decodes (times the model's decoder passes per image),
+    ``backward_each`` reward backward passes and ``backward_nfe_each`` denoiser evaluations
+    back-propagated through."""
     fit = wanted
     unit = ctx.model.nfe_for(ctx.task)
-    for counter, each in (("nfe", nfe_each * unit), ("reward_calls", reward_calls_each)):
+    plan = (
+        ("nfe", nfe_each * unit),
+        ("reward_calls", reward_calls_each),
+        ("decodes", decodes_each * decoder_passes(ctx.model)),
+        ("backward_passes", backward_each),
+        ("backward_nfe", backward_nfe_each * unit),
+    )
+    for counter, each in plan:
         left = ctx.remaining(counter)
         if each > 0 and left != math.inf:
             fit = min(fit, int(left // each))
     return max(fit, 0)
 
 
+def decoder_passes(model: Any) -> int:
+    """Decoder network passes per decoded image (0 for pixel-space models, whose decode is a clamp)."""
+    return int(getattr(model, "decoder_passes", 0))
+
+
+def _spend(ctx: RunContext, counter: str, amount: int) -> None:
+    if amount <= 0:
+        return
+    ctx.check(counter)
+    if amount > ctx.remaining(counter):
+        raise BudgetExhausted(f"budget exhausted: {counter}")
+    ctx.cost.add(**{counter: amount})
+
+
+def decode(ctx: RunContext, x0: torch.Tensor) -> torch.Tensor:
+    """The model's images of ``x0``, metered as ``decodes`` (refused past the decode budget);
+    keeps the autograd graph when the caller has gradients enabled."""
+    _spend(ctx, "decodes", x0.shape[0] * decoder_passes(ctx.model))
+    return ctx.model.decode(x0)
+
+
+def reward_gradient(ctx: RunContext, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r(decode(x0)), ∇_{x0} r) for a batch: one decode, one reward call and one reward
+    backward pass per particle. The gradient is taken with respect to ``x0`` itself (the
+    denoiser is not differentiated through)."""
+    ctx.check("backward_passes")
+    if x0.shape[0] > ctx.remaining("backward_passes"):
+        raise BudgetExhausted("budget exhausted: backward_passes")
+    x0 = x0.detach().requires_grad_(True)
+    with torch.enable_grad():
+        values = ctx.score_tensor(decode(ctx, x0))
+        (grad,) = torch.autograd.grad(values.sum(), x0)
+    ctx.cost.add(backward_passes=x0.shape[0])
+    return values.detach(), grad
+
+
+def count_backward(ctx: RunContext, particles: int, denoiser_evaluations: int = 0) -> None:
+    """Meter (and refuse past the budget) a backward pass through the reward for ``particles``
+    particles and through ``denoiser_evaluations`` network evaluations per particle."""
+    unit = ctx.model.nfe_for(ctx.task)
+    if particles > ctx.remaining("backward_passes"):
+        raise BudgetExhausted("budget exhausted: backward_passes")
+    if particles * denoiser_evaluations * unit > ctx.remaining("backward_nfe"):
+        raise BudgetExhausted("budget exhausted: backward_nfe")
+    ctx.cost.add(backward_passes=particles, backward_nfe=particles * denoiser_evaluations * unit)
+
+
 def preview_uris(ctx: RunContext, x0: torch.Tensor) -> list[str | None]:
+    """Thumbnails of intermediate x̂0 (free for models with a cheap preview; metered as decodes otherwise)."""
+    passes = getattr(ctx.model, "preview_decoder_passes", decoder_passes(ctx.model))
+    _spend(ctx, "decodes", x0.shape[0] * int(passes))
     with torch.no_grad():
         return ctx.model.to_data_uris(ctx.model.preview(x0))
 
@@ -167,7 +241,7 @@ def draw_images(
     model = ctx.model
     sched = model.schedule(steps)
     total = len(sched)
-    n = fit_particles(ctx, count, nfe_each=total, reward_calls_each=1)
+    n = fit_particles(ctx, count, nfe_each=total, reward_calls_each=1, decodes_each=1)
     if n < 1:
         raise BudgetExhausted("budget exhausted: no room for another chain")
     offset = len(out)
@@ -186,7 +260,7 @@ def draw_images(
         )
         yield from events
         x = model.step(x, i, sched, pred, eta=eta, rng=ctx.rng).sample
-    images = model.decode(x)
+    images = decode(ctx, x)
     ids, events = state_nodes(
         ctx, depth=total, parents=parents, images=image_uris(ctx, images), timestep=None, particles=particles, final=True
     )

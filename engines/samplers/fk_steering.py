@@ -22,11 +22,29 @@ adaptive resampling is skipped), and the final weights are returned in the last
 ``resample`` event (``resampled=False``) instead of a forced final resampling.
 
 With a differentiable reward, ``guidance`` s > 0 replaces the model's step by
-the proposal N(μ_θ(x_t) + s·σ_t²·∇r(x̂0), σ_t²): the Gaussian step tilted by
-the linearised reward (for s = λ, the locally optimal proposal of the twisted
-diffusion sampler, Wu et al. 2023). The weights multiply by
-p_θ(x_{t-1}|x_t)/τ(x_{t-1}|x_t), so the target is unchanged; only the
-variance falls (or, for too strong a push, rises).
+the proposal τ = N(μ_θ(x_t) + s·σ_t²·∇_{x̂0} r(x̂0), σ_t²): the gradient is taken
+with respect to the predicted clean sample x̂0 = x̂0(x_t), **not** with respect to
+x_t -- the denoiser's Jacobian ∂x̂0/∂x_t is left out (no backward pass through
+the network). So this is not the
+locally optimal proposal of the twisted diffusion sampler (Wu et al. 2023),
+which uses ∇_{x_t} of the twisting function through the denoiser; it is a
+cheaper heuristic push. The weights multiply by p_θ(x_{t-1}|x_t)/τ(x_{t-1}|x_t),
+so the target is unchanged; only the variance falls (or, for too strong a push,
+rises).
+
+Cost: N network evaluations per step; at every potential step and every guided
+step one decode and one reward call per particle (a guided potential step
+shares them), N more for the final samples; one reward backward pass per
+particle per guided step (``backward_passes``). With a latent model the decodes
+are VAE passes and are metered as ``decodes``.
+
+Final ESS: the final weights are exp(λ·r(x0)) / Π G_t along each lineage, so
+with ``max`` or ``sum`` potentials (whose product grows with every potential
+step) they spread widely and the final ESS is often a handful of particles:
+the weighted particles are then a poor sample of the target, though the best
+particle may still be good. ``difference`` potentials telescope (Π G_t =
+exp(λ·r at the last potential step)), so the final correction is only the
+last stretch's reward change and the final ESS stays high; it is the default.
 
 | code | paper | meaning |
 |---|---|---|
@@ -36,7 +54,7 @@ variance falls (or, for too strong a push, rises).
 | ``sum`` | G_t = exp(λ·Σ_{s≥t} r_s) | accumulated intermediate reward |
 | ``lineage`` | Σ log G along the ancestry | used by the final potential |
 | final potential | G_0 = exp(λ·r(x0)) / Π_{t≥1} G_t | makes every path's product exp(λ r(x0)) |
-| ``guidance`` | the gradient-guided proposal τ | N(μ_θ + s·σ_t²·∇r(x̂0), σ_t²); weights × p_θ/τ |
+| ``guidance`` | the gradient-guided proposal τ | N(μ_θ + s·σ_t²·∇_{x̂0} r(x̂0), σ_t²) (gradient w.r.t. x̂0, not x_t); weights × p_θ/τ |
 | ``log_evidence`` | log Ẑ | the SMC estimate of log E_{p_θ}[exp(λ r(x0))] |
 """
 
@@ -56,10 +74,12 @@ from engines.samplers.base import RunContext
 from engines.samplers.diffusion_common import (
     DiffusionConfig,
     DiffusionSampler,
+    decode,
     fit_particles,
     image_uris,
     preview_uris,
     prunes,
+    reward_gradient,
     reward_name,
     scores,
     state_nodes,
@@ -101,7 +121,8 @@ class FKSteeringConfig(DiffusionConfig):
         label="Gradient guidance",
         min=0.0,
         max=100000.0,
-        help="Proposal mean μ + s·σ²·∇r(x̂0) (differentiable rewards; s = λ is the usual choice); weights correct for it.",
+        help="Proposal mean μ + s·σ²·∇r(x̂0), the gradient taken at the predicted x̂0, not at x_t (a heuristic push, "
+        "not the locally optimal proposal); differentiable rewards only; the weights correct for it.",
         advanced=True,
     )
     pick: Literal["best", "sample"] = param(
@@ -155,21 +176,31 @@ class FKSteering(DiffusionSampler):
         end = total - 1 if cfg.resample_end is None else min(cfg.resample_end, total - 1)
         return [i for i in range(cfg.resample_start, end + 1) if (i - cfg.resample_start) % cfg.resample_every == 0]
 
+    def plan(self, total: int, std: list[float]) -> dict[str, int]:
+        """Per-particle work of a chain of ``total`` steps: network evaluations, reward calls,
+        decodes and reward backward passes (a guided potential step shares one decode and one
+        reward call between the potential and the gradient)."""
+        cfg = self.config
+        scheduled = set(self.potential_steps(total))
+        guided = {i for i in range(total) if cfg.guidance > 0 and std[i] > 0}
+        looks = len(scheduled | guided)
+        return {"nfe_each": total, "reward_calls_each": looks + 1, "decodes_each": looks + 1, "backward_each": len(guided)}
+
     def steps(self, ctx: RunContext) -> Iterator[Event]:
         cfg = self.config
         model = ctx.model
         sched = model.schedule(cfg.steps)
         total = len(sched)
         scheduled = set(self.potential_steps(total))
-        guided_steps = sum(1 for i in range(total) if cfg.guidance > 0 and sched.std(i, cfg.eta) > 0)
-        n = fit_particles(ctx, cfg.particles, nfe_each=total, reward_calls_each=len(scheduled) + guided_steps + 1)
+        std = [sched.std(i, cfg.eta) for i in range(total)]
+        n = fit_particles(ctx, cfg.particles, **self.plan(total, std))
         if n < 1:
-            raise BudgetExhausted("budget exhausted: not even one particle fits the nfe / reward budget")
+            raise BudgetExhausted("budget exhausted: not even one particle fits the nfe / reward / decode budget")
         rname = reward_name(ctx)
         x = model.initial_noise(n, ctx.rng)
         log_w = torch.zeros(n, dtype=torch.float64)
         lineage = torch.zeros(n, dtype=torch.float64)
-        running = torch.full((n,), -math.inf if cfg.potential == "max" else 0.0, dtype=torch.float64)
+        running = self._initial_running(n)
         parents: list[str | None] = [None] * n
         log_evidence, resamples = 0.0, 0
         for i in range(total):
@@ -179,8 +210,14 @@ class FKSteering(DiffusionSampler):
             )
             yield from events
             parents = list(ids)
+            grad = None
+            if cfg.guidance > 0 and std[i] > 0:
+                values, grad = reward_gradient(ctx, pred.x0)
             if i in scheduled:
-                r = torch.tensor(ctx.score(model.decode(pred.x0)), dtype=torch.float64)
+                if grad is not None:
+                    r = values.double().cpu()
+                else:
+                    r = torch.tensor(ctx.score(decode(ctx, pred.x0)), dtype=torch.float64)
                 yield from scores(ids, r.tolist(), rname, partial=True)
                 log_g, running = self._potential(r, running)
                 log_w += log_g
@@ -197,8 +234,9 @@ class FKSteering(DiffusionSampler):
                     yield from prunes([ids[j] for j in range(n) if j not in survivors], "resampled away")
                     dev = anc.to(x.device)
                     x, pred = x[dev], take(pred, dev)
+                    grad = None if grad is None else grad[dev]
                     lineage, running = lineage[anc], running[anc]
-                    log_w = torch.zeros(n, dtype=torch.float64)
+                    log_w = self._weights_after_resampling(log_w, anc)
                     parents = [ids[j] for j in anc.tolist()]
                 else:
                     yield ResampleEvent(
@@ -209,11 +247,11 @@ class FKSteering(DiffusionSampler):
                         ess=ess,
                         resampled=False,
                     )
-            x, log_ratio = self._move(ctx, x, i, sched, pred)
+            x, log_ratio = self._move(ctx, x, i, sched, pred, grad)
             log_w += log_ratio
-        images = model.decode(x)
+        images = decode(ctx, x)
         r = torch.tensor(ctx.score(images), dtype=torch.float64)
-        log_w += cfg.lam * r - lineage
+        log_w += self._final_log_potential(r, lineage)
         final_ids, events = state_nodes(ctx, depth=total, parents=parents, images=image_uris(ctx, images), timestep=None, final=True)
         yield from events
         yield from scores(final_ids, r.tolist(), rname, partial=False)
@@ -231,6 +269,20 @@ class FKSteering(DiffusionSampler):
         )
         yield SelectEvent(nodes=[final_ids[index]], reason=f"{cfg.pick} of {n} particles (final ESS {ess:.1f})")
 
+    # -- the pieces of the weight recursion (one place each, so a test can swap one for a wrong one) --
+
+    def _initial_running(self, n: int) -> torch.Tensor:
+        """The running statistic before the first potential: −∞ for max, 0 for sum / difference."""
+        return torch.full((n,), -math.inf if self.config.potential == "max" else 0.0, dtype=torch.float64)
+
+    def _weights_after_resampling(self, log_w: torch.Tensor, ancestors: torch.Tensor) -> torch.Tensor:
+        """Resampled particles are equally weighted: the weights reset to 1."""
+        return torch.zeros_like(log_w)
+
+    def _final_log_potential(self, r: torch.Tensor, lineage: torch.Tensor) -> torch.Tensor:
+        """log G_0 = λ·r(x0) − Σ log G_t along the ancestry: every path's product is exp(λ·r(x0))."""
+        return self.config.lam * r - lineage
+
     def _potential(self, r: torch.Tensor, running: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log G_t, the updated running statistic) for intermediate rewards ``r``."""
         lam = self.config.lam
@@ -242,17 +294,20 @@ class FKSteering(DiffusionSampler):
         total = running + r
         return lam * total, total
 
-    def _move(self, ctx: RunContext, x: torch.Tensor, i: int, sched, pred) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-        """One reverse step for every particle, and log p_θ/τ (zero without guidance)."""
+    def _move(
+        self, ctx: RunContext, x: torch.Tensor, i: int, sched, pred, grad: torch.Tensor | None  # noqa: ANN001
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One reverse step for every particle, and log p_θ/τ (zero without guidance).
+
+        ``grad`` is ∇_{x̂0} r(decode(x̂0)) at the particles' predicted clean samples; the step's
+        mean moves by s·σ_t²·grad. It is not ∇_{x_t} log E[exp(λ r) | x_t]: the denoiser's
+        Jacobian ∂x̂0/∂x_t is left out, so this proposal is a cheap heuristic, not the locally
+        optimal (twisted) proposal -- the weights p_θ/τ keep the target exact either way."""
         cfg, model = self.config, ctx.model
         zero = torch.zeros(x.shape[0], dtype=torch.float64)
         std = sched.std(i, cfg.eta)
-        if cfg.guidance <= 0 or std == 0:
+        if grad is None or std == 0:
             return model.step(x, i, sched, pred, eta=cfg.eta, rng=ctx.rng).sample, zero
-        x0 = pred.x0.detach().requires_grad_(True)
-        with torch.enable_grad():
-            values = ctx.score_tensor(model.decode(x0))
-            (grad,) = torch.autograd.grad(values.sum(), x0)
         base = model.step(x, i, sched, pred, eta=cfg.eta, rng=ctx.rng)
         mean = base.mean + cfg.guidance * std**2 * grad
         sample = mean + (base.sample - base.mean)  # the same noise, around the shifted mean
