@@ -109,6 +109,9 @@ def _print_human(result: dict) -> None:
         f"{cost['generated_tokens']} generated + {cost['prefill_tokens']} prefill tokens, "
         f"{cost['model_calls']} model calls, {cost['reward_calls']} reward calls, "
         + (f"{cost['nfe']} network evaluations, " if cost.get("nfe") else "")
+        + (f"{cost['decodes']} decodes, " if cost.get("decodes") else "")
+        + (f"{cost['backward_passes']} reward backward passes, " if cost.get("backward_passes") else "")
+        + (f"{cost['backward_nfe']} evaluations back-propagated, " if cost.get("backward_nfe") else "")
         + f"{cost['wall_seconds']:.2f} s"
     )
     if result.get("metrics"):

@@ -313,6 +313,9 @@ def cost_markdown(cost: dict[str, float], status: str | None = None) -> str:
         ("reward calls", f"{int(cost.get('reward_calls', 0)):,}"),
         ("reward tokens", f"{int(cost.get('reward_tokens', 0)):,}"),
         ("network evaluations", f"{int(cost.get('nfe', 0)):,}"),
+        ("decodes (VAE)", f"{int(cost.get('decodes', 0)):,}"),
+        ("reward backward passes", f"{int(cost.get('backward_passes', 0)):,}"),
+        ("network evaluations back-propagated", f"{int(cost.get('backward_nfe', 0)):,}"),
         ("wall time (sampler)", f"{cost.get('wall_seconds', 0.0):.2f} s"),
     ]
     body = "\n".join(f"| {k} | {v} |" for k, v in rows if v not in ("0", "0.00 s") or k.startswith(("generated", "wall")))

@@ -97,7 +97,11 @@ class FKSteeringConfig(DiffusionConfig):
     particles: int = param(8, label="Particles", min=1, max=4096, help="N particles run the chain together.")
     lam: float = param(10.0, label="λ (reward weight)", min=0.0, max=1000.0, help="Target p(x)·exp(λ·r(x)).")
     potential: Literal["max", "difference", "sum"] = param(
-        "max", label="Potential", choices=("max", "difference", "sum"), help="How intermediate rewards weigh particles."
+        "difference",
+        label="Potential",
+        choices=("difference", "max", "sum"),
+        help="How intermediate rewards weigh particles. max / sum pile up tilt that the final weights must undo: "
+        "their final ESS is often a few particles (the best pick still works; the weighted sample does not).",
     )
     resample_every: int = param(5, label="Resample every", min=1, max=1000, help="Steps between potentials.")
     resample_start: int = param(

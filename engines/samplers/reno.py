@@ -27,8 +27,11 @@ the pick is the highest-reward image seen.
 | ``iterations`` | number of optimisation steps | (paper: 50) |
 
 Cost: every iteration runs the chain forward (``steps`` evaluations per
-particle, metered as ``nfe``) and back-propagates through it (the backward
-pass, about twice a forward, shows in wall time, not in ``nfe``).
+particle, metered as ``nfe``), decodes its images (``decodes``, VAE passes
+for latent models) and, except the last, back-propagates through the reward,
+the decoder and the whole chain: one ``backward_passes`` per particle and
+``steps`` denoiser evaluations differentiated through per particle
+(``backward_nfe``; a backward pass costs about two forward ones).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from engines.samplers.base import RunContext
 from engines.samplers.diffusion_common import (
     DiffusionConfig,
     DiffusionSampler,
+    count_backward,
+    decode,
     fit_particles,
     image_uris,
     reward_name,
@@ -94,15 +99,24 @@ class ReNO(DiffusionSampler):
     def needs_gradient(self) -> bool:
         return True
 
+    @staticmethod
+    def _fits(ctx: RunContext, iterations: int, n: int, total: int) -> bool:
+        """Whether ``iterations`` forward chains of ``n`` particles and one backward pass fewer fit the budget."""
+        forward = fit_particles(ctx, iterations, nfe_each=n * total, reward_calls_each=n, decodes_each=n) == iterations
+        backward = iterations - 1
+        return forward and fit_particles(
+            ctx, backward, nfe_each=0, reward_calls_each=0, backward_each=n, backward_nfe_each=n * total
+        ) == backward
+
     def steps(self, ctx: RunContext) -> Iterator[Event]:
         cfg = self.config
         model = ctx.model
         sched = model.schedule(cfg.steps)
         total = len(sched)
-        n = fit_particles(ctx, cfg.particles, nfe_each=total, reward_calls_each=1)
+        n = fit_particles(ctx, cfg.particles, nfe_each=total, reward_calls_each=1, decodes_each=1)
         if n < 1:
-            raise BudgetExhausted("budget exhausted: not even one chain fits the nfe / reward budget")
-        iterations = fit_particles(ctx, cfg.iterations, nfe_each=n * total, reward_calls_each=n)
+            raise BudgetExhausted("budget exhausted: not even one chain fits the nfe / reward / decode budget")
+        iterations = next((k for k in range(cfg.iterations, 0, -1) if self._fits(ctx, k, n, total)), 0)
         rname = reward_name(ctx)
         z = model.initial_noise(n, ctx.rng).clone().requires_grad_(True)
         step_noise = [model.randn_like(z, ctx.rng) if sched.std(i, cfg.eta) > 0 else None for i in range(total)]
@@ -116,7 +130,7 @@ class ReNO(DiffusionSampler):
                 for i in range(total):
                     pred = ctx.denoise(x, i, sched, grad=True)
                     x = model.step(x, i, sched, pred, eta=cfg.eta, noise=step_noise[i]).sample
-                images = model.decode(x)
+                images = decode(ctx, x)
                 rewards = ctx.score_tensor(images)
             values = rewards.detach().float().cpu().tolist()
             norms = z.detach().flatten(1).norm(dim=1).tolist()
@@ -144,6 +158,7 @@ class ReNO(DiffusionSampler):
                 if cfg.reg_weight > 0:
                     loss = loss + cfg.reg_weight * chi_norm_penalty(z).sum()
             optimizer.zero_grad(set_to_none=True)
+            count_backward(ctx, n, denoiser_evaluations=total)
             loss.backward()
             with torch.no_grad():
                 norms = z.grad.flatten(1).norm(dim=1).clamp(min=1e-12)

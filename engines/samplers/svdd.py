@@ -18,8 +18,14 @@ itself. No gradient of the reward is needed.
 | ``alpha`` | α | temperature of the selection (0: argmax) |
 | value | v_{t-1}(x_{t-1}) = r(x̂0(x_{t-1})) | the soft value estimate (posterior-mean approximation) |
 
-Cost: N network evaluations for x_T, then N·M per step except the last (whose
-candidates need none): N + N·M·(K−1) in all; N·M·K reward calls.
+A step whose noise is zero (σ_t = 0: DDIM's last step onto ᾱ = 1, or η = 0)
+has one possible outcome, so it draws one candidate per particle, not M
+identical ones.
+
+Cost, with K steps of which the last has σ = 0 (the usual schedule): N network
+evaluations for x_T, then N·M per step except the last (whose candidates need
+none): N + N·M·(K−1) in all; N·M·(K−1) + N reward calls and as many decodes
+(VAE passes for latent models, metered as ``decodes``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from engines.samplers.base import RunContext
 from engines.samplers.diffusion_common import (
     DiffusionConfig,
     DiffusionSampler,
+    decode,
     fit_particles,
     image_uris,
     preview_uris,
@@ -69,18 +76,28 @@ class SVDD(DiffusionSampler):
     name = "svdd"
     Config = SVDDConfig
 
+    @staticmethod
+    def plan(m: int, stochastic: list[bool]) -> dict[str, int]:
+        """Per-particle work with M = ``m`` candidates at each stochastic step (one at a noiseless
+        one): the initial evaluation, one per candidate before the last step, and a reward
+        call and a decode per candidate."""
+        per_step = [m if s else 1 for s in stochastic]
+        looks = sum(per_step)
+        return {"nfe_each": 1 + sum(per_step[:-1]), "reward_calls_each": looks, "decodes_each": looks}
+
     def steps(self, ctx: RunContext) -> Iterator[Event]:
         cfg = self.config
         model = ctx.model
         sched = model.schedule(cfg.steps)
         total, m = len(sched), cfg.candidates
-        n = fit_particles(ctx, cfg.particles, nfe_each=1 + m * (total - 1), reward_calls_each=m * total)
+        stochastic = [sched.std(i, cfg.eta) > 0 for i in range(total)]
+        n = fit_particles(ctx, cfg.particles, **self.plan(m, stochastic))
         if n < 1:  # not one particle with M candidates: one particle, and the most candidates that fit
             n = 1
-            fits = (k for k in range(m, 0, -1) if fit_particles(ctx, 1, 1 + k * (total - 1), k * total) == 1)
+            fits = (k for k in range(m, 0, -1) if fit_particles(ctx, 1, **self.plan(k, stochastic)) == 1)
             m = next(fits, 0)
             if m < 1:
-                raise BudgetExhausted("budget exhausted: not even one particle fits the nfe / reward budget")
+                raise BudgetExhausted("budget exhausted: not even one particle fits the nfe / reward / decode budget")
         rname = reward_name(ctx)
         x = model.initial_noise(n, ctx.rng)
         pred = ctx.denoise(x, 0, sched)
@@ -89,22 +106,23 @@ class SVDD(DiffusionSampler):
         values = torch.zeros(n)
         for i in range(total):
             last = i == total - 1
-            repeat = torch.arange(n, device=x.device).repeat_interleave(m)
+            k = m if stochastic[i] else 1  # a noiseless step has one outcome: no identical copies
+            repeat = torch.arange(n, device=x.device).repeat_interleave(k)
             cand = model.step(x[repeat], i, sched, take(pred, repeat), eta=cfg.eta, rng=ctx.rng).sample
             if last:
-                images = model.decode(cand)
+                images = decode(ctx, cand)
                 cand_values = torch.tensor(ctx.score(images))
                 uris = image_uris(ctx, images)
             else:
                 cand_pred = ctx.denoise(cand, i + 1, sched)
-                cand_values = torch.tensor(ctx.score(model.decode(cand_pred.x0)))
+                cand_values = torch.tensor(ctx.score(decode(ctx, cand_pred.x0)))
                 uris = preview_uris(ctx, cand_pred.x0)
-            grid = cand_values.view(n, m)
+            grid = cand_values.view(n, k)
             if cfg.alpha == 0:
                 choice = grid.argmax(dim=1)
             else:
                 choice = torch.multinomial(torch.softmax(grid.double() / cfg.alpha, dim=1), 1, generator=ctx.rng).squeeze(1)
-            chosen = torch.arange(n) * m + choice
+            chosen = torch.arange(n) * k + choice
             chosen_set = set(chosen.tolist())
             cand_ids, events = state_nodes(
                 ctx,
@@ -113,17 +131,17 @@ class SVDD(DiffusionSampler):
                 images=uris,
                 timestep=None if last else sched.timesteps[i + 1],
                 particles=repeat.tolist(),
-                final=[last and k in chosen_set for k in range(n * m)],
+                final=[last and j in chosen_set for j in range(n * k)],
                 meta={"candidate": True},
             )
             yield from events
             yield from scores(cand_ids, cand_values.tolist(), rname, partial=not last)
-            yield from prunes([cand_ids[k] for k in range(n * m) if k not in chosen_set], "not selected")
+            yield from prunes([cand_ids[j] for j in range(n * k) if j not in chosen_set], "not selected")
             index = chosen.to(x.device)
             x = cand[index]
             if not last:
                 pred = take(cand_pred, index)
-            ids = [cand_ids[k] for k in chosen.tolist()]
+            ids = [cand_ids[j] for j in chosen.tolist()]
             values = cand_values[chosen]
         best = int(torch.argmax(values))
         ctx.metrics.update({"particles": n, "candidates": m, "steps": total})

@@ -157,14 +157,18 @@ def test_resampling_schemes_follow_the_weights() -> None:
 
 def test_svdd_costs_and_keeps_the_best_candidate(digits_model, digit3) -> None:  # noqa: ANN001
     n, m, k = 2, 3, 5
+    assert digits_model.schedule(k).std(k - 1, 1.0) == 0  # DDIM's last step lands on ᾱ = 1: no noise
     trace = run("svdd", {"particles": n, "candidates": m, "steps": k}, digits_model, digit3)
     assert trace.done.cost["nfe"] == n + n * m * (k - 1)
-    assert trace.done.cost["reward_calls"] == n * m * k
+    # M candidates at each noisy step, one at the noiseless last step (M copies would be identical)
+    assert trace.done.cost["reward_calls"] == n * m * (k - 1) + n
+    finals = [i for i, node in trace.nodes.items() if node.final]
+    assert len(finals) == n and all(trace.nodes[i].depth == k for i in finals)
     for parent, children in trace.children.items():
         kids = [c for c in children if trace.nodes[c].meta.get("candidate")]
         if parent is None or not kids:
             continue
-        assert len(kids) == m
+        assert len(kids) == (1 if trace.nodes[kids[0]].depth == k else m)
         value = lambda c: trace.partial_scores.get(c, trace.scores.get(c, {})).get("digit:3")  # noqa: E731
         kept = [c for c in kids if c not in trace.pruned]
         assert len(kept) == 1 and value(kept[0]) == max(value(c) for c in kids)
