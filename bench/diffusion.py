@@ -107,6 +107,8 @@ def run_plan(plan: Plan, seed: int, target: int, model: Any, reward: Any, check:
         "check_label": label,
         "nfe": trace.done.cost["nfe"],
         "reward_calls": trace.done.cost["reward_calls"],
+        "decodes": trace.done.cost.get("decodes", 0),
+        "backward_passes": trace.done.cost.get("backward_passes", 0),
         "wall_seconds": trace.done.cost["wall_seconds"],
         "image": image,
     }
@@ -129,6 +131,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
         "check_target_se": target_se,
         "check_digit": digit,
         "nfe": statistics.fmean(r["nfe"] for r in runs),
+        "reward_calls": statistics.fmean(r["reward_calls"] for r in runs),
+        "decodes": statistics.fmean(r.get("decodes", 0) for r in runs),
+        "backward_passes": statistics.fmean(r.get("backward_passes", 0) for r in runs),
         "wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs),
     }
 
@@ -178,10 +183,10 @@ def run_benchmark(
 
 LABELS = {
     "best_of_n": "best-of-N",
-    "fk_steering": "FK steering (λ=10, max potential)",
+    "fk_steering": "FK steering (λ=10, difference potential)",
     "svdd": "SVDD (M candidates, α=0)",
     "dts": "DTS (λ=10)",
-    "dts_star": "DTS* (greedy search)",
+    "dts_star": "DTS* (greedy, as the paper)",
 }
 
 
@@ -195,30 +200,35 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         f"**reward**: p({target}) of the pick under the reward classifier (mean ± s.e.). "
         f"**check: {target}** / **check: digit**: share of picks the held-out k-NN check recognises as a {target} / as "
-        "any digit. **NFE**: network evaluations actually used.",
+        "any digit. **NFE**: network evaluations actually used. **reward calls**, **backward**: reward evaluations and "
+        "reward backward passes per run (the digits model works in pixel space, so decoding is a clamp and "
+        "costs no decodes; on a latent model every reward call here would also be a VAE decode).",
         "",
         "## Quality at matched compute",
         "",
-        f"| method | NFE budget | NFE used | reward | check: {target} | check: digit | s/run |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| method | NFE budget | NFE used | reward calls | reward | check: {target} | check: digit | s/run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method, per in result["matched"].items():
         for budget, cell in per.items():
             s = cell["summary"]
             lines.append(
-                f"| {LABELS[method]} | {budget} | {s['nfe']:.0f} | {s['reward']:.3f} ± {s['reward_se']:.3f} | "
+                f"| {LABELS[method]} | {budget} | {s['nfe']:.0f} | {s['reward_calls']:.0f} | {s['reward']:.3f} ± {s['reward_se']:.3f} | "
                 f"{s['check_target']:.2f} | {s['check_digit']:.2f} | {s['wall_seconds']:.2f} |"
             )
     lines += [
         "",
         f"## Reward weight λ and reward hacking (FK steering, {result['hack_budget']} NFE)",
         "",
-        f"| configuration | reward | check: {target} | check: digit |",
-        "|---|---:|---:|---:|",
+        f"| configuration | reward calls | backward | reward | check: {target} | check: digit |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, cell in result["hacking"].items():
         s = cell["summary"]
-        lines.append(f"| {name} | {s['reward']:.3f} ± {s['reward_se']:.3f} | {s['check_target']:.2f} | {s['check_digit']:.2f} |")
+        lines.append(
+            f"| {name} | {s['reward_calls']:.0f} | {s['backward_passes']:.0f} | {s['reward']:.3f} ± {s['reward_se']:.3f} | "
+            f"{s['check_target']:.2f} | {s['check_digit']:.2f} |"
+        )
     lines += [
         "",
         "Derivative-free steering only selects among the model's own samples, so even λ = 1000 keeps digits. With the",
