@@ -148,6 +148,11 @@ class DiffusionTreeSampling(DiffusionSampler):
         for _ in range(cfg.rollouts):
             node = self._select(root, ctx, total, sched)
             if node.depth == total:
+                if cfg.mode == "search" and cfg.exploration == 0:
+                    # Greedy selection is deterministic and the backup changes no value: every further
+                    # iteration would walk the same full path to this leaf. The search has converged.
+                    ctx.metrics["converged"] = True
+                    break
                 # A full leaf was reached: back up its known reward again (no network work).
                 self._backup(node)
                 rollouts += 1

@@ -118,3 +118,11 @@ def test_svdd_with_one_candidate_is_the_base_chain_and_more_candidates_tilt_it(t
     assert abs(p1 - base) < 4 * se, f"M = 1: P(x>0) = {p1:.3f}, base {base:.3f}"
     p4, _ = svdd_above_zero(toy_model, coordinate_reward, 4)
     assert base + 10 * se < p4 < target, f"M = 4: P(x>0) = {p4:.3f} (base {base:.2f}, target {target:.2f})"
+
+
+def test_dts_star_stops_once_its_greedy_path_is_complete(toy_model, coordinate_reward) -> None:  # noqa: ANN001
+    sampler = build_sampler("dts", {"rollouts": 1000, "steps": 4, "branching": 1, "mode": "search"})
+    trace = collect(sampler.run(TASK, toy_model, coordinate_reward, rng=torch.Generator().manual_seed(0)))
+    # one child per node: the first rollout completes the only path; greedy would walk it forever
+    assert trace.done.metrics["converged"] and trace.done.metrics["leaves"] == 1
+    assert trace.done.cost["nfe"] == 4  # one chain: each of the 4 states before x0 evaluated once
