@@ -34,7 +34,11 @@ The root is a dummy state whose children are the initial noises x_T ~ N(0, I).
 | ``value`` | v̂(x_t) | soft value estimate |
 | ``visits`` | N(x_t) | visit count |
 | ``branching`` | maximum children | children per node before selection descends (1 before a noiseless step) |
-| ``exploration`` | c_uct | DTS* exploration constant |
+| ``exploration`` | c_uct | optional UCT bonus for DTS* (0: the paper's greedy rule) |
+
+DTS* with no bonus stops early (metric ``converged``) once its greedy path is
+complete down to a leaf: selection and backup are then deterministic and every
+further iteration would walk the same path.
 
 Nodes cache their network prediction, so expanding a second child of a node
 costs no extra evaluation; a rollout from depth d costs K − d evaluations and
@@ -54,7 +58,7 @@ base model at any affordable size. On the toy mixture (base P(x>0) = 0.30,
 target 0.76 at λ = 0.5; 40 steps, ``branching`` 4, mean of 8 seeds) P(x>0) was
 0.53, 0.57 and 0.56 at 32, 128 and 512 rollouts; importance resampling of the
 same leaves by exp(λ·r) alone gave 0.68, 0.74, 0.73, and the raw leaves are
-base samples (0.31, 0.31, 0.29). This is the method's finite-tree bias -- the
+base samples (0.31, 0.31, 0.29 over 4 seeds). This is the method's finite-tree bias -- the
 paper's exactness is a limit of infinite rollouts -- not a departure from its
 algorithm (selection, expansion below the cap, rollout with p_θ, soft backup).
 """
