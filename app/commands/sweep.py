@@ -96,12 +96,16 @@ def prompts_add(args) -> int:
 
     prompts = load_prompt_file(args.path, name=args.name, prompt_col=args.prompt_col, answer_col=args.answer_col,
                                system_col=args.system_col, reward_col=args.reward_col, split=args.split, chat=not args.raw)
-    set_id, created = _db(args).write(lambda s: save_prompt_set(s, prompts))
+    from storage.models import PromptSet
+
+    db = _db(args)
+    set_id, created = db.write(lambda s: save_prompt_set(s, prompts))
+    name = db.read(lambda s: s.get(PromptSet, set_id).name)
     if args.json:
-        print(json.dumps({"id": set_id, "name": prompts.name, "prompts": len(prompts), "created": created}))
+        print(json.dumps({"id": set_id, "name": name, "prompts": len(prompts), "created": created}))
     else:
         print(f"{'stored' if created else 'already stored (same content)'}: prompt set {set_id} "
-              f"{prompts.name!r}, {len(prompts)} prompts")
+              f"{name!r}, {len(prompts)} prompts")
     return 0
 
 
