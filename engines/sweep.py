@@ -58,24 +58,46 @@ def cell_seed(seed: int, prompt_index: int, level: float) -> int:
 class Arm:
     """One curve: a sampler, its steering reward (None: each prompt's own) and fixed parameters.
 
-    ``fallback`` runs instead at sizes below the sampler's minimum (a knockout of one is its
-    one player); without one, such cells are left out of the plan."""
+    ``size_params`` says which parameters a size sets and how: ``{param: factor}`` sets
+    ``param = max(1, int(size * factor))`` (default: the sampler's size knob, factor 1; a beam
+    search of K/4 beams is ``{"beams": 0.25}``). ``fallback`` runs instead at sizes below the
+    sampler's minimum (a knockout of one is its one player); without one, such cells are left
+    out of the plan."""
 
     label: str
     sampler: str
     reward: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     fallback: Arm | None = None
+    size_params: dict[str, float] | None = None
+
+    def sized(self, level: float) -> dict[str, int]:
+        """The parameters a size sets (empty when the sampler has no size knob and no size_params)."""
+        from engines.samplers import SAMPLERS
+
+        if self.size_params:
+            return {name: max(1, int(level * factor)) for name, factor in self.size_params.items()}
+        spec = SAMPLERS.get(self.sampler).Config.size_spec()
+        return {spec.name: int(level)} if spec is not None else {}
+
+    def fits(self, level: float) -> bool:
+        """Whether every size-set parameter is within its field's minimum at this size."""
+        from engines.samplers import SAMPLERS
+
+        specs = {s.name: s for s in SAMPLERS.get(self.sampler).Config.specs()}
+        return all(specs[k].min is None or v >= specs[k].min for k, v in self.sized(level).items() if k in specs)
 
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.label, "sampler": self.sampler, "reward": self.reward, "params": dict(self.params),
-                "fallback": self.fallback.as_dict() if self.fallback else None}
+                "fallback": self.fallback.as_dict() if self.fallback else None,
+                "size_params": dict(self.size_params) if self.size_params else None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Arm:
         fallback = data.get("fallback")
         return cls(label=data["label"], sampler=data["sampler"], reward=data.get("reward"),
-                   params=dict(data.get("params") or {}), fallback=cls.from_dict(fallback) if fallback else None)
+                   params=dict(data.get("params") or {}), fallback=cls.from_dict(fallback) if fallback else None,
+                   size_params=data.get("size_params") or None)
 
 
 @dataclass(frozen=True, order=True)
@@ -124,7 +146,7 @@ class SweepPlan:
             if any(level != int(level) for level in self.levels):
                 raise ConfigError("sizes must be whole numbers")
             for arm in self.arms:
-                if SAMPLERS.get(arm.sampler).Config.size_spec() is None:
+                if not arm.size_params and SAMPLERS.get(arm.sampler).Config.size_spec() is None:
                     raise ConfigError(f"sampler {arm.sampler!r} has no size knob: sweep it with --budget instead")
         modality = {t.meta.get("modality", "text") for t in self.tasks}
         for arm in self.arms:
@@ -144,14 +166,9 @@ class SweepPlan:
 
     def _arm_at(self, arm: Arm, level: float) -> Arm | None:
         """The arm that runs at a size (its fallback below the sampler's minimum), or None."""
-        if self.axis != "size":
+        if self.axis != "size" or arm.fits(level):
             return arm
-        from engines.samplers import SAMPLERS
-
-        spec = SAMPLERS.get(arm.sampler).Config.size_spec()
-        if spec.min is not None and level < spec.min:
-            return self._arm_at(arm.fallback, level) if arm.fallback else None
-        return arm
+        return self._arm_at(arm.fallback, level) if arm.fallback else None
 
     def cells(self) -> list[CellKey]:
         """Every cell, level by level, prompt by prompt (so each level's points fill in together)."""
@@ -175,7 +192,7 @@ class SweepPlan:
         params = dict(arm.params)
         budget = None
         if self.axis == "size":
-            params[spec.name] = int(key.level)
+            params.update(arm.sized(key.level))
         else:
             if spec is not None and spec.name not in params:
                 top = int(spec.max) if spec.max is not None else self.size
