@@ -268,12 +268,12 @@ def _pick_value(reward: Any, task: Task, trace: Trace, pick: str) -> float:
 
 
 class _Parts:
-    """Models and rewards, built once per (model, spec) and shared by every cell of the sweep."""
+    """What the cells share: models (loaded once per process by ``load_model``). Rewards are built
+    fresh for every cell (cheap: the models behind them are cached), because some memoise scores,
+    and a memo shared across cells would let one cell's reward calls be paid by another."""
 
     def __init__(self, plan: SweepPlan) -> None:
         self.plan = plan
-        self._rewards: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
 
     def model(self, spec: str) -> Any:
         from engines.models import load_model
@@ -284,11 +284,18 @@ class _Parts:
         from engines.models import load_model
         from engines.rewards import RewardEnv, build_reward
 
-        with self._lock:
-            key = (model_spec, spec)
-            if key not in self._rewards:
-                self._rewards[key] = build_reward(spec, RewardEnv(model=self.model(model_spec), load_model=load_model))
-            return self._rewards[key]
+        return build_reward(spec, RewardEnv(model=self.model(model_spec), load_model=load_model))
+
+    def judge(self, model_spec: str, spec: str) -> Reward:
+        """The evaluation reward: an outcome reward (a pairwise view of a scalar is judged by the scalar)."""
+        from engines.rewards.base import ScalarAsPairwise
+
+        judge = self.reward(model_spec, spec)
+        if isinstance(judge, ScalarAsPairwise):
+            judge = judge.reward
+        if not isinstance(judge, Reward):
+            raise ConfigError(f"{spec!r} cannot judge one candidate: give an outcome evaluation reward (--evaluate)")
+        return judge
 
 
 def run_cell(plan: SweepPlan, key: CellKey, parts: _Parts | None = None, cancel: threading.Event | None = None,
@@ -308,14 +315,14 @@ def run_cell(plan: SweepPlan, key: CellKey, parts: _Parts | None = None, cancel:
     picks = trace.done.picks if trace.done else []
     if picks:
         pick = picks[0]
-        judge = parts.reward(request.model, plan.evaluation_spec(request))
+        judge = parts.judge(request.model, plan.evaluation_spec(request))
         quality = _pick_value(judge, request.task, trace, pick)
         recorded = trace.scores.get(pick, {})
         name = getattr(steering, "name", request.reward)
         if name in recorded:
             steer = float(recorded[name])
         elif isinstance(steering, Reward):  # a pairwise or process reward has no value for one candidate
-            steer = quality if judge is steering else _pick_value(steering, request.task, trace, pick)
+            steer = _pick_value(steering, request.task, trace, pick)
     elif trace.done is not None and trace.done.status not in ("cancelled",):
         quality = 0.0  # a finished run that found nothing scores nothing
     return CellResult(key=key, request=request, trace=trace, quality=quality, steer=steer,
