@@ -111,7 +111,14 @@ class Page:
 
 def run_page(stored: Any) -> Page:
     from app.ui.render import image_tag
-    from app.ui.views import acceptance_figure, bracket_figure, cost_markdown, particles_figure, reward_figure, tree_figure
+    from app.ui.views import (
+        acceptance_figure,
+        bracket_figure,
+        cost_markdown,
+        particles_figure,
+        reward_figure,
+        tree_figure,
+    )
 
     trace = stored.trace
     page = Page(f"samplescope run {stored.id}: {stored.sampler}")

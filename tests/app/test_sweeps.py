@@ -164,3 +164,20 @@ def test_cli_sweep_reports_points_and_refuses_bad_input(tmp_path, capsys):
     database = Database.open(url)
     assert len(database.read(list_sweeps)) == 1  # the bad ones stored nothing
     database.close()
+
+
+def test_the_runs_tab_downloads_a_self_contained_report(services):
+    import gradio as gr
+
+    from app.ui.runs import RunsTab
+    from tests.app.helpers import XSS_SCRIPT, store_run
+
+    run_id = store_run(services.db, [XSS_SCRIPT, "fine"], [0.2, 0.8], pick=1)
+    with gr.Blocks():
+        runs = RunsTab(services)
+    path = runs.download_report(run_id)[runs.report_file]
+    text = Path(path).read_text(encoding="utf-8")
+    assert XSS_SCRIPT not in text and "&lt;script&gt;window.__xss=1&lt;/script&gt;" in text
+    assert "<script src" not in text and "Plotly.newPlot" in text and "Content-Security-Policy" in text
+    assert runs.download_report(None)[runs.header] == "Pick a run first."
+    assert runs.download_report(999)[runs.header].startswith("⚠ no run")
