@@ -16,6 +16,37 @@ from engines.errors import ConfigError
 from engines.sweep import Arm, CellKey, CellResult, SweepPlan, run_sweep
 
 
+def resolve_prompt_set(session, name: str) -> tuple[int, Any]:
+    """(stored id, set) for a stored set's name or a built-in one (a built-in is stored on first use,
+    through the same checks as a file, so a sweep can point at it)."""
+    from engines.prompts import builtin_names, builtin_prompt_set
+    from storage.errors import NotFound
+    from storage.prompt_sets import find_prompt_set, list_prompt_sets, load_prompt_set, save_prompt_set
+
+    row = find_prompt_set(session, name)
+    if row is not None:
+        return row.id, load_prompt_set(session, row.id)
+    if name in builtin_names():
+        prompts = builtin_prompt_set(name)
+        set_id, _ = save_prompt_set(session, prompts, reserved=tuple(builtin_names()))
+        return set_id, prompts
+    known = sorted({s.name for s in list_prompt_sets(session)} | set(builtin_names()))
+    raise NotFound(f"no prompt set {name!r}; known: {', '.join(known)} (add one with: samplescope prompts add FILE)")
+
+
+def add_prompt_set(db, prompts) -> tuple[int, bool, str]:
+    """Store a loaded prompt set (built-in names are reserved); (id, created, the stored name)."""
+    from engines.prompts import builtin_names
+    from storage.models import PromptSet
+    from storage.prompt_sets import save_prompt_set
+
+    def write(session):
+        set_id, created = save_prompt_set(session, prompts, reserved=tuple(builtin_names()))
+        return set_id, created, session.get(PromptSet, set_id).name
+
+    return db.write(write)
+
+
 def parse_arms(samplers: Sequence[str] | str, common: dict[str, Any] | None = None, *,
                strings: bool = False) -> tuple[Arm, ...]:
     """``name`` or ``name@reward`` per sampler; ``common`` parameters go to every sampler whose config has them."""
@@ -59,7 +90,6 @@ def start(db, prompt_set: str, *, arms: tuple[Arm, ...], levels: tuple[float, ..
           size: int = 64, prompts: int | None = None, title: str | None = None, device: str = "auto",
           dtype: str = "fp32") -> tuple[int, SweepPlan]:
     """Check the plan (every cell's config), store it, return (sweep id, plan). Nothing is stored on bad input."""
-    from storage.prompt_sets import resolve_prompt_set
     from storage.sweeps import create_sweep
 
     def write(session):

@@ -1,27 +1,47 @@
 """Stored prompt sets: one copy per content hash, found again by name.
 
-``save_prompt_set`` stores an ``engines.prompts.PromptSet`` (its prompt texts in
-``prompts``, deduplicated by their own hash) and returns ``(id, created)``. The same
-content again returns the stored set, whatever name it was given; a name already used
-by other content is refused (:class:`InvalidInput`), nothing written. ``load_prompt_set``
-rebuilds the PromptSet; ``resolve_prompt_set`` finds a set by name among the stored ones
-and the built-ins (a built-in is stored on first use, so sweeps can point at it).
+``save_prompt_set`` stores a prompt set (an ``engines.prompts.PromptSet``, read by its
+attributes: storage imports no engine code but the trace's and the task's types) with its
+prompt texts in ``prompts``, deduplicated by their own hash, and returns ``(id, created)``.
+The same content again returns the stored set, whatever name it was given; a name already
+used by other content, or a reserved one (a built-in set's), is refused
+(:class:`InvalidInput`), nothing written. ``load_prompt_set`` gives a
+:class:`StoredPromptSet` back; ``app.sweeps.resolve_prompt_set`` finds a set by name among
+the stored ones and the built-ins.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engines.prompts import PromptSet, builtin_names, builtin_prompt_set, check_set_name
 from engines.task import Task
 from storage.common import get_or_create_prompt
 from storage.errors import InvalidInput, NotFound
 from storage.models import Prompt, PromptSetItem
 from storage.models import PromptSet as PromptSetRow
 from storage.serial import from_jsonable, to_jsonable
+
+NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+
+@dataclass(frozen=True)
+class StoredPromptSet:
+    id: int
+    name: str
+    tasks: tuple[Task, ...]
+    source: str
+    model: str | None
+    reward: str | None
+    columns: dict[str, Any]
+
+    @property
+    def modality(self) -> str:
+        return self.tasks[0].meta.get("modality", "text") if self.tasks else "text"
 
 
 @dataclass(frozen=True)
@@ -38,19 +58,19 @@ class PromptSetSummary:
         return dict(self.__dict__)
 
 
-def save_prompt_set(session: Session, prompts: PromptSet) -> tuple[int, bool]:
-    """Store the set unless its content is stored already; (id, whether it was created)."""
-    try:
-        name = check_set_name(prompts.name)
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
+def save_prompt_set(session: Session, prompts: Any, *, reserved: tuple[str, ...] = ()) -> tuple[int, bool]:
+    """Store the set unless its content is stored already; (id, whether it was created).
+    ``reserved`` names (the built-in sets') are refused for anything not from that built-in."""
+    name = prompts.name
+    if not isinstance(name, str) or not NAME.match(name):
+        raise InvalidInput(f"a prompt set name is 1-100 letters, digits, '-', '_' or '.', got {name!r}")
     digest = prompts.content_hash()
     same = session.scalars(select(PromptSetRow).where(PromptSetRow.sha256 == digest)).first()
     if same is not None:
         return same.id, False
     if session.scalars(select(PromptSetRow).where(PromptSetRow.name == name)).first() is not None:
         raise InvalidInput(f"a different prompt set is already stored as {name!r}: choose another --name")
-    if name in builtin_names() and not prompts.source.startswith("builtin:"):
+    if name in reserved and prompts.source != f"builtin:{name}":
         raise InvalidInput(f"{name!r} is a built-in prompt set: choose another --name")
     items = [to_jsonable(dict(t.meta), f"meta of prompt {i + 1}") for i, t in enumerate(prompts.tasks)]
     row = PromptSetRow(name=name, sha256=digest, source=prompts.source[:2000], columns=to_jsonable(prompts.columns, "columns"),
@@ -78,7 +98,7 @@ def find_prompt_set(session: Session, name: str) -> PromptSetRow | None:
     return session.scalars(select(PromptSetRow).where(PromptSetRow.name == name)).first()
 
 
-def load_prompt_set(session: Session, set_id: int) -> PromptSet:
+def load_prompt_set(session: Session, set_id: int) -> StoredPromptSet:
     row = session.get(PromptSetRow, set_id)
     if row is None:
         raise NotFound(f"no prompt set {set_id}")
@@ -91,18 +111,5 @@ def load_prompt_set(session: Session, set_id: int) -> PromptSet:
              meta=from_jsonable(item.meta))
         for item, text in items
     )
-    return PromptSet(name=row.name, tasks=tasks, source=row.source, model=row.model, reward=row.reward,
-                     columns=from_jsonable(row.columns))
-
-
-def resolve_prompt_set(session: Session, name: str) -> tuple[int, PromptSet]:
-    """(stored id, set) for a stored set's name or a built-in one (stored now if it is not yet)."""
-    row = find_prompt_set(session, name)
-    if row is not None:
-        return row.id, load_prompt_set(session, row.id)
-    if name in builtin_names():
-        prompts = builtin_prompt_set(name)
-        set_id, _ = save_prompt_set(session, prompts)
-        return set_id, prompts
-    known = sorted({s.name for s in list_prompt_sets(session)} | set(builtin_names()))
-    raise NotFound(f"no prompt set {name!r}; known: {', '.join(known)} (add one with: samplescope prompts add FILE)")
+    return StoredPromptSet(id=row.id, name=row.name, tasks=tasks, source=row.source, model=row.model,
+                           reward=row.reward, columns=from_jsonable(row.columns))

@@ -91,16 +91,12 @@ def _db(args):
 
 
 def prompts_add(args) -> int:
+    from app.sweeps import add_prompt_set
     from engines.prompts import load_prompt_file
-    from storage.prompt_sets import save_prompt_set
 
     prompts = load_prompt_file(args.path, name=args.name, prompt_col=args.prompt_col, answer_col=args.answer_col,
                                system_col=args.system_col, reward_col=args.reward_col, split=args.split, chat=not args.raw)
-    from storage.models import PromptSet
-
-    db = _db(args)
-    set_id, created = db.write(lambda s: save_prompt_set(s, prompts))
-    name = db.read(lambda s: s.get(PromptSet, set_id).name)
+    set_id, created, name = add_prompt_set(_db(args), prompts)
     if args.json:
         print(json.dumps({"id": set_id, "name": name, "prompts": len(prompts), "created": created}))
     else:

@@ -164,8 +164,8 @@ class CompareTab:
     # -- handlers ----------------------------------------------------------------------------------------------
 
     def add_set(self, upload, name, prompt_col, answer_col, system_col):
+        from app.sweeps import add_prompt_set
         from engines.prompts import load_prompt_file
-        from storage.prompt_sets import save_prompt_set
 
         if not upload:
             return {self.add_status: "⚠ choose a file first"}
@@ -173,7 +173,7 @@ class CompareTab:
         try:
             prompts = load_prompt_file(path, name=(name or "").strip() or None, prompt_col=(prompt_col or "prompt").strip(),
                                        answer_col=(answer_col or "").strip() or None, system_col=(system_col or "").strip() or None)
-            _, created = self.services.db.write(lambda s: save_prompt_set(s, prompts))
+            _, created, _ = add_prompt_set(self.services.db, prompts)
         except Exception as exc:
             return {self.add_status: f"⚠ {error_message(exc)}"}
         note = "stored" if created else "already stored (same content)"

@@ -72,7 +72,8 @@ def test_each_format_loads_the_right_rows(tmp_path, kind):
 
 
 def test_the_same_content_is_stored_once_and_found_by_name(tmp_path, db):
-    from storage.prompt_sets import list_prompt_sets, resolve_prompt_set, save_prompt_set
+    from app.sweeps import resolve_prompt_set
+    from storage.prompt_sets import list_prompt_sets, save_prompt_set
 
     a = load_prompt_file(_write(tmp_path, "csv"), name="mine", prompt_col="question", answer_col="solution")
     b = load_prompt_file(_write(tmp_path, "parquet"), name="again", prompt_col="question", answer_col="solution")
@@ -87,7 +88,7 @@ def test_the_same_content_is_stored_once_and_found_by_name(tmp_path, db):
 
 
 def test_builtin_sets_go_through_the_same_path(db):
-    from storage.prompt_sets import resolve_prompt_set
+    from app.sweeps import resolve_prompt_set
 
     for name in ("open", "arith", "digits"):
         set_id, loaded = db.write(lambda s, n=name: resolve_prompt_set(s, n))
@@ -153,3 +154,5 @@ def test_the_cli_adds_and_lists_a_set(tmp_path, capsys):
     other.write_text('{"question": "new"}\n')
     assert main(["prompts", "add", str(other), "--name", "qa", "--prompt-col", "question", "--db", url]) == 2
     assert "already stored as 'qa'" in capsys.readouterr().err
+    assert main(["prompts", "add", str(other), "--name", "arith", "--prompt-col", "question", "--db", url]) == 2
+    assert "'arith' is a built-in prompt set" in capsys.readouterr().err
