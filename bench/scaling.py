@@ -216,13 +216,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="20 problems, N up to 16 (a smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this model)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of progress lines")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="cells in flight at once (the cells, and so the numbers, do not depend on it)")
     parser.add_argument("--part", choices=("flat", "steps", "all"), default="all",
                         help="flat samplers against N, step-level samplers at matched tokens (bench/scaling_steps.py), or both")
     args = parser.parse_args(argv)
     if args.part != "flat":
         from bench import scaling_steps
 
-        forwarded = ["--seed", str(args.seed), "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+        forwarded = ["--seed", str(args.seed), "--threads", str(args.threads), "--workers", str(args.workers)]
+        forwarded += ["--quick"] if args.quick else []
         forwarded += ["--json"] if args.json else []
         steps = scaling_steps.main(forwarded)
         if args.part == "steps":
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     ns = [2**i for i in range(int(math.log2(max_n)) + 1)]
     started = time.perf_counter()
-    result = run_benchmark(problems, ns, args.seed, log=(lambda line: None) if args.json else print)
+    result = run_benchmark(problems, ns, args.seed, log=(lambda line: None) if args.json else print, workers=args.workers)
     result["seconds"] = time.perf_counter() - started
     info = machine()
     result["machine_line"] = f"{info['processor']}, {info['threads']} torch thread(s), torch {info['torch']}"

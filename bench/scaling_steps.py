@@ -217,13 +217,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="12 problems, K = 4 and 8 (a smoke run)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="cells in flight at once (the numbers do not depend on it)")
     args = parser.parse_args(argv)
     problems, sizes = (12, [4, 8]) if args.quick else (args.problems, [4, 8, 16])
     if not 1 <= problems <= 200:
         raise ValueError("--problems must be in 1..200")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    result = run_benchmark(problems, sizes, args.seed, log=(lambda line: None) if args.json else print)
+    result = run_benchmark(problems, sizes, args.seed, log=(lambda line: None) if args.json else print, workers=args.workers)
     result["seconds"] = time.perf_counter() - started
     info = machine()
     result["machine_line"] = f"{info['processor']}, {info['threads']} torch thread(s), torch {info['torch']}"

@@ -379,3 +379,21 @@ def test_users_add_command_and_serve_refusing_an_empty_users_file(tmp_path, monk
     empty = tmp_path / "nobody.jsonl"
     assert main(["serve", "--auth", str(empty), "--db", f"sqlite:///{tmp_path / 'x.db'}", "--no-preload"]) == 2
     assert "no users in" in capsys.readouterr().err
+
+
+def test_compare_resumes_a_sweep_closed_mid_way(services):
+    from app.sweeps import cell_rows
+
+    with gr.Blocks():
+        compare = CompareTab(services)
+    run = compare.run(["best_of_n", "mcts"], "open", "toy:abc", "length", "", "size", "1,2,4", "generated_tokens", "",
+                      4, 8, 1, 0, "generated_tokens")
+    for _ in range(4):  # the page goes away after a few updates
+        next(run)
+    run.close()
+    kept = len(cell_rows(services.db, 1))
+    assert 0 < kept < 24 and services.live_runs() == 0
+    updates = list(compare.resume_sweep(1, 2))
+    assert updates[0][compare.status].startswith(f"sweep 1: {kept}/24 cells")
+    assert updates[-1][compare.status] == "done: sweep 1, 24/24 cells" and len(cell_rows(services.db, 1)) == 24
+    assert list(compare.resume_sweep(None, 2))[0][compare.status] == "⚠ choose a stored sweep"
