@@ -16,6 +16,7 @@ import sys
 import threading
 
 from app.commands.common import add_json, parse_pairs, quiet_libraries
+from app.commands.data import _storage_errors
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,11 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--raw", action="store_true", help="do not wrap prompts in the chat template")
     add.add_argument("--db")
     add_json(add)
-    add.set_defaults(func=prompts_add)
+    add.set_defaults(func=_storage_errors(prompts_add))
     ls = psub.add_parser("list", help="stored and built-in prompt sets")
     ls.add_argument("--db")
     add_json(ls)
-    ls.set_defaults(func=prompts_list)
+    ls.set_defaults(func=_storage_errors(prompts_list))
 
     s = sub.add_parser("sweep", help="samplers on a prompt set at matched compute",
                        description="Run every chosen sampler on a prompt set at matched sizes or budgets; stored, resumable.")
@@ -62,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     s.add_argument("--db")
     add_json(s)
-    s.set_defaults(func=sweep_run)
+    s.set_defaults(func=_storage_errors(sweep_run))
 
     w = sub.add_parser("sweeps", help="list and export stored sweeps")
     wsub = w.add_subparsers(dest="action", metavar="ACTION", parser_class=type(w))
@@ -70,18 +71,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     wl = wsub.add_parser("list", help="stored sweeps, newest first")
     wl.add_argument("--db")
     add_json(wl)
-    wl.set_defaults(func=sweeps_list)
+    wl.set_defaults(func=_storage_errors(sweeps_list))
     we = wsub.add_parser("export", help="a sweep's cells as CSV or Parquet")
     we.add_argument("id", type=int)
     we.add_argument("--out", required=True, help="FILE.csv or FILE.parquet")
     we.add_argument("--db")
-    we.set_defaults(func=sweeps_export)
+    we.set_defaults(func=_storage_errors(sweeps_export))
 
     r = sub.add_parser("report", help="one self-contained HTML file for a run or a sweep")
     r.add_argument("target", help="run:ID, sweep:ID, or a bare run id")
     r.add_argument("--out", required=True)
     r.add_argument("--db")
-    r.set_defaults(func=report)
+    r.set_defaults(func=_storage_errors(report))
 
 
 def _db(args):

@@ -181,3 +181,23 @@ def test_the_runs_tab_downloads_a_self_contained_report(services):
     assert "<script src" not in text and "Plotly.newPlot" in text and "Content-Security-Policy" in text
     assert runs.download_report(None)[runs.header] == "Pick a run first."
     assert runs.download_report(999)[runs.header].startswith("⚠ no run")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["report", "sweep:99", "--out", "x.html"], "no sweep with id 99"),
+    (["report", "run:99", "--out", "x.html"], "no run with id 99"),
+    (["report", "bogus", "--out", "x.html"], "report takes run:ID, sweep:ID"),
+    (["sweep", "--resume", "42"], "no sweep with id 42"),
+    (["sweeps", "export", "99", "--out", "x.csv"], "no sweep with id 99"),
+    (["sweep", "--prompts", "nope", "--samplers", "best_of_n", "--sizes", "1"], "no prompt set 'nope'"),
+    (["sweep", "--prompts", "open", "--samplers", "cards", "--sizes", "1"], "has no size knob"),
+    (["sweep", "--prompts", "digits", "--samplers", "mcts", "--sizes", "1"], "works on text, not on this set's image"),
+])
+def test_cli_bad_sweep_and_report_input_is_one_line(tmp_path, capsys, monkeypatch, argv, message):
+    from app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--db", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.html").exists() and not (tmp_path / "x.csv").exists()
