@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from engines.errors import ConfigError
-from engines.sweep import Arm, CellKey, CellResult, SweepPlan, run_sweep
+from engines.sweep import Arm, CellKey, CellResult, SweepPlan, preflight, run_sweep
 
 
 def resolve_prompt_set(session, name: str) -> tuple[int, Any]:
@@ -98,6 +98,7 @@ def start(db, prompt_set: str, *, arms: tuple[Arm, ...], levels: tuple[float, ..
         plan = SweepPlan(arms=arms, tasks=tasks, levels=levels, axis=axis, counter=counter, models=tuple(models),
                          evaluate=evaluate or None, seed=int(seed), size=int(size), set_model=prompt_set_obj.model,
                          set_reward=prompt_set_obj.reward, device=device, dtype=dtype)
+        preflight(plan)  # models load here; a misfit raises before the sweep (or a built-in set) is stored
         return create_sweep(session, prompt_set_id=set_id, spec=plan.as_dict(), cells_planned=len(plan.cells()),
                             title=title), plan
 

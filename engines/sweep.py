@@ -329,6 +329,28 @@ def run_cell(plan: SweepPlan, key: CellKey, parts: _Parts | None = None, cancel:
                       extra=extra(request.task, trace) if extra else {})
 
 
+def preflight(plan: SweepPlan) -> None:
+    """Load what the cells need and check that every arm's sampler accepts its model and rewards,
+    on each engine, before the first run: a misfit is one ConfigError line, not a sweep failing mid-way."""
+    from engines.samplers import build_sampler
+
+    parts = _Parts(plan)
+    seen: set[tuple[str, str, str, str]] = set()
+    for key in plan.cells():
+        request = plan.request(key)
+        sig = (key.arm, request.sampler, request.model, request.reward)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        sampler = build_sampler(request.sampler, request.params)
+        model = parts.model(request.model)
+        # run() checks its inputs (after adapting the reward, as step samplers do) before its first step;
+        # the generator it returns is closed unstarted, so no work is done
+        sampler.run(request.task, model, parts.reward(request.model, request.reward), budget=request.budget,
+                    rng=torch.Generator().manual_seed(0)).close()
+        parts.judge(request.model, plan.evaluation_spec(request))
+
+
 def run_sweep(
     plan: SweepPlan,
     *,

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import threading
@@ -137,7 +138,7 @@ def sweep_run(args) -> int:
             raise ConfigError("give --prompts, --samplers and --sizes or --budget (or --resume ID)")
         arms = parse_arms(args.samplers, parse_pairs(args.params, "--set"), strings=True)
         if args.reward:
-            arms = tuple(a if a.reward else type(a)(a.label, a.sampler, args.reward, a.params) for a in arms)
+            arms = tuple(a if a.reward else dataclasses.replace(a, reward=args.reward) for a in arms)
         if args.budget:
             counter, levels = parse_budget(args.budget)
             axis = "budget"

@@ -13,6 +13,7 @@ Parquet or a self-contained HTML report.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -173,12 +174,12 @@ class CompareTab:
         try:
             prompts = load_prompt_file(path, name=(name or "").strip() or None, prompt_col=(prompt_col or "prompt").strip(),
                                        answer_col=(answer_col or "").strip() or None, system_col=(system_col or "").strip() or None)
-            _, created, _ = add_prompt_set(self.services.db, prompts)
+            _, created, stored_name = add_prompt_set(self.services.db, prompts)
         except Exception as exc:
             return {self.add_status: f"⚠ {error_message(exc)}"}
         note = "stored" if created else "already stored (same content)"
-        return {self.add_status: f"{note}: {prompts.name!r}, {len(prompts)} prompts",
-                self.prompt_set: gr.Dropdown(choices=set_choices(self.services), value=prompts.name)}
+        return {self.add_status: f"{note}: {stored_name!r}, {len(prompts)} prompts",
+                self.prompt_set: gr.Dropdown(choices=set_choices(self.services), value=stored_name)}
 
     def run(self, samplers, prompt_set, engines, reward, evaluate, axis, sizes, counter, budgets, prompts, tokens,
             workers, seed, x_counter="generated_tokens"):
@@ -190,7 +191,7 @@ class CompareTab:
         try:
             arms = parse_arms(samplers, {"max_new_tokens": int(tokens)})
             if (reward or "").strip():
-                arms = tuple(type(a)(a.label, a.sampler, reward.strip(), a.params) for a in arms)
+                arms = tuple(dataclasses.replace(a, reward=reward.strip()) for a in arms)
             levels = parse_levels(sizes if axis == "size" else budgets, "sizes" if axis == "size" else "budgets")
             models = [m.strip() for m in (engines or "").split(",") if m.strip()]
             sweep_id, plan = start(self.services.db, prompt_set, arms=arms, levels=levels, axis=axis,

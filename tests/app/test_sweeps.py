@@ -201,3 +201,16 @@ def test_cli_bad_sweep_and_report_input_is_one_line(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x.html").exists() and not (tmp_path / "x.csv").exists()
+
+
+def test_a_sampler_that_cannot_use_its_reward_fails_before_anything_is_stored(db):
+    from engines.errors import ConfigError
+    from storage.models import PromptSet, Sweep
+
+    with pytest.raises(ConfigError, match="needs a reward of kind 'outcome'"):
+        start(db, "open", arms=parse_arms("mcts,best_of_n@pairwise:length"), levels=(2,), models=["toy:abc"],
+              evaluate="length", prompts=2)
+    with pytest.raises(ConfigError, match="cannot judge one candidate"):
+        start(db, "open", arms=parse_arms("best_of_n"), levels=(2,), models=["toy:abc"],
+              evaluate="arith_steps", prompts=2)  # a process reward scores steps, not one candidate
+    assert _count(db, Sweep) == 0 and _count(db, PromptSet) == 0
