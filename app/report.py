@@ -194,6 +194,17 @@ def sweep_page(sweep: Any, prompt_set: Any, cells: list[dict[str, Any]], example
             rows.append([cell["arm"], cell["level"], cell["prompt"], stored.prompt[:300], cell["quality"], text[:600],
                          Safe(shown)])
         page.raw(_table(["arm", "level", "prompt #", "prompt", "quality", "pick", "image"], rows))
+        from app.ui.render import plain
+        from app.ui.views import bracket_figure, particles_figure, tree_figure
+
+        page.heading("Their searches")
+        for cell, stored in examples:  # each arm's search at its largest level: tree, and bracket or particles
+            where = plain(f"{cell['arm']} @ {cell['level']:g}, prompt {cell['prompt']}", 120)  # plotly titles take markup
+            page.figure(tree_figure(stored.trace, title=f"{where}: candidate tree"))
+            if stored.trace.matches:
+                page.figure(bracket_figure(stored.trace, title=f"{where}: knockout bracket"))
+            if stored.trace.resamples:
+                page.figure(particles_figure(stored.trace, title=f"{where}: particles"))
     return page
 
 

@@ -214,3 +214,22 @@ def test_a_sampler_that_cannot_use_its_reward_fails_before_anything_is_stored(db
         start(db, "open", arms=parse_arms("best_of_n"), levels=(2,), models=["toy:abc"],
               evaluate="arith_steps", prompts=2)  # a process reward scores steps, not one candidate
     assert _count(db, Sweep) == 0 and _count(db, PromptSet) == 0
+
+
+def test_a_sweep_report_escapes_prompts_picks_and_labels(db, tmp_path):
+    from app.report import report_html
+    from app.sweeps import add_prompt_set
+    from engines.prompts import load_prompt_file
+    from tests.app.helpers import XSS_PAYLOADS
+
+    path = tmp_path / "xss.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in XSS_PAYLOADS), encoding="utf-8")
+    add_prompt_set(db, load_prompt_file(path, name="xss"))
+    sweep_id, plan = start(db, "xss", arms=parse_arms(["best_of_n", "mcts@length"], {"max_new_tokens": 8}), levels=(1, 2),
+                           models=["toy:abc"], evaluate="length")
+    list(run_stored(db, sweep_id, plan))
+    text = report_html(db, "sweep", sweep_id)
+    for payload in XSS_PAYLOADS[:2] + XSS_PAYLOADS[3:]:  # the markdown link is harmless text in HTML
+        assert payload not in text
+    assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in text  # shown, escaped
+    assert text.count('<script type="application/json"') == 1 + 2 * 1  # the sweep plot, each arm's tree
