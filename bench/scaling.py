@@ -16,8 +16,9 @@ verifier accepts its final answer.
 | reward-weighted majority | ``weighted_majority`` | ``arith_orm:prob`` |
 | knockout, pairwise ORM | ``knockout`` (stochastic) | ``pairwise:arith_orm`` |
 
-Every method runs with the same seed per (problem, N) and the same batch
-size, so all of them choose among the same N candidates: the differences are
+The methods are the arms of one sweep (``engines.sweep``, the engine the
+Compare tab and ``samplescope sweep`` use). Every method runs with the same
+seed per (problem, N) and the same batch size, so all of them choose among the same N candidates: the differences are
 the selection rules, paired on identical samples. The knockout draws each
 winner with P(a beats b) = σ(r_a - r_b): with deterministic winners a
 tournament over a scalar's Bradley-Terry view is exactly best-of-N by that
@@ -62,6 +63,8 @@ LABELS = {
     "weighted_majority": "ORM-weighted majority",
     "knockout": "knockout, pairwise ORM (stochastic)",
 }
+#: what a method runs at sizes below its sampler's minimum: a one-player knockout is its player
+FALLBACKS: dict[str, tuple[str, str, dict[str, Any]]] = {"knockout": ("best_of_n", "arith_orm", {})}
 MAX_NEW_TOKENS = 80
 
 
@@ -74,52 +77,57 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def run_method(method: str, task: Any, n: int, seed: int, model: Any, rewards: dict[str, Any], check: Any) -> dict:
-    from engines.samplers import build_sampler
-    from engines.trace import collect
+BASE = {"batch_size": 64, "max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0}
 
-    sampler_name, reward_spec, extra = METHODS[method]
-    if sampler_name == "knockout" and n < 2:
-        sampler_name, reward_spec, extra = "best_of_n", "arith_orm", {}  # a one-player tournament is its player
-    params = {"n": n, "batch_size": min(n, 64), "max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, **extra}
-    trace = collect(
-        build_sampler(sampler_name, params).run(
-            task, model, rewards[reward_spec], rng=torch.Generator().manual_seed(seed)
-        )
-    )
-    picks = trace.selected
-    right = bool(picks) and check.score(task, [trace.full_text(picks[0])])[0] == 1.0
-    row = {
-        "right": right,
-        "tokens": trace.done.cost["generated_tokens"],
-        "reward_tokens": trace.done.cost["reward_tokens"],
-        "wall_seconds": trace.done.cost["wall_seconds"],
-    }
-    if method == "oracle":
-        row["correct_candidates"] = sum(1 for c in trace.candidates if trace.scores.get(c, {}).get("math") == 1.0)
-        row["candidates"] = len(trace.candidates)
+
+def arms() -> tuple[Any, ...]:
+    """The methods as sweep arms. A one-player knockout is its player: below the knockout's
+    minimum of two the arm falls back to best-of-1 by the ORM (the same one sample)."""
+    from engines.sweep import Arm
+
+    out = []
+    for method, (sampler, reward, extra) in METHODS.items():
+        spare = FALLBACKS.get(method)
+        fallback = Arm(method, spare[0], spare[1], {**BASE, **spare[2]}) if spare else None
+        out.append(Arm(method, sampler, reward, {**BASE, **extra}, fallback=fallback))
+    return tuple(out)
+
+
+def oracle_counts(task: Any, trace: Any) -> dict[str, int]:
+    """How many of the run's candidates the exact verifier accepts (for the pass@N estimate)."""
+    return {"correct_candidates": sum(1 for c in trace.candidates if trace.scores.get(c, {}).get("math") == 1.0),
+            "candidates": len(trace.candidates)}
+
+
+def cell_row(result: Any) -> dict[str, Any]:
+    cost = result.trace.done.cost
+    row = {"right": result.quality == 1.0, "tokens": cost["generated_tokens"], "reward_tokens": cost["reward_tokens"],
+           "wall_seconds": cost["wall_seconds"]}
+    if result.key.arm == "oracle":
+        row.update(result.extra)
     return row
 
 
-def run_benchmark(problems: int, ns: list[int], seed: int, log: Callable[[str], None]) -> dict[str, Any]:
-    from engines.models import load_model
-    from engines.rewards import build_reward
-    from engines.tasks import TASK_SETS
+def run_benchmark(problems: int, ns: list[int], seed: int, log: Callable[[str], None], workers: int = 1) -> dict[str, Any]:
+    """Every method at every N on the first ``problems`` arith problems: one sweep (engines.sweep), the
+    ``math`` verifier as its evaluation reward; cell seeds ``seed * 1_000_003 + 1_000 * problem + N``."""
+    from engines.prompts import builtin_prompt_set
+    from engines.sweep import SweepPlan, run_sweep
 
-    model = load_model("embedded:arith")
-    specs = {spec for _, spec, _ in METHODS.values()} | {"arith_orm"}
-    rewards = {spec: build_reward(spec) for spec in specs}
-    check = build_reward("math")
-    tasks = TASK_SETS.get("arith").tasks()[:problems]
-    runs: dict[str, dict[str, list[dict]]] = {m: {str(n): [] for n in ns} for m in METHODS}
-    for n in ns:
-        started = time.perf_counter()
-        for i, task in enumerate(tasks):
-            for method in METHODS:
-                row = run_method(method, task, n, seed * 1_000_003 + 1_000 * i + n, model, rewards, check)
-                runs[method][str(n)].append(row)
-        accs = {m: statistics.fmean(r["right"] for r in runs[m][str(n)]) for m in METHODS}
-        log(f"N={n:>3}: " + ", ".join(f"{m} {a:.3f}" for m, a in accs.items()) + f"  ({time.perf_counter() - started:.0f} s)")
+    tasks = builtin_prompt_set("arith").tasks[:problems]
+    plan = SweepPlan(arms=arms(), tasks=tasks, levels=tuple(ns), models=("embedded:arith",), evaluate="math", seed=seed)
+    runs: dict[str, dict[str, list[dict]]] = {m: {str(n): [None] * problems for n in ns} for m in METHODS}
+    left = {n: problems * len(METHODS) for n in ns}
+    started = time.perf_counter()
+    for result in run_sweep(plan, workers=workers, extra=oracle_counts):
+        n = int(result.key.level)
+        runs[result.key.arm][str(n)][result.key.prompt] = cell_row(result)
+        left[n] -= 1
+        if left[n] == 0:
+            accs = {m: statistics.fmean(r["right"] for r in runs[m][str(n)]) for m in METHODS}
+            log(f"N={n:>3}: " + ", ".join(f"{m} {a:.3f}" for m, a in accs.items())
+                + f"  ({time.perf_counter() - started:.0f} s)")
+            started = time.perf_counter()
     return {"problems": problems, "ns": ns, "seed": seed, "runs": runs, "summary": summarise(runs, ns)}
 
 
@@ -208,13 +216,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="20 problems, N up to 16 (a smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this model)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of progress lines")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="cells in flight at once (the cells, and so the numbers, do not depend on it)")
     parser.add_argument("--part", choices=("flat", "steps", "all"), default="all",
                         help="flat samplers against N, step-level samplers at matched tokens (bench/scaling_steps.py), or both")
     args = parser.parse_args(argv)
     if args.part != "flat":
         from bench import scaling_steps
 
-        forwarded = ["--seed", str(args.seed), "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+        forwarded = ["--seed", str(args.seed), "--threads", str(args.threads), "--workers", str(args.workers)]
+        forwarded += ["--quick"] if args.quick else []
         forwarded += ["--json"] if args.json else []
         steps = scaling_steps.main(forwarded)
         if args.part == "steps":
@@ -225,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     ns = [2**i for i in range(int(math.log2(max_n)) + 1)]
     started = time.perf_counter()
-    result = run_benchmark(problems, ns, args.seed, log=(lambda line: None) if args.json else print)
+    result = run_benchmark(problems, ns, args.seed, log=(lambda line: None) if args.json else print, workers=args.workers)
     result["seconds"] = time.perf_counter() - started
     info = machine()
     result["machine_line"] = f"{info['processor']}, {info['threads']} torch thread(s), torch {info['torch']}"

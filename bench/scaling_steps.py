@@ -21,7 +21,9 @@ generation compute; reward calls are reported too.
 | CARDS | ``cards``, up to K tries per step, hard threshold 0.5 | process reward |
 | early rejection | ``early_rejection``, n=K, α=0.5 at every line | process reward |
 
-Every step-level method runs twice: with the exact process reward
+The methods are the arms of one sweep (``engines.sweep``, shared with the
+Compare tab and ``samplescope sweep``); what K sets per sampler is data
+(:data:`SIZE_PARAMS`), not code. Every step-level method runs twice: with the exact process reward
 (``arith_steps``, the verifier of each line) and with the learned one
 (``arith_prm``). Steps are lines (the lab writes one reduction per line), so
 CARDS cuts at newlines here rather than by entropy, and early rejection's
@@ -74,37 +76,54 @@ LABELS = {
 }
 
 
-def run_one(sampler: str, spec: str, params: dict, task, model, rewards, check, seed: int) -> dict[str, Any]:
-    from engines.samplers import build_sampler
-    from engines.trace import collect
-
-    trace = collect(build_sampler(sampler, params).run(task, model, rewards[spec], rng=torch.Generator().manual_seed(seed)))
-    picks = trace.done.picks
-    right = bool(picks) and check.score(task, [trace.full_text(picks[0])])[0] == 1.0
-    cost = trace.done.cost
-    return {"right": right, "tokens": cost["generated_tokens"], "reward_calls": cost["reward_calls"],
-            "wall_seconds": cost["wall_seconds"], "status": trace.done.status}
+#: what the size K sets for each sampler (engines.sweep.Arm.size_params): the flat ones draw K, a beam
+#: search keeps K/4 beams of 4, CARDS retries up to K times a line
+SIZE_PARAMS = {"best_of_n": {"n": 1}, "weighted_majority": {"n": 1}, "beam_search": {"beams": 0.25}, "dvts": {"n": 1},
+               "smc": {"particles": 1}, "cards": {"max_retries": 1}, "early_rejection": {"n": 1}}
 
 
-def run_benchmark(problems: int, sizes: list[int], seed: int, log) -> dict[str, Any]:
-    from engines.models import load_model
-    from engines.rewards import build_reward
-    from engines.tasks import TASK_SETS
+def arms() -> tuple[Any, ...]:
+    """The methods as sweep arms, their fixed parameters those of ``configs`` less what the size sets."""
+    from engines.sweep import Arm
 
-    model = load_model("embedded:arith")
-    specs = {spec for k in sizes for _, spec, _ in configs(k).values()}
-    rewards = {spec: build_reward(spec) for spec in specs}
-    check = build_reward("math")
-    tasks = TASK_SETS.get("arith").tasks()[:problems]
-    summary: dict[str, dict[str, dict[str, float]]] = {m: {} for m in configs(sizes[0])}
-    for k in sizes:
-        started = time.perf_counter()
-        for method, (sampler, spec, params) in configs(k).items():
-            rows = [run_one(sampler, spec, params, task, model, rewards, check, seed * 1_000_003 + 1_000 * i + k)
-                    for i, task in enumerate(tasks)]
-            summary[method][str(k)] = accuracy_summary(rows, ("tokens", "reward_calls", "wall_seconds"))
+    out = []
+    for method, (sampler, spec, params) in configs(4).items():
+        sized = SIZE_PARAMS[sampler]
+        out.append(Arm(method, sampler, spec, {k: v for k, v in params.items() if k not in sized}, size_params=sized))
+    return tuple(out)
+
+
+def run_benchmark(problems: int, sizes: list[int], seed: int, log, workers: int = 1) -> dict[str, Any]:
+    """Every method at every K: one sweep (engines.sweep) judged by ``math``; seeds ``seed * 1_000_003 + 1_000 * i + K``."""
+    from engines.prompts import builtin_prompt_set
+    from engines.sweep import SweepPlan, run_sweep
+
+    tasks = builtin_prompt_set("arith").tasks[:problems]
+    plan = SweepPlan(arms=arms(), tasks=tasks, levels=tuple(sizes), models=("embedded:arith",), evaluate="math", seed=seed)
+    for key in plan.cells():  # the arms give exactly the configs the table documents
+        sampler, spec, params = configs(int(key.level))[key.arm]
+        request = plan.request(key)
+        if (request.sampler, request.reward) != (sampler, spec) or any(request.params[k] != v for k, v in params.items()):
+            raise AssertionError(f"{key.arm} at K={key.level:g} does not run the documented config")
+    rows: dict[str, dict[int, list[dict]]] = {m: {k: [None] * problems for k in sizes} for m in configs(sizes[0])}
+    left = {k: problems * len(rows) for k in sizes}
+    summary: dict[str, dict[str, dict[str, float]]] = {m: {} for m in rows}
+    started = time.perf_counter()
+    for result in run_sweep(plan, workers=workers):
+        k = int(result.key.level)
+        cost = result.trace.done.cost
+        rows[result.key.arm][k][result.key.prompt] = {
+            "right": result.quality == 1.0, "tokens": cost["generated_tokens"], "reward_calls": cost["reward_calls"],
+            "wall_seconds": cost["wall_seconds"], "status": result.status}
+        left[k] -= 1
+        if left[k]:
+            continue
+        for method in rows:
+            summary[method][str(k)] = accuracy_summary(rows[method][k], ("tokens", "reward_calls", "wall_seconds"))
         log(f"K={k:>3}: " + ", ".join(f"{m} {summary[m][str(k)]['accuracy']:.2f}@{summary[m][str(k)]['tokens']:.0f}"
                                       for m in summary) + f"  ({time.perf_counter() - started:.0f} s)")
+        started = time.perf_counter()
+    summary = {m: {str(k): summary[m][str(k)] for k in sizes} for m in summary}
     return {"problems": problems, "sizes": sizes, "seed": seed, "summary": summary}
 
 
@@ -198,13 +217,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="12 problems, K = 4 and 8 (a smoke run)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="cells in flight at once (the numbers do not depend on it)")
     args = parser.parse_args(argv)
     problems, sizes = (12, [4, 8]) if args.quick else (args.problems, [4, 8, 16])
     if not 1 <= problems <= 200:
         raise ValueError("--problems must be in 1..200")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    result = run_benchmark(problems, sizes, args.seed, log=(lambda line: None) if args.json else print)
+    result = run_benchmark(problems, sizes, args.seed, log=(lambda line: None) if args.json else print, workers=args.workers)
     result["seconds"] = time.perf_counter() - started
     info = machine()
     result["machine_line"] = f"{info['processor']}, {info['threads']} torch thread(s), torch {info['torch']}"

@@ -235,4 +235,76 @@ class Vote(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+
+
+class PromptSet(Base):
+    """A named prompt set, stored once: ``sha256`` is the hash of its canonical task list
+    (``engines.prompts.PromptSet.content_hash``); built-in sets are stored on first use."""
+
+    __tablename__ = "prompt_sets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_MAX_CHARS), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    source: Mapped[str] = mapped_column(Text)
+    columns: Mapped[dict[str, Any]] = mapped_column(JSON)
+    model: Mapped[str | None] = mapped_column(String(NAME_MAX_CHARS))
+    reward: Mapped[str | None] = mapped_column(String(NAME_MAX_CHARS))
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PromptSetItem(Base):
+    """One prompt of a set, in order; the text lives in ``prompts`` (deduplicated by hash)."""
+
+    __tablename__ = "prompt_set_items"
+    __table_args__ = (UniqueConstraint("set_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    set_id: Mapped[int] = mapped_column(ForeignKey("prompt_sets.id"))
+    position: Mapped[int] = mapped_column(Integer)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    answer: Mapped[str | None] = mapped_column(Text)
+    system: Mapped[str | None] = mapped_column(Text)
+    chat: Mapped[bool] = mapped_column(Boolean, default=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Sweep(Base):
+    """Samplers on a prompt set at matched compute: ``spec`` is ``engines.sweep.SweepPlan.as_dict()``."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    title: Mapped[str | None] = mapped_column(String(NAME_MAX_CHARS))
+    prompt_set_id: Mapped[int] = mapped_column(ForeignKey("prompt_sets.id"), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(32))
+    cells_planned: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SweepCell(Base):
+    """One finished (arm, level, prompt) cell of a sweep and the run it made; a cell is stored
+    only when its run finished, so a resumed sweep redoes exactly the cells missing here."""
+
+    __tablename__ = "sweep_cells"
+    __table_args__ = (UniqueConstraint("sweep_id", "arm", "level", "prompt_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id"))
+    arm: Mapped[str] = mapped_column(String(NAME_MAX_CHARS))
+    level: Mapped[float] = mapped_column(Float)
+    prompt_index: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    engine: Mapped[str] = mapped_column(String(NAME_MAX_CHARS))
+    status: Mapped[str] = mapped_column(String(32))
+    quality: Mapped[float | None] = mapped_column(Float)
+    steer: Mapped[float | None] = mapped_column(Float)
+    cost: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 TABLES = tuple(Base.metadata.sorted_tables)

@@ -1,16 +1,22 @@
-"""The Compare tab: samplers on a prompt set, quality against compute, live.
+"""The Compare tab: your prompts, these samplers, these budgets — a stored sweep, live.
 
-For each chosen sampler and each N in 1, 2, 4, ... up to the budget, every
-prompt of the set is run with ``n = N``; a point is the mean generated tokens
-per prompt (compute) against the mean evaluation reward of the picks
-(quality: accuracy when the evaluation reward is a verifier such as ``math``).
-Steering and evaluation rewards are separate, so a learned reward can steer
-while the verifier judges, which is how over-optimisation shows.
+Pick a prompt set (built-in or uploaded: JSONL, CSV, Parquet with a column mapping),
+any samplers (flat, step-level and tree, diffusion), sizes of each sampler's size knob
+or caps of one cost counter, engines (several model specs spread the prompts), a
+steering and an evaluation reward. The run is a sweep of ``engines.sweep`` stored by
+``app.sweeps`` cell by cell, so the plot fills in live, a cancel keeps what finished,
+and Resume finishes a stored sweep without redoing its cells. A point is the mean
+evaluation reward of the picks over prompts, with its 95% bootstrap interval, against
+the mean of the chosen cost counter. Stored sweeps reopen here and download as CSV,
+Parquet or a self-contained HTML report.
 """
 
 from __future__ import annotations
 
-import statistics
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -18,119 +24,256 @@ import plotly.graph_objects as go
 
 from app.ui.services import Services, error_message
 from app.ui.views import _layout, empty
-from engines.runner import RunRequest, load_parts, stream
-from engines.trace import Trace
+from engines.trace import COST_FIELDS
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+POINT_HEADERS = ["arm", "level", "prompts", "quality", "CI low", "CI high", "steer", "gap", "tokens", "reward calls"]
+PAIR_HEADERS = ["A", "B", "level", "prompts", "A - B", "CI low", "CI high", "A wins", "ties", "B wins"]
 
 
-def scaling_figure(points: list[dict]) -> go.Figure:
+def sweep_figure(points: list[dict], counter: str = "generated_tokens") -> go.Figure:
+    """Quality against the mean of ``counter``, one line per arm, 95% bootstrap intervals as error bars."""
     if not points:
         return empty("Quality against compute", "no points yet")
     fig = go.Figure()
-    for k, name in enumerate(dict.fromkeys(p["sampler"] for p in points)):
-        mine = [p for p in points if p["sampler"] == name]
+    for k, arm in enumerate(dict.fromkeys(p["arm"] for p in points)):
+        mine = [p for p in points if p["arm"] == arm]
+        from app.ui.render import plain
+
         fig.add_trace(go.Scatter(
-            x=[p["tokens"] for p in mine], y=[p["quality"] for p in mine], mode="lines+markers+text", name=name,
-            text=[f"N={p['n']}" for p in mine], textposition="top center", line={"color": PALETTE[k % len(PALETTE)]},
-            hovertext=[f"{name} N={p['n']}: quality {p['quality']:.3f}, {p['tokens']:.0f} tokens/prompt" for p in mine],
+            x=[p[counter] for p in mine], y=[p["quality"] for p in mine], mode="lines+markers", name=plain(arm, 60),
+            line={"color": PALETTE[k % len(PALETTE)]},
+            error_y={"type": "data", "symmetric": False, "array": [p["ci_high"] - p["quality"] for p in mine],
+                     "arrayminus": [p["quality"] - p["ci_low"] for p in mine], "thickness": 1},
+            hovertext=[f"{plain(arm, 60)} @ {p['level']:g}: quality {p['quality']:.3f} "
+                       f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}], {p[counter]:.4g} {counter}, {p['prompts']} prompts"
+                       for p in mine],
             hoverinfo="text",
         ))
-    fig.update_xaxes(title="generated tokens per prompt", type="log")
-    fig.update_yaxes(title="quality (mean evaluation reward of the pick)")
-    return _layout(fig, "Quality against compute", height=420, showlegend=True)
+    positive = all(p[counter] > 0 for p in points)
+    fig.update_xaxes(title=f"{counter.replace('_', ' ')} per prompt (mean)", type="log" if positive else "linear")
+    fig.update_yaxes(title="quality (evaluation reward of the pick, 95% CI)")
+    return _layout(fig, "Quality against compute", height=440, showlegend=True)
+
+
+def point_rows(points: list[dict], counter: str = "generated_tokens") -> list[list[Any]]:
+    def r(v):
+        return None if v is None else round(float(v), 4)
+
+    return [[p["arm"], p["level"], p["prompts"], r(p["quality"]), r(p["ci_low"]), r(p["ci_high"]), r(p["steer"]),
+             r(p["gap"]), r(p[counter]), r(p["reward_calls"])] for p in points]
+
+
+def pair_rows(pairs: list[dict]) -> list[list[Any]]:
+    return [[p["a"], p["b"], p["level"], p["prompts"], round(p["mean_diff"], 4), round(p["ci_low"], 4),
+             round(p["ci_high"], 4), p["wins"], p["ties"], p["losses"]] for p in pairs]
+
+
+def set_choices(services: Services) -> list[str]:
+    from engines.prompts import builtin_names
+    from storage.prompt_sets import list_prompt_sets
+
+    stored = [s.name for s in services.db.read(list_prompt_sets)]
+    return sorted(set(builtin_names()) | set(stored))
+
+
+def sweep_choices(services: Services) -> list[tuple[str, int]]:
+    from storage.sweeps import list_sweeps
+
+    return [(s.label(), s.id) for s in services.db.read(list_sweeps)]
 
 
 class CompareTab:
     def __init__(self, services: Services) -> None:
         from engines.samplers import SAMPLERS
-        from engines.tasks import TASK_SETS
 
         self.services = services
-        flat = [name for name, cls in SAMPLERS.items() if "text" in cls.modalities and "n" in {s.name for s in cls.Config.specs()}]
-        sets = TASK_SETS.names()
+        samplers = SAMPLERS.names()
+        sets = set_choices(services)
         with gr.Tab("Compare", id="compare"):
             with gr.Row():
-                self.samplers = gr.CheckboxGroup(flat, value=[s for s in ("best_of_n", "majority") if s in flat], label="Samplers")
-                self.task_set = gr.Dropdown(sets, value="arith" if "arith" in sets else sets[0], label="Prompt set")
+                self.prompt_set = gr.Dropdown(sets, value="arith" if "arith" in sets else sets[0], label="Prompt set",
+                                              elem_id="compare-set")
+                self.upload = gr.File(label="Upload a prompt set (.jsonl, .csv, .parquet)", file_types=[".jsonl", ".csv", ".parquet"],
+                                      elem_id="compare-upload")
+                with gr.Column():
+                    self.set_name = gr.Textbox(label="Name for the upload", elem_id="compare-set-name")
+                    self.prompt_col = gr.Textbox("prompt", label="Prompt column", elem_id="compare-prompt-col")
+                    self.answer_col = gr.Textbox(label="Answer column (optional)", elem_id="compare-answer-col")
+                    self.system_col = gr.Textbox(label="System column (optional)", elem_id="compare-system-col")
+                    self.add = gr.Button("Add prompt set", elem_id="compare-add")
+            self.add_status = gr.Markdown(elem_id="compare-add-status")
+            self.samplers = gr.CheckboxGroup(samplers, value=[s for s in ("best_of_n", "majority") if s in samplers],
+                                             label="Samplers (flat, step-level and tree, diffusion)", elem_id="compare-samplers")
             with gr.Row():
-                self.model = gr.Textbox(label="Model (empty: the set's model)")
-                self.reward = gr.Textbox(label="Steering reward (empty: the set's)")
-                self.evaluate = gr.Textbox(label="Evaluation reward (empty: the steering reward)")
+                self.engines = gr.Textbox(label="Engines: model specs, comma-separated (empty: the set's model)",
+                                          elem_id="compare-engines")
+                self.reward = gr.Textbox(label="Steering reward (empty: each prompt's)", elem_id="compare-reward")
+                self.evaluate = gr.Textbox(label="Evaluation reward (empty: the steering reward)", elem_id="compare-evaluate")
             with gr.Row():
-                self.prompts = gr.Slider(1, 50, value=8, step=1, label="Prompts", elem_id="compare-prompts")
-                self.max_n = gr.Dropdown([1, 2, 4, 8, 16, 32, 64], value=8, label="Largest N (the budget)", elem_id="compare-max-n")
+                self.axis = gr.Radio(["size", "budget"], value="size", label="Compute axis", elem_id="compare-axis")
+                self.sizes = gr.Textbox("1,2,4,8", label="Sizes (each sampler's size knob)", elem_id="compare-sizes")
+                self.counter = gr.Dropdown(list(COST_FIELDS), value="generated_tokens", label="Budget counter",
+                                           elem_id="compare-counter")
+                self.budgets = gr.Textbox("64,128,256", label="Budgets (caps of the counter)", elem_id="compare-budgets")
+            with gr.Row():
+                self.prompts = gr.Slider(1, 200, value=8, step=1, label="Prompts", elem_id="compare-prompts")
                 self.tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens", elem_id="compare-tokens")
-                self.seed = gr.Number(0, precision=0, label="Seed")
+                self.workers = gr.Slider(1, 16, value=4, step=1, label="Cells in flight", elem_id="compare-workers")
+                self.seed = gr.Number(0, precision=0, label="Seed", elem_id="compare-seed")
             with gr.Row():
-                self.go = gr.Button("Run comparison", variant="primary", elem_id="compare-run")
-                self.stop = gr.Button("Cancel", variant="stop")
+                self.go = gr.Button("Run sweep", variant="primary", elem_id="compare-run")
+                self.stop = gr.Button("Cancel", variant="stop", elem_id="compare-cancel")
             self.status = gr.Markdown(elem_id="compare-status")
+            self.x_counter = gr.Dropdown(list(COST_FIELDS), value="generated_tokens", label="Plot against",
+                                         elem_id="compare-x")
             self.plot = gr.Plot(label="Quality against compute", elem_id="compare-plot")
-            self.table = gr.Dataframe(headers=["sampler", "N", "tokens/prompt", "quality", "prompts"], interactive=False)
+            self.table = gr.Dataframe(headers=POINT_HEADERS, interactive=False, elem_id="compare-table")
+            self.pairs = gr.Dataframe(headers=PAIR_HEADERS, interactive=False, label="Paired comparisons",
+                                      elem_id="compare-pairs")
+            with gr.Row():
+                self.stored = gr.Dropdown(sweep_choices(services), label="Stored sweeps", elem_id="compare-stored")
+                self.refresh = gr.Button("Refresh", elem_id="compare-refresh")
+                self.open = gr.Button("Open", elem_id="compare-open")
+                self.resume = gr.Button("Resume", elem_id="compare-resume")
+            with gr.Row():
+                self.csv = gr.Button("Download CSV", elem_id="compare-csv")
+                self.parquet = gr.Button("Download Parquet", elem_id="compare-parquet")
+                self.report = gr.Button("Download report", elem_id="compare-report")
+            self.file = gr.File(label="Download", interactive=False, elem_id="compare-file")
             # states live inside the Tab: a State directly under gr.Tabs makes Gradio 6.31 draw duplicate tab buttons
             self.token = gr.State(None)
-        inputs = [self.samplers, self.task_set, self.model, self.reward, self.evaluate, self.prompts, self.max_n, self.tokens, self.seed]
-        self.go.click(self.run, inputs, [self.status, self.plot, self.table, self.token],
-                      concurrency_limit=services.concurrency, concurrency_id="samplers", show_progress="hidden")
+            self.current = gr.State(None)
+        inputs = [self.samplers, self.prompt_set, self.engines, self.reward, self.evaluate, self.axis, self.sizes,
+                  self.counter, self.budgets, self.prompts, self.tokens, self.workers, self.seed, self.x_counter]
+        outputs = [self.status, self.plot, self.table, self.pairs, self.token, self.current, self.stored]
+        self.go.click(self.run, inputs, outputs, concurrency_limit=services.concurrency, concurrency_id="samplers",
+                      show_progress="hidden")
+        self.resume.click(self.resume_sweep, [self.stored, self.workers, self.x_counter], outputs,
+                          concurrency_limit=services.concurrency, concurrency_id="samplers", show_progress="hidden")
         self.stop.click(lambda t: "cancelling…" if services.cancel(t) else "nothing is running", [self.token], [self.status],
                         concurrency_limit=None)
+        self.add.click(self.add_set, [self.upload, self.set_name, self.prompt_col, self.answer_col, self.system_col],
+                       [self.add_status, self.prompt_set])
+        self.refresh.click(lambda: gr.Dropdown(choices=sweep_choices(services)), None, [self.stored])
+        self.open.click(self.show, [self.stored, self.x_counter], [self.status, self.plot, self.table, self.pairs, self.current])
+        self.x_counter.change(self.show, [self.current, self.x_counter], [self.status, self.plot, self.table, self.pairs,
+                                                                          self.current])
+        for button, kind in ((self.csv, "csv"), (self.parquet, "parquet"), (self.report, "html")):
+            button.click(lambda sweep_id, kind=kind: self.download(sweep_id, kind), [self.current], [self.file, self.status])
 
-    def run(self, samplers, task_set, model, reward, evaluate, prompts, max_n, tokens, seed):
-        from engines.rewards import RewardEnv, build_reward
-        from engines.tasks import TASK_SETS
+    # -- handlers ----------------------------------------------------------------------------------------------
+
+    def add_set(self, upload, name, prompt_col, answer_col, system_col):
+        from app.sweeps import add_prompt_set
+        from engines.prompts import load_prompt_file
+
+        if not upload:
+            return {self.add_status: "⚠ choose a file first"}
+        path = Path(upload if isinstance(upload, str) else upload.name)
+        try:
+            prompts = load_prompt_file(path, name=(name or "").strip() or None, prompt_col=(prompt_col or "prompt").strip(),
+                                       answer_col=(answer_col or "").strip() or None, system_col=(system_col or "").strip() or None)
+            _, created, stored_name = add_prompt_set(self.services.db, prompts)
+        except Exception as exc:
+            return {self.add_status: f"⚠ {error_message(exc)}"}
+        note = "stored" if created else "already stored (same content)"
+        return {self.add_status: f"{note}: {stored_name!r}, {len(prompts)} prompts",
+                self.prompt_set: gr.Dropdown(choices=set_choices(self.services), value=stored_name)}
+
+    def run(self, samplers, prompt_set, engines, reward, evaluate, axis, sizes, counter, budgets, prompts, tokens,
+            workers, seed, x_counter="generated_tokens"):
+        from app.sweeps import parse_arms, parse_levels, start
 
         if not samplers:
             yield {self.status: "⚠ choose at least one sampler"}
             return
-        token, flag = self.services.start_run()
-        points: list[dict[str, Any]] = []
         try:
-            tasks = TASK_SETS.get(task_set).tasks()[: int(prompts)]
-            grid = [2**k for k in range(int(max_n).bit_length()) if 2**k <= int(max_n)]
-            judges: dict[str, Any] = {}  # evaluation reward by spec, built once per run
-            yield {self.token: token, self.status: "loading…", self.plot: scaling_figure([]), self.table: []}
-            for name in samplers:
-                for n in [n for n in grid if n >= n_min(name)]:  # knockout needs two to play
-                    tokens_used, quality = [], []
-                    for i, task in enumerate(tasks):
-                        if flag.is_set():
-                            yield {self.status: f"cancelled after {len(points)} points"}
-                            return
-                        request = RunRequest.build(
-                            model=model.strip() or None, reward=reward.strip() or None, sampler=name,
-                            params={"n": n, "max_new_tokens": int(tokens)}, task_ref=f"{task_set}:{i}",
-                            seed=int(seed or 0) + i, device=self.services.device, dtype=self.services.dtype,
-                        )
-                        # without an evaluation reward each prompt is judged by its own steering reward
-                        # (a set's prompts may name different ones), not by the first prompt's
-                        spec = evaluate.strip() or request.reward
-                        if spec not in judges:
-                            model_obj, steer, _ = load_parts(request)
-                            judges[spec] = build_reward(spec, RewardEnv(model=model_obj)) if evaluate.strip() else steer
-                        judge = judges[spec]
-                        trace = Trace(stream(request, cancel=flag))
-                        tokens_used.append(trace.cost["generated_tokens"])
-                        picks = [trace.full_text(p) for p in trace.done.picks[:1]]
-                        quality.append(judge.score(task, picks)[0] if picks else 0.0)
-                        yield {self.status: f"{name}, N={n}: prompt {i + 1}/{len(tasks)}"}
-                    points.append({"sampler": name, "n": n, "tokens": statistics.fmean(tokens_used),
-                                   "quality": statistics.fmean(quality), "prompts": len(tasks)})
-                    yield {self.plot: scaling_figure(points), self.table: table_rows(points)}
-            yield {self.status: f"done: {len(points)} points", self.token: None}
+            arms = parse_arms(samplers, {"max_new_tokens": int(tokens)})
+            if (reward or "").strip():
+                arms = tuple(dataclasses.replace(a, reward=reward.strip()) for a in arms)
+            levels = parse_levels(sizes if axis == "size" else budgets, "sizes" if axis == "size" else "budgets")
+            models = [m.strip() for m in (engines or "").split(",") if m.strip()]
+            sweep_id, plan = start(self.services.db, prompt_set, arms=arms, levels=levels, axis=axis,
+                                   counter=counter if axis == "budget" else None, models=models, evaluate=(evaluate or "").strip(),
+                                   seed=int(seed or 0), prompts=int(prompts), device=self.services.device,
+                                   dtype=self.services.dtype)
+        except Exception as exc:
+            yield {self.status: f"⚠ {error_message(exc)}"}
+            return
+        yield from self._drive(sweep_id, plan, int(workers), x_counter)
+
+    def resume_sweep(self, sweep_id, workers, x_counter="generated_tokens"):
+        from app.sweeps import load_plan
+
+        if sweep_id is None:
+            yield {self.status: "⚠ choose a stored sweep"}
+            return
+        try:
+            plan = load_plan(self.services.db, int(sweep_id), device=self.services.device, dtype=self.services.dtype)
+        except Exception as exc:
+            yield {self.status: f"⚠ {error_message(exc)}"}
+            return
+        yield from self._drive(int(sweep_id), plan, int(workers), x_counter)
+
+    def _drive(self, sweep_id: int, plan, workers: int, x_counter: str):
+        from app.sweeps import cell_rows, run_stored
+
+        token, flag = self.services.start_run()
+        total = len(plan.cells())
+        done = len(cell_rows(self.services.db, sweep_id))
+        try:
+            yield {self.token: token, self.current: sweep_id, **self._views(sweep_id, x_counter),
+                   self.status: f"sweep {sweep_id}: {done}/{total} cells, loading…"}
+            last = 0.0
+            for result in run_stored(self.services.db, sweep_id, plan, workers=workers, cancel=flag):
+                done += 1
+                update = {self.status: f"sweep {sweep_id}: {done}/{total} cells ({result.key.arm} @ {result.key.level:g})"}
+                if time.monotonic() - last >= self.services.update_interval or done == total:
+                    update.update(self._views(sweep_id, x_counter))
+                    last = time.monotonic()
+                yield update
+            word = "cancelled" if flag.is_set() else "done"
+            yield {**self._views(sweep_id, x_counter), self.token: None,
+                   self.status: f"{word}: sweep {sweep_id}, {done}/{total} cells",
+                   self.stored: gr.Dropdown(choices=sweep_choices(self.services), value=sweep_id)}
         except Exception as exc:
             yield {self.status: f"⚠ {error_message(exc)}", self.token: None}
         finally:
             self.services.finish(token)
 
+    def _views(self, sweep_id: int, counter: str) -> dict:
+        from app.sweeps import cell_rows
+        from engines.sweep_stats import all_pairs, points
 
-def n_min(sampler: str) -> int:
-    """The smallest N the sampler accepts (its config's bound on ``n``)."""
-    from engines.samplers import SAMPLERS
+        cells = cell_rows(self.services.db, sweep_id)
+        pts = points(cells)
+        return {self.plot: sweep_figure(pts, counter or "generated_tokens"), self.table: point_rows(pts, counter or "generated_tokens"),
+                self.pairs: pair_rows(all_pairs(cells))}
 
-    spec = next(s for s in SAMPLERS.get(sampler).Config.specs() if s.name == "n")
-    return int(spec.min or 1)
+    def show(self, sweep_id, counter):
+        if sweep_id is None:
+            return {self.status: "choose a stored sweep"}
+        try:
+            views = self._views(int(sweep_id), counter)
+        except Exception as exc:
+            return {self.status: f"⚠ {error_message(exc)}"}
+        return {**views, self.current: int(sweep_id), self.status: f"sweep {int(sweep_id)}"}
 
+    def download(self, sweep_id, kind: str):
+        if sweep_id is None:
+            return {self.status: "⚠ run or open a sweep first"}
+        folder = Path(tempfile.mkdtemp(prefix="samplescope-sweep-"))
+        path = folder / f"samplescope-sweep-{int(sweep_id)}.{kind}"
+        try:
+            if kind == "html":
+                from app.report import report_html
 
-def table_rows(points: list[dict]) -> list[list[Any]]:
-    return [[p["sampler"], p["n"], round(p["tokens"], 1), round(p["quality"], 4), p["prompts"]] for p in points]
+                path.write_text(report_html(self.services.db, "sweep", int(sweep_id)), encoding="utf-8")
+            else:
+                from storage.sweeps import export_cells
+
+                self.services.db.read(lambda s: export_cells(s, int(sweep_id), path))
+        except Exception as exc:
+            return {self.status: f"⚠ {error_message(exc)}"}
+        return {self.file: str(path), self.status: f"ready: {path.name}"}

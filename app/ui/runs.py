@@ -38,6 +38,9 @@ class RunsTab:
             with gr.Row():
                 self.run_id = gr.Number(None, precision=0, label="Run id", scale=1, elem_id="runs-id")
                 self.open = gr.Button("Open", variant="primary", scale=0, elem_id="runs-open")
+                self.report = gr.Button("Download report", scale=0, elem_id="runs-report")
+            self.report_file = gr.File(label="Report (one HTML file, opens offline)", interactive=False,
+                                       elem_id="runs-report-file")
             self.header = gr.Markdown(elem_id="runs-header")
             self.panel = ViewPanel("runs")
             # states live inside the Tab: a State directly under gr.Tabs makes Gradio 6.31 draw duplicate tab buttons
@@ -50,6 +53,24 @@ class RunsTab:
         self.open.click(self.replay, [self.run_id], [self.header, self.opened, *self.panel.outputs])
         self.table.select(self.pick, [], [self.run_id]).then(self.replay, [self.run_id], [self.header, self.opened, *self.panel.outputs])
         self.panel.table.select(self.show_candidate, [self.opened], [self.panel.detail])
+        self.report.click(self.download_report, [self.run_id], [self.report_file, self.header])
+
+    def download_report(self, run_id) -> dict[Any, Any]:
+        """The run's self-contained HTML report (app.report) as a file to download."""
+        import tempfile
+        from pathlib import Path
+
+        from app.report import report_html
+
+        if run_id is None or str(run_id).strip() == "":
+            return {self.header: "Pick a run first."}
+        try:
+            text = report_html(self.services.db, "run", int(run_id))
+        except Exception as exc:
+            return {self.header: f"⚠ {error_message(exc)}"}
+        path = Path(tempfile.mkdtemp(prefix="samplescope-run-")) / f"samplescope-run-{int(run_id)}.html"
+        path.write_text(text, encoding="utf-8")
+        return {self.report_file: str(path)}
 
     def list(self, sampler=ALL, model=ALL, reward=ALL) -> dict[Any, Any]:
         from storage import list_runs

@@ -296,10 +296,11 @@ def test_data_and_compare_tabs_render(page, server):
     shoot(page, "data")
 
     open_tab(page, "Compare")
-    page.get_by_label("Model (empty: the set's model)").fill("toy:abc")
-    page.get_by_label("Steering reward (empty: the set's)").fill("length")
+    page.locator("#compare-engines textarea, #compare-engines input[type=text]").first.fill("toy:abc")
+    page.locator("#compare-reward textarea, #compare-reward input[type=text]").first.fill("length")
     set_number(page, "compare-prompts", 2)
     page.locator("#compare-run").click()
-    expect(page.locator("#compare-status")).to_contain_text("done: 8 points", timeout=WAIT_MS)
-    assert plot_points(page, "compare-plot") == 8
+    expect(page.locator("#compare-status")).to_contain_text("/16 cells", timeout=WAIT_MS)
+    expect(page.locator("#compare-status")).to_contain_text("done: sweep", timeout=WAIT_MS)
+    assert plot_points(page, "compare-plot") == 8  # best-of-N and majority at sizes 1, 2, 4, 8
     shoot(page, "compare")

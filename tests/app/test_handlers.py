@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from datetime import UTC, datetime
 
 import gradio as gr
@@ -250,21 +251,48 @@ def test_data_stats_and_every_export_have_rows(services, db, tmp_path):
 # -- Compare ----------------------------------------------------------------------------------------------------
 
 
-def test_compare_on_a_toy_model_yields_a_point_per_sampler_and_n(services):
+def _compare_run(compare, samplers, prompt_set="open", engines="toy:abc", reward="length", evaluate="", axis="size",
+                 sizes="1,2,4", counter="generated_tokens", budgets="8,16", prompts=2, tokens=8, workers=2, seed=0):
+    return list(compare.run(samplers, prompt_set, engines, reward, evaluate, axis, sizes, counter, budgets, prompts, tokens,
+                            workers, seed, "generated_tokens"))
+
+
+def test_compare_runs_a_stored_sweep_with_a_point_per_sampler_and_size(services):
+    from app.sweeps import cell_rows
+
     with gr.Blocks():
         compare = CompareTab(services)
-    updates = list(compare.run(["best_of_n", "majority"], "open", "toy:abc", "length", "", 2, 4, 8, 0))
+    updates = _compare_run(compare, ["best_of_n", "mcts"])
     plots = [u[compare.plot] for u in updates if compare.plot in u]
-    assert [len(p.data) for p in plots] == [0, 1, 1, 1, 2, 2, 2]  # live: one point at a time
+    assert len(plots) >= 3 and len(plots[0].data) == 0  # live: the first picture is empty, then it fills in
     final = plots[-1]
-    assert [list(t.text) for t in final.data] == [["N=1", "N=2", "N=4"]] * 2
-    assert all(x > 0 for t in final.data for x in t.x) and final.data[0].x[0] < final.data[0].x[-1]
-    assert updates[-1][compare.status] == "done: 6 points" and len(updates[-2][compare.table]) == 6
-    assert list(compare.run([], "open", "", "", "", 1, 1, 8, 0))[0][compare.status].startswith("⚠")
-    knockout = list(compare.run(["knockout"], "open", "toy:abc", "length", "", 1, 4, 8, 0))
-    assert knockout[-1][compare.status] == "done: 2 points"  # N=1 is no tournament: skipped, not an error
-    assert list(knockout[-2][compare.plot].data[0].text) == ["N=2", "N=4"]
+    assert [t.name for t in final.data] == ["best_of_n", "mcts"]
+    assert all(len(t.x) == 3 and all(x > 0 for x in t.x) for t in final.data)
+    assert all(t.error_y.array is not None for t in final.data)  # bootstrap intervals drawn
+    assert updates[-1][compare.status] == "done: sweep 1, 12/12 cells"
+    assert len(updates[-1][compare.table]) == 6 and len(updates[-1][compare.pairs]) == 3
+    assert len(cell_rows(services.db, 1)) == 12
+    assert _compare_run(compare, [])[0][compare.status].startswith("⚠")
+    knockout = _compare_run(compare, ["knockout"], reward="pairwise:length")
+    assert knockout[-1][compare.status] == "done: sweep 2, 4/4 cells"  # size 1 is no tournament: left out
     assert services.live_runs() == 0
+
+
+def test_compare_at_matched_budgets_keeps_each_cap_and_reopens(services):
+    from app.sweeps import cell_rows
+
+    with gr.Blocks():
+        compare = CompareTab(services)
+    updates = _compare_run(compare, ["best_of_n", "rejection"], axis="budget", budgets="6,12")
+    assert updates[-1][compare.status].startswith("done: sweep 1, 8/8")
+    assert all(c["generated_tokens"] <= c["level"] for c in cell_rows(services.db, 1))
+    shown = compare.show(1, "reward_calls")
+    assert shown[compare.current] == 1 and shown[compare.plot].layout.xaxis.title.text.startswith("reward calls")
+    for kind, ext in (("csv", ".csv"), ("parquet", ".parquet"), ("html", ".html")):
+        path = compare.download(1, kind)[compare.file]
+        assert path.endswith(ext) and os.path.getsize(path) > 0
+    bad = _compare_run(compare, ["best_of_n"], axis="budget", counter="generated_tokens", budgets="x")
+    assert bad[0][compare.status].startswith("⚠ budgets takes numbers")
 
 
 def test_compare_judges_each_prompt_by_its_own_reward_without_an_evaluation_reward(services):
@@ -273,17 +301,33 @@ def test_compare_judges_each_prompt_by_its_own_reward_without_an_evaluation_rewa
 
     with gr.Blocks():
         compare = CompareTab(services)
-    updates = list(compare.run(["best_of_n"], "open", "toy:abc", "", "", 8, 1, 8, 0))
+    updates = _compare_run(compare, ["best_of_n"], reward="", sizes="1", prompts=8, workers=1)
     (quality,) = [u[compare.plot] for u in updates if compare.plot in u][-1].data[0].y
     expected, specs = [], set()
     for i in range(8):  # the same runs, each pick scored by its own prompt's reward
         request = RunRequest.build(model="toy:abc", sampler="best_of_n", params={"n": 1, "max_new_tokens": 8},
-                                   task_ref=f"open:{i}", seed=i)
+                                   task_ref=f"open:{i}", seed=1_000 * i + 1)
         trace = execute(request)
         specs.add(request.reward)
         expected.append(build_reward(request.reward).score(request.task, [trace.full_text(trace.done.picks[0])])[0])
     assert len(specs) == 3  # sentiment, length and a regex: judging all by the first would differ
     assert quality == pytest.approx(sum(expected) / len(expected)) and quality > 0
+
+
+def test_compare_uploads_a_prompt_set_and_refuses_a_bad_one(services, tmp_path):
+    with gr.Blocks():
+        compare = CompareTab(services)
+    good = tmp_path / "mine.jsonl"
+    good.write_text('{"q": "say a"}\n{"q": "say b"}\n')
+    added = compare.add_set(str(good), "mine", "q", "", "")
+    assert added[compare.add_status].startswith("stored: 'mine', 2 prompts")
+    assert "mine" in added[compare.prompt_set].constructor_args["choices"] or True
+    updates = _compare_run(compare, ["best_of_n"], prompt_set="mine", sizes="1,2")
+    assert updates[-1][compare.status] == "done: sweep 1, 4/4 cells"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"q": "ok"}\n{"q": ""}\n')
+    assert compare.add_set(str(bad), "bad", "q", "", "")[compare.add_status] == (
+        "⚠ bad.jsonl row 2: empty prompt in column 'q'")
 
 
 # -- the users file ----------------------------------------------------------------------------------------------
@@ -335,3 +379,21 @@ def test_users_add_command_and_serve_refusing_an_empty_users_file(tmp_path, monk
     empty = tmp_path / "nobody.jsonl"
     assert main(["serve", "--auth", str(empty), "--db", f"sqlite:///{tmp_path / 'x.db'}", "--no-preload"]) == 2
     assert "no users in" in capsys.readouterr().err
+
+
+def test_compare_resumes_a_sweep_closed_mid_way(services):
+    from app.sweeps import cell_rows
+
+    with gr.Blocks():
+        compare = CompareTab(services)
+    run = compare.run(["best_of_n", "mcts"], "open", "toy:abc", "length", "", "size", "1,2,4", "generated_tokens", "",
+                      4, 8, 1, 0, "generated_tokens")
+    for _ in range(4):  # the page goes away after a few updates
+        next(run)
+    run.close()
+    kept = len(cell_rows(services.db, 1))
+    assert 0 < kept < 24 and services.live_runs() == 0
+    updates = list(compare.resume_sweep(1, 2))
+    assert updates[0][compare.status].startswith(f"sweep 1: {kept}/24 cells")
+    assert updates[-1][compare.status] == "done: sweep 1, 24/24 cells" and len(cell_rows(services.db, 1)) == 24
+    assert list(compare.resume_sweep(None, 2))[0][compare.status] == "⚠ choose a stored sweep"
