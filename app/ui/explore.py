@@ -16,6 +16,7 @@ import gradio as gr
 
 from app.ui import forms
 from app.ui.panel import ViewPanel, candidate_html
+from app.ui.render import md_text
 from app.ui.services import Services, error_message
 from engines.runner import RunRequest, stream
 from engines.trace import Trace
@@ -28,14 +29,14 @@ def progress_text(trace: Trace, request: RunRequest, finished: bool = False) -> 
     cost = trace.cost
     spent = f"{int(cost.get('generated_tokens', 0)):,} tokens, {cost.get('wall_seconds', 0.0):.1f} s"
     if finished and trace.done is not None:
-        note = f" — {trace.done.message}" if trace.done.message else ""
-        return f"**{trace.done.status}**: {count}, {spent}{note}"
+        note = f" — {md_text(trace.done.message, 400)}" if trace.done.message else ""
+        return f"**{md_text(trace.done.status)}**: {count}, {spent}{note}"
     return f"running… {count}, {spent}"
 
 
 def error_markdown(message: str) -> str:
-    # our own text around the user's error; the error itself is escaped by gr.Markdown's sanitiser
-    return f"<span class='error-line'>⚠ {message.replace('<', '&lt;')}</span>"
+    # our own element around the user's error, which is shown as text
+    return f"<span class='error-line'>⚠ {md_text(message, 600)}</span>"
 
 
 class ExploreTab:
@@ -116,7 +117,7 @@ class ExploreTab:
         token, flag = self.services.start_run()
         trace = Trace()
         try:
-            yield {self.status: f"loading `{request.model}`…", self.link: "", self.token: token, self.run_id: None, **self.panel.clear()}
+            yield {self.status: f"loading {md_text(request.model)}…", self.link: "", self.token: token, self.run_id: None, **self.panel.clear()}
             last = 0.0
             for event in stream(request, cancel=flag):
                 trace.append(event)

@@ -9,6 +9,7 @@ once per process by :func:`engines.models.load_model`'s cache, never kept in
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -28,8 +29,26 @@ class Services:
     update_interval: float = 0.3  # seconds between live view updates
     concurrency: int = 2  # sampler runs at once, shared by every tab
     default_model: str = "embedded:smollm2"
+    secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)  # signs guest ids
     _cancels: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        from app.ui.identity import GuestTokens
+
+        self.guests = GuestTokens(self.secret)
+        self._sign_in: tuple[Any, SignInLimiter] | None = None
+
+    @property
+    def sign_in(self) -> Any:
+        """``users.verify`` behind the failure limits (one limiter per user store), or None without --auth."""
+        from app.ui.identity import SignInLimiter
+
+        if self.users is None:
+            return None
+        if self._sign_in is None or self._sign_in[0] is not self.users:
+            self._sign_in = (self.users, SignInLimiter(self.users.verify))
+        return self._sign_in[1]
 
     # -- cancellation: a flag per live run, checked by the sampler loop -------------
 
