@@ -66,7 +66,7 @@ def build_demo(services: Services) -> gr.Blocks:
             """
             return sample_api(services, model, reward, sampler, prompt, params, answer, seed)
 
-        gr.api(sample, api_name="sample", concurrency_limit=services.concurrency, concurrency_id="samplers")
+        gr.api(sample, api_name="sample", concurrency_limit=None)  # runs take a slot in services.runs
 
         demo.load(
             on_load,
@@ -114,7 +114,12 @@ def sample_api(services: Services, model, reward, sampler, prompt, params, answe
             model=model or None, reward=reward or None, sampler=sampler, params=params, size=size,
             prompt=prompt, answer=answer or None, seed=seed, device=services.device, dtype=services.dtype,
         )
-        trace = execute(request)
+        ticket = services.runs.enter()  # the same first-come slots as Explore's runs
+        try:
+            services.runs.start(ticket)
+            trace = execute(request)
+        finally:
+            services.runs.leave(ticket)
         run_id = save_request_run(services.db, request, trace)
     except Exception as exc:
         raise gr.Error(error_message(exc)) from exc

@@ -84,14 +84,9 @@ class ExploreTab:
         inputs = [self.model, self.reward, self.sampler, self.prompt, self.answer, self.chat, self.seed, self.budget]
         inputs += forms.all_inputs(self.forms)
         outputs = [self.status, self.link, self.token, self.run_id, *self.panel.outputs]
-        self.run_button.click(
-            self.run, inputs, outputs, concurrency_limit=self.services.concurrency, concurrency_id="samplers",
-            show_progress="hidden",
-        )
-        self.prompt.submit(
-            self.run, inputs, outputs, concurrency_limit=self.services.concurrency, concurrency_id="samplers",
-            show_progress="hidden",
-        )
+        # no Gradio limit here: the run waits for a slot in services.runs and shows its place in line meanwhile
+        self.run_button.click(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+        self.prompt.submit(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.cancel_button.click(self.cancel, [self.token], [self.status], concurrency_limit=None, show_progress="hidden")
         self.sampler.change(lambda s: forms.visibility(self.forms, s), [self.sampler], [f.group for f in self.forms])
         self.task.change(self.pick_task, [self.task], [self.prompt, self.answer, self.chat, self.model, self.reward])
@@ -115,8 +110,16 @@ class ExploreTab:
             yield {self.status: error_markdown(error_message(exc))}
             return
         token, flag = self.services.start_run()
+        ticket = self.services.runs.enter()
         trace = Trace()
         try:
+            while not self.services.runs.start(ticket, timeout=0.5):
+                if flag.is_set():
+                    yield {self.status: "cancelled while waiting: nothing ran", self.token: None}
+                    return
+                place = self.services.runs.position(ticket)
+                yield {self.status: f"waiting for a free slot: {place} in line, {self.services.runs.running()} run(s) going",
+                       self.token: token}
             yield {self.status: f"loading {md_text(request.model)}…", self.link: "", self.token: token, self.run_id: None, **self.panel.clear()}
             last = 0.0
             for event in stream(request, cancel=flag):
@@ -129,6 +132,7 @@ class ExploreTab:
             yield {self.status: error_markdown(error_message(exc)), self.token: None}
             return
         finally:
+            self.services.runs.leave(ticket)
             self.services.finish(token)
         yield self.save(request, trace)
 

@@ -37,6 +37,7 @@ class Services:
         from app.ui.identity import GuestTokens
 
         self.guests = GuestTokens(self.secret)
+        self.runs = RunQueue(self.concurrency)
         self._sign_in: tuple[Any, SignInLimiter] | None = None
 
     @property
@@ -91,3 +92,54 @@ def error_message(exc: BaseException) -> str:
         return text
     log.exception("unexpected error in a handler")
     return f"internal error ({type(exc).__name__}): {text}"
+
+
+class RunQueue:
+    """First come, first served slots for sampler runs, with each waiting run's place in line.
+
+    Explore's run handler and the /sample API take a slot here (at most ``slots`` runs at once),
+    so a waiting run can show where it stands instead of a silent spinner.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots = max(1, int(slots))
+        self._cond = threading.Condition()
+        self._waiting: list[object] = []
+        self._running: set[object] = set()
+
+    def enter(self) -> object:
+        ticket = object()
+        with self._cond:
+            self._waiting.append(ticket)
+        return ticket
+
+    def _admit(self, ticket: object) -> bool:
+        if ticket in self._running:
+            return True
+        if self._waiting and self._waiting[0] is ticket and len(self._running) < self.slots:
+            self._waiting.pop(0)
+            self._running.add(ticket)
+            self._cond.notify_all()  # the next in line may fit too
+            return True
+        return False
+
+    def start(self, ticket: object, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for this ticket's turn; True once it holds a slot."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._admit(ticket), timeout)
+
+    def position(self, ticket: object) -> int:
+        """1 for the next in line, 2 behind it, ...; 0 once running."""
+        with self._cond:
+            return 0 if ticket in self._running else self._waiting.index(ticket) + 1
+
+    def running(self) -> int:
+        with self._cond:
+            return len(self._running)
+
+    def leave(self, ticket: object) -> None:
+        with self._cond:
+            self._running.discard(ticket)
+            if ticket in self._waiting:
+                self._waiting.remove(ticket)
+            self._cond.notify_all()
