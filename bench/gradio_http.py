@@ -49,7 +49,9 @@ class PageSession:
         """Run one handler as the page does; its last output values (a generator's final state)."""
         body = {"data": data, "fn_index": dep["id"], "session_hash": self.session_hash, "event_data": None,
                 "trigger_id": trigger if trigger is not None else (dep["targets"][0][0] if dep["targets"] else None)}
-        joined = self.http.post(self.base + "gradio_api/queue/join", json=body)
+        # ASCII JSON: any str goes through as the client sent it, lone surrogates included (as \\ud800 escapes)
+        joined = self.http.post(self.base + "gradio_api/queue/join", content=json.dumps(body, allow_nan=True),
+                                headers={"content-type": "application/json"})
         if joined.status_code != 200:
             raise GradioCallError(f"join refused: HTTP {joined.status_code} {joined.text[:200]}")
         event_id = joined.json()["event_id"]
