@@ -34,7 +34,7 @@ STATIC = Path(__file__).resolve().parents[2] / "static"
 def build_demo(services: Services) -> gr.Blocks:
     with gr.Blocks(title="samplescope") as demo:
         gr.Markdown("## samplescope <small>— a lab for reward-guided sampling</small>")
-        browser_id = annotator_state()  # outside the tabs, so that it is mounted (and read) at page load
+        browser_id = annotator_state(services.browser_state_secret())  # outside the tabs, so that it is mounted (and read) at page load
         with gr.Tabs(selected="explore") as tabs:
             ExploreTab(services)
             runs = RunsTab(services)

@@ -69,7 +69,7 @@ def annotator_markdown(stats: dict) -> str:
         lines += ["| annotators | shared | raw agreement | Cohen's κ |", "|---|---:|---:|---:|"]
         for p in pairs:
             kappa = "n/a" if p["kappa"] is None else f"{p['kappa']:.3f}"
-            lines.append(f"| {md_text(p['annotators'][0], 64)} · {md_text(p['annotators'][1], 64)} | {p['n']} | {p['agreement']:.2f} | {kappa} |")
+            lines.append(f"| {md_text(p['annotators'][0])} · {md_text(p['annotators'][1])} | {p['n']} | {p['agreement']:.2f} | {kappa} |")
     else:
         lines.append("No comparison has votes from two annotators yet.")
     return "\n".join(lines)
@@ -86,7 +86,7 @@ class DataTab:
             with gr.Row():
                 self.ranking = gr.Plot(label="Ranking", elem_id="data-ranking")
                 self.agreement = gr.Plot(label="Agreement", elem_id="data-agreement")
-            self.annotators = gr.Markdown()
+            self.annotators = gr.Markdown(elem_id="data-annotators")
             gr.Markdown("### Exports")
             with gr.Row():
                 self.export_buttons = [gr.Button(label, elem_id=f"export-{fmt}{ext.replace('.', '-')}") for label, fmt, ext in FORMATS]

@@ -38,14 +38,17 @@ def annotator_name(services: Services, request: gr.Request | None, token: str | 
     return guest
 
 
-def annotator_state() -> gr.BrowserState:
+def annotator_state(secret: str | None = None) -> gr.BrowserState:
     """This browser's guest token (issued and signed by the server, see app.ui.identity), kept in localStorage.
 
     Create it outside ``gr.Tabs``: inside a tab it is mounted only once the tab is first opened, so
     the page-load event reads None and every reload becomes a new guest; directly under ``gr.Tabs``
     it makes Gradio 6.31 draw duplicate tab buttons.
+
+    Gradio encrypts the stored value with ``secret`` (a random one per process by default, which would
+    make every guest new after a restart); build_demo passes one derived from the server's secret.
     """
-    return gr.BrowserState(None, storage_key="samplescope-annotator")
+    return gr.BrowserState(None, storage_key="samplescope-annotator", secret=secret)
 
 
 def side_html(shown: Any) -> str:

@@ -51,6 +51,13 @@ class Services:
             self._sign_in = (self.users, SignInLimiter(self.users.verify))
         return self._sign_in[1]
 
+    def browser_state_secret(self) -> str:
+        """The key Gradio encrypts the guest token in localStorage with: stable across restarts."""
+        import hashlib
+        import hmac
+
+        return hmac.new(self.secret, b"samplescope browser state", hashlib.sha256).hexdigest()[:32]
+
     # -- cancellation: a flag per live run, checked by the sampler loop -------------
 
     def start_run(self) -> tuple[str, threading.Event]:
