@@ -67,7 +67,7 @@ def md_text(value: object, limit: int = 200) -> str:
     value = " ".join(("" if value is None else str(value)).split())
     if len(value) > limit:
         value = value[:limit] + "…"
-    return _MD_SPECIAL.sub(lambda m: "&#%d;" % ord(m.group(1)), value)
+    return _MD_SPECIAL.sub(lambda m: f"&#{ord(m.group(1))};", value)
 
 
 _PNG_PREFIX = "data:image/png;base64,"

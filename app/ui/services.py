@@ -38,7 +38,7 @@ class Services:
 
         self.guests = GuestTokens(self.secret)
         self.runs = RunQueue(self.concurrency)
-        self._sign_in: tuple[Any, SignInLimiter] | None = None
+        self._sign_in: tuple[Any, Any] | None = None  # (the user store, its SignInLimiter)
 
     @property
     def sign_in(self) -> Any:

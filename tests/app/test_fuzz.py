@@ -139,7 +139,7 @@ def test_real_undecodable_argv_bytes_stdin_and_prompt_files(tmp_path, tiny_lm_di
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout)["task"]["prompt"] == "from stdin ✓"
 
-    (tmp_path / "p.txt").write_bytes("from a file\nsecond line".encode())
+    (tmp_path / "p.txt").write_bytes(b"from a file\nsecond line")
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8")
     big = tmp_path / "big.txt"
     big.write_text("word " * 200_000, encoding="utf-8")  # 1 MB: beyond any shell's argument limit

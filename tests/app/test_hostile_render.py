@@ -24,8 +24,8 @@ from engines.trace import (
     SelectEvent,
     Trace,
 )
-from tests.app.hostile import BAD_IMAGES, PAYLOADS, live_in_figure, live_in_update, live_markdown, live_markup
 from tests.app.helpers import XSS_PAYLOADS
+from tests.app.hostile import BAD_IMAGES, PAYLOADS, live_in_figure, live_in_update, live_markdown, live_markup
 
 HOSTILE = [*PAYLOADS, *XSS_PAYLOADS]
 

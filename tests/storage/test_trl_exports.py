@@ -54,8 +54,9 @@ def test_text_exports_have_no_image_columns_and_image_exports_keep_them(db, text
 def _train_one_step(kind: str, rows: list[dict], folder):
     import torch
     from datasets import Dataset
-    from tests.tiny import tiny_llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.tiny import tiny_llama
 
     model_dir = tiny_llama(folder / "model", chat=False)
     tok = AutoTokenizer.from_pretrained(model_dir)
