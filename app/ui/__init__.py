@@ -66,7 +66,8 @@ def build_demo(services: Services) -> gr.Blocks:
             """
             return sample_api(services, model, reward, sampler, prompt, params, answer, seed)
 
-        gr.api(sample, api_name="sample", concurrency_limit=None)  # runs take a slot in services.runs
+        # Gradio's queue holds waiting API calls without a thread; a started one takes a slot in services.runs
+        gr.api(sample, api_name="sample", concurrency_limit=services.concurrency, concurrency_id="samplers")
 
         demo.load(
             on_load,

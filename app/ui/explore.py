@@ -109,8 +109,12 @@ class ExploreTab:
         except Exception as exc:  # bad input: one line in the page, nothing else changes
             yield {self.status: error_markdown(error_message(exc))}
             return
+        try:
+            ticket = self.services.runs.enter()
+        except Exception as exc:
+            yield {self.status: error_markdown(error_message(exc))}
+            return
         token, flag = self.services.start_run()
-        ticket = self.services.runs.enter()
         trace = Trace()
         try:
             while not self.services.runs.start(ticket, timeout=0.5):

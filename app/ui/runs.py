@@ -90,7 +90,14 @@ class RunsTab:
         from storage import load_run
 
         try:
-            stored = self.services.db.read(lambda s: load_run(s, int(run_id)))
+            number = float(run_id)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not number.is_integer():
+            yield {self.header: "⚠ a run id is a whole number"}
+            return
+        try:
+            stored = self.services.db.read(lambda s: load_run(s, int(number)))
         except Exception as exc:
             yield {self.header: f"⚠ {md_text(error_message(exc), 600)}"}
             return

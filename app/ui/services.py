@@ -105,11 +105,14 @@ class RunQueue:
     """First come, first served slots for sampler runs, with each waiting run's place in line.
 
     Explore's run handler and the /sample API take a slot here (at most ``slots`` runs at once),
-    so a waiting run can show where it stands instead of a silent spinner.
+    so a waiting run can show where it stands instead of a silent spinner. A waiting run holds a
+    worker thread, so the line is capped (``max_waiting``): past it a run is refused with one line
+    instead of starving the threads that serve votes.
     """
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, max_waiting: int = 16) -> None:
         self.slots = max(1, int(slots))
+        self.max_waiting = max_waiting
         self._cond = threading.Condition()
         self._waiting: list[object] = []
         self._running: set[object] = set()
@@ -117,6 +120,8 @@ class RunQueue:
     def enter(self) -> object:
         ticket = object()
         with self._cond:
+            if len(self._waiting) >= self.max_waiting:
+                raise SamplescopeError(f"the server is busy: {len(self._waiting)} runs are waiting; try again shortly")
             self._waiting.append(ticket)
         return ticket
 

@@ -189,6 +189,18 @@ def test_a_waiting_run_shows_its_place_in_line(services):
     assert services.runs.running() == 0
 
 
+def test_the_waiting_line_is_capped(services):
+    from engines.errors import SamplescopeError
+
+    queue = type(services.runs)(1, max_waiting=2)
+    tickets = [queue.enter(), queue.enter()]
+    with pytest.raises(SamplescopeError, match="busy"):
+        queue.enter()
+    assert queue.start(tickets[0], timeout=1) and queue.position(tickets[1]) == 1
+    queue.leave(tickets[0])
+    assert queue.start(tickets[1], timeout=1)
+
+
 def test_cancel_while_waiting_runs_nothing(services, db):
     from app.ui.explore import ExploreTab
     from tests.app.helpers import explore_args
@@ -222,6 +234,9 @@ def test_opening_an_imported_run_shows_its_header(services, db, tmp_path):
     (update,) = list(runs.replay(run.id))
     assert update[runs.header].startswith(f"### Run {run.id}:") and "no stored trace" in update[runs.header]
     assert update[runs.opened] == run.id
+    for bad in (float("nan"), float("inf"), 1.5, "x", 10**30):
+        (update,) = list(runs.replay(bad))
+        assert update[runs.header].startswith("⚠") and "internal error" not in update[runs.header]
 
 
 def test_guest_tokens_cannot_be_forged():
