@@ -123,6 +123,7 @@ def sample_api(services: Services, model, reward, sampler, prompt, params, answe
             services.runs.leave(ticket)
         run_id = save_request_run(services.db, request, trace)
     except Exception as exc:
+        # API clients read this as text; no page shows it (gr.api is wired to no event of the page)
         raise gr.Error(error_message(exc)) from exc
     return {**request.summary(trace), "run_id": run_id}
 

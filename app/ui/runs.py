@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from app.ui.panel import ViewPanel, candidate_html
-from app.ui.render import md_text
+from app.ui.render import md_text, text
 from app.ui.services import Services, error_message
 from engines.trace import Trace
 
@@ -61,7 +61,7 @@ class RunsTab:
             runs = self.services.db.read(lambda s: list_runs(s, sampler=pick(sampler), model=pick(model), reward=pick(reward), limit=200))
             everything = self.services.db.read(lambda s: list_runs(s, limit=1000))
         except Exception as exc:
-            gr.Warning(error_message(exc))
+            gr.Warning(text(error_message(exc)))  # a toast renders its message as HTML
             return {}
         rows = [
             [r.id, r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.sampler, r.model, r.reward, r.status, r.candidates,
