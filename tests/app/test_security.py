@@ -167,6 +167,40 @@ def test_a_cold_model_load_blocks_only_its_own_callers():
         models.SCHEMES._items.pop("slowtest", None)
 
 
+def test_a_cold_model_load_does_not_block_labelling_over_http(server):
+    from engines import models
+
+    url, db = server
+    release, loading = threading.Event(), threading.Event()
+
+    def slow_loader(rest, options):
+        loading.set()
+        release.wait(60)
+        return models.load_model("toy:abc")
+
+    models.SCHEMES.add("slowhttp", slow_loader)
+    try:
+        runner = PageSession(url)
+        outcome = []
+        sample = threading.Thread(target=lambda: outcome.append(runner.call(runner.dependency(api_name="sample"), [
+            "slowhttp:x", "length", "best_of_n", "go", {"n": 2, "max_new_tokens": 2}, None, 0])))
+        sample.start()
+        assert loading.wait(30)
+        page = PageSession(url)
+        load = page.dependency(event="load")
+        token = next(v for v in page.call(load, [None]) if isinstance(v, str) and v.startswith("guest-"))
+        vote = page.dependency(elem_id="vote-b")
+        result = page.call(vote, [None, "", token])
+        reveal = result[vote["outputs"].index(page.component_id("label-reveal"))]
+        assert str(reveal).startswith("Your vote") and sample.is_alive() and not release.is_set()
+        release.set()
+        sample.join(60)
+        assert outcome and outcome[0][0]["status"] == "ok"
+    finally:
+        release.set()
+        models.SCHEMES._items.pop("slowhttp", None)
+
+
 def test_a_waiting_run_shows_its_place_in_line(services):
     from app.ui.explore import ExploreTab
     from tests.app.helpers import explore_args
