@@ -16,9 +16,15 @@ from collections.abc import Sequence
 COMMAND_MODULES = ("sample", "listing", "data", "serve", "bench", "sweep")
 
 
+def one_line(text: str, limit: int = 500) -> str:
+    """A message as one printable line: control characters (newlines, terminal escapes) shown escaped."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        self.exit(2, f"samplescope: error: {message}\n")
+        self.exit(2, f"samplescope: error: {one_line(message)}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (SamplescopeError, ValueError, FileNotFoundError, PermissionError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"samplescope: error: {message}", file=sys.stderr)
+        print(f"samplescope: error: {one_line(message)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()

@@ -11,4 +11,5 @@ BENCHES = {
     "scaling": ("bench.scaling", "accuracy against N and tokens on the reasoning lab"),
     "diffusion": ("bench.diffusion", "reward and digit share against network evaluations"),
     "browser": ("bench.browser", "time to first update and to done in a real browser"),
+    "load": ("bench.load", "32 labellers and 2 sampler users over HTTP: votes/s, vote latency, nothing lost"),
 }

@@ -9,6 +9,7 @@ process) and yields the sampler's events; :func:`execute` collects them.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class RunRequest:
         sampler: str = "best_of_n",
         params: dict[str, Any] | None = None,
         params_are_strings: bool = False,
+        size: Any = None,
         prompt: str | None = None,
         task_ref: str | None = None,
         task: Task | None = None,
@@ -52,10 +54,23 @@ class RunRequest:
         device: str = "auto",
         dtype: str = "fp32",
     ) -> RunRequest:
-        """Resolve defaults (a task set's model and reward) and validate everything cheap to check."""
+        """Resolve defaults (a task set's model and reward) and validate everything cheap to check.
+
+        ``size`` (the CLI's ``--n``) sets the sampler's declared size parameter, whatever its name
+        (``Config.size_field``: n, particles, beams, simulations, rollouts).
+        """
         from engines.samplers import SAMPLERS
         from engines.tasks import TASK_SETS, get_task
 
+        for name, value in (("model", model), ("reward", reward), ("sampler", sampler), ("prompt", prompt),
+                            ("task", task_ref), ("answer", answer)):
+            _check_text(name, value)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}"[:200])
+        if params is not None and not isinstance(params, dict):
+            raise ConfigError(f"sampler parameters must be a mapping of names to values, got {type(params).__name__}")
+        if budget is not None and not isinstance(budget, dict):
+            raise ConfigError(f"the budget must be a mapping of counters to caps, got {type(budget).__name__}")
         set_model = set_reward = None
         if task is None and task_ref is not None:
             task = get_task(task_ref)
@@ -71,15 +86,22 @@ class RunRequest:
             raise ConfigError("the prompt is empty")
         cls_ = SAMPLERS.get(sampler)
         params = dict(params or {})
+        if size is not None:
+            field_name = cls_.Config.size_field
+            if field_name is None:
+                raise ConfigError(f"sampler {sampler!r} has no size parameter; set its parameters by name")
+            if field_name in params and str(params[field_name]).strip() != str(size).strip():
+                raise ConfigError(f"the size is given twice: {field_name}={params[field_name]!r} and n={size!r}"[:200])
+            params[field_name] = str(size) if params_are_strings else size
         config = cls_.Config.from_strings(params) if params_are_strings else cls_.Config.from_dict(params)
-        if not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         budget_values = {}
         for key, value in (budget or {}).items():
             try:
                 budget_values[key] = float(value) if key == "wall_seconds" else int(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"budget {key} must be a number, got {value!r}") from None
+            except (TypeError, ValueError, OverflowError):
+                raise ConfigError(f"budget {key} must be a number, got {value!r}"[:200]) from None
+            if not math.isfinite(budget_values[key]) or budget_values[key] < 0:
+                raise ConfigError(f"budget {key} must be a finite number >= 0, got {value!r}"[:200])
         unknown = set(budget_values) - set(Budget.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"unknown budget counter(s): {', '.join(sorted(unknown))}")
@@ -134,8 +156,21 @@ def load_parts(request: RunRequest) -> tuple[Any, Any, Any]:
     return model, reward, sampler
 
 
+def check_context(model: Any, task: Task) -> None:
+    """A prompt longer than the model's context is one clear error, before any sampling."""
+    limit = getattr(model, "max_positions", None)
+    if not limit or getattr(model, "modality", "text") != "text" or task.meta.get("modality", "text") != "text":
+        return
+    if len(task.prompt) > 64 * limit:  # no tokenizer makes fewer tokens than this: skip the tokenizing
+        raise ConfigError(f"the prompt is {len(task.prompt):,} characters, far beyond the model's context of {limit:,} tokens")
+    tokens = len(model.encode_task(task))
+    if tokens >= limit:
+        raise ConfigError(f"the prompt is {tokens:,} tokens; the model's context is {limit:,} tokens (prompt and reply together)")
+
+
 def stream(request: RunRequest, cancel: threading.Event | None = None) -> Iterator[Event]:
     model, reward, sampler = load_parts(request)
+    check_context(model, request.task)
     rng = torch.Generator().manual_seed(request.seed)
     return sampler.run(request.task, model, reward, budget=request.budget, rng=rng, cancel=cancel)
 
@@ -151,3 +186,22 @@ def execute(
         if on_event is not None:
             on_event(event)
     return trace
+
+
+#: the longest text a request takes (1 MB prompts are possible through --prompt-file; the model's context decides)
+MAX_TEXT_CHARS = 4_000_000
+
+
+def _check_text(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be text, got {type(value).__name__}")
+    if len(value) > MAX_TEXT_CHARS or (name != "prompt" and name != "answer" and len(value) > 4096):
+        raise ConfigError(f"{name} is {len(value):,} characters: too long")
+    if "\x00" in value:
+        raise ConfigError(f"{name} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"{name} is not valid UTF-8 text (undecodable at character {exc.start})") from None

@@ -35,6 +35,12 @@ Only comparisons of two images; the image columns hold the PNG bytes (the
 column names keep Pick-a-Pic's ``jpg_`` for drop-in use), base64 in JSONL.
 ``both_bad`` has no place in that layout and is left out, as are skips.
 
+Image columns (``chosen_image``/``rejected_image`` in ``dpo``, ``image`` in
+``kto``) are written only when some exported candidate is an image: a text
+export has none, because TRL's trainers read any ``image`` key as a vision
+dataset (``KTOTrainer`` refuses a text model then), while an image export
+keeps them for vision-language trainers.
+
 Skips are never exported. Only each annotator's current vote counts. The file
 type follows the extension: ``.jsonl`` or ``.parquet``; files are written to a
 temporary name and renamed, so a crash never leaves half a file.
@@ -136,6 +142,9 @@ PICKAPIC_SCHEMA = pa.schema(
 )
 
 SCHEMAS = {"dpo": DPO_SCHEMA, "kto": KTO_SCHEMA, "battles": BATTLE_SCHEMA, "pickapic": PICKAPIC_SCHEMA}
+
+#: per format, the columns that hold images; left out of an export with no image in it
+IMAGE_COLUMNS = {"dpo": ("chosen_image", "rejected_image"), "kto": ("image",)}
 
 #: database-local ids: they differ after an import into another database
 ID_COLUMNS = ("comparison_id", "vote_id", "chosen_run_id", "rejected_run_id", "run_id")
@@ -278,12 +287,28 @@ def export_rows(session: Session, fmt: str, *, by: str = "sampler") -> list[dict
         raise InvalidInput(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     records = vote_records(session)
     if fmt == "dpo":
-        return dpo_rows(records)
+        return _text_only(dpo_rows(records), fmt)
     if fmt == "kto":
-        return kto_rows(records)
+        return _text_only(kto_rows(records), fmt)
     if fmt == "pickapic":
         return pickapic_rows(records, by=by)
     return battle_rows(records, by=by)
+
+
+def _text_only(rows: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
+    """Rows without the image columns when no row has an image (a text export)."""
+    columns = IMAGE_COLUMNS[fmt]
+    if any(row.get(c) is not None for row in rows for c in columns):
+        return rows
+    return [{k: v for k, v in row.items() if k not in columns} for row in rows]
+
+
+def schema_for(fmt: str, rows: Sequence[dict[str, Any]]) -> pa.Schema:
+    """The file schema of an export: the format's, less the image columns its rows left out."""
+    schema = SCHEMAS[fmt]
+    for column in [c for c in IMAGE_COLUMNS.get(fmt, ()) if not rows or c not in rows[0]]:
+        schema = schema.remove(schema.get_field_index(column))
+    return schema
 
 
 def file_kind(path: str | Path) -> str:
@@ -356,5 +381,5 @@ def export(session: Session, fmt: str, path: str | Path, *, by: str = "sampler")
     """Write one export format to ``path`` (.jsonl or .parquet); the number of rows."""
     file_kind(path)  # fail before the query on a bad name
     rows = export_rows(session, fmt, by=by)
-    write_rows(rows, path, SCHEMAS[fmt])
+    write_rows(rows, path, schema_for(fmt, rows))
     return len(rows)

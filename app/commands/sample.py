@@ -19,11 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model spec (default: the task set's model, else embedded:smollm2)")
     p.add_argument("--reward", help="reward spec, e.g. sentiment, math, judge, rm:PATH (default: the task's)")
     p.add_argument("--sampler", default="best_of_n", help="sampler name (default: best_of_n)")
-    p.add_argument("--n", type=int, help="shorthand for --set n=N")
+    p.add_argument("--n", type=int, help="the sampler's size: n, particles, beams, simulations or rollouts, whichever it has")
     p.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE", help="sampler parameter")
     p.add_argument("--budget", action="append", default=[], metavar="COUNTER=CAP", help="cap a cost counter, e.g. generated_tokens=2000")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", help="the prompt text")
+    source.add_argument("--prompt", help="the prompt text; - reads it from standard input")
+    source.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 text file")
     source.add_argument("--task", help="a built-in task, SET:INDEX (see: samplescope list tasks)")
     p.add_argument("--answer", help="reference answer (for verifiable rewards such as math)")
     p.add_argument("--raw", action="store_true", help="do not wrap the prompt in the model's chat template")
@@ -42,17 +43,17 @@ def run(args: argparse.Namespace) -> int:
     from engines.runner import RunRequest, execute
 
     params = parse_pairs(args.params, "--set")
-    if args.n is not None:
-        params["n"] = str(args.n)
-    if args.prompt is not None and not args.prompt.strip():
+    prompt = read_prompt(args)
+    if prompt is not None and not prompt.strip():
         raise ConfigError("the prompt is empty")
     request = RunRequest.build(
+        size=args.n,
         model=args.model,
         reward=args.reward,
         sampler=args.sampler,
         params=params,
         params_are_strings=True,
-        prompt=args.prompt,
+        prompt=prompt,
         task_ref=args.task,
         answer=args.answer,
         chat=not args.raw,
@@ -77,6 +78,31 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_human(result)
     return 0
+
+
+#: a prompt file or stdin larger than this is refused before it is read whole
+MAX_PROMPT_BYTES = 16 * 2**20
+
+
+def read_prompt(args: argparse.Namespace) -> str | None:
+    """The prompt from --prompt TEXT, --prompt - (stdin) or --prompt-file FILE, as checked UTF-8 text."""
+    from engines.errors import ConfigError
+
+    if args.prompt_file is not None:
+        with open(args.prompt_file, "rb") as handle:
+            data = handle.read(MAX_PROMPT_BYTES + 1)
+        where = args.prompt_file
+    elif args.prompt == "-":
+        data = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
+        where = "standard input"
+    else:
+        return args.prompt  # argv text: RunRequest refuses what is not UTF-8 (undecodable bytes)
+    if len(data) > MAX_PROMPT_BYTES:
+        raise ConfigError(f"the prompt in {where} is over {MAX_PROMPT_BYTES // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"the prompt in {where} is not UTF-8 (bad byte at offset {exc.start})") from None
 
 
 class _Progress:

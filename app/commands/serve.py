@@ -12,7 +12,7 @@ from app.commands.common import quiet_libraries
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start the web app", description="Start the samplescope web app.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=port_number, default=7860, help="port, 1-65535 (default 7860)")
     p.add_argument("--db", help="database URL (default: SAMPLESCOPE_DB or the user data folder)")
     p.add_argument("--auth", metavar="FILE", help="require sign-in with the users in FILE (see: samplescope users add)")
     p.add_argument("--model", default="embedded:smollm2", help="model to load at start (default embedded:smollm2)")
@@ -35,19 +35,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=list_users)
 
 
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text[:40]!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 1-65535")
+    return port
+
+
 def build_services(args: argparse.Namespace):
     from app.store import open_database
     from app.ui.auth import UserStore
+    from app.ui.identity import load_secret
     from app.ui.services import Services
+    from storage.db import data_home
 
-    if args.concurrency < 1:
-        raise ValueError("--concurrency must be at least 1")
+    if not 1 <= args.concurrency <= 64:
+        raise ValueError("--concurrency must be between 1 and 64")
     users = UserStore(args.auth) if args.auth else None
     if users is not None:
         users.require_users()
     return Services(
         db=open_database(args.db), device=args.device, dtype=args.dtype, users=users,
-        concurrency=args.concurrency, default_model=args.model,
+        concurrency=args.concurrency, default_model=args.model, secret=load_secret(data_home()),
     )
 
 

@@ -4,11 +4,17 @@ Tabs: Explore (run a sampler live), Runs (stored runs, replay, ``/?run=ID``
 links), Label (blind pairwise votes), Data (statistics and exports), Compare
 (quality against compute). :func:`launch_options` gives what ``launch()``
 needs besides the Blocks (CSS, the keyboard-shortcut script, auth).
+
+Only the documented API (:data:`PUBLIC_API`: ``/sample``) is an API endpoint;
+every other event handler is private (``api_visibility="private"``: not in the
+API page, not callable by the Gradio clients). The page itself still calls
+them, so each one validates what it gets on the server: identities come from
+the sign-in or a server-signed guest token (app.ui.identity), never from the
+client's word.
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,7 @@ from app.ui.compare import CompareTab
 from app.ui.data import DataTab
 from app.ui.explore import ExploreTab
 from app.ui.label import LabelTab, annotator_state
+from app.ui.render import md_text
 from app.ui.runs import RunsTab
 from app.ui.services import Services
 
@@ -27,7 +34,7 @@ STATIC = Path(__file__).resolve().parents[2] / "static"
 def build_demo(services: Services) -> gr.Blocks:
     with gr.Blocks(title="samplescope") as demo:
         gr.Markdown("## samplescope <small>— a lab for reward-guided sampling</small>")
-        browser_id = annotator_state()  # outside the tabs, so that it is mounted (and read) at page load
+        browser_id = annotator_state(services.browser_state_secret())  # outside the tabs, so that it is mounted (and read) at page load
         with gr.Tabs(selected="explore") as tabs:
             ExploreTab(services)
             runs = RunsTab(services)
@@ -45,7 +52,7 @@ def build_demo(services: Services) -> gr.Blocks:
                 return
             updates[tabs] = gr.Tabs(selected="runs")
             if not wanted.strip().isdigit():  # the Number box takes only an id; say so instead of failing
-                yield {**updates, runs.header: f"⚠ no run {html.escape(wanted[:40])!r}: a run link is /?run=ID"}
+                yield {**updates, runs.header: f"⚠ no run {md_text(repr(wanted[:40]))}: a run link is /?run=ID"}
                 return
             updates[runs.run_id] = int(wanted)
             yield updates
@@ -53,9 +60,13 @@ def build_demo(services: Services) -> gr.Blocks:
 
         def sample(model: str, reward: str, sampler: str, prompt: str, params: dict | None = None,
                    answer: str | None = None, seed: int = 0) -> dict:
-            """Run a sampler on a prompt, store the run, and return its candidates, picks, cost and run id."""
-            return sample_api(services, model, reward, sampler, prompt, params or {}, answer, seed)
+            """Run a sampler on a prompt, store the run, and return its candidates, picks, cost and run id.
 
+            ``params`` may give ``n`` for the sampler's size parameter whatever its name (particles, beams, ...).
+            """
+            return sample_api(services, model, reward, sampler, prompt, params, answer, seed)
+
+        # Gradio's queue holds waiting API calls without a thread; a started one takes a slot in services.runs
         gr.api(sample, api_name="sample", concurrency_limit=services.concurrency, concurrency_id="samplers")
 
         demo.load(
@@ -66,23 +77,53 @@ def build_demo(services: Services) -> gr.Blocks:
              label.who, label.progress, label.prompt, label.left, label.right, label.current, label.rationale,
              data.counts, data.ranking, data.agreement, data.annotators],
         )
+    for fn in demo.fns.values():  # the class of bug, closed: nothing but the documented API is an endpoint
+        if fn.api_name not in PUBLIC_API:
+            fn.api_visibility = "private"
     demo.queue(default_concurrency_limit=services.concurrency)
     return demo
+
+
+#: the endpoints the README documents; every other handler is private
+PUBLIC_API = frozenset({"sample"})
 
 
 def sample_api(services: Services, model, reward, sampler, prompt, params, answer, seed) -> dict:
     from app.store import save_request_run
     from app.ui.services import error_message
+    from engines.errors import ConfigError
     from engines.runner import RunRequest, execute
+    from engines.samplers import SAMPLERS
 
     try:
+        if params is None:
+            params = {}
+        if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+            raise ConfigError("params must be a JSON object of sampler parameters")
+        if not isinstance(prompt, str):
+            raise ConfigError(f"prompt must be text, got {type(prompt).__name__}")
+        if seed is None:
+            seed = 0
+        if isinstance(seed, float) and seed.is_integer():  # JSON clients send 4.0 for 4
+            seed = int(seed)
+        sampler = sampler or "best_of_n"
+        params, size = dict(params), None
+        config = SAMPLERS.get(sampler).Config if isinstance(sampler, str) else None
+        if config is not None and "n" in params and config.size_field not in (None, "n"):
+            size = params.pop("n")  # "n" is the size, whatever the sampler calls it
         request = RunRequest.build(
-            model=model or None, reward=reward or None, sampler=sampler or "best_of_n", params=dict(params),
-            prompt=prompt, answer=answer or None, seed=int(seed or 0), device=services.device, dtype=services.dtype,
+            model=model or None, reward=reward or None, sampler=sampler, params=params, size=size,
+            prompt=prompt, answer=answer or None, seed=seed, device=services.device, dtype=services.dtype,
         )
-        trace = execute(request)
+        ticket = services.runs.enter()  # the same first-come slots as Explore's runs
+        try:
+            services.runs.start(ticket)
+            trace = execute(request)
+        finally:
+            services.runs.leave(ticket)
         run_id = save_request_run(services.db, request, trace)
     except Exception as exc:
+        # API clients read this as text; no page shows it (gr.api is wired to no event of the page)
         raise gr.Error(error_message(exc)) from exc
     return {**request.summary(trace), "run_id": run_id}
 
@@ -96,6 +137,6 @@ def launch_options(services: Services) -> dict[str, Any]:
     }
     if services.users is not None:
         services.users.require_users()
-        options["auth"] = services.users.verify
+        options["auth"] = services.sign_in  # the users' scrypt check behind a per-name and overall failure limit
         options["auth_message"] = "Sign in with the account you were given (samplescope users add)."
     return options

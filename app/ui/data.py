@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
+from app.ui.render import md_text, plain
 from app.ui.services import Services, error_message
 from app.ui.views import _layout, empty
 
@@ -21,7 +22,7 @@ def ranking_figure(stats: dict) -> go.Figure:
     players = stats["ranking"]["players"]
     if not players:
         return empty("Bradley-Terry ranking", "no decisive votes between samplers yet")
-    names = [p["name"] for p in players][::-1]
+    names = [plain(p["name"], 60) for p in players][::-1]
     ratings = [p["rating"] for p in players][::-1]
     lows = [p["low"] if p["low"] is not None else p["rating"] for p in players][::-1]
     highs = [p["high"] if p["high"] is not None else p["rating"] for p in players][::-1]
@@ -29,10 +30,10 @@ def ranking_figure(stats: dict) -> go.Figure:
         x=ratings, y=names, mode="markers", marker={"size": 11, "color": "#1f77b4"},
         error_x={"type": "data", "symmetric": False, "array": [h - r for h, r in zip(highs, ratings, strict=True)],
                  "arrayminus": [r - lo for r, lo in zip(ratings, lows, strict=True)]},
-        hovertext=[f"{p['name']}: {p['rating']:.0f} ({p['battles']} battles)" for p in players][::-1], hoverinfo="text",
+        hovertext=[f"{plain(p['name'], 80)}: {p['rating']:.0f} ({p['battles']} battles)" for p in players][::-1], hoverinfo="text",
     ))
     fig.update_xaxes(title=f"rating (Elo scale), 95% bootstrap interval ({stats['ranking']['bootstrap']} resamples)")
-    return _layout(fig, f"Bradley-Terry ranking by {stats['ranking']['by']}", height=max(220, 60 * len(names) + 80))
+    return _layout(fig, f"Bradley-Terry ranking by {plain(stats['ranking']['by'], 20)}", height=max(220, 60 * len(names) + 80))
 
 
 def agreement_figure(stats: dict) -> go.Figure:
@@ -42,7 +43,7 @@ def agreement_figure(stats: dict) -> go.Figure:
         bars.append(("reward vs humans", overall))
     for name, prop in stats["reward_agreement"].get("by_reward", {}).items():
         if prop["rate"] is not None:
-            bars.append((f"  {name}", prop))
+            bars.append((f"  {plain(name, 60)}", prop))
     bias = stats["position_bias"]
     if bias.get("rate") is not None:
         bars.append(("left side wins", bias))
@@ -68,7 +69,7 @@ def annotator_markdown(stats: dict) -> str:
         lines += ["| annotators | shared | raw agreement | Cohen's κ |", "|---|---:|---:|---:|"]
         for p in pairs:
             kappa = "n/a" if p["kappa"] is None else f"{p['kappa']:.3f}"
-            lines.append(f"| {p['annotators'][0]} · {p['annotators'][1]} | {p['n']} | {p['agreement']:.2f} | {kappa} |")
+            lines.append(f"| {md_text(p['annotators'][0])} · {md_text(p['annotators'][1])} | {p['n']} | {p['agreement']:.2f} | {kappa} |")
     else:
         lines.append("No comparison has votes from two annotators yet.")
     return "\n".join(lines)
@@ -85,7 +86,7 @@ class DataTab:
             with gr.Row():
                 self.ranking = gr.Plot(label="Ranking", elem_id="data-ranking")
                 self.agreement = gr.Plot(label="Agreement", elem_id="data-agreement")
-            self.annotators = gr.Markdown()
+            self.annotators = gr.Markdown(elem_id="data-annotators")
             gr.Markdown("### Exports")
             with gr.Row():
                 self.export_buttons = [gr.Button(label, elem_id=f"export-{fmt}{ext.replace('.', '-')}") for label, fmt, ext in FORMATS]
@@ -104,9 +105,9 @@ class DataTab:
             report = self.services.db.check()
             stats = self.services.db.read(lambda s: summary(s, by=by, bootstrap=200))
         except Exception as exc:
-            return {self.counts: f"⚠ {error_message(exc)}"}
-        counts = ", ".join(f"{n:,} {table}" for table, n in report.counts.items())
-        outcomes = ", ".join(f"{k} {v}" for k, v in stats["outcomes"].items())
+            return {self.counts: f"⚠ {md_text(error_message(exc), 600)}"}
+        counts = ", ".join(f"{n:,} {md_text(table)}" for table, n in report.counts.items())
+        outcomes = ", ".join(f"{md_text(k)} {md_text(v)}" for k, v in stats["outcomes"].items())
         return {
             self.counts: f"**Stored:** {counts}.  \n**Votes:** {stats['votes']} current ({outcomes}).",
             self.ranking: ranking_figure(stats),
@@ -122,5 +123,5 @@ class DataTab:
         try:
             rows = self.services.db.read(lambda s: export(s, fmt, path, by=by))
         except Exception as exc:
-            return {self.file: None, self.note: f"⚠ {error_message(exc)}"}
+            return {self.file: None, self.note: f"⚠ {md_text(error_message(exc), 600)}"}
         return {self.file: str(path), self.note: f"{rows} rows written as {fmt} ({ext[1:]})"}

@@ -16,6 +16,7 @@ import gradio as gr
 
 from app.ui import forms
 from app.ui.panel import ViewPanel, candidate_html
+from app.ui.render import md_text
 from app.ui.services import Services, error_message
 from engines.runner import RunRequest, stream
 from engines.trace import Trace
@@ -28,14 +29,14 @@ def progress_text(trace: Trace, request: RunRequest, finished: bool = False) -> 
     cost = trace.cost
     spent = f"{int(cost.get('generated_tokens', 0)):,} tokens, {cost.get('wall_seconds', 0.0):.1f} s"
     if finished and trace.done is not None:
-        note = f" — {trace.done.message}" if trace.done.message else ""
-        return f"**{trace.done.status}**: {count}, {spent}{note}"
+        note = f" — {md_text(trace.done.message, 400)}" if trace.done.message else ""
+        return f"**{md_text(trace.done.status)}**: {count}, {spent}{note}"
     return f"running… {count}, {spent}"
 
 
 def error_markdown(message: str) -> str:
-    # our own text around the user's error; the error itself is escaped by gr.Markdown's sanitiser
-    return f"<span class='error-line'>⚠ {message.replace('<', '&lt;')}</span>"
+    # our own element around the user's error, which is shown as text
+    return f"<span class='error-line'>⚠ {md_text(message, 600)}</span>"
 
 
 class ExploreTab:
@@ -83,14 +84,9 @@ class ExploreTab:
         inputs = [self.model, self.reward, self.sampler, self.prompt, self.answer, self.chat, self.seed, self.budget]
         inputs += forms.all_inputs(self.forms)
         outputs = [self.status, self.link, self.token, self.run_id, *self.panel.outputs]
-        self.run_button.click(
-            self.run, inputs, outputs, concurrency_limit=self.services.concurrency, concurrency_id="samplers",
-            show_progress="hidden",
-        )
-        self.prompt.submit(
-            self.run, inputs, outputs, concurrency_limit=self.services.concurrency, concurrency_id="samplers",
-            show_progress="hidden",
-        )
+        # no Gradio limit here: the run waits for a slot in services.runs and shows its place in line meanwhile
+        self.run_button.click(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+        self.prompt.submit(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.cancel_button.click(self.cancel, [self.token], [self.status], concurrency_limit=None, show_progress="hidden")
         self.sampler.change(lambda s: forms.visibility(self.forms, s), [self.sampler], [f.group for f in self.forms])
         self.task.change(self.pick_task, [self.task], [self.prompt, self.answer, self.chat, self.model, self.reward])
@@ -113,10 +109,22 @@ class ExploreTab:
         except Exception as exc:  # bad input: one line in the page, nothing else changes
             yield {self.status: error_markdown(error_message(exc))}
             return
+        try:
+            ticket = self.services.runs.enter()
+        except Exception as exc:
+            yield {self.status: error_markdown(error_message(exc))}
+            return
         token, flag = self.services.start_run()
         trace = Trace()
         try:
-            yield {self.status: f"loading `{request.model}`…", self.link: "", self.token: token, self.run_id: None, **self.panel.clear()}
+            while not self.services.runs.start(ticket, timeout=0.5):
+                if flag.is_set():
+                    yield {self.status: "cancelled while waiting: nothing ran", self.token: None}
+                    return
+                place = self.services.runs.position(ticket)
+                yield {self.status: f"waiting for a free slot: {place} in line, {self.services.runs.running()} run(s) going",
+                       self.token: token}
+            yield {self.status: f"loading {md_text(request.model)}…", self.link: "", self.token: token, self.run_id: None, **self.panel.clear()}
             last = 0.0
             for event in stream(request, cancel=flag):
                 trace.append(event)
@@ -128,6 +136,7 @@ class ExploreTab:
             yield {self.status: error_markdown(error_message(exc)), self.token: None}
             return
         finally:
+            self.services.runs.leave(ticket)
             self.services.finish(token)
         yield self.save(request, trace)
 

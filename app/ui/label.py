@@ -12,38 +12,43 @@ within limits) is checked by storage on the server.
 
 from __future__ import annotations
 
-import html
 import uuid
 from datetime import datetime
 from typing import Any
 
 import gradio as gr
 
-from app.ui.render import image_tag, markdown
+from app.ui.render import image_tag, markdown, md_text
 from app.ui.services import Services, error_message
 
 CHOICES = [("A is better", "left", "1", "vote-a"), ("B is better", "right", "2", "vote-b"),
            ("Tie", "tie", "3", "vote-tie"), ("Both bad", "both_bad", "4", "vote-bad"), ("Skip", "skip", "s", "vote-skip")]
 
 
-def annotator_name(request: gr.Request | None, browser_id: str | None) -> str:
-    """The signed-in user under --auth, else this browser's own guest id."""
+def annotator_name(services: Services, request: gr.Request | None, token: str | None) -> str:
+    """The signed-in user under --auth (the only identity there), else the guest the server signed ``token`` for."""
     user = getattr(request, "username", None) if request is not None else None
     if user:
         return str(user)
-    if browser_id:
-        return str(browser_id)
-    raise ValueError("no annotator: reload the page")
+    if services.users is not None:
+        raise ValueError("sign in first")
+    guest = services.guests.verify(token)
+    if guest is None:
+        raise ValueError("this browser has no guest id from this server: reload the page")
+    return guest
 
 
-def annotator_state() -> gr.BrowserState:
-    """This browser's guest annotator id, kept in localStorage.
+def annotator_state(secret: str | None = None) -> gr.BrowserState:
+    """This browser's guest token (issued and signed by the server, see app.ui.identity), kept in localStorage.
 
     Create it outside ``gr.Tabs``: inside a tab it is mounted only once the tab is first opened, so
     the page-load event reads None and every reload becomes a new guest; directly under ``gr.Tabs``
     it makes Gradio 6.31 draw duplicate tab buttons.
+
+    Gradio encrypts the stored value with ``secret`` (a random one per process by default, which would
+    make every guest new after a restart); build_demo passes one derived from the server's secret.
     """
-    return gr.BrowserState(None, storage_key="samplescope-annotator")
+    return gr.BrowserState(None, storage_key="samplescope-annotator", secret=secret)
 
 
 def side_html(shown: Any) -> str:
@@ -95,18 +100,19 @@ class LabelTab:
 
     # -- handlers --------------------------------------------------------------------
 
-    def ensure_identity(self, browser_id):
-        return browser_id or f"guest-{uuid.uuid4().hex[:8]}"
+    def ensure_identity(self, token):
+        """This browser's token when the server signed it, else a new one (whatever else a client sends is dropped)."""
+        return token if self.services.guests.verify(token) else self.services.guests.issue()
 
     def next(self, browser_id, request: gr.Request = None) -> dict[Any, Any]:
         from storage import next_comparison, progress
 
         try:
-            who = annotator_name(request, browser_id)
+            who = annotator_name(self.services, request, browser_id)
             shown, (done, remaining) = self.services.db.read(lambda s: (next_comparison(s, who), progress(s, who)))
         except Exception as exc:
-            return {self.progress: f"⚠ {error_message(exc)}"}
-        base = {self.who: f"Labelling as **{html.escape(who)}**", self.progress: f"{done} done, {remaining} to go", self.rationale: ""}
+            return {self.progress: f"⚠ {md_text(error_message(exc), 600)}"}
+        base = {self.who: f"Labelling as **{md_text(who, 64)}**", self.progress: f"{done} done, {remaining} to go", self.rationale: ""}
         if shown is None:
             return {**base, self.prompt: "<p><em>No pairs left for you. Make pairs from stored runs above.</em></p>",
                     self.left: "", self.right: "", self.current: None}
@@ -126,7 +132,7 @@ class LabelTab:
         if not current:
             return {self.reveal: "Nothing to vote on.", **self.next(browser_id, request)}
         try:
-            who = annotator_name(request, browser_id)
+            who = annotator_name(self.services, request, browser_id)
             comparison_id = int(current["comparison_id"])
 
             def write(session):
@@ -140,7 +146,7 @@ class LabelTab:
 
             shown, result = self.services.db.write(write)
         except Exception as exc:
-            return {self.reveal: f"⚠ vote not stored: {error_message(exc)}"}
+            return {self.reveal: f"⚠ vote not stored: {md_text(error_message(exc), 600)}"}
         return {self.reveal: reveal_markdown(shown, choice, result.created), **self.next(browser_id, request)}
 
     def make_pairs(self, run_ids, strategy, count) -> str:
@@ -157,14 +163,14 @@ class LabelTab:
                 lambda s: sum(len(make_comparisons(s, i, strategy, count=int(count or 1))) for i in ids)
             )
         except Exception as exc:
-            return f"⚠ {error_message(exc)}"
+            return f"⚠ {md_text(error_message(exc), 600)}"
         return f"made {made} comparison(s) from {len(ids)} run(s)"
 
 
 def reveal_markdown(shown: Any, choice: str, created: bool) -> str:
     def side(name: str, s: Any) -> str:
-        reward = "-" if s.reward is None else f"{s.reward:.4g}"
-        return f"**{name}**: run {s.run_id}, {html.escape(s.sampler)} on {html.escape(s.model)}, reward {reward}"
+        reward = "-" if s.reward is None else md_text(f"{s.reward:.4g}")
+        return f"**{name}**: run {md_text(s.run_id)}, {md_text(s.sampler)} on {md_text(s.model)}, reward {reward}"
 
     said = {"left": "A", "right": "B", "tie": "a tie", "both_bad": "both bad", "skip": "skip"}[choice]
     again = "" if created else " (already stored: nothing new was written)"

@@ -8,13 +8,12 @@ without matches, no particles without resampling) are hidden.
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import gradio as gr
 
 from app.ui import views
-from app.ui.render import image_tag, markdown
+from app.ui.render import image_tag, markdown, text
 from engines.trace import Trace
 
 
@@ -74,10 +73,10 @@ def candidate_html(trace: Trace, node_id: str | None) -> str:
         return "<p><em>Pick a candidate in the table to read it here.</em></p>"
     node = trace.nodes[node_id]
     rewards = trace.scores.get(node_id, {})
-    head = ", ".join(f"{html.escape(name)} = {value:.4g}" for name, value in rewards.items()) or "no reward"
+    head = ", ".join(f"{text(name)} = {_number(value)}" for name, value in rewards.items()) or "no reward"
     picked = " — <strong>picked</strong>" if node_id in trace.selected else ""
     body = image_tag(node.image, 128) if node.image else markdown(trace.full_text(node_id))
-    return f"<p><code>{node_id}</code>{picked}<br><small>{head}</small></p>{body}"
+    return f"<p><code>{text(node_id)}</code>{picked}<br><small>{head}</small></p>{body}"
 
 
 def image_grid(trace: Trace, limit: int = 64) -> str:
@@ -92,6 +91,13 @@ def image_grid(trace: Trace, limit: int = 64) -> str:
         border = "3px solid #d62728" if r["picked"] else "1px solid #ddd"
         cells.append(
             f'<figure style="margin:4px;display:inline-block;text-align:center;border:{border};padding:2px">'
-            f"{image_tag(r['image'], 64, r['id'])}<figcaption><small>{r['id']} {reward}</small></figcaption></figure>"
+            f"{image_tag(r['image'], 64, r['id'])}<figcaption><small>{text(r['id'])} {reward}</small></figcaption></figure>"
         )
     return "<p><strong>Final images, ranked by reward</strong></p><div>" + "".join(cells) + "</div>"
+
+
+def _number(value: object) -> str:
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return text(value)

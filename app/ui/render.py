@@ -8,12 +8,17 @@ http, https or mailto schemes. Nothing a model writes can add an element
 with an event handler, a ``javascript:`` URL, or a script.
 
 Plot hover text goes through :func:`plain`, which escapes it so plotly shows
-it literally.
+it literally. Every other stored string (ids, names, annotators, statuses,
+reward specs, file names) goes through :func:`text` (HTML) or :func:`md_text`
+(inside Markdown, which would otherwise keep raw elements and turn ``[x](...)``
+into links); images through :func:`png_data_uri`, which passes only a PNG
+data URI with a clean base64 payload.
 """
 
 from __future__ import annotations
 
 import html
+import re
 
 import nh3
 from markdown_it import MarkdownIt
@@ -48,13 +53,41 @@ def plain(text: str, limit: int = 400) -> str:
     return html.escape(text).replace("\n", "<br>")
 
 
+def text(value: object) -> str:
+    """Any stored value as inert HTML text."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+# what could make an element, a link, an image or a table cell of stored text; emphasis is left alone (harmless)
+_MD_SPECIAL = re.compile(r"([\\`\[\]<&|])")
+
+
+def md_text(value: object, limit: int = 200) -> str:
+    """Any stored value as literal text inside Markdown: no element, link, emphasis or table cell break."""
+    value = " ".join(("" if value is None else str(value)).split())
+    if len(value) > limit:
+        value = value[:limit] + "…"
+    return _MD_SPECIAL.sub(lambda m: f"&#{ord(m.group(1))};", value)
+
+
+_PNG_PREFIX = "data:image/png;base64,"
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def png_data_uri(data_uri: object) -> str | None:
+    """``data_uri`` when it is a PNG data URI with a clean base64 payload, else None."""
+    if not isinstance(data_uri, str) or not data_uri.startswith(_PNG_PREFIX):
+        return None
+    if not _BASE64.fullmatch(data_uri[len(_PNG_PREFIX):]):
+        return None
+    return data_uri
+
+
 def image_tag(data_uri: str | None, size: int = 64, title: str = "") -> str:
     """An <img> for a PNG data URI produced by the engine; anything else is refused."""
-    if not data_uri or not data_uri.startswith("data:image/png;base64,"):
+    if png_data_uri(data_uri) is None:
         return ""
     payload = data_uri.split(",", 1)[1]
-    if not all(c.isalnum() or c in "+/=" for c in payload):
-        return ""
     return (
         f'<img src="data:image/png;base64,{payload}" width="{int(size)}" height="{int(size)}" '
         f'style="image-rendering: pixelated" title="{html.escape(title, quote=True)}" alt="">'

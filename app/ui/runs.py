@@ -7,13 +7,13 @@ directly (see :func:`app.ui.build_demo`).
 
 from __future__ import annotations
 
-import html
 import time
 from typing import Any
 
 import gradio as gr
 
 from app.ui.panel import ViewPanel, candidate_html
+from app.ui.render import md_text, text
 from app.ui.services import Services, error_message
 from engines.trace import Trace
 
@@ -82,7 +82,7 @@ class RunsTab:
             runs = self.services.db.read(lambda s: list_runs(s, sampler=pick(sampler), model=pick(model), reward=pick(reward), limit=200))
             everything = self.services.db.read(lambda s: list_runs(s, limit=1000))
         except Exception as exc:
-            gr.Warning(error_message(exc))
+            gr.Warning(text(error_message(exc)))  # a toast renders its message as HTML
             return {}
         rows = [
             [r.id, r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.sampler, r.model, r.reward, r.status, r.candidates,
@@ -111,18 +111,31 @@ class RunsTab:
         from storage import load_run
 
         try:
-            stored = self.services.db.read(lambda s: load_run(s, int(run_id)))
-        except Exception as exc:
-            yield {self.header: f"⚠ {error_message(exc)}"}
+            number = float(run_id)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not number.is_integer():
+            yield {self.header: "⚠ a run id is a whole number"}
             return
-        # names are typed by users (hf:PATH, regex:PATTERN): shown as text, not as Markdown's raw HTML
-        names = " · ".join(html.escape(name) for name in (stored.sampler, stored.model, stored.reward))
+        try:
+            stored = self.services.db.read(lambda s: load_run(s, int(number)))
+        except Exception as exc:
+            yield {self.header: f"⚠ {md_text(error_message(exc), 600)}"}
+            return
+        # every stored string is shown as text: names are typed by users (hf:PATH, regex:PATTERN), and a
+        # database written by another tool or an import may hold anything
+        names = " · ".join(md_text(name) for name in (stored.sampler, stored.model, stored.reward))
+        run_id = int(stored.id)
         header = (
-            f"### Run {stored.id}: {names} · seed {stored.seed}\n"
-            f"status **{stored.status}**, {stored.created_at.strftime('%Y-%m-%d %H:%M:%S')} — link: [/?run={stored.id}](/?run={stored.id})"
+            f"### Run {run_id}: {names} · seed {md_text(stored.seed)}\n"
+            f"status **{md_text(stored.status)}**, {stored.created_at.strftime('%Y-%m-%d %H:%M:%S')} — link: [/?run={run_id}](/?run={run_id})"
         )
         events = stored.trace.events
         trace = Trace()
+        if not events:  # an imported run keeps its candidates but no trace: show its header, clear the views
+            note = header + "\n\n*This run has no stored trace (imported): its candidates are in the export, not here.*"
+            yield {self.header: note, self.opened: stored.id, **self.panel.render(trace, stored.status)}
+            return
         chunk = max(1, len(events) // steps)
         for start in range(0, len(events), chunk):
             trace.extend(events[start : start + chunk])

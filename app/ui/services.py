@@ -9,6 +9,7 @@ once per process by :func:`engines.models.load_model`'s cache, never kept in
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -28,8 +29,34 @@ class Services:
     update_interval: float = 0.3  # seconds between live view updates
     concurrency: int = 2  # sampler runs at once, shared by every tab
     default_model: str = "embedded:smollm2"
+    secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)  # signs guest ids
     _cancels: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        from app.ui.identity import GuestTokens
+
+        self.guests = GuestTokens(self.secret)
+        self.runs = RunQueue(self.concurrency)
+        self._sign_in: tuple[Any, Any] | None = None  # (the user store, its SignInLimiter)
+
+    @property
+    def sign_in(self) -> Any:
+        """``users.verify`` behind the failure limits (one limiter per user store), or None without --auth."""
+        from app.ui.identity import SignInLimiter
+
+        if self.users is None:
+            return None
+        if self._sign_in is None or self._sign_in[0] is not self.users:
+            self._sign_in = (self.users, SignInLimiter(self.users.verify))
+        return self._sign_in[1]
+
+    def browser_state_secret(self) -> str:
+        """The key Gradio encrypts the guest token in localStorage with: stable across restarts."""
+        import hashlib
+        import hmac
+
+        return hmac.new(self.secret, b"samplescope browser state", hashlib.sha256).hexdigest()[:32]
 
     # -- cancellation: a flag per live run, checked by the sampler loop -------------
 
@@ -72,3 +99,59 @@ def error_message(exc: BaseException) -> str:
         return text
     log.exception("unexpected error in a handler")
     return f"internal error ({type(exc).__name__}): {text}"
+
+
+class RunQueue:
+    """First come, first served slots for sampler runs, with each waiting run's place in line.
+
+    Explore's run handler and the /sample API take a slot here (at most ``slots`` runs at once),
+    so a waiting run can show where it stands instead of a silent spinner. A waiting run holds a
+    worker thread, so the line is capped (``max_waiting``): past it a run is refused with one line
+    instead of starving the threads that serve votes.
+    """
+
+    def __init__(self, slots: int, max_waiting: int = 16) -> None:
+        self.slots = max(1, int(slots))
+        self.max_waiting = max_waiting
+        self._cond = threading.Condition()
+        self._waiting: list[object] = []
+        self._running: set[object] = set()
+
+    def enter(self) -> object:
+        ticket = object()
+        with self._cond:
+            if len(self._waiting) >= self.max_waiting:
+                raise SamplescopeError(f"the server is busy: {len(self._waiting)} runs are waiting; try again shortly")
+            self._waiting.append(ticket)
+        return ticket
+
+    def _admit(self, ticket: object) -> bool:
+        if ticket in self._running:
+            return True
+        if self._waiting and self._waiting[0] is ticket and len(self._running) < self.slots:
+            self._waiting.pop(0)
+            self._running.add(ticket)
+            self._cond.notify_all()  # the next in line may fit too
+            return True
+        return False
+
+    def start(self, ticket: object, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for this ticket's turn; True once it holds a slot."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._admit(ticket), timeout)
+
+    def position(self, ticket: object) -> int:
+        """1 for the next in line, 2 behind it, ...; 0 once running."""
+        with self._cond:
+            return 0 if ticket in self._running else self._waiting.index(ticket) + 1
+
+    def running(self) -> int:
+        with self._cond:
+            return len(self._running)
+
+    def leave(self, ticket: object) -> None:
+        with self._cond:
+            self._running.discard(ticket)
+            if ticket in self._waiting:
+                self._waiting.remove(ticket)
+            self._cond.notify_all()

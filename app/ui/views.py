@@ -8,13 +8,14 @@ model only reaches a figure through :func:`app.ui.render.plain` (escaped).
 
 from __future__ import annotations
 
+import html
 import math
 import statistics
 from typing import Any
 
 import plotly.graph_objects as go
 
-from app.ui.render import image_tag, plain
+from app.ui.render import image_tag, md_text, plain, png_data_uri
 from engines.trace import Trace
 
 GREY = "#b8b8b8"
@@ -97,7 +98,7 @@ def tree_figure(trace: Trace, title: str = "Candidate tree") -> go.Figure:
         row = rows[i]
         score = "" if row["score"] is None else f"score {row['score']:.4g}<br>"
         state = " (pruned: " + plain(trace.pruned[i], 80) + ")" if row["pruned"] else ""
-        return f"<b>{i}</b>{state}<br>{score}{plain(row['text'] or ('[image]' if row['image'] else ''), 300)}"
+        return f"<b>{plain(i, 80)}</b>{state}<br>{score}{plain(row['text'] or ('[image]' if row['image'] else ''), 300)}"
 
     if dead:
         fig.add_trace(
@@ -126,7 +127,7 @@ def tree_figure(trace: Trace, title: str = "Candidate tree") -> go.Figure:
                 marker={"symbol": "star", "size": 18, "color": PICK}, hovertext=[hover(i) for i in picks], hoverinfo="text",
             )
         )
-    thumbs = [i for i in ids if trace.nodes[i].image]
+    thumbs = [i for i in ids if png_data_uri(trace.nodes[i].image)]  # only a clean PNG data URI reaches plotly
     if thumbs and len(thumbs) <= 150:  # image nodes (diffusion trees) show their picture
         for i in thumbs:
             x, y = pos[i]
@@ -152,7 +153,7 @@ def reward_figure(trace: Trace, title: str = "Reward distribution", k: float = 2
         go.Scatter(
             x=values, y=[0] * len(values), mode="markers",
             marker={"symbol": "line-ns-open", "size": 16, "color": ["#d62728" if r["picked"] else "#333" for r in table]},
-            hovertext=[f"<b>{r['id']}</b> reward {r['reward']:.4g}<br>{plain(r['text'], 200)}" for r in table],
+            hovertext=[f"<b>{plain(r['id'], 80)}</b> reward {r['reward']:.4g}<br>{plain(r['text'], 200)}" for r in table],
             hoverinfo="text",
         )
     )
@@ -183,19 +184,20 @@ def bracket_figure(trace: Trace, title: str = "Knockout bracket") -> go.Figure:
         gap = 2 ** col
         for row, m in enumerate(matches):
             y = -(row * gap * 2 + gap)
+            a, b, winner = plain(m.a, 40), plain(m.b or "", 40), plain(m.winner, 40)
             if m.b is None:
-                label = f"{m.a} (bye)"
+                label = f"{a} (bye)"
             else:
-                label = f"{m.a} vs {m.b}: P={m.p_a:.2f} → {m.winner}"
+                label = f"{a} vs {b}: P={m.p_a:.2f} → {winner}"
             xs.append(col)
             ys.append(y)
             texts.append(label)
             colours.append(PICK if trace.selected and m.winner == trace.selected[0] else "#1f77b4")
             a_text, b_text = trace.full_text(m.a), trace.full_text(m.b) if m.b else ""
             hovers.append(
-                f"<b>round {m.round}</b><br>A {m.a}: {plain(a_text, 150)}<br>"
-                + (f"B {m.b}: {plain(b_text, 150)}<br>P(A beats B) = {m.p_a:.3f}<br>" if m.b else "bye<br>")
-                + f"winner {m.winner}"
+                f"<b>round {plain(str(m.round), 20)}</b><br>A {a}: {plain(a_text, 150)}<br>"
+                + (f"B {b}: {plain(b_text, 150)}<br>P(A beats B) = {m.p_a:.3f}<br>" if m.b else "bye<br>")
+                + f"winner {winner}"
                 + (f" (reward {rewards[m.winner]:.3g})" if rewards.get(m.winner) is not None else "")
             )
     fig.add_trace(
@@ -237,7 +239,7 @@ def particles_figure(trace: Trace, title: str = "Particles and ancestry") -> go.
             idx.append(i)
             weights.append(weight)
             text = trace.full_text(node) if node in trace.nodes else ""
-            hovers.append(f"step {event.step}, particle {i} ({plain(node, 20)}), relative weight {weight:.3f}<br>{plain(text, 200)}")
+            hovers.append(f"step {plain(str(event.step), 20)}, particle {i} ({plain(node, 20)}), relative weight {weight:.3f}<br>{plain(text, 200)}")
     fig.add_trace(
         go.Scatter(
             x=steps, y=idx, mode="markers",
@@ -251,7 +253,7 @@ def particles_figure(trace: Trace, title: str = "Particles and ancestry") -> go.
         hoverinfo="text",
     ))
     fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": "ESS", "showgrid": False, "rangemode": "tozero"})
-    fig.update_xaxes(title="resampling point", tickvals=list(range(len(events))), ticktext=[str(e.step) for e in events])
+    fig.update_xaxes(title="resampling point", tickvals=list(range(len(events))), ticktext=[plain(str(e.step), 20) for e in events])
     fig.update_layout(yaxis={"title": "particle"})
     return _layout(fig, title, height=380)
 
@@ -264,7 +266,7 @@ def particle_grid_html(trace: Trace, max_particles: int = 16, max_steps: int = 1
     if len(events) > max_steps:  # evenly spaced columns, the last one always shown
         stride = (len(events) - 1) / (max_steps - 1)
         events = [events[round(j * stride)] for j in range(max_steps)]
-    header = "".join(f"<th><small>step {e.step}</small></th>" for e in events)
+    header = "".join(f"<th><small>step {html.escape(str(e.step))}</small></th>" for e in events)
     rows = []
     for i in range(min(max_particles, len(events[0].particles))):
         cells = []
@@ -306,20 +308,25 @@ def acceptance_figure(trace: Trace, title: str = "Acceptance") -> go.Figure:
 
 
 def cost_markdown(cost: dict[str, float], status: str | None = None) -> str:
+    def count(key: str) -> str:
+        value = _finite(cost.get(key, 0))
+        return "?" if value is None else f"{int(value):,}"
+
+    wall = _finite(cost.get("wall_seconds", 0.0))
     rows = [
-        ("generated tokens", f"{int(cost.get('generated_tokens', 0)):,}"),
-        ("prefill tokens", f"{int(cost.get('prefill_tokens', 0)):,}"),
-        ("model calls", f"{int(cost.get('model_calls', 0)):,}"),
-        ("reward calls", f"{int(cost.get('reward_calls', 0)):,}"),
-        ("reward tokens", f"{int(cost.get('reward_tokens', 0)):,}"),
-        ("network evaluations", f"{int(cost.get('nfe', 0)):,}"),
-        ("decodes (VAE)", f"{int(cost.get('decodes', 0)):,}"),
-        ("reward backward passes", f"{int(cost.get('backward_passes', 0)):,}"),
-        ("network evaluations back-propagated", f"{int(cost.get('backward_nfe', 0)):,}"),
-        ("wall time (sampler)", f"{cost.get('wall_seconds', 0.0):.2f} s"),
+        ("generated tokens", count("generated_tokens")),
+        ("prefill tokens", count("prefill_tokens")),
+        ("model calls", count("model_calls")),
+        ("reward calls", count("reward_calls")),
+        ("reward tokens", count("reward_tokens")),
+        ("network evaluations", count("nfe")),
+        ("decodes (VAE)", count("decodes")),
+        ("reward backward passes", count("backward_passes")),
+        ("network evaluations back-propagated", count("backward_nfe")),
+        ("wall time (sampler)", "?" if wall is None else f"{wall:.2f} s"),
     ]
     body = "\n".join(f"| {k} | {v} |" for k, v in rows if v not in ("0", "0.00 s") or k.startswith(("generated", "wall")))
-    head = f"**status:** {status}\n\n" if status else ""
+    head = f"**status:** {md_text(status)}\n\n" if status else ""
     return f"{head}| cost | |\n|---|---:|\n{body}"
 
 
@@ -342,3 +349,12 @@ def candidate_rows(trace: Trace) -> list[list[Any]]:
 
 
 CANDIDATE_HEADERS = ["pick", "id", "reward", "tokens", "pruned", "text"]
+
+
+def _finite(value: Any) -> float | None:
+    """A stored counter as a finite number, or None (shown as ?) when it is anything else."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

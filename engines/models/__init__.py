@@ -13,7 +13,8 @@ A spec is ``scheme:rest``:
 
 Other modules add schemes and embedded names through :data:`SCHEMES` and
 :data:`EMBEDDED`. Loaded models are cached per (spec, device, dtype), so the
-app and the CLI load each model once.
+app and the CLI load each model once; each model has its own load lock, so a
+slow cold load blocks only the callers of that model, never a run on another.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ EMBEDDED: Registry[EmbeddedModel] = Registry("embedded model")
 DEFAULT_MODEL = "embedded:smollm2"
 
 _cache: dict[tuple[str, str, str], Any] = {}
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards the two dicts only; never held while a model loads
+_loading: dict[tuple[str, str, str], threading.Lock] = {}  # one lock per model: a cold load blocks only its own callers
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -87,9 +89,18 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "fp32") -> Any:
     scheme, rest = parse_spec(spec)
     key = (spec.strip(), options.torch_device(), dtype)
     with _lock:
-        if key not in _cache:
-            _cache[key] = SCHEMES.get(scheme)(rest, options)
-        return _cache[key]
+        if key in _cache:
+            return _cache[key]
+        model_lock = _loading.setdefault(key, threading.Lock())
+    with model_lock:  # others asking for this model wait for this one load; other models load meanwhile
+        with _lock:
+            if key in _cache:
+                return _cache[key]
+        model = SCHEMES.get(scheme)(rest, options)
+        with _lock:
+            _cache[key] = model
+            _loading.pop(key, None)
+        return model
 
 
 def list_models() -> list[dict[str, str]]:

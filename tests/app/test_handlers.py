@@ -43,7 +43,7 @@ def test_explore_run_streams_live_updates_then_stores_the_run(explore, services,
 
     updates = list(explore.run(*explore_args(explore, n=5, batch_size=1, max_new_tokens=4)))
     first, last = updates[0], updates[-1]
-    assert "loading `toy:abc`" in status_of(first, explore) and first[explore.token]
+    assert "loading toy:abc" in status_of(first, explore) and first[explore.token]
     assert first[explore.panel.table] == []  # the views start clear
 
     live = [u for u in updates if explore.panel.table in u]
@@ -160,47 +160,55 @@ def label(services):
 def test_label_vote_flow_is_blind_stored_once_and_revealed(label, db):
     from storage import present, vote_history
 
+    token = label.ensure_identity(None)  # issued and signed by the server
+    guest = label.services.guests.verify(token)
+    assert guest.startswith("guest-") and label.ensure_identity(token) == token
+
     for k in range(3):
         store_run(db, [f"good answer {k}", f"bad answer {k}"], [0.9, -0.4], sampler="secret_sampler", model="secret-model")
     assert label.make_pairs("", "max_min", 1) == "made 3 comparison(s) from 3 run(s)"
 
-    shown = label.next("guest-1")
-    assert shown[label.progress] == "0 done, 3 to go" and "guest-1" in shown[label.who]
+    shown = label.next(token)
+    assert shown[label.progress] == "0 done, 3 to go" and guest in shown[label.who]
     blind = shown[label.left] + shown[label.right] + shown[label.prompt]
     assert "answer" in blind and not any(w in blind for w in ("secret", "0.9", "-0.4"))
     current = shown[label.current]
 
-    out = label.vote("left", current, "clearer", "guest-1")
+    out = label.vote("left", current, "clearer", token)
     assert out[label.reveal].startswith("Your vote: **A**.") and "secret_sampler on secret-model" in out[label.reveal]
     assert out[label.progress] == "1 done, 2 to go" and out[label.current]["comparison_id"] != current["comparison_id"]
     cid = current["comparison_id"]
-    (vote,) = db.read(lambda s: vote_history(s, cid, "guest-1"))
+    (vote,) = db.read(lambda s: vote_history(s, cid, guest))
     assert vote.outcome == db.read(lambda s: present(s, cid)).outcome("left") and counts(db)["votes"] == 1
     # the same shown state voted again (a double click, a replayed request) stores nothing new
-    again = label.vote("left", current, "clearer", "guest-1")
+    again = label.vote("left", current, "clearer", token)
     assert "already stored: nothing new was written" in again[label.reveal] and counts(db)["votes"] == 1
     # the same state with another answer is refused, not stored as a second vote
-    other = label.vote("right", current, "clearer", "guest-1")
+    other = label.vote("right", current, "clearer", token)
     assert other[label.reveal].startswith("⚠ vote not stored: idempotency key") and counts(db)["votes"] == 1
 
 
 @pytest.mark.parametrize(
     ("current", "browser_id", "message"),
     [
-        ({"comparison_id": 999, "key": "k1"}, "guest-1", "no comparison with id 999"),
-        ({"comparison_id": "x", "key": "k1"}, "guest-1", "invalid literal"),
-        ({"comparison_id": 1, "key": "k1", "shown_at": "yesterday"}, "guest-1", "isoformat"),
-        ({"comparison_id": 1, "key": "k1"}, None, "no annotator"),
+        ({"comparison_id": 999, "key": "k1"}, "issued", "no comparison with id 999"),
+        ({"comparison_id": "x", "key": "k1"}, "issued", "invalid literal"),
+        ({"comparison_id": 1, "key": "k1", "shown_at": "yesterday"}, "issued", "isoformat"),
+        ({"comparison_id": 1, "key": "k1"}, None, "no guest id from this server"),
+        ({"comparison_id": 1, "key": "k1"}, "guest-1", "no guest id from this server"),  # a name the client made up
+        ({"comparison_id": 1, "key": "k1"}, "guest-0123456789ab." + "0" * 64, "no guest id from this server"),  # forged
     ],
 )
 def test_a_bad_vote_is_an_error_and_stores_nothing(label, db, current, browser_id, message):
     store_run(db, ["one", "two"], [0.9, 0.1])
     label.make_pairs("", "max_min", 1)
     state = {"shown_at": datetime.now(UTC).isoformat(), **current}
+    if browser_id == "issued":
+        browser_id = label.ensure_identity(None)
     out = label.vote("left", state, "", browser_id)
     assert out[label.reveal].startswith("⚠ vote not stored") and message in out[label.reveal]
     assert "internal error" not in out[label.reveal] and counts(db)["votes"] == 0
-    assert label.vote("left", None, "", "guest-1")[label.reveal] == "Nothing to vote on."
+    assert label.vote("left", None, "", label.ensure_identity(None))[label.reveal] == "Nothing to vote on."
 
 
 def test_make_pairs_reports_bad_input(label, db):
