@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 #: modules under app.commands, each with ``register(subparsers)``
-COMMAND_MODULES = ("sample", "listing", "data", "serve", "bench")
+COMMAND_MODULES = ("sample", "listing", "data", "serve", "bench", "reward")
 
 
 class _Parser(argparse.ArgumentParser):
