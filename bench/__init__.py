@@ -11,4 +11,5 @@ BENCHES = {
     "scaling": ("bench.scaling", "accuracy against N and tokens on the reasoning lab"),
     "diffusion": ("bench.diffusion", "reward and digit share against network evaluations"),
     "browser": ("bench.browser", "time to first update and to done in a real browser"),
+    "active": ("bench.active", "held-out accuracy against labels: random vs uncertain pairs (simulated annotator)"),
 }

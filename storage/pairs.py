@@ -146,6 +146,23 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1 + np.tanh(0.5 * x))
 
 
+def pair_priority(
+    scores: Sequence[float], other: Sequence[float] | None = None, weight: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, priority) for every pair i < j of candidates (see the module docstring)."""
+    if not 0 <= weight <= 1:
+        raise InvalidInput(f"the disagreement weight must be in [0, 1], got {weight}")
+    r = np.asarray(scores, dtype=float)
+    ia, ib = np.triu_indices(len(r), k=1)
+    p = _sigmoid(r[ia] - r[ib])
+    priority = 1 - np.abs(2 * p - 1)
+    if other is not None:
+        q_scores = np.asarray(other, dtype=float)
+        q = _sigmoid(q_scores[ia] - q_scores[ib])
+        priority = (1 - weight) * priority + weight * np.abs(p - q)
+    return ia, ib, priority
+
+
 def uncertain_pairs(
     candidates: Sequence[PairCandidate],
     scores: Sequence[float],
@@ -157,18 +174,7 @@ def uncertain_pairs(
     """The ``count`` pairs with the highest priority (see the module docstring); ties by order."""
     if len(scores) != len(candidates) or (other is not None and len(other) != len(candidates)):
         raise InvalidInput("uncertain pairs need one score per candidate")
-    if not 0 <= weight <= 1:
-        raise InvalidInput(f"the disagreement weight must be in [0, 1], got {weight}")
-    r = np.asarray(scores, dtype=float)
-    ia, ib = np.triu_indices(len(candidates), k=1)
-    if len(ia) == 0:
-        return []
-    p = _sigmoid(r[ia] - r[ib])
-    priority = 1 - np.abs(2 * p - 1)
-    if other is not None:
-        q_scores = np.asarray(other, dtype=float)
-        q = _sigmoid(q_scores[ia] - q_scores[ib])
-        priority = (1 - weight) * priority + weight * np.abs(p - q)
+    ia, ib, priority = pair_priority(scores, other, weight)
     order = np.argsort(-priority, kind="stable")[:count]
     return [(candidates[ia[k]].id, candidates[ib[k]].id) for k in order]
 

@@ -1,0 +1,34 @@
+"""The Data tab's training section: live progress and plot, the card, errors, the quality table."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app.ui.train import TrainSection
+from tests.rewards.simulated import fill
+
+
+def test_training_streams_progress_and_a_held_out_plot(services, db):
+    fill(db, prompts=12, per_prompt=6)
+    fill(db, prompts=4, per_prompt=3, annotator="<b>mallory</b>", seed=5)
+    with gr.Blocks():
+        section = TrainSection(services)
+    updates = list(section.train("ui-reward", "", "toy:digits", 0, "prompt", None))
+    assert len(updates) > 3
+    final = updates[-1]
+    assert "learned:ui-reward" in final[section.result] and "ceiling" in final[section.result]
+    figure = final[section.plot]
+    assert len([t for t in figure.data if t.name and t.name.startswith("fold")]) == 5
+    assert "100%" in final[section.progress]
+    again = list(section.train("ui-reward", "", "toy:digits", 0, "prompt", None))
+    assert "exists already" in again[-1][section.result] and again[-1][section.result].startswith("⚠")
+    quality = section.refresh_quality()[section.quality]
+    assert "&lt;b&gt;mallory&lt;/b&gt;" in quality and "<b>mallory" not in quality
+
+
+def test_training_drops_annotators_below_the_threshold(services, db):
+    fill(db, prompts=12, per_prompt=6)
+    with gr.Blocks():
+        section = TrainSection(services)
+    final = list(section.train("t2", "", "toy:digits", 0, "prompt", 1.5))[-1]
+    assert "between 0 and 1" in final[section.result]
