@@ -32,3 +32,18 @@ def test_training_drops_annotators_below_the_threshold(services, db):
         section = TrainSection(services)
     final = list(section.train("t2", "", "toy:digits", 0, "prompt", 1.5))[-1]
     assert "between 0 and 1" in final[section.result]
+
+
+def test_label_tab_makes_uncertain_pairs_with_a_learned_reward(services, db):
+    from app.reward_training import run_training
+    from app.ui.label import LabelTab, learned_strategies
+    from tests.storage.storage_helpers import store_run
+
+    fill(db, prompts=12, per_prompt=6)
+    run_training(db, "picker", base="toy:digits")
+    assert learned_strategies() == ["uncertain:picker"]
+    run_id = store_run(db, ["111111", "999999", "000000", "555555"], [0.0, 1.0, 2.0, 3.0], prompt="fresh")
+    with gr.Blocks():
+        tab = LabelTab(services)
+    assert tab.make_pairs(str(run_id), "uncertain:picker", 2) == "made 2 comparison(s) from 1 run(s)"
+    assert tab.make_pairs(str(run_id), "uncertain:missing", 1).startswith("⚠ no learned reward")
