@@ -22,8 +22,8 @@ After each round the head is refitted on all labels so far and scored on
 held-out prompts (never in the pool): accuracy against the annotator's own
 noisy votes there (what the app reports; its ceiling is E max(p, 1 - p)), and
 agreement with the hidden reward's order (noise-free). Means and standard
-errors over S seeds. The machine was shared with other jobs while this ran;
-nothing here is timed.
+errors over S seeds. One torch thread (the fits are tiny). The machine was
+shared with other jobs while this ran; nothing here is timed.
 
 Writes ``bench/results/active.json``, ``active.md`` and ``active.png``
 (``active_quick.*`` with ``--quick``).
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.budget = 2, 100
     if args.seeds < 1 or args.budget <= args.start or args.start < 2 or args.round < 1:
         parser.error("need seeds >= 1, start >= 2, round >= 1 and budget > start")
+    torch.set_num_threads(1)  # tiny full-batch fits: one thread is fastest (this process only)
     config = FitConfig(epochs=100, curve=(1.0,))
     runs = {s: [run_strategy(s, seed, args, config) for seed in range(args.seeds)] for s in STRATEGIES}
     ceilings = [heldout_set(world(seed, args.prompts, args.per_prompt, args.dim, args.test_prompts, args.scale), seed)[2]

@@ -145,17 +145,23 @@ def correct_count(head: BTHead, data: PairData) -> tuple[int, int]:
     return int(((d > 0) & a_won).sum() + ((d < 0) & b_won).sum()), int((a_won | b_won).sum())
 
 
-def fit_steps(
-    train: PairData, config: FitConfig, *, test: PairData | None = None, seed: int = 0
-) -> Iterator[tuple[int, float, float | None, BTHead]]:
-    """Train a fresh head; yields (epoch, loss, held-out accuracy or None, head) every ``eval_every`` epochs."""
+def init_head(train: PairData, config: FitConfig, seed: int = 0) -> BTHead:
+    """A fresh head: small seeded weights, inputs standardised on the training features."""
     gen = torch.Generator().manual_seed(seed)
     head = BTHead(train.xa.shape[1], config.hidden)
     with torch.no_grad():
         for p in head.net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * (0.01 if p.dim() > 1 else 0.0))
     head.standardise_on(torch.cat([train.xa, train.xb]).float())
+    return head
+
+
+def fit_steps(
+    head: BTHead, train: PairData, config: FitConfig, *, test: PairData | None = None
+) -> Iterator[tuple[int, float, float | None]]:
+    """Train ``head`` in place; yields (epoch, loss, held-out accuracy or None) every ``eval_every`` epochs."""
     optimiser = torch.optim.Adam(head.net.parameters(), lr=config.lr)
+    head.train()
     for epoch in range(1, config.epochs + 1):
         optimiser.zero_grad()
         loss = bt_loss(head, train, config.l2)
@@ -166,13 +172,13 @@ def fit_steps(
             if test is not None:
                 correct, n = correct_count(head, test)
                 accuracy = correct / n if n else None
-            yield epoch, float(loss.detach()), accuracy, head
+            yield epoch, float(loss.detach()), accuracy
     head.eval()
 
 
 def fit_head(train: PairData, config: FitConfig, seed: int = 0) -> BTHead:
-    head = None
-    for _, _, _, head in fit_steps(train, config, seed=seed):
+    head = init_head(train, config, seed)
+    for _ in fit_steps(head, train, config):
         pass
     return head.requires_grad_(False)
 
@@ -210,8 +216,8 @@ def train(data: PairData, config: FitConfig = FitConfig()) -> Iterator[Progress 
     per_fold = []
     for fold, (train_ix, test_ix) in enumerate(splits, start=1):
         tr, te = data.subset(train_ix), data.subset(test_ix)
-        head = None
-        for epoch, loss, acc, head in fit_steps(tr, config, test=te, seed=config.seed + fold):
+        head = init_head(tr, config, seed=config.seed + fold)
+        for epoch, loss, acc in fit_steps(head, tr, config, test=te):
             yield tick("cv", fold, epoch, loss, acc)
         done += 1
         correct, n = correct_count(head, te)
@@ -234,15 +240,15 @@ def train(data: PairData, config: FitConfig = FitConfig()) -> Iterator[Progress 
             keep = max(2, int(round(fraction * len(train_ix))))
             sub = np.sort(rng.choice(train_ix, size=min(keep, len(train_ix)), replace=False))
             sizes.append(len(sub))
-            head = None
-            for epoch, loss, _, head in fit_steps(data.subset(sub), config, seed=config.seed + 100 * fold):
+            head = init_head(data.subset(sub), config, seed=config.seed + 100 * fold)
+            for epoch, loss, _ in fit_steps(head, data.subset(sub), config):
                 yield tick("curve", fold, epoch, loss, None)
             done += 1
             c, n = correct_count(head, data.subset(test_ix))
             correct_f, n_f = correct_f + c, n_f + n
         curve.append({"fraction": fraction, "votes": float(np.mean(sizes)), **asdict(Accuracy.of(correct_f, n_f))})
-    final = None
-    for epoch, loss, _, final in fit_steps(data, config, seed=config.seed):
+    final = init_head(data, config, seed=config.seed)
+    for epoch, loss, _ in fit_steps(final, data, config):
         yield tick("final", 0, epoch, loss, None)
     final.requires_grad_(False)
     yield TrainResult(

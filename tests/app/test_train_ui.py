@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import gradio as gr
+import pytest
 
 from app.ui.train import TrainSection
 from tests.rewards.simulated import fill
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The heads are fitted on tiny tensors: one thread is fastest on a shared, busy CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_training_streams_progress_and_a_held_out_plot(services, db):

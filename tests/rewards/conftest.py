@@ -1,4 +1,3 @@
-from tests.storage.conftest import _isolated_home  # noqa: F401
 import pytest
 
 from storage import Database
@@ -9,3 +8,14 @@ def db(tmp_path):
     database = Database.open(f"sqlite:///{tmp_path / 'votes.db'}")
     yield database
     database.close()
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_torch_thread():
+    """Heads are fitted on tiny tensors: one thread is fastest, and far faster on a shared, busy CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
