@@ -210,12 +210,13 @@ def featuriser(base: str, load_model: Callable[..., Any] | None = None) -> Any:
         return ClipFeatures(base[5:])
     if load_model is None:
         from engines.models import load_model
+    from engines.errors import SamplescopeError
+
     try:
         model = load_model(base)
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # unknown scheme / name: registry errors are SamplescopeErrors already
-        raise ModelLoadError(f"unknown base model {base!r}: {exc}") from None
+    except (SamplescopeError, OSError, ValueError) as exc:  # unknown scheme or name, missing folder
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"unknown base model {base!r}: {line}") from None
     return TextFeatures(model, base)
 
 

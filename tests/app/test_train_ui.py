@@ -59,3 +59,16 @@ def test_label_tab_makes_uncertain_pairs_with_a_learned_reward(services, db):
         tab = LabelTab(services)
     assert tab.make_pairs(str(run_id), "uncertain:picker", 2) == "made 2 comparison(s) from 1 run(s)"
     assert tab.make_pairs(str(run_id), "uncertain:missing", 1).startswith("⚠ no learned reward")
+
+
+def test_compare_runs_samplers_with_a_learned_reward(services, db):
+    from app.reward_training import run_training
+    from app.ui.compare import CompareTab
+
+    fill(db, prompts=12, per_prompt=6)
+    run_training(db, "judge-me", base="toy:digits")
+    with gr.Blocks():
+        compare = CompareTab(services)
+    updates = list(compare.run(["best_of_n"], "open", "toy:digits", "learned:judge-me", "", 1, 2, 4, 0))
+    final = [u[compare.plot] for u in updates if compare.plot in u][-1]
+    assert len(final.data) == 1 and list(final.data[0].text) == ["N=1", "N=2"]

@@ -107,3 +107,18 @@ def test_the_learned_image_reward_drives_every_diffusion_sampler(case, learned_d
     assert all(reward.name in first.scores[i] for i in finals if first.scores.get(i))
     again = run(0)
     assert [e.kind for e in again.events] == [e.kind for e in first.events]
+
+
+def test_image_votes_train_a_head_on_clip_features(db, tmp_path):
+    from tests.diffusion.tiny_parts import save_tiny_clip
+
+    clip = save_tiny_clip(tmp_path / "clip")
+    _store_image_votes(db, prompts=8, per_prompt=6)
+    trained = run_training(db, "clip-taste", base=f"clip:{clip}")
+    assert trained.card["featuriser"] == "clip" and trained.card["modality"] == "image"
+    reward = build_reward(f"learned:{trained.folder}")
+    images, _ = _digit_images(4, seed=3)
+    images.requires_grad_(True)
+    values = reward.score_tensor(Task(prompt=""), images)
+    values.sum().backward()  # differentiable through CLIP: gradient samplers can use it
+    assert images.grad is not None and images.grad.abs().sum() > 0
