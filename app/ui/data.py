@@ -97,6 +97,7 @@ class DataTab:
         outputs = [self.counts, self.ranking, self.agreement, self.annotators]
         self.refresh.click(self.stats, [self.by], outputs)
         self.by.change(self.stats, [self.by], outputs)
+        self.refresh.click(self.train.refresh_quality, [], [self.train.quality])
         for button, (_, fmt, ext) in zip(self.export_buttons, FORMATS, strict=True):
             button.click(lambda by, fmt=fmt, ext=ext: self.export(fmt, ext, by), [self.by], [self.file, self.note])
 
