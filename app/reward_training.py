@@ -247,7 +247,8 @@ def train_reward(
         "base": base,
         "featuriser": features.name,
         "head": {"input_dim": int(xa.shape[1]), "hidden": config.hidden},
-        "ties": "half-win (Bradley-Terry with y = 1/2)",
+        "ties": "half-win (Bradley-Terry with y = 1/2)" if config.ties == "half"
+        else "Davidson (1970) tie model, nu fitted (metrics.davidson_nu)",
         "votes": counts,
         "cross_validation": {"grouped_by": group_by, "folds": len(result.folds)},
         "fit": {"epochs": config.epochs, "lr": config.lr, "l2": config.l2, "seed": config.seed},

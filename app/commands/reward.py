@@ -28,7 +28,7 @@ def print_card(card: dict[str, Any]) -> None:
     held = metrics["heldout"]
     print(f"trained learned:{card['name']} ({card['kind']}, {card['modality']}) on {card['base']}")
     print(
-        f"votes: {votes['used']} used ({votes['decisive']} decisive, {votes['ties']} ties as half-wins); "
+        f"votes: {votes['used']} used ({votes['decisive']} decisive, {votes['ties']} ties; ties: {card['ties']}); "
         f"{votes['both_bad_excluded']} both-bad and {votes['repeats_excluded']} repeats excluded; "
         f"{votes['dropped_votes']} votes dropped from {len(votes['dropped_annotators'])} annotators below the threshold"
     )
@@ -59,7 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             from app.reward_training import train_reward as trainer
 
-            config = FitConfig(hidden=args.hidden, epochs=args.epochs or 100, folds=args.folds, seed=args.seed)
+            config = FitConfig(hidden=args.hidden, epochs=args.epochs or 100, folds=args.folds, seed=args.seed,
+                               ties=args.ties)
             items = trainer(db, args.name, votes=args.votes, base=args.base, min_agreement=args.min_agreement,
                             group_by=args.group_by, config=config)
         trained = None
@@ -173,6 +174,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=("head", "finetune"), default="head", help="BT head on frozen features, or TRL fine-tune")
     p.add_argument("--hidden", type=int, default=0, help="hidden units of an MLP head (0: linear)")
     p.add_argument("--group-by", choices=("prompt", "annotator"), default="prompt", help="cross-validation groups")
+    p.add_argument("--ties", choices=("half", "davidson"), default="half",
+                   help="ties as half wins, or Davidson's tie model (head)")
     p.add_argument("--min-agreement", type=float, help="drop annotators whose agreement (or gold accuracy) is below this")
     p.add_argument("--epochs", type=int, help="training epochs (head: 100, finetune: 1)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (head)")

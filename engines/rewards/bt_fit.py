@@ -1,13 +1,19 @@
 """Fitting and honestly evaluating a Bradley-Terry head on pairs of feature vectors.
 
 Data: for vote i, features x_a[i], x_b[i] of the two candidates and an outcome
-y[i] in {1 (a won), 0 (b won), 1/2 (tie)}. The head r(.) maximises the
-Bradley-Terry likelihood with ties as half-wins (the convention of Chatbot
-Arena's BT fit and of ``storage.stats``; not the Davidson or Rao-Kupper tie
-models, which add a tie parameter):
+y[i] in {1 (a won), 0 (b won), 1/2 (tie)}; d_i = r(x_a[i]) - r(x_b[i]). The head
+r(.) maximises one of two likelihoods (``FitConfig.ties``):
 
-    loss = -1/N sum_i [ y_i log s(d_i) + (1 - y_i) log s(-d_i) ] + l2/2 * ||W||^2,
-    d_i = r(x_a[i]) - r(x_b[i]),  s = logistic sigmoid.
+- ``half`` (default): Bradley-Terry with ties as half-wins (the convention of
+  Chatbot Arena's BT fit and of ``storage.stats``):
+  loss_i = -[ y_i log s(d_i) + (1 - y_i) log s(-d_i) ],  s = logistic sigmoid;
+- ``davidson``: Davidson's tie model (Davidson, "On Extending the Bradley-Terry
+  Model to Accommodate Ties in Paired Comparison Experiments", JASA 1970):
+  with pi = exp(r), P(a wins) = pi_a / (pi_a + pi_b + nu sqrt(pi_a pi_b)),
+  P(tie) = nu sqrt(pi_a pi_b) / (same), i.e. softmax over (d/2, -d/2, log nu);
+  log nu is fitted with the head and reported.
+
+The loss is the mean over votes plus l2/2 * ||W||^2 (weights, not biases).
 
 Optimised full-batch with Adam (Kingma & Ba 2015); inputs are standardised
 with the training fold's mean and standard deviation.
@@ -24,6 +30,7 @@ Everything here is a pure function of tensors: no database, no model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -69,8 +76,11 @@ class FitConfig:
     seed: int = 0
     eval_every: int = 10
     curve: tuple[float, ...] = (0.25, 0.5, 1.0)
+    ties: str = "half"  # "half" (half-wins) or "davidson"
 
     def __post_init__(self) -> None:
+        if self.ties not in ("half", "davidson"):
+            raise ConfigError(f"ties are counted as half wins (half) or by Davidson's model (davidson), not {self.ties!r}")
         if self.hidden < 0 or self.epochs < 1 or self.lr <= 0 or self.l2 < 0 or self.folds < 2 or self.eval_every < 1:
             raise ConfigError("fit config: hidden >= 0, epochs >= 1, lr > 0, l2 >= 0, folds >= 2, eval_every >= 1")
         if not self.curve or any(not 0 < f <= 1 for f in self.curve):
@@ -116,9 +126,11 @@ class TrainResult:
     folds: list[dict[str, Any]] = field(default_factory=list)
     curve: list[dict[str, Any]] = field(default_factory=list)
     group_count: int = 0
+    tie_nu: float | None = None  # Davidson's nu, fitted on every vote
 
     def metrics(self) -> dict[str, Any]:
         return {
+            "davidson_nu": self.tie_nu,
             "heldout": asdict(self.heldout),
             "heldout_log_loss": self.log_loss,
             "folds": self.folds,
@@ -127,8 +139,17 @@ class TrainResult:
         }
 
 
-def bt_loss(head: BTHead, data: PairData, l2: float) -> torch.Tensor:
-    return bt_nll(head(data.xa) - head(data.xb), data.y).mean() + 0.5 * l2 * head.penalty()
+def bt_loss(head: BTHead, data: PairData, l2: float, log_nu: torch.Tensor | None = None) -> torch.Tensor:
+    d = head(data.xa) - head(data.xb)
+    nll = bt_nll(d, data.y) if log_nu is None else davidson_nll(d, data.y, log_nu)
+    return nll.mean() + 0.5 * l2 * head.penalty()
+
+
+def davidson_nll(d: torch.Tensor, y: torch.Tensor, log_nu: torch.Tensor) -> torch.Tensor:
+    """-log P(outcome) under Davidson's model: softmax over (d/2, -d/2, log nu) for (a, b, tie)."""
+    logits = torch.stack([d / 2, -d / 2, log_nu.expand_as(d)], dim=-1)
+    index = torch.where(y == 1, 0, torch.where(y == 0, 1, 2)).long()
+    return -(logits.log_softmax(-1).gather(-1, index[:, None]).squeeze(-1))
 
 
 def bt_nll(d: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -160,11 +181,13 @@ def fit_steps(
     head: BTHead, train: PairData, config: FitConfig, *, test: PairData | None = None
 ) -> Iterator[tuple[int, float, float | None]]:
     """Train ``head`` in place; yields (epoch, loss, held-out accuracy or None) every ``eval_every`` epochs."""
-    optimiser = torch.optim.Adam(head.net.parameters(), lr=config.lr)
+    log_nu = torch.zeros(1, requires_grad=True) if config.ties == "davidson" else None
+    params = list(head.net.parameters()) + ([log_nu] if log_nu is not None else [])
+    optimiser = torch.optim.Adam(params, lr=config.lr)
     head.train()
     for epoch in range(1, config.epochs + 1):
         optimiser.zero_grad()
-        loss = bt_loss(head, train, config.l2)
+        loss = bt_loss(head, train, config.l2, log_nu)
         loss.backward()
         optimiser.step()
         if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -173,6 +196,7 @@ def fit_steps(
                 correct, n = correct_count(head, test)
                 accuracy = correct / n if n else None
             yield epoch, float(loss.detach()), accuracy
+    head.tie_nu = float(log_nu.detach().exp()) if log_nu is not None else None
     head.eval()
 
 
@@ -224,7 +248,11 @@ def train(data: PairData, config: FitConfig = FitConfig()) -> Iterator[Progress 
         total_correct, total_n = total_correct + correct, total_n + n
         with torch.no_grad():
             d = head(te.xa) - head(te.xb)
-            log_loss_sum += float(bt_nll(d, te.y).sum())
+            if config.ties == "davidson":
+                nll = davidson_nll(d, te.y, torch.tensor([math.log(max(head.tie_nu, 1e-12))]))
+            else:
+                nll = bt_nll(d, te.y)
+            log_loss_sum += float(nll.sum())
         log_loss_n += len(te.y)
         per_fold.append({"fold": fold, "train_votes": len(train_ix), "test_votes": len(test_ix), **asdict(Accuracy.of(correct, n))})
     curve = []
@@ -258,6 +286,7 @@ def train(data: PairData, config: FitConfig = FitConfig()) -> Iterator[Progress 
         folds=per_fold,
         curve=curve,
         group_count=len(set(data.groups.tolist())),
+        tie_nu=getattr(final, "tie_nu", None),
     )
 
 

@@ -35,8 +35,13 @@ def fill(
     random_votes: bool = False,
     annotator: str = "sim",
     ties: float = 0.0,
+    crowd: tuple[tuple[str, str], ...] = (),
 ) -> float:
-    """Store runs and ``prompts * per_prompt`` votes; returns the annotator's ceiling."""
+    """Store runs and ``prompts * per_prompt`` votes; returns the annotator's ceiling.
+
+    ``crowd``: more annotators voting on the same comparisons, as (name, how) with how
+    ``follow`` (the same hidden reward, independent noise) or ``flip`` (its opposite).
+    """
     rng = random.Random(seed)
     total = 0.0
     count = 0
@@ -57,9 +62,14 @@ def fill(
                 outcome = "tie"
             else:
                 outcome = "a" if u < p else "b"
-            db.write(
-                lambda s, c=cid, o=outcome: add_vote(
-                    s, comparison_id=c, annotator=annotator, outcome=o, idempotency_key=f"{annotator}-{seed}-{c}"
+            votes = [(annotator, outcome)]
+            for name, how in crowd:
+                follows = rng.random() < p
+                votes.append((name, "a" if follows == (how == "follow") else "b"))
+            for name, o in votes:
+                db.write(
+                    lambda s, c=cid, o=o, name=name: add_vote(
+                        s, comparison_id=c, annotator=name, outcome=o, idempotency_key=f"{name}-{seed}-{c}"
+                    )
                 )
-            )
     return total / count

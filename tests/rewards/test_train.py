@@ -110,3 +110,15 @@ def test_cli_prints_accuracy_ceiling_and_baselines(db, capsys):
     assert "held-out pairwise accuracy" in out and "ceiling" in out and "stored reward distinct" in out
     assert main(["list", "rewards"]) == 0
     assert "learned:cli" in capsys.readouterr().out
+
+
+def test_annotators_below_the_threshold_are_dropped_and_counted(db):
+    fill(db, prompts=12, per_prompt=6, crowd=(("twin", "follow"), ("contrarian", "flip")))
+    kept = run_training(db, "all", base="toy:digits")
+    assert kept.card["votes"]["used"] == 3 * 72 and kept.card["votes"]["dropped_votes"] == 0
+    assert kept.card["metrics"]["annotator_ceiling"]["n"] == 3 * 72  # three pairs of votes per comparison
+    strict = run_training(db, "strict", base="toy:digits", min_agreement=0.4)
+    votes = strict.card["votes"]
+    assert votes["dropped_annotators"] == ["contrarian"] and votes["dropped_votes"] == 72
+    assert votes["used"] == 2 * 72
+    assert strict.card["metrics"]["heldout"]["rate"] > kept.card["metrics"]["heldout"]["rate"] + 0.1
