@@ -58,6 +58,28 @@ def curve_figure(points: dict[int, list[tuple[int, float]]], final: dict[str, An
     return _layout(fig, "Held-out agreement while training", height=320)
 
 
+def learning_curve_figure(card: dict[str, Any]) -> go.Figure:
+    """Held-out accuracy against votes used (95% intervals), with the ceiling and the stored rewards."""
+    metrics = card["metrics"]
+    points = [p for p in metrics.get("learning_curve", []) if p.get("rate") is not None]
+    if not points:
+        return empty("Learning curve", "no learning curve for this reward")
+    fig = go.Figure(go.Scatter(
+        x=[p["votes"] for p in points], y=[p["rate"] for p in points], mode="lines+markers", name="this reward",
+        error_y={"type": "data", "symmetric": False, "array": [p["high"] - p["rate"] for p in points],
+                 "arrayminus": [p["rate"] - p["low"] for p in points]},
+    ))
+    ceiling = (metrics.get("annotator_ceiling") or {}).get("rate")
+    if ceiling is not None:
+        fig.add_hline(y=ceiling, line={"color": "#2ca02c", "dash": "dot"}, annotation_text="annotators' agreement")
+    for name, p in (metrics.get("baselines", {}).get("by_reward") or {}).items():
+        if p.get("rate") is not None:
+            fig.add_hline(y=p["rate"], line={"color": "#d62728", "dash": "dash"}, annotation_text=html.escape(name))
+    fig.update_xaxes(title="training votes per fold")
+    fig.update_yaxes(title="held-out pairwise accuracy", range=[0, 1])
+    return _layout(fig, "Learning curve", height=320)
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     votes, metrics = card["votes"], card["metrics"]
     held, ceiling = metrics["heldout"], metrics.get("annotator_ceiling") or {}
@@ -125,12 +147,14 @@ class TrainSection:
             self.min_agreement = gr.Number(label="Drop annotators below agreement (blank: keep all)", value=None)
             self.start = gr.Button("Train", variant="primary", scale=0, elem_id="train-start")
         self.progress = gr.HTML(elem_id="train-progress")
-        self.plot = gr.Plot(label="Held-out agreement", elem_id="train-plot")
+        with gr.Row():
+            self.plot = gr.Plot(label="Held-out agreement", elem_id="train-plot")
+            self.curve = gr.Plot(label="Learning curve", elem_id="train-curve")
         self.result = gr.Markdown(elem_id="train-result")
         self.quality_refresh.click(self.refresh_quality, [], [self.quality])
         self.start.click(
             self.train, [self.name, self.votes, self.base, self.hidden, self.group_by, self.min_agreement],
-            [self.progress, self.plot, self.result],
+            [self.progress, self.plot, self.curve, self.result],
         )
 
     def refresh_quality(self) -> dict[Any, Any]:
@@ -174,6 +198,7 @@ class TrainSection:
                     yield {
                         self.progress: progress_html(1.0, f"stored in {item.folder}"),
                         self.plot: curve_figure(points, item.card["metrics"]),
+                        self.curve: learning_curve_figure(item.card),
                         self.result: card_markdown(item.card),
                     }
         except Exception as exc:

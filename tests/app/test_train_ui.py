@@ -32,6 +32,8 @@ def test_training_streams_progress_and_a_held_out_plot(services, db):
     figure = final[section.plot]
     assert len([t for t in figure.data if t.name and t.name.startswith("fold")]) == 5
     assert "100%" in final[section.progress]
+    curve = final[section.curve].data[0]
+    assert len(curve.x) == 3 and list(curve.x) == sorted(curve.x)  # accuracy against votes used
     again = list(section.train("ui-reward", "", "toy:digits", 0, "prompt", None))
     assert "exists already" in again[-1][section.result] and again[-1][section.result].startswith("⚠")
     quality = section.refresh_quality()[section.quality]
