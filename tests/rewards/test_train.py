@@ -122,3 +122,13 @@ def test_annotators_below_the_threshold_are_dropped_and_counted(db):
     assert votes["dropped_annotators"] == ["contrarian"] and votes["dropped_votes"] == 72
     assert votes["used"] == 2 * 72
     assert strict.card["metrics"]["heldout"]["rate"] > kept.card["metrics"]["heldout"]["rate"] + 0.1
+
+
+def test_learned_rewards_live_in_the_data_folder_storage_uses(monkeypatch, tmp_path):
+    from storage.db import data_home
+
+    for env in ({"SAMPLESCOPE_HOME": str(tmp_path / "h")}, {"XDG_DATA_HOME": str(tmp_path / "x")}):
+        monkeypatch.delenv("SAMPLESCOPE_HOME", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert learned_home() == data_home() / "rewards"
