@@ -199,6 +199,28 @@ class Assignment(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class ComparisonQuality(Base):
+    """Label-quality settings of one comparison (migration 0002_label_quality).
+
+    ``overlap``: at most this many annotators vote on it while it is open;
+    ``gold``: its known answer (a gold pair); ``repeat_of_id``: the comparison
+    it repeats with the sides swapped.
+    """
+
+    __tablename__ = "comparison_quality"
+    __table_args__ = (
+        CheckConstraint("overlap IS NULL OR overlap >= 1", name="overlap_positive"),
+        CheckConstraint("gold IS NULL OR gold IN ('a', 'b', 'tie')", name="gold"),
+        CheckConstraint("repeat_of_id IS NULL OR repeat_of_id <> comparison_id", name="not_self"),
+    )
+
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id"), primary_key=True)
+    overlap: Mapped[int | None] = mapped_column(Integer)
+    gold: Mapped[str | None] = mapped_column(String(8))
+    repeat_of_id: Mapped[int | None] = mapped_column(ForeignKey("comparisons.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Vote(Base):
     __tablename__ = "votes"
     __table_args__ = (

@@ -20,7 +20,19 @@ sweet_spot     highest-reward vs the candidate whose reward is nearest
 knockout       the games of the run's knockout tournament (``match`` events;
                byes are skipped), in play order
 all_pairs      every pair, or a seeded uniform sample of ``max_pairs`` of them
+uncertain:R    the ``count`` pairs where the learned reward R is least sure:
+               P(a beats b) = sigmoid(r_a - r_b) closest to 1/2 (uncertainty
+               sampling, Lewis & Gale 1994; for preference labels, the
+               active-learning baseline of e.g. Mukherjee et al. 2024,
+               "Optimal Design for Human Preference Elicitation"). With a
+               second reward q, the priority is (1 - w) * u + w * |p - q|,
+               u = 1 - |2p - 1|, p and q the two rewards' P(a beats b):
+               pairs where they disagree come first as well.
 =============  ==================================================================
+
+``uncertain:R`` needs the rewards' values of the run's candidates; storage
+runs no model, so the caller passes a ``scorer`` (candidate contents -> R's
+values, and optionally ``other_scorer`` for q).
 
 Candidates with identical content (same text and image) are merged first,
 keeping the first: a preference between identical outputs carries no signal
@@ -46,6 +58,11 @@ from storage.models import Candidate, Comparison, Run
 from storage.runs import load_run
 
 STRATEGIES = ("random", "max_min", "sweet_spot", "knockout", "all_pairs")
+#: strategies that take an argument (not in STRATEGIES, which lists the ones usable as they are)
+PARAMETRIC = ("uncertain:NAME",)
+
+#: (prompt, candidate contents (text, image)) -> one reward value per candidate
+Scorer = Callable[[str, Sequence[tuple[str, str | None]]], Sequence[float]]
 
 
 @dataclass(frozen=True)
@@ -125,6 +142,43 @@ def all_pairs(candidates: Sequence[PairCandidate], rng: random.Random, max_pairs
     return [pool[i] for i in keep]
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+def pair_priority(
+    scores: Sequence[float], other: Sequence[float] | None = None, weight: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, priority) for every pair i < j of candidates (see the module docstring)."""
+    if not 0 <= weight <= 1:
+        raise InvalidInput(f"the disagreement weight must be in [0, 1], got {weight}")
+    r = np.asarray(scores, dtype=float)
+    ia, ib = np.triu_indices(len(r), k=1)
+    p = _sigmoid(r[ia] - r[ib])
+    priority = 1 - np.abs(2 * p - 1)
+    if other is not None:
+        q_scores = np.asarray(other, dtype=float)
+        q = _sigmoid(q_scores[ia] - q_scores[ib])
+        priority = (1 - weight) * priority + weight * np.abs(p - q)
+    return ia, ib, priority
+
+
+def uncertain_pairs(
+    candidates: Sequence[PairCandidate],
+    scores: Sequence[float],
+    count: int = 1,
+    *,
+    other: Sequence[float] | None = None,
+    weight: float = 0.5,
+) -> list[Pair]:
+    """The ``count`` pairs with the highest priority (see the module docstring); ties by order."""
+    if len(scores) != len(candidates) or (other is not None and len(other) != len(candidates)):
+        raise InvalidInput("uncertain pairs need one score per candidate")
+    ia, ib, priority = pair_priority(scores, other, weight)
+    order = np.argsort(-priority, kind="stable")[:count]
+    return [(candidates[ia[k]].id, candidates[ib[k]].id) for k in order]
+
+
 def choose_pairs(
     strategy: str,
     candidates: Sequence[PairCandidate],
@@ -133,12 +187,21 @@ def choose_pairs(
     matches: Sequence[tuple[str, str | None]] = (),
     count: int = 1,
     max_pairs: int = 100,
+    prompt: str = "",
+    scorer: Scorer | None = None,
+    other_scorer: Scorer | None = None,
 ) -> list[Pair]:
     """The pairs ``strategy`` picks from ``candidates`` (after merging identical content)."""
     if strategy == "knockout":  # the tournament's own games, even between equal texts
         by_id = {c.id: c for c in candidates}
         return [p for p in knockout_pairs(candidates, matches) if by_id[p[0]].content != by_id[p[1]].content]
     pool = unique_content(candidates)
+    if strategy.startswith("uncertain:"):
+        if scorer is None:
+            raise InvalidInput(f"{strategy} needs the learned reward's scores (the app and CLI pass them)")
+        contents = [c.content for c in pool]
+        other = list(other_scorer(prompt, contents)) if other_scorer is not None else None
+        return uncertain_pairs(pool, list(scorer(prompt, contents)), count, other=other)
     choosers: dict[str, Callable[[], list[Pair]]] = {
         "random": lambda: random_pairs(pool, rng, count),
         "max_min": lambda: max_min_pair(pool),
@@ -146,7 +209,7 @@ def choose_pairs(
         "all_pairs": lambda: all_pairs(pool, rng, max_pairs),
     }
     if strategy not in choosers:
-        raise InvalidInput(f"unknown pair strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        raise InvalidInput(f"unknown pair strategy {strategy!r}; choose one of {', '.join(STRATEGIES + PARAMETRIC)}")
     return choosers[strategy]()
 
 
@@ -210,17 +273,21 @@ def make_comparisons(
     max_pairs: int = 100,
     blind: bool = True,
     assign_to: Sequence[str] = (),
+    scorer: Scorer | None = None,
+    other_scorer: Scorer | None = None,
+    overlap: int | None = None,
 ) -> list[int]:
     """Comparisons between candidates of one run, chosen by ``strategy``; their ids.
 
-    ``assign_to`` puts them in those annotators' queues (then only they may vote).
+    ``assign_to`` puts them in those annotators' queues (then only they may vote);
+    ``overlap`` caps how many annotators vote on each (``storage.quality``).
     """
     from storage.votes import assign  # votes imports nothing of pairs; avoid a cycle at import time
 
     _check_count(count, "count")
     _check_count(max_pairs, "max_pairs")
-    if strategy not in STRATEGIES:
-        raise InvalidInput(f"unknown pair strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy not in STRATEGIES and not (strategy.startswith("uncertain:") and len(strategy) > 10):
+        raise InvalidInput(f"unknown pair strategy {strategy!r}; choose one of {', '.join(STRATEGIES + PARAMETRIC)}")
     stored = load_run(session, run_id)
     candidates = [
         PairCandidate(id=c.id, node_id=c.node_id, reward=c.reward, content=(c.text, c.image))
@@ -228,13 +295,20 @@ def make_comparisons(
     ]
     matches = [(m.a, m.b) for m in stored.trace.matches]
     rng = random.Random(f"{seed}:{run_id}:{strategy}")
-    pairs = choose_pairs(strategy, candidates, rng=rng, matches=matches, count=count, max_pairs=max_pairs)
+    pairs = choose_pairs(
+        strategy, candidates, rng=rng, matches=matches, count=count, max_pairs=max_pairs,
+        prompt=stored.prompt, scorer=scorer, other_scorer=other_scorer,
+    )
     prompt_id = session.scalars(select(Run.prompt_id).where(Run.id == run_id)).one()
     ids = store_pairs(
         session, prompt_id, pairs, strategy=strategy, sides=draw_sides(rng, len(pairs)), blind=blind
     )
     if assign_to:
         assign(session, ids, assign_to)
+    if overlap is not None:
+        from storage.quality import set_overlap
+
+        set_overlap(session, ids, overlap)
     return ids
 
 

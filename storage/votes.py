@@ -41,6 +41,7 @@ from storage.models import (
     Assignment,
     Candidate,
     Comparison,
+    ComparisonQuality,
     LabelSession,
     Prompt,
     Run,
@@ -181,7 +182,8 @@ def next_comparison(session: Session, annotator: str, *, now: datetime | None = 
 
     Never one they already voted on (a skip counts as a vote). Comparisons
     assigned to them come first, then open ones (assigned to nobody) with the
-    fewest annotators so far, oldest first. Read-only.
+    fewest annotators so far, oldest first; an open comparison whose overlap
+    cap (``storage.quality.set_overlap``) is reached is not offered. Read-only.
     """
     person = find_annotator(session, annotator)
     person_id = person.id if person is not None else -1
@@ -193,10 +195,16 @@ def next_comparison(session: Session, annotator: str, *, now: datetime | None = 
     mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.annotator_id == person_id)
     anyone = exists().where(Assignment.comparison_id == Comparison.id)
     voted = exists().where(Vote.comparison_id == Comparison.id, Vote.annotator_id == person_id)
+    # overlap (storage.quality): an open comparison with its k annotators is no longer offered
+    full = exists().where(
+        ComparisonQuality.comparison_id == Comparison.id,
+        ComparisonQuality.overlap.is_not(None),
+        ComparisonQuality.overlap <= func.coalesce(voters.c.n, literal(0)),
+    )
     query = (
         select(Comparison.id)
         .outerjoin(voters, voters.c.comparison_id == Comparison.id)
-        .where(~voted, mine | ~anyone)
+        .where(~voted, mine | (~anyone & ~full))
         .order_by(mine.desc(), func.coalesce(voters.c.n, literal(0)), Comparison.id)
         .limit(1)
     )

@@ -92,9 +92,13 @@ class DataTab:
                 self.export_buttons = [gr.Button(label, elem_id=f"export-{fmt}{ext.replace('.', '-')}") for label, fmt, ext in FORMATS]
             self.file = gr.File(label="Download", interactive=False, elem_id="data-file")
             self.note = gr.Markdown()
+            from app.ui.train import TrainSection  # training and label quality live in their own module
+
+            self.train = TrainSection(services)
         outputs = [self.counts, self.ranking, self.agreement, self.annotators]
         self.refresh.click(self.stats, [self.by], outputs)
         self.by.change(self.stats, [self.by], outputs)
+        self.refresh.click(self.train.refresh_quality, [], [self.train.quality])
         for button, (_, fmt, ext) in zip(self.export_buttons, FORMATS, strict=True):
             button.click(lambda by, fmt=fmt, ext=ext: self.export(fmt, ext, by), [self.by], [self.file, self.note])
 

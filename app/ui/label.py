@@ -57,6 +57,13 @@ def side_html(shown: Any) -> str:
     return markdown(shown.text)
 
 
+def learned_strategies() -> list[str]:
+    """``uncertain:NAME`` for every learned reward in the data folder (storage.pairs)."""
+    from engines.rewards.learned import list_learned
+
+    return [f"uncertain:{card['name']}" for card in list_learned() if card.get("name")]
+
+
 class LabelTab:
     def __init__(self, services: Services, browser_id: gr.BrowserState | None = None) -> None:
         """``browser_id``: the per-browser annotator id, made by the caller outside ``gr.Tabs`` (see build_demo)."""
@@ -69,7 +76,8 @@ class LabelTab:
             with gr.Accordion("Make pairs from stored runs", open=False):
                 with gr.Row():
                     self.pair_runs = gr.Textbox(label="Run ids", placeholder="e.g. 3, 5 (empty: the 20 newest runs)", scale=2)
-                    self.strategy = gr.Dropdown(list(STRATEGIES), value="max_min", label="Pair strategy", scale=1)
+                    self.strategy = gr.Dropdown(list(STRATEGIES) + learned_strategies(), value="max_min",
+                                                label="Pair strategy", scale=1, allow_custom_value=True)
                     self.count = gr.Number(1, precision=0, minimum=1, label="Pairs per run (random)", scale=1)
                     self.make = gr.Button("Make pairs", scale=0, elem_id="label-make")
                 self.made = gr.Markdown(elem_id="label-made")
@@ -159,8 +167,13 @@ class LabelTab:
         try:
             if not ids:
                 ids = [r.id for r in self.services.db.read(lambda s: list_runs(s, limit=20))]
+            scorer = None
+            if (strategy or "").startswith("uncertain:"):  # the learned reward scores the candidates
+                from app.reward_training import reward_scorer
+
+                scorer = reward_scorer("learned:" + strategy.split(":", 1)[1])
             made = self.services.db.write(
-                lambda s: sum(len(make_comparisons(s, i, strategy, count=int(count or 1))) for i in ids)
+                lambda s: sum(len(make_comparisons(s, i, strategy, count=int(count or 1), scorer=scorer)) for i in ids)
             )
         except Exception as exc:
             return f"⚠ {md_text(error_message(exc), 600)}"

@@ -76,7 +76,10 @@ def build_reward(spec: str, env: RewardEnv | None = None) -> Reward | PairwiseRe
 
 
 def list_rewards() -> list[dict[str, Any]]:
-    return [
+    """Every reward factory, then each learned reward in the data folder as ``learned:NAME``."""
+    from engines.rewards.learned import list_learned
+
+    rows = [
         {
             "name": f.name,
             "kind": f.kind,
@@ -87,10 +90,25 @@ def list_rewards() -> list[dict[str, Any]]:
         }
         for _, f in REWARDS.items()
     ]
+    for card in list_learned():
+        metrics = card.get("metrics") or {}
+        accuracy = (metrics.get("heldout") or {}).get("rate")
+        rows.append(
+            {
+                "name": f"learned:{card.get('name')}",
+                "kind": "outcome",
+                "modality": card.get("modality", "text"),
+                "help": f"learned from {(card.get('votes') or {}).get('used', '?')} votes on {card.get('base')}"
+                + (f", held-out accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""),
+                "arg": None,
+                "needs_answer": False,
+            }
+        )
+    return rows
 
 
 def _load_all() -> None:
-    from engines.rewards import arith, classifier, image, judge, steps, text, verifiable  # noqa: F401
+    from engines.rewards import arith, classifier, image, judge, learned, steps, text, verifiable  # noqa: F401
 
 
 _load_all()

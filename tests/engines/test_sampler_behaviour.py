@@ -149,3 +149,77 @@ def test_empty_prompt_and_wrong_reward_are_refused():
         build_sampler("best_of_n").run(Task(prompt="  "), model, DigitValue())
     with pytest.raises(ConfigError, match="pairwise"):
         build_sampler("best_of_n").run(TASK, model, ScalarAsPairwise(DigitValue()))
+
+
+# -- learned:NAME, a reward trained on votes, in every text sampler -------------------------------
+
+
+@pytest.fixture(scope="module")
+def learned_folder(tmp_path_factory):
+    """A BT head on the toy model's embeddings, fitted to votes that follow DigitValue."""
+    import json
+
+    import numpy as np
+
+    from engines.rewards.bt_fit import FitConfig, PairData, run_to_end
+    from engines.rewards.learned import save_head
+
+    model = load_model("toy:digits")
+    gen = torch.Generator().manual_seed(0)
+    texts = [str(int(v)) for v in torch.randint(0, 100, (120,), generator=gen)]
+    a, b = texts[:60], texts[60:]
+    embed = lambda xs: model.embed([f"{TASK.prompt}\n\n{x}" for x in xs])  # noqa: E731
+    y = torch.tensor([1.0 if int(x) > int(z) else 0.0 if int(x) < int(z) else 0.5 for x, z in zip(a, b, strict=True)])
+    result = run_to_end(PairData(embed(a), embed(b), y, np.arange(60) // 2), FitConfig(epochs=60, curve=(1.0,)))
+    folder = tmp_path_factory.mktemp("learned") / "digits-votes"
+    folder.mkdir()
+    save_head(result.head, folder)
+    card = {"name": "digits-votes", "kind": "head", "modality": "text", "base": "toy:digits",
+            "head": {"input_dim": result.head.input_dim, "hidden": 0}}
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder
+
+
+def learned_reward_for(name: str, folder):
+    from engines.rewards import build_reward
+    from engines.rewards.steps import OutcomeAsStep
+
+    kind = SAMPLERS.get(name).reward_kind
+    if kind == "pairwise":
+        return build_reward(f"pairwise:learned:{folder}")
+    reward = build_reward(f"learned:{folder}")
+    return reward if kind == "outcome" else OutcomeAsStep(reward)
+
+
+@pytest.mark.parametrize("name", TEXT_SAMPLERS)
+def test_learned_reward_drives_every_text_sampler(name, learned_folder):
+    model = load_model("toy:digits")
+
+    def go(seed):
+        sampler = build_sampler(name, small_config(name))
+        rng = torch.Generator().manual_seed(seed)
+        return collect(sampler.run(TASK, model, learned_reward_for(name, learned_folder), rng=rng))
+
+    first = go(4)
+    assert first.done.status == "ok" and first.done.picks
+    assert comparable(first) == comparable(go(4))
+    assert first.done.cost["reward_calls"] > 0
+    if SAMPLERS.get(name).reward_kind == "pairwise":  # P(a beats b) = sigmoid(r_a - r_b) of the learned reward
+        assert any(e.kind == "match" for e in first.events)
+    else:
+        scores = [e for e in first.events if e.kind == "score"]
+        assert scores and all("learned:" in e.reward for e in scores)
+
+
+def test_learned_reward_ranks_like_the_votes_it_learned(learned_folder):
+    from engines.rewards import build_reward
+
+    reward = build_reward(f"learned:{learned_folder}")
+    texts = ["3", "15", "42", "97"]
+    values = reward.score(TASK, texts)
+    assert values == sorted(values)  # the votes preferred larger numbers
+    picked = collect(build_sampler("best_of_n", small_config("best_of_n")).run(
+        TASK, load_model("toy:digits"), reward, rng=torch.Generator().manual_seed(2)))
+    cands = [picked.nodes[c].text for c in picked.done.candidates]
+    best = picked.nodes[picked.done.picks[0]].text
+    assert reward.score(TASK, [best])[0] == max(reward.score(TASK, cands))

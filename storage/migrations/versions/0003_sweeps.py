@@ -1,7 +1,7 @@
 """Prompt sets (stored once by hash, reusable by name) and sweeps (a table of cells, each linked to its run).
 
 Revision ID: 0003_sweeps
-Revises: 0001
+Revises: 0002_label_quality
 Create Date: 2026-12-01
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_sweeps"
-down_revision = "0001"
+down_revision = "0002_label_quality"
 branch_labels = None
 depends_on = None
 

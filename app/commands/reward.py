@@ -1,0 +1,218 @@
+"""``samplescope reward``: train a reward on the stored votes, pick the next pairs, label quality.
+
+- ``reward train --name NAME [--votes FILTER] [--base MODEL] [--kind head|finetune]``
+  trains ``learned:NAME`` (app/reward_training.py, app/reward_finetune.py);
+- ``reward pairs --run ID --strategy uncertain:NAME [--against REWARD]`` stores
+  the comparisons the learned reward is least sure about;
+- ``reward quality`` prints each annotator's agreement, kappa, gold accuracy,
+  position bias and self-consistency; ``reward gold``, ``reward repeat`` and
+  ``reward overlap`` set up gold pairs, side-swapped repeats and overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from app.commands.common import add_json, quiet_libraries
+from app.commands.data import _add_db, _open, _print_json, _storage_errors
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def print_card(card: dict[str, Any]) -> None:
+    votes, metrics = card["votes"], card["metrics"]
+    held = metrics["heldout"]
+    print(f"trained learned:{card['name']} ({card['kind']}, {card['modality']}) on {card['base']}")
+    print(
+        f"votes: {votes['used']} used ({votes['decisive']} decisive, {votes['ties']} ties; ties: {card['ties']}); "
+        f"{votes['both_bad_excluded']} both-bad and {votes['repeats_excluded']} repeats excluded; "
+        f"{votes['dropped_votes']} votes dropped from {len(votes['dropped_annotators'])} annotators below the threshold"
+    )
+    cv = card.get("cross_validation", {})
+    print(
+        f"held-out pairwise accuracy: {_fmt(held['rate'])} [{_fmt(held['low'])}, {_fmt(held['high'])}] "
+        f"on {held['n']} votes ({cv.get('folds')} folds grouped by {cv.get('grouped_by')})"
+    )
+    ceiling = metrics.get("annotator_ceiling", {})
+    print(f"annotators' own agreement (ceiling): {_fmt(ceiling.get('rate'))} on {ceiling.get('n', 0)} vote pairs")
+    for name, p in (metrics.get("baselines", {}).get("by_reward") or {}).items():
+        print(f"stored reward {name}: agreement {_fmt(p['rate'])} [{_fmt(p['low'])}, {_fmt(p['high'])}] on {p['n']}")
+    for point in metrics.get("learning_curve", []):
+        print(f"  {point['votes']:>7.1f} training votes: accuracy {_fmt(point['rate'])}")
+
+
+@_storage_errors
+def cmd_train(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from engines.rewards.bt_fit import FitConfig, Progress
+
+    with _open(args) as db:
+        if args.kind == "finetune":
+            from app.reward_finetune import finetune_reward as trainer
+
+            items = trainer(db, args.name, votes=args.votes, base=args.base, min_agreement=args.min_agreement,
+                            group_by=args.group_by, epochs=args.epochs or 1)
+        else:
+            from app.reward_training import train_reward as trainer
+
+            config = FitConfig(hidden=args.hidden, epochs=args.epochs or 100, folds=args.folds, seed=args.seed,
+                               ties=args.ties)
+            items = trainer(db, args.name, votes=args.votes, base=args.base, min_agreement=args.min_agreement,
+                            group_by=args.group_by, config=config)
+        trained = None
+        last = -1
+        for item in items:
+            if isinstance(item, Progress):
+                percent = int(100 * item.fraction_done)
+                if percent // 10 != last // 10 and not args.json and sys.stderr.isatty():
+                    print(f"\r{item.stage} {percent}%", end="", file=sys.stderr)
+                last = percent
+            else:
+                trained = item
+    if sys.stderr.isatty() and not args.json:
+        print(file=sys.stderr)
+    if args.json:
+        _print_json({"folder": str(trained.folder), **trained.card})
+    else:
+        print_card(trained.card)
+        print(f"stored in {trained.folder}; use it as --reward learned:{trained.name}")
+    return 0
+
+
+@_storage_errors
+def cmd_pairs(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from app.reward_training import reward_scorer
+    from storage import make_comparisons
+
+    if not args.strategy.startswith("uncertain:") or len(args.strategy) <= len("uncertain:"):
+        raise ValueError("reward pairs takes --strategy uncertain:NAME (a learned reward)")
+    scorer = reward_scorer("learned:" + args.strategy.split(":", 1)[1])
+    other = reward_scorer(args.against) if args.against else None
+    with _open(args) as db:
+        ids = db.write(
+            lambda s: [
+                cid
+                for run_id in args.run
+                for cid in make_comparisons(
+                    s, run_id, args.strategy, count=args.count, seed=args.seed, scorer=scorer,
+                    other_scorer=other, overlap=args.overlap,
+                )
+            ]
+        )
+    if args.json:
+        _print_json({"comparisons": ids})
+    else:
+        print(f"stored {len(ids)} comparison{'s' if len(ids) != 1 else ''}: {', '.join(map(str, ids)) or 'none'}")
+    return 0
+
+
+@_storage_errors
+def cmd_quality(args: argparse.Namespace) -> int:
+    from storage.quality import quality_summary
+
+    with _open(args) as db:
+        summary = db.read(quality_summary)
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"gold pairs {len(summary['gold_ids'])}, repeats {len(summary['repeat_ids'])}, "
+          f"Krippendorff's alpha {_fmt(summary['krippendorff_alpha'])}")
+    print(f"{'annotator':<20} {'votes':>5} {'agree':>6} {'kappa':>6} {'gold':>6} {'left':>6} {'consistent':>10}")
+    for row in summary["annotators"]:
+        print(
+            f"{row['annotator'][:20]:<20} {row['votes']:>5} {_fmt(row['agreement']):>6} {_fmt(row['kappa']):>6} "
+            f"{_fmt(row['gold_accuracy']):>6} {_fmt(row['position_bias']['rate']):>6} "
+            f"{_fmt(row['self_consistency']['rate']):>10}"
+        )
+    return 0
+
+
+@_storage_errors
+def cmd_gold(args: argparse.Namespace) -> int:
+    from storage.quality import mark_gold
+
+    with _open(args) as db:
+        db.write(lambda s: mark_gold(s, args.comparison, args.answer))
+    print(f"comparison {args.comparison} is a gold pair (answer {args.answer})")
+    return 0
+
+
+@_storage_errors
+def cmd_repeat(args: argparse.Namespace) -> int:
+    from storage.quality import make_repeats
+
+    with _open(args) as db:
+        ids = db.write(lambda s: make_repeats(s, args.comparisons))
+    print(f"stored {len(ids)} side-swapped repeat{'s' if len(ids) != 1 else ''}: {', '.join(map(str, ids))}")
+    return 0
+
+
+@_storage_errors
+def cmd_overlap(args: argparse.Namespace) -> int:
+    from storage.quality import set_overlap
+
+    with _open(args) as db:
+        db.write(lambda s: set_overlap(s, args.comparisons, args.k))
+    print(f"{len(args.comparisons)} comparison(s) now go to at most {args.k} annotators")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser("reward", help="train a reward on the votes; choose pairs; label quality")
+    sub = group.add_subparsers(dest="reward_command", metavar="ACTION", parser_class=type(group))
+    sub.required = True
+
+    p = sub.add_parser("train", help="train learned:NAME on the stored votes")
+    p.add_argument("--name", required=True, help="the reward's name (letters, digits, . _ -)")
+    p.add_argument("--votes", help="filter: KEY=VALUE[,...] over annotator, strategy, model, sampler, reward, prompt")
+    p.add_argument("--base", help="features: a text model spec (default embedded:smollm2), embedded:digits or clip:PATH")
+    p.add_argument("--kind", choices=("head", "finetune"), default="head", help="BT head on frozen features, or TRL fine-tune")
+    p.add_argument("--hidden", type=int, default=0, help="hidden units of an MLP head (0: linear)")
+    p.add_argument("--group-by", choices=("prompt", "annotator"), default="prompt", help="cross-validation groups")
+    p.add_argument("--ties", choices=("half", "davidson"), default="half",
+                   help="ties as half wins, or Davidson's tie model (head)")
+    p.add_argument("--min-agreement", type=float, help="drop annotators whose agreement (or gold accuracy) is below this")
+    p.add_argument("--epochs", type=int, help="training epochs (head: 100, finetune: 1)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (head)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_db(p)
+    add_json(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pairs", help="store the pairs a learned reward is least sure about")
+    p.add_argument("--run", type=int, action="append", required=True, help="run id (repeatable)")
+    p.add_argument("--strategy", required=True, help="uncertain:NAME")
+    p.add_argument("--against", help="another reward; pairs where the two disagree come first too")
+    p.add_argument("--count", type=int, default=1, help="pairs per run")
+    p.add_argument("--overlap", type=int, help="each pair goes to at most this many annotators")
+    p.add_argument("--seed", type=int, default=0)
+    _add_db(p)
+    add_json(p)
+    p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("quality", help="each annotator's agreement, kappa, gold accuracy, position bias, consistency")
+    _add_db(p)
+    add_json(p)
+    p.set_defaults(func=cmd_quality)
+
+    p = sub.add_parser("gold", help="mark a comparison as a gold pair with a known answer")
+    p.add_argument("comparison", type=int)
+    p.add_argument("answer", choices=("a", "b", "tie"))
+    _add_db(p)
+    p.set_defaults(func=cmd_gold)
+
+    p = sub.add_parser("repeat", help="add side-swapped repeats of comparisons")
+    p.add_argument("comparisons", type=int, nargs="+")
+    _add_db(p)
+    p.set_defaults(func=cmd_repeat)
+
+    p = sub.add_parser("overlap", help="show each of these comparisons to at most K annotators")
+    p.add_argument("k", type=int)
+    p.add_argument("comparisons", type=int, nargs="+")
+    _add_db(p)
+    p.set_defaults(func=cmd_overlap)
