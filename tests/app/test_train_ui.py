@@ -71,6 +71,8 @@ def test_compare_runs_samplers_with_a_learned_reward(services, db):
     run_training(db, "judge-me", base="toy:digits")
     with gr.Blocks():
         compare = CompareTab(services)
-    updates = list(compare.run(["best_of_n"], "open", "toy:digits", "learned:judge-me", "", 1, 2, 4, 0))
+    updates = list(compare.run(["best_of_n"], "open", "toy:digits", "learned:judge-me", "", "size", "1,2",
+                               "generated_tokens", "", 1, 4, 1, 0))
     final = [u[compare.plot] for u in updates if compare.plot in u][-1]
-    assert len(final.data) == 1 and list(final.data[0].text) == ["N=1", "N=2"]
+    assert len(final.data) == 1 and len(final.data[0].x) == 2  # one line, a point per size
+    assert updates[-1][compare.status].startswith("done")
