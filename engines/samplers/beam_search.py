@@ -47,10 +47,9 @@ class BeamSearch(StepSampler):
         active: list[Partial] = [root]
         finished: list[Partial] = []
         while active:
-            children: list[Partial] = []
             # the first expansion draws all K·M from the root, later ones M per beam
             k = cfg.beams * cfg.expand if active == [root] else cfg.expand
-            yield from expand(ctx, active, k, cfg, children)
+            children = yield from expand(ctx, active, k, cfg)
             yield from score(ctx, children, cfg.aggregate)
             finished += [c for c in children if c.done]
             ranked = sorted((c for c in children if not c.done), key=lambda c: -c.value)

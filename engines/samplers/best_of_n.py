@@ -66,6 +66,6 @@ class BestOfN(Sampler):
         yield root
         found: list[Candidate] = []
         while len(found) < cfg.n:
-            yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(found)), cfg, found)
+            found += yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(found)), cfg)
         best = argmax(found)
         yield SelectEvent(nodes=[best.id], reason=f"highest reward of {len(found)}")

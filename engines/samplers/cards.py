@@ -72,12 +72,10 @@ class CARDS(StepSampler):
             tries: list[Partial] = []
             chosen = None
             while chosen is None:
-                batch: list[Partial] = []
-                yield from expand(
-                    ctx, [current], 1, cfg, batch, max_tokens=min(cfg.max_new_tokens, cfg.max_tokens - length),
+                (segment,) = yield from expand(
+                    ctx, [current], 1, cfg, max_tokens=min(cfg.max_new_tokens, cfg.max_tokens - length),
                     ends=lambda c: len(c.ids) - prompt_len >= cfg.max_tokens,
                 )
-                segment = batch[0]
                 yield from score_last(ctx, [segment])
                 tries.append(segment)
                 attempts += 1

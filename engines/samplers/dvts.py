@@ -45,8 +45,7 @@ class DVTS(StepSampler):
         cfg: DVTSConfig = self.config  # type: ignore[assignment]
         root, node = root_partial(ctx)
         yield node
-        first: list[Partial] = []
-        yield from expand(ctx, [root], cfg.n, cfg, first, distinct=False)
+        first = yield from expand(ctx, [root], cfg.n, cfg, distinct=False)
         yield from score(ctx, first, cfg.aggregate)
         finished: list[Partial] = []
         beams: list[Partial] = []
@@ -56,8 +55,7 @@ class DVTS(StepSampler):
             (finished if best.done else beams).append(best)
             yield from prune([c for c in group if c is not best], "not the subtree's best")
         while beams:
-            children: list[Partial] = []
-            yield from expand(ctx, beams, cfg.expand, cfg, children)
+            children = yield from expand(ctx, beams, cfg.expand, cfg)
             yield from score(ctx, children, cfg.aggregate)
             survivors = []
             for beam in beams:

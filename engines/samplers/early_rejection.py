@@ -58,11 +58,10 @@ class EarlyRejection(StepSampler):
         finished: list[Partial] = []
         checkpoint = 0
         while active:
-            children: list[Partial] = []
             k = cfg.n if active == [root] else 1
             longest = max(len(p.ids) - prompt_len for p in active)
-            yield from expand(
-                ctx, active, k, cfg, children, distinct=False,
+            children = yield from expand(
+                ctx, active, k, cfg, distinct=False,
                 max_tokens=min(cfg.interval, cfg.max_tokens - longest),
                 ends=lambda c: len(c.ids) - prompt_len >= cfg.max_tokens or c.depth >= cfg.max_steps,
             )

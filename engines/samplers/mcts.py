@@ -80,9 +80,7 @@ class MCTS(StepSampler):
             if current.partial.done:
                 value = current.partial.value or 0.0
             else:
-                new: list[Partial] = []
-                yield from expand(ctx, [current.partial], 1, cfg, new)
-                child = new[0]
+                (child,) = yield from expand(ctx, [current.partial], 1, cfg)
                 current.tries += 1
                 twin = next((ch for ch in current.children if ch.partial.ids == child.ids), None)
                 if twin is not None:  # a duplicate step: visit the existing child instead
@@ -132,9 +130,7 @@ class MCTS(StepSampler):
         """Complete a partial solution by sampling steps; returns the finished partial."""
         current = start
         while not current.done:
-            new: list[Partial] = []
-            yield from expand(ctx, [current], 1, cfg, new)
-            current = new[0]
+            (current,) = yield from expand(ctx, [current], 1, cfg)
         yield from score(ctx, [current], cfg.aggregate)
         return current
 
