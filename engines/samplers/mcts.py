@@ -6,7 +6,12 @@ used for LLM reasoning by e.g. Hao et al., 2023 (RAP) and Zhang et al., 2024
 
 1. **select**: from the root, follow the child maximising
    UCT = Q(child) + c·sqrt(ln N(node) / N(child)), while the node is fully
-   expanded (it has ``width`` children) and not terminal;
+   expanded and not terminal. A node is fully expanded when it has ``width``
+   children, or when its distinct children are exhausted: the next steps not yet
+   seen hold less than 1/``simulations`` of the proposal's probability mass (the
+   children's step probabilities under the sampling distribution are known), so
+   another expansion would almost surely repeat a child. Without this, a node with
+   fewer than ``width`` likely next steps would be expanded forever;
 2. **expand**: sample one new next step of that node (a duplicate of an
    existing child counts as a visit of it instead);
 3. **evaluate**: the new node's value is its process score (the aggregated
@@ -41,7 +46,8 @@ class MCTSConfig(StepConfig):
     summary = "UCT over steps: select by Q + c·sqrt(ln N / n), expand one step, evaluate with the PRM, back up."
 
     simulations: int = param(16, label="Simulations", min=1, max=10000, help="Select-expand-evaluate-backup rounds.")
-    width: int = param(3, label="Children per node", min=1, max=64, help="A node is fully expanded at this many distinct children.")
+    width: int = param(3, label="Children per node", min=1, max=64,
+                       help="A node is fully expanded at this many distinct children (or when its likely next steps are exhausted).")
     c: float = param(1.0, label="Exploration c", min=0.0, max=100.0, step=0.1, help="UCT exploration constant.")
     rollout: bool = param(False, label="Rollouts", help="Value a new node by one sampled completion instead of its own score.")
     pick: str = param("best", label="Pick", choices=("best", "visits"), help="Best finished score, or the most-visited path.")
@@ -74,7 +80,7 @@ class MCTS(StepSampler):
         for sim in range(cfg.simulations):
             path = [root]
             current = root
-            while not current.partial.done and len(current.children) >= cfg.width:
+            while not current.partial.done and self._fully_expanded(current, cfg):
                 current = max(current.children, key=lambda ch: self._uct(current, ch, cfg.c))
                 path.append(current)
             if current.partial.done:
@@ -119,6 +125,16 @@ class MCTS(StepSampler):
         best = max(finished, key=lambda p: p.value)
         ctx.metrics["finished"] = len(finished)
         yield SelectEvent(nodes=[best.id], reason=f"best of {len(finished)} finished solutions")
+
+    @staticmethod
+    def _fully_expanded(node: _Node, cfg: MCTSConfig) -> bool:
+        if len(node.children) >= cfg.width:
+            return True
+        if not node.children:
+            return False
+        base = node.partial.proposal_logprob
+        covered = math.fsum(math.exp(ch.partial.proposal_logprob - base) for ch in node.children)
+        return 1.0 - covered < 1.0 / cfg.simulations
 
     @staticmethod
     def _uct(parent: _Node, child: _Node, c: float) -> float:

@@ -50,6 +50,11 @@ class StepConfig(GenerationConfig):
             keep_cache=True,
         )
 
+    def final_params(self, max_tokens: int) -> SamplingParams:
+        """The last iteration's sampling: no step delimiter, run to end-of-text (up to
+        ``max_tokens``), as search-and-learn's beam search and DVTS finish."""
+        return self.sampling(max_new_tokens=max_tokens, keep_cache=True)
+
 
 @dataclass
 class Partial:
