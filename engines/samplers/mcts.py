@@ -12,8 +12,10 @@ used for LLM reasoning by e.g. Hao et al., 2023 (RAP) and Zhang et al., 2024
    children's step probabilities under the sampling distribution are known), so
    another expansion would almost surely repeat a child. Without this, a node with
    fewer than ``width`` likely next steps would be expanded forever;
-2. **expand**: sample one new next step of that node (a duplicate of an
-   existing child counts as a visit of it instead);
+2. **expand**: sample one new next step of that node; a step that duplicates
+   an existing child descends into that child (the proposal chose it) and the
+   simulation goes on from there, so every simulation adds a node unless it
+   ends on a finished solution;
 3. **evaluate**: the new node's value is its process score (the aggregated
    step scores), or, with ``rollout`` on, the score of one sampled completion
    of it;
@@ -80,30 +82,32 @@ class MCTS(StepSampler):
         for sim in range(cfg.simulations):
             path = [root]
             current = root
-            while not current.partial.done and self._fully_expanded(current, cfg):
-                current = max(current.children, key=lambda ch: self._uct(current, ch, cfg.c))
-                path.append(current)
-            if current.partial.done:
-                value = current.partial.value or 0.0
-            else:
+            value = None
+            while value is None:
+                while not current.partial.done and self._fully_expanded(current, cfg):
+                    current = max(current.children, key=lambda ch: self._uct(current, ch, cfg.c))
+                    path.append(current)
+                if current.partial.done:
+                    value = current.partial.value or 0.0
+                    break
                 (child,) = yield from expand(ctx, [current.partial], 1, cfg)
                 current.tries += 1
                 twin = next((ch for ch in current.children if ch.partial.ids == child.ids), None)
-                if twin is not None:  # a duplicate step: visit the existing child instead
+                if twin is not None:  # a duplicate step: descend into the existing child, go on from there
                     path.append(twin)
-                    value = twin.q
-                else:
-                    leaf = _Node(child)
-                    current.children.append(leaf)
-                    path.append(leaf)
-                    yield from score(ctx, [child], cfg.aggregate)
-                    if child.done:
-                        finished.append(child)
-                    value = child.value
-                    if cfg.rollout and not child.done:
-                        end = yield from self._rollout(ctx, cfg, child)
-                        finished.append(end)
-                        value = end.value
+                    current = twin
+                    continue
+                leaf = _Node(child)
+                current.children.append(leaf)
+                path.append(leaf)
+                yield from score(ctx, [child], cfg.aggregate)
+                if child.done:
+                    finished.append(child)
+                value = child.value
+                if cfg.rollout and not child.done:
+                    end = yield from self._rollout(ctx, cfg, child)
+                    finished.append(end)
+                    value = end.value
             for n in path:
                 n.visits += 1
                 n.total += value
