@@ -37,7 +37,6 @@ from engines.trace import (
     DoneEvent,
     Event,
     NodeEvent,
-    ScoreEvent,
     SelectEvent,
     Trace,
 )
@@ -300,6 +299,3 @@ class Sampler(ABC):
     def steps(self, ctx: RunContext) -> Iterator[Event]:
         """The algorithm: yield events, do work through ``ctx``."""
 
-
-def score_events(node_ids: Sequence[str], values: Sequence[float], reward_name: str, partial: bool = False) -> list[ScoreEvent]:
-    return [ScoreEvent(node=i, reward=reward_name, value=v, partial=partial) for i, v in zip(node_ids, values, strict=True)]

@@ -2,8 +2,10 @@
 
 The baseline of every reward-guided sampler (Stiennon et al., 2020, "Learning
 to summarize from human feedback"; Nakano et al., 2021, WebGPT). With i.i.d.
-draws the pick follows the law of the maximum of N draws of the reward: for a
-reward with CDF F over the model's samples, P(pick ≤ r) = F(r)^N.
+draws from the proposal q (the model at the sampling temperature / top-p /
+top-k) the pick follows the law of the maximum of N draws of the reward: for a
+reward with CDF F under q, P(pick ≤ r) = F(r)^N; ties go to the earliest draw,
+so within a tied reward value the pick follows q.
 
 Candidates are drawn in batches of ``batch_size`` sharing the prompt's KV
 cache (the prompt is encoded once), scored as each batch lands, so the UI

@@ -5,7 +5,8 @@ Sun et al., 2024, "Fast Best-of-N Decoding via Speculative Rejection"
 tokens, score the partial candidates with the reward and keep only the best
 (1 - α) share, so the compute a best-of-N would spend finishing hopeless
 candidates is saved. Candidates that end are set aside; the pick is the
-finished candidate with the highest reward. With α = 0 it is best-of-N.
+finished candidate with the highest reward. With α = 0 it is best-of-N (the
+law of the maximum under the proposal q); otherwise no closed-form law.
 
 Symbols: N = ``n``, α = ``rejection_rate``, the checkpoint spacing = ``interval``.
 """

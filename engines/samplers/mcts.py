@@ -25,6 +25,9 @@ After ``simulations`` simulations the pick is the finished solution with the
 best score seen (``pick=best``) or the end of the most-visited path
 (``pick=visits``, completed by a rollout if it is not finished).
 
+No target law: UCT is a search for a high-value solution among steps drawn from
+the proposal (the model at the sampling temperature).
+
 Symbols: c = ``c``; the number of children a node may have = ``width``.
 """
 
@@ -61,7 +64,6 @@ class _Node:
     children: list[_Node] = field(default_factory=list)
     visits: int = 0
     total: float = 0.0
-    tries: int = 0  # expansion attempts (duplicates included)
 
     @property
     def q(self) -> float:
@@ -91,7 +93,6 @@ class MCTS(StepSampler):
                     value = current.partial.value or 0.0
                     break
                 (child,) = yield from expand(ctx, [current.partial], 1, cfg)
-                current.tries += 1
                 twin = next((ch for ch in current.children if ch.partial.ids == child.ids), None)
                 if twin is not None:  # a duplicate step: descend into the existing child, go on from there
                     path.append(twin)
