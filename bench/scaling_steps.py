@@ -28,6 +28,8 @@ Compare tab and ``samplescope sweep``); what K sets per sampler is data
 (``arith_prm``). Steps are lines (the lab writes one reduction per line), so
 CARDS cuts at newlines here rather than by entropy, and early rejection's
 checkpoints fall at line ends (a process reward cannot judge half a line).
+Beam search and DVTS finish their last iteration to end-of-text, up to 80 tokens
+(the flat samplers' length limit), as search-and-learn does.
 
 Writes ``bench/results/scaling_steps.{json,md,png}`` (``_quick`` with ``--quick``).
 """
@@ -57,8 +59,8 @@ def configs(k: int) -> dict[str, tuple[str, str, dict[str, Any]]]:
     }
     for tag, prm in PRMS.items():
         out[f"bon_{tag}"] = ("best_of_n", f"last:{prm}", {"n": k, **flat})
-        out[f"beam_{tag}"] = ("beam_search", prm, {"beams": max(1, k // 4), "expand": 4, **LINE})
-        out[f"dvts_{tag}"] = ("dvts", prm, {"n": k, "expand": 4, **LINE})
+        out[f"beam_{tag}"] = ("beam_search", prm, {"beams": max(1, k // 4), "expand": 4, "final_tokens": 80, **LINE})
+        out[f"dvts_{tag}"] = ("dvts", prm, {"n": k, "expand": 4, "final_tokens": 80, **LINE})
         out[f"smc_{tag}"] = ("smc", prm, {"particles": k, "lam": 10.0, "ess_threshold": 0.5, **LINE})
         out[f"cards_{tag}"] = ("cards", prm, {"mode": "hard", "reward_threshold": 0.5, "alpha": 1.0, "max_retries": k,
                                               "max_tokens": 80, **LINE})

@@ -75,12 +75,20 @@ class PairwiseReward(ABC):
 
 
 class StepReward(ABC):
-    """A process reward: a score after every step of a (partial) candidate."""
+    """A process reward: a score after every step of a (partial) candidate.
+
+    A step's score depends only on the steps up to it (the prefix), never on later ones,
+    so a sampler may extend a parent's known scores by its child's newest one.
+    """
 
     name: str = "steps"
     modality: ClassVar[Literal["text"]] = "text"
     requires_answer: ClassVar[bool] = False
     kind: ClassVar[str] = "step"
+    #: True when every step's score is an evaluation of its own (an outcome reward or an
+    #: LLM judge applied to each prefix); False when one pass over a candidate reads all
+    #: its step scores (a PRM read at step tags).
+    per_prefix: ClassVar[bool] = False
 
     @abstractmethod
     def score_steps(
@@ -91,6 +99,14 @@ class StepReward(ABC):
     def score_last(self, task: Task, candidates: Sequence[Sequence[str]], *, usage: Cost | None = None) -> list[float]:
         """The score after the last step of each candidate (samplers that only need the newest value)."""
         return [scores[-1] for scores in self.score_steps(task, candidates, usage=usage)]
+
+    def evaluations(self, candidates: Sequence[Sequence[str]], *, last: bool = False) -> int:
+        """Reward evaluations that :meth:`score_steps` (or, with ``last``, :meth:`score_last`)
+        spends on ``candidates``: the run's ``reward_calls``. A per-prefix reward must
+        override :meth:`score_last` so that it scores only the newest prefix."""
+        if self.per_prefix and not last:
+            return sum(len(steps) for steps in candidates)
+        return len(candidates)
 
     def check_task(self, task: Task) -> None:
         if self.requires_answer and not task.answer:

@@ -32,7 +32,9 @@ from engines.trace import Cost
 
 
 class OutcomeAsStep(StepReward):
-    """v(s_1..s_k) = r(s_1 + ... + s_k): an outcome reward on every prefix."""
+    """v(s_1..s_k) = r(s_1 + ... + s_k): an outcome reward on every prefix (one call each)."""
+
+    per_prefix = True
 
     def __init__(self, reward: Reward) -> None:
         if not isinstance(reward, Reward):
@@ -64,25 +66,30 @@ STEP_QUESTION = (
 
 
 class JudgeSteps(StepReward):
-    """An LLM judge's P(yes) that the solution is correct up to each step."""
+    """An LLM judge's P(yes) that the solution is correct up to each step (one judge prompt per prefix)."""
+
+    per_prefix = True
 
     def __init__(self, model, name: str = "judge_steps") -> None:
         self.judge = _Judge(model, ["Yes", " Yes", "yes", " yes"], ["No", " No", "no", " no"])
         self.name = name
 
-    def score_steps(self, task: Task, candidates: Sequence[Sequence[str]], *, usage: Cost | None = None) -> list[list[float]]:
+    @staticmethod
+    def _prompt(task: Task, steps: Sequence[str]) -> str:
         reference = f"Reference answer:\n{task.answer}\n\n" if task.answer else ""
-        prompts = [
-            STEP_QUESTION.format(prompt=task.prompt, reference=reference, steps="".join(steps[: k + 1]))
-            for steps in candidates
-            for k in range(len(steps))
-        ]
+        return STEP_QUESTION.format(prompt=task.prompt, reference=reference, steps="".join(steps))
+
+    def score_steps(self, task: Task, candidates: Sequence[Sequence[str]], *, usage: Cost | None = None) -> list[list[float]]:
+        prompts = [self._prompt(task, steps[: k + 1]) for steps in candidates for k in range(len(steps))]
         values = self.judge.p_positive(prompts, usage)
         out, at = [], 0
         for steps in candidates:
             out.append(values[at : at + len(steps)])
             at += len(steps)
         return out
+
+    def score_last(self, task: Task, candidates: Sequence[Sequence[str]], *, usage: Cost | None = None) -> list[float]:
+        return self.judge.p_positive([self._prompt(task, steps) for steps in candidates], usage)
 
 
 class ShepherdPRM(StepReward):

@@ -37,7 +37,6 @@ from engines.trace import (
     DoneEvent,
     Event,
     NodeEvent,
-    ScoreEvent,
     SelectEvent,
     Trace,
 )
@@ -134,60 +133,56 @@ class RunContext:
         params: SamplingParams,
         n: int = 1,
     ) -> list[list[Generation]]:
-        self.check()
-        worst = len(prefixes) * n * params.max_new_tokens
-        if worst > self.remaining("generated_tokens"):
-            raise BudgetExhausted("budget exhausted: generated_tokens")
+        self._reserve("generated_tokens", len(prefixes) * n * params.max_new_tokens)
         return self.model.sample(prefixes, params, n=n, rng=self.rng, usage=self.cost)
 
+    def _reserve(self, counter: str, amount: float, *spends: str) -> None:
+        """The one budget guard before metered work: cancel, a spent counter among ``spends``
+        (or wall time), or ``amount`` more of ``counter`` than is left."""
+        self.check(*spends)
+        if amount > self.remaining(counter):
+            raise BudgetExhausted(f"budget exhausted: {counter}")
+
     def score(self, candidates: Sequence[Any]) -> list[float]:
-        self.check("reward_calls", "reward_tokens")
-        if len(candidates) > self.remaining("reward_calls"):
-            raise BudgetExhausted("budget exhausted: reward_calls")
+        self._reserve("reward_calls", len(candidates), "reward_calls", "reward_tokens")
         values = self.reward.score(self.task, candidates, usage=self.cost)
         self.cost.add(reward_calls=len(candidates))
         return [float(v) for v in values]
 
     def compare(self, pairs: Sequence[tuple[Any, Any]]) -> list[float]:
         """P(a beats b) for each pair, from the pairwise reward (one reward call per pair)."""
-        self.check("reward_calls", "reward_tokens")
-        if len(pairs) > self.remaining("reward_calls"):
-            raise BudgetExhausted("budget exhausted: reward_calls")
+        self._reserve("reward_calls", len(pairs), "reward_calls", "reward_tokens")
         values = self.pairwise.compare_many(self.task, pairs, usage=self.cost)
         self.cost.add(reward_calls=len(pairs))
         return [float(p) for p in values]
 
     def score_steps(self, candidates: Sequence[Sequence[str]]) -> list[list[float]]:
-        self.check("reward_calls", "reward_tokens")
-        if len(candidates) > self.remaining("reward_calls"):
-            raise BudgetExhausted("budget exhausted: reward_calls")
+        """Every step's score of each candidate, metered as the reward's own count of
+        evaluations (one per prefix for an outcome reward or a judge on prefixes)."""
+        calls = self.reward.evaluations(candidates)
+        self._reserve("reward_calls", calls, "reward_calls", "reward_tokens")
         values = self.reward.score_steps(self.task, candidates, usage=self.cost)
-        self.cost.add(reward_calls=len(candidates))
+        self.cost.add(reward_calls=calls)
         return values
 
     def score_last(self, candidates: Sequence[Sequence[str]]) -> list[float]:
-        """The step reward after the last step of each candidate."""
-        self.check("reward_calls", "reward_tokens")
-        if len(candidates) > self.remaining("reward_calls"):
-            raise BudgetExhausted("budget exhausted: reward_calls")
+        """The step reward after the last step of each candidate (one evaluation each)."""
+        calls = self.reward.evaluations(candidates, last=True)
+        self._reserve("reward_calls", calls, "reward_calls", "reward_tokens")
         values = self.reward.score_last(self.task, candidates, usage=self.cost)
-        self.cost.add(reward_calls=len(candidates))
+        self.cost.add(reward_calls=calls)
         return [float(v) for v in values]
 
     def denoise(self, x: torch.Tensor, step: int, schedule: Any, *, grad: bool = False) -> Any:
         """One diffusion network evaluation per particle at inference step ``step``
         (the model's ``predict``), metered as ``nfe``; refuses a batch past the nfe budget."""
-        self.check("nfe", "model_calls")
-        if x.shape[0] * self.model.nfe_for(self.task) > self.remaining("nfe"):
-            raise BudgetExhausted("budget exhausted: nfe")
+        self._reserve("nfe", x.shape[0] * self.model.nfe_for(self.task), "nfe", "model_calls")
         with torch.set_grad_enabled(grad):
             return self.model.predict(x, step, schedule, self.task, usage=self.cost)
 
     def score_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """A differentiable image reward's [B] values with their autograd graph, metered like :meth:`score`."""
-        self.check("reward_calls", "reward_tokens")
-        if images.shape[0] > self.remaining("reward_calls"):
-            raise BudgetExhausted("budget exhausted: reward_calls")
+        self._reserve("reward_calls", images.shape[0], "reward_calls", "reward_tokens")
         values = self.reward.score_tensor(self.task, images)
         self.cost.add(reward_calls=images.shape[0])
         return values
@@ -304,6 +299,3 @@ class Sampler(ABC):
     def steps(self, ctx: RunContext) -> Iterator[Event]:
         """The algorithm: yield events, do work through ``ctx``."""
 
-
-def score_events(node_ids: Sequence[str], values: Sequence[float], reward_name: str, partial: bool = False) -> list[ScoreEvent]:
-    return [ScoreEvent(node=i, reward=reward_name, value=v, partial=partial) for i, v in zip(node_ids, values, strict=True)]

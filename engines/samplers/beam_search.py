@@ -6,7 +6,14 @@ beams; at each step expand every beam into M candidate next steps (N = K·M
 per step), score every candidate with the PRM (its steps' scores aggregated:
 last, min, product or mean), keep the K best unfinished ones. Solutions that
 end (end-of-text, or the step limit) leave the beam and join the finished
-pool; the pick is the finished solution with the best score.
+pool; the pick is the finished solution with the best score. The last
+iteration (the one that reaches ``max_steps``) samples without the step
+delimiter, so each beam finishes to end-of-text (up to ``final_tokens``), as
+search-and-learn's ``beam_search`` does, instead of being cut mid-solution.
+Only the newest step of each candidate is scored (its parent's scores are known).
+
+No target law: beam search is an optimiser of the aggregated process score over
+draws from the proposal (the model at the sampling temperature).
 
 Each beam's prefix is in the model's prefix store, so expanding it prefills
 only its newest step, not the whole prompt and history (see bench/beam_reuse.py).
@@ -33,6 +40,8 @@ class BeamSearchConfig(StepConfig):
 
     beams: int = param(4, label="Beams (K)", min=1, max=256, help="Beam width: partial solutions kept per step.")
     expand: int = param(4, label="Expansions (M)", min=1, max=64, help="Next steps sampled per beam.")
+    final_tokens: int = param(256, label="Last-step tokens", min=1, max=8192, advanced=True,
+                              help="The last iteration runs to end-of-text (no step delimiter), up to this many tokens.")
 
 
 @SAMPLERS.register("beam_search")
@@ -47,10 +56,10 @@ class BeamSearch(StepSampler):
         active: list[Partial] = [root]
         finished: list[Partial] = []
         while active:
-            children: list[Partial] = []
             # the first expansion draws all K·M from the root, later ones M per beam
             k = cfg.beams * cfg.expand if active == [root] else cfg.expand
-            yield from expand(ctx, active, k, cfg, children)
+            last = active[0].depth == cfg.max_steps - 1
+            children = yield from expand(ctx, active, k, cfg, params=cfg.final_params(cfg.final_tokens) if last else None)
             yield from score(ctx, children, cfg.aggregate)
             finished += [c for c in children if c.done]
             ranked = sorted((c for c in children if not c.done), key=lambda c: -c.value)

@@ -47,8 +47,7 @@ class BestOfMajority(Sampler):
         cfg: BestOfMajorityConfig = self.config  # type: ignore[assignment]
         prefix, root = open_root(ctx)
         yield root
-        found: list[Candidate] = []
-        yield from draw_all(ctx, prefix, cfg, found)
+        found = yield from draw_all(ctx, prefix, cfg)
         counts = tally(found, cfg.answer_format, weighted=False)
         ctx.metrics["votes"] = counts
         if not counts:

@@ -2,8 +2,10 @@
 
 The baseline of every reward-guided sampler (Stiennon et al., 2020, "Learning
 to summarize from human feedback"; Nakano et al., 2021, WebGPT). With i.i.d.
-draws the pick follows the law of the maximum of N draws of the reward: for a
-reward with CDF F over the model's samples, P(pick ≤ r) = F(r)^N.
+draws from the proposal q (the model at the sampling temperature / top-p /
+top-k) the pick follows the law of the maximum of N draws of the reward: for a
+reward with CDF F under q, P(pick ≤ r) = F(r)^N; ties go to the earliest draw,
+so within a tied reward value the pick follows q.
 
 Candidates are drawn in batches of ``batch_size`` sharing the prompt's KV
 cache (the prompt is encoded once), scored as each batch lands, so the UI
@@ -66,6 +68,6 @@ class BestOfN(Sampler):
         yield root
         found: list[Candidate] = []
         while len(found) < cfg.n:
-            yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(found)), cfg, found)
+            found += yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(found)), cfg)
         best = argmax(found)
         yield SelectEvent(nodes=[best.id], reason=f"highest reward of {len(found)}")

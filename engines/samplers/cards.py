@@ -11,8 +11,16 @@ candidate segment is scored with the reward of the whole prefix so far and
 
 where the threshold rises linearly with the response length ℓ from
 r₀ = (1-α)·r(empty) + α·r* to the final threshold r* at the length limit:
-τ(ℓ) = min(r*, r₀ + ℓ·(r* - r₀)/L). A segment rejected ``max_retries`` times
-in a row gives way to the best of its attempts, so generation always moves on.
+τ(ℓ) = min(r*, r₀ + ℓ·(r* - r₀)/L), ℓ the length of the response *including the
+candidate segment* (as the reference code lblaoke/CARDS computes it). A segment
+rejected ``max_retries`` times in a row gives way to the best of its attempts, so
+generation always moves on.
+
+No exact target law: CARDS is a segment-level heuristic. Segments are drawn from
+the proposal q (the model at the sampling temperature / top-p / top-k, as the
+reference samples at a temperature with top-k), and acceptance tilts q towards
+high-reward prefixes; the paper motivates it by π(y) ∝ q(y)·exp(r(y)/β), relative
+to q, but the accepted responses do not follow that law exactly.
 
 Symbols: r* = ``reward_threshold``, α = ``alpha``, β = ``beta``, L = ``max_tokens``.
 """
@@ -43,7 +51,8 @@ class CARDSConfig(StepConfig):
     size_field = None
     label = "CARDS (cascade reward sampling)"
     paper = "Li et al. 2025, Cascade Reward Sampling for Efficient Decoding-Time Alignment (arXiv:2406.16306)"
-    summary = "Grow the answer segment by segment; reject a segment whose prefix reward is under a rising threshold."
+    summary = ("Grow the answer segment by segment; reject a segment whose prefix reward is under a threshold rising "
+               "with the length (segment included). A heuristic tilt of the sampling distribution, no exact target.")
 
     reward_threshold: float = param(0.5, label="Final threshold r*", help="The reward the full response should reach.")
     alpha: float = param(0.5, label="α", min=0.0, max=1.0, step=0.05, help="Start of the threshold: (1-α)·r(empty) + α·r*.")
@@ -68,17 +77,15 @@ class CARDS(StepSampler):
         attempts = accepted = 0
         while not current.done:
             length = len(current.ids) - prompt_len
-            threshold = min(cfg.reward_threshold, r0 + length * (cfg.reward_threshold - r0) / cfg.max_tokens)
             tries: list[Partial] = []
             chosen = None
             while chosen is None:
-                batch: list[Partial] = []
-                yield from expand(
-                    ctx, [current], 1, cfg, batch, max_tokens=min(cfg.max_new_tokens, cfg.max_tokens - length),
+                (segment,) = yield from expand(
+                    ctx, [current], 1, cfg, max_tokens=min(cfg.max_new_tokens, cfg.max_tokens - length),
                     ends=lambda c: len(c.ids) - prompt_len >= cfg.max_tokens,
                 )
-                segment = batch[0]
                 yield from score_last(ctx, [segment])
+                threshold = self.threshold(r0, len(segment.ids) - prompt_len)
                 tries.append(segment)
                 attempts += 1
                 if cfg.mode == "hard":
@@ -92,8 +99,13 @@ class CARDS(StepSampler):
                     accepted += 1
                 elif len(tries) >= cfg.max_retries:
                     chosen = max(tries, key=lambda t: t.value)
-            yield from prune([t for t in tries if t is not chosen], f"rejected (τ={threshold:.3g})")
+            yield from prune([t for t in tries if t is not chosen], f"rejected (τ={threshold:.3g} at the last try)")
             current = chosen
             ctx.metrics.update(segments=accepted, attempts=attempts, acceptance_rate=accepted / attempts)
             yield ctx.cost_event()
         yield SelectEvent(nodes=[current.id], reason=f"{len(current.steps)} segments, {attempts} attempts")
+
+    def threshold(self, r0: float, length: int) -> float:
+        """τ(ℓ) for a response of ``length`` tokens, the candidate segment included."""
+        cfg: CARDSConfig = self.config  # type: ignore[assignment]
+        return min(cfg.reward_threshold, r0 + length * (cfg.reward_threshold - r0) / cfg.max_tokens)

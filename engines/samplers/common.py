@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 from engines.config import param
@@ -31,13 +31,13 @@ def draw_scored(
     prefix: list[int],
     count: int,
     config: GenerationConfig,
-    out: list[Candidate],
     *,
     parent: str = "root",
     score: bool = True,
-) -> Iterator[Event]:
+) -> Generator[Event, None, list[Candidate]]:
     """Generate ``count`` candidates of ``prefix`` (as many as the budget allows, else
-    BudgetExhausted), yield their nodes, then their scores; append them to ``out``."""
+    BudgetExhausted), yield their nodes, then their scores; returns the candidates
+    (``batch = yield from draw_scored(...)``)."""
     affordable = ctx.affordable(count, config.max_new_tokens)
     if affordable == 0:
         raise BudgetExhausted("budget exhausted: no room for another candidate")
@@ -61,8 +61,8 @@ def draw_scored(
         for cand, value in zip(batch, values, strict=True):
             cand.reward = value
             yield ScoreEvent(node=cand.id, reward=ctx.reward.name, value=value)
-    out.extend(batch)
     yield ctx.cost_event()
+    return batch
 
 
 def argmax(candidates: list[Candidate]) -> Candidate:
@@ -97,9 +97,12 @@ class VoteConfig(GenerationConfig):
     batch_size: int = param(16, label="Batch size", min=1, max=256, advanced=True, help="Candidates per model call.")
 
 
-def draw_all(ctx: RunContext, prefix: list[int], cfg: VoteConfig, out: list[Candidate]) -> Iterator[Event]:
-    while len(out) < cfg.n:
-        yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(out)), cfg, out)
+def draw_all(ctx: RunContext, prefix: list[int], cfg: VoteConfig) -> Generator[Event, None, list[Candidate]]:
+    """``cfg.n`` scored candidates, drawn ``cfg.batch_size`` at a time."""
+    found: list[Candidate] = []
+    while len(found) < cfg.n:
+        found += yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(found)), cfg)
+    return found
 
 
 def tally(candidates: list[Candidate], answer_format: str, weighted: bool) -> dict[str, float]:

@@ -5,7 +5,10 @@ models", search-and-learn): split the N first steps into N/M independent
 subtrees; each subtree then searches greedily on its own — expand its single
 beam into M next steps, keep the one the PRM scores best — so the subtrees
 stay diverse where a shared beam would collapse onto one prefix. The pick is
-the best finished solution across subtrees.
+the best finished solution across subtrees. As in search-and-learn, the last
+iteration (the one that reaches ``max_steps``) samples without the step
+delimiter, so every subtree finishes to end-of-text (up to ``final_tokens``).
+No target law: an optimiser of the process score over draws from the proposal.
 
 Symbols: N = ``n``, M = ``expand``; N/M subtrees.
 """
@@ -29,6 +32,8 @@ class DVTSConfig(StepConfig):
 
     n: int = param(8, label="N", min=1, max=1024, help="First steps sampled; also the expansions per step in total.")
     expand: int = param(4, label="Expansions (M)", min=1, max=64, help="Next steps per subtree per step.")
+    final_tokens: int = param(256, label="Last-step tokens", min=1, max=8192, advanced=True,
+                              help="The last iteration runs to end-of-text (no step delimiter), up to this many tokens.")
 
     def validate(self) -> None:
         super().validate()
@@ -45,8 +50,7 @@ class DVTS(StepSampler):
         cfg: DVTSConfig = self.config  # type: ignore[assignment]
         root, node = root_partial(ctx)
         yield node
-        first: list[Partial] = []
-        yield from expand(ctx, [root], cfg.n, cfg, first, distinct=False)
+        first = yield from expand(ctx, [root], cfg.n, cfg, distinct=False, params=self._params(cfg, 0))
         yield from score(ctx, first, cfg.aggregate)
         finished: list[Partial] = []
         beams: list[Partial] = []
@@ -56,8 +60,7 @@ class DVTS(StepSampler):
             (finished if best.done else beams).append(best)
             yield from prune([c for c in group if c is not best], "not the subtree's best")
         while beams:
-            children: list[Partial] = []
-            yield from expand(ctx, beams, cfg.expand, cfg, children)
+            children = yield from expand(ctx, beams, cfg.expand, cfg, params=self._params(cfg, beams[0].depth))
             yield from score(ctx, children, cfg.aggregate)
             survivors = []
             for beam in beams:
@@ -70,3 +73,8 @@ class DVTS(StepSampler):
         best = max(finished, key=lambda c: c.value)
         ctx.metrics.update(subtrees=cfg.n // cfg.expand, finished=len(finished))
         yield SelectEvent(nodes=[best.id], reason=f"best of {len(finished)} subtrees")
+
+    @staticmethod
+    def _params(cfg: DVTSConfig, depth: int):
+        """The step's sampling parameters; None (the step's own) except at the last iteration."""
+        return cfg.final_params(cfg.final_tokens) if depth == cfg.max_steps - 1 else None

@@ -5,7 +5,8 @@ Sun et al., 2024, "Fast Best-of-N Decoding via Speculative Rejection"
 tokens, score the partial candidates with the reward and keep only the best
 (1 - α) share, so the compute a best-of-N would spend finishing hopeless
 candidates is saved. Candidates that end are set aside; the pick is the
-finished candidate with the highest reward. With α = 0 it is best-of-N.
+finished candidate with the highest reward. With α = 0 it is best-of-N (the
+law of the maximum under the proposal q); otherwise no closed-form law.
 
 Symbols: N = ``n``, α = ``rejection_rate``, the checkpoint spacing = ``interval``.
 """
@@ -58,11 +59,10 @@ class EarlyRejection(StepSampler):
         finished: list[Partial] = []
         checkpoint = 0
         while active:
-            children: list[Partial] = []
             k = cfg.n if active == [root] else 1
             longest = max(len(p.ids) - prompt_len for p in active)
-            yield from expand(
-                ctx, active, k, cfg, children, distinct=False,
+            children = yield from expand(
+                ctx, active, k, cfg, distinct=False,
                 max_tokens=min(cfg.interval, cfg.max_tokens - longest),
                 ends=lambda c: len(c.ids) - prompt_len >= cfg.max_tokens or c.depth >= cfg.max_steps,
             )

@@ -85,6 +85,8 @@ from engines.samplers.diffusion_common import (
     state_nodes,
     take,
 )
+from engines.samplers.particles import effective_sample_size, log_mean_exp
+from engines.samplers.particles import resample as resample_indices
 from engines.trace import Event, ResampleEvent, SelectEvent
 
 
@@ -138,33 +140,6 @@ class FKSteeringConfig(DiffusionConfig):
             raise ConfigError("fk_steering needs stochastic steps (eta > 0): deterministic particles cannot diversify")
         if self.resample_end is not None and self.resample_end < self.resample_start:
             raise ConfigError("resample_end must be >= resample_start")
-
-
-def effective_sample_size(log_weights: torch.Tensor) -> float:
-    """1 / Σ w̄_i² of the normalised weights."""
-    w = torch.softmax(log_weights.double(), dim=0)
-    return float(1.0 / (w**2).sum())
-
-
-def log_mean_exp(values: torch.Tensor) -> float:
-    return float(torch.logsumexp(values.double(), dim=0) - math.log(values.numel()))
-
-
-def resample_indices(log_weights: torch.Tensor, method: str, rng: torch.Generator | None) -> torch.Tensor:
-    """N ancestor indices drawn in proportion to the weights (multinomial, systematic or stratified)."""
-    w = torch.softmax(log_weights.double(), dim=0).cpu()
-    n = w.numel()
-    if method == "multinomial":
-        return torch.multinomial(w, n, replacement=True, generator=rng)
-    if method == "systematic":
-        u = (torch.rand(1, generator=rng, dtype=torch.float64) + torch.arange(n, dtype=torch.float64)) / n
-    elif method == "stratified":
-        u = (torch.rand(n, generator=rng, dtype=torch.float64) + torch.arange(n, dtype=torch.float64)) / n
-    else:
-        raise ConfigError(f"unknown resampling method {method!r}")
-    cdf = torch.cumsum(w, dim=0)
-    cdf[-1] = 1.0  # guard against rounding
-    return torch.searchsorted(cdf, u, right=True).clamp(max=n - 1)
 
 
 @SAMPLERS.register("fk_steering")

@@ -54,7 +54,7 @@ class Knockout(Sampler):
         yield root
         found: list[Candidate] = []
         while len(found) < cfg.n:
-            yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(found)), cfg, found, score=False)
+            found += yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(found)), cfg, score=False)
         order = torch.randperm(len(found), generator=ctx.rng).tolist()
         alive = [found[i] for i in order]
         round_no = 0

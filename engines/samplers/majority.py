@@ -39,8 +39,7 @@ class Majority(Sampler):
         cfg: MajorityConfig = self.config  # type: ignore[assignment]
         prefix, root = open_root(ctx)
         yield root
-        found: list[Candidate] = []
-        yield from draw_all(ctx, prefix, cfg, found)
+        found = yield from draw_all(ctx, prefix, cfg)
         votes = tally(found, cfg.answer_format, weighted=False)
         ctx.metrics["votes"] = votes
         if not votes:

@@ -6,9 +6,16 @@ used for LLM reasoning by e.g. Hao et al., 2023 (RAP) and Zhang et al., 2024
 
 1. **select**: from the root, follow the child maximising
    UCT = Q(child) + c·sqrt(ln N(node) / N(child)), while the node is fully
-   expanded (it has ``width`` children) and not terminal;
-2. **expand**: sample one new next step of that node (a duplicate of an
-   existing child counts as a visit of it instead);
+   expanded and not terminal. A node is fully expanded when it has ``width``
+   children, or when its distinct children are exhausted: the next steps not yet
+   seen hold less than 1/``simulations`` of the proposal's probability mass (the
+   children's step probabilities under the sampling distribution are known), so
+   another expansion would almost surely repeat a child. Without this, a node with
+   fewer than ``width`` likely next steps would be expanded forever;
+2. **expand**: sample one new next step of that node; a step that duplicates
+   an existing child descends into that child (the proposal chose it) and the
+   simulation goes on from there, so every simulation adds a node unless it
+   ends on a finished solution;
 3. **evaluate**: the new node's value is its process score (the aggregated
    step scores), or, with ``rollout`` on, the score of one sampled completion
    of it;
@@ -17,6 +24,9 @@ used for LLM reasoning by e.g. Hao et al., 2023 (RAP) and Zhang et al., 2024
 After ``simulations`` simulations the pick is the finished solution with the
 best score seen (``pick=best``) or the end of the most-visited path
 (``pick=visits``, completed by a rollout if it is not finished).
+
+No target law: UCT is a search for a high-value solution among steps drawn from
+the proposal (the model at the sampling temperature).
 
 Symbols: c = ``c``; the number of children a node may have = ``width``.
 """
@@ -41,7 +51,8 @@ class MCTSConfig(StepConfig):
     summary = "UCT over steps: select by Q + c·sqrt(ln N / n), expand one step, evaluate with the PRM, back up."
 
     simulations: int = param(16, label="Simulations", min=1, max=10000, help="Select-expand-evaluate-backup rounds.")
-    width: int = param(3, label="Children per node", min=1, max=64, help="A node is fully expanded at this many distinct children.")
+    width: int = param(3, label="Children per node", min=1, max=64,
+                       help="A node is fully expanded at this many distinct children (or when its likely next steps are exhausted).")
     c: float = param(1.0, label="Exploration c", min=0.0, max=100.0, step=0.1, help="UCT exploration constant.")
     rollout: bool = param(False, label="Rollouts", help="Value a new node by one sampled completion instead of its own score.")
     pick: str = param("best", label="Pick", choices=("best", "visits"), help="Best finished score, or the most-visited path.")
@@ -53,7 +64,6 @@ class _Node:
     children: list[_Node] = field(default_factory=list)
     visits: int = 0
     total: float = 0.0
-    tries: int = 0  # expansion attempts (duplicates included)
 
     @property
     def q(self) -> float:
@@ -74,32 +84,31 @@ class MCTS(StepSampler):
         for sim in range(cfg.simulations):
             path = [root]
             current = root
-            while not current.partial.done and len(current.children) >= cfg.width:
-                current = max(current.children, key=lambda ch: self._uct(current, ch, cfg.c))
-                path.append(current)
-            if current.partial.done:
-                value = current.partial.value or 0.0
-            else:
-                new: list[Partial] = []
-                yield from expand(ctx, [current.partial], 1, cfg, new)
-                child = new[0]
-                current.tries += 1
+            value = None
+            while value is None:
+                while not current.partial.done and self._fully_expanded(current, cfg):
+                    current = max(current.children, key=lambda ch: self._uct(current, ch, cfg.c))
+                    path.append(current)
+                if current.partial.done:
+                    value = current.partial.value or 0.0
+                    break
+                (child,) = yield from expand(ctx, [current.partial], 1, cfg)
                 twin = next((ch for ch in current.children if ch.partial.ids == child.ids), None)
-                if twin is not None:  # a duplicate step: visit the existing child instead
+                if twin is not None:  # a duplicate step: descend into the existing child, go on from there
                     path.append(twin)
-                    value = twin.q
-                else:
-                    leaf = _Node(child)
-                    current.children.append(leaf)
-                    path.append(leaf)
-                    yield from score(ctx, [child], cfg.aggregate)
-                    if child.done:
-                        finished.append(child)
-                    value = child.value
-                    if cfg.rollout and not child.done:
-                        end = yield from self._rollout(ctx, cfg, child)
-                        finished.append(end)
-                        value = end.value
+                    current = twin
+                    continue
+                leaf = _Node(child)
+                current.children.append(leaf)
+                path.append(leaf)
+                yield from score(ctx, [child], cfg.aggregate)
+                if child.done:
+                    finished.append(child)
+                value = child.value
+                if cfg.rollout and not child.done:
+                    end = yield from self._rollout(ctx, cfg, child)
+                    finished.append(end)
+                    value = end.value
             for n in path:
                 n.visits += 1
                 n.total += value
@@ -123,6 +132,16 @@ class MCTS(StepSampler):
         yield SelectEvent(nodes=[best.id], reason=f"best of {len(finished)} finished solutions")
 
     @staticmethod
+    def _fully_expanded(node: _Node, cfg: MCTSConfig) -> bool:
+        if len(node.children) >= cfg.width:
+            return True
+        if not node.children:
+            return False
+        base = node.partial.proposal_logprob
+        covered = math.fsum(math.exp(ch.partial.proposal_logprob - base) for ch in node.children)
+        return 1.0 - covered < 1.0 / cfg.simulations
+
+    @staticmethod
     def _uct(parent: _Node, child: _Node, c: float) -> float:
         if child.visits == 0:
             return math.inf
@@ -132,9 +151,7 @@ class MCTS(StepSampler):
         """Complete a partial solution by sampling steps; returns the finished partial."""
         current = start
         while not current.done:
-            new: list[Partial] = []
-            yield from expand(ctx, [current], 1, cfg, new)
-            current = new[0]
+            (current,) = yield from expand(ctx, [current], 1, cfg)
         yield from score(ctx, [current], cfg.aggregate)
         return current
 

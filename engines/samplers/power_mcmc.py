@@ -16,8 +16,19 @@ end-of-text makes lengths differ). p and q of every token come from the
 sampler itself (``Generation.logprobs`` / ``sample_logprobs``), so a move
 costs only the suffix's generation; the shared prefix's KV cache is reused.
 
-Within a block the chain targets p^α over sequences of that block's length
-(complete sequences when the last block covers the whole answer).
+The target, relative to the *base model* p (the proposal's temperature is
+corrected for by the q terms): within block b the chain targets
+π_b(x) ∝ p(x)^α over the sequences truncated at the block's end e_b (complete
+ones, and prefixes of exactly e_b tokens). As in the reference code
+(aakaran/reasoning-with-sampling), the run stops after the block in which the
+state ends on end-of-text. So with one block covering the whole answer the
+output follows p^α over complete sequences; with several blocks, a chain mixed
+within each block outputs the *blockwise* law
+
+    P(x) = Σ_{b ≥ b(x)} Π_{b' < b} (1 - π_{b'}(ended)) · π_b(x),
+
+b(x) the first block whose end covers x and its end-of-text: shorter answers
+weigh more than under p^α (the tests enumerate both laws).
 
 Symbols: α = ``alpha``, B = ``block_size``.
 """
@@ -42,7 +53,8 @@ class PowerMCMCConfig(GenerationConfig):
     size_field = None
     label = "Power sampling (MCMC)"
     paper = "Karan & Du 2025, Reasoning with Sampling: Your Base Model is Smarter Than You Think (arXiv:2510.14901)"
-    summary = "Metropolis-Hastings over blocks, targeting p(x)^α of the base model."
+    summary = ("Metropolis-Hastings over blocks targeting p(x)^α of the base model per block "
+               "(one block: p^α over answers; several: the blockwise law, see the docs).")
 
     temperature: float = param(0.25, label="Proposal temperature", min=0.01, max=5.0, step=0.05, help="The paper uses 1/α.")
     alpha: float = param(4.0, label="α", min=1.0, max=100.0, step=0.5, help="Target p^α over whole sequences.")
@@ -77,7 +89,7 @@ class PowerMCMC(Sampler):
                 state = yield from self._propose(ctx, cfg, prompt, state, len(state.tokens), end, block)
             for _ in range(cfg.mcmc_steps):
                 length = len(state.tokens)
-                t = int(torch.randint(length, (1,), generator=ctx.rng))
+                t = self.position(length, end - cfg.block_size, ctx.rng)
                 new = yield from self._propose(ctx, cfg, prompt, state, t, end, block)
                 log_a = (
                     cfg.alpha * (sum(new.lp[t:]) - sum(state.lp[t:]))
@@ -103,6 +115,12 @@ class PowerMCMC(Sampler):
         (value,) = ctx.score([final.text])
         yield ScoreEvent(node=final.id, reward=ctx.reward.name, value=value)
         yield SelectEvent(nodes=[final.id], reason=f"chain state after {proposals} MH moves")
+
+    @staticmethod
+    def position(length: int, block_start: int, rng: torch.Generator) -> int:
+        """The MH move's resampling point t, uniform over all L current tokens (as the
+        paper and its code: earlier blocks are refreshed too)."""
+        return int(torch.randint(length, (1,), generator=rng))
 
     def _propose(self, ctx: RunContext, cfg: PowerMCMCConfig, prompt: list[int], state: _State, t: int, end: int, block: int):
         """Keep state's first t tokens and sample the rest up to ``end`` from the proposal."""

@@ -75,7 +75,7 @@ class PreferencePairs(Sampler):
         yield root
         found: list[Candidate] = []
         while len(found) < cfg.n:
-            yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(found)), cfg, found)
+            found += yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(found)), cfg)
         if len(found) < 2:
             raise ConfigError("a preference pair needs at least two candidates")
         pair = choose_pair(found, cfg)

@@ -1,22 +1,33 @@
-"""Rejection sampling with a reward: a threshold filter, and RSO's statistical mode.
+"""Rejection sampling with a reward: a threshold filter, and RSO's statistical rejection sampling.
 
 ``threshold``: keep candidates whose reward reaches a threshold; stop once
 ``accept`` are kept or ``n`` were proposed (rejection sampling fine-tuning /
-"RAFT"-style filtering).
+"RAFT"-style filtering). No target law: the kept candidates follow q restricted
+to {r ≥ threshold}.
 
-``statistical`` targets the KL-regularised optimum
-π_r(y) ∝ π(y)·exp(r(y)/β) (Liu et al., 2024, "Statistical Rejection Sampling
-Improves Preference Optimization", RSO, Algorithm 1). The proposal is the
-model π; the envelope is exp(r_max/β), so a candidate is accepted with
-probability exp((r(y) - r_max)/β).
+``statistical`` follows Liu et al., 2024, "Statistical Rejection Sampling
+Improves Preference Optimization" (RSO, arXiv:2309.06657). Its target is the
+KL-regularised optimum relative to the *proposal* q, the model as it samples
+here (temperature, top-p, top-k; q = the base model p only at temperature 1,
+top-p 1, top-k 0):
 
-- With ``r_max`` given (a true upper bound of the reward), every fresh proposal
-  is accepted independently with that probability: the accepted samples
-  follow π_r *exactly* (classic rejection sampling).
-- Without it, RSO's procedure: draw ``n`` candidates, take r_max as their
-  maximum, then repeatedly pick a remaining candidate uniformly and accept it
-  with probability exp((r - r_max)/β), until ``accept`` are accepted. This
-  approximates π_r (exact as n → ∞).
+    π_r(y) ∝ q(y) · exp(r(y)/β).
+
+- With ``r_max`` given (a true upper bound of the reward): classic rejection
+  sampling. Every fresh proposal is accepted independently with probability
+  exp((r(y) - r_max)/β); the accepted samples follow π_r *exactly*.
+- Without it: the paper's Algorithm 1, as printed in its appendix A.1. Draw a
+  pool of ``n`` candidates; then sweep: r_max is the maximum reward of the
+  candidates still in the pool, each remaining candidate in turn is accepted
+  with probability exp((r - r_max)/β) (the sweep stops as soon as ``accept``
+  are accepted), the accepted ones leave the pool, and the next sweep starts
+  with r_max recomputed over the rest. The pool's best is always accepted, so
+  a run takes at most ``accept`` sweeps and examines at most ``accept`` · n
+  candidates. The law of the accepted samples tends to π_r as n → ∞ (for a
+  finite pool it is the law that Algorithm 1 defines; the tests enumerate it).
+  One difference from the printed code: it keys the pool by response text, so
+  duplicate responses merge; here every proposal is its own pool entry (each is
+  one draw from q).
 
 Symbols: β = ``beta``; r_max = ``r_max``; m (samples to accept) = ``accept``.
 The acceptance rate (accepted / proposals examined) is reported in the
@@ -42,7 +53,8 @@ from engines.trace import AcceptEvent, Event, PruneEvent, SelectEvent
 class RejectionConfig(GenerationConfig):
     label = "Rejection sampling"
     paper = "Liu et al. 2024, Statistical Rejection Sampling Improves Preference Optimization (arXiv:2309.06657)"
-    summary = "Keep candidates above a threshold, or accept with exp((r - r_max)/β) to sample π·exp(r/β)."
+    summary = ("Keep candidates above a threshold, or accept with exp((r - r_max)/β): a sample of q·exp(r/β), "
+               "q the model at the sampling temperature (RSO).")
 
     mode: Literal["threshold", "statistical"] = param(
         "statistical", label="Mode", choices=("threshold", "statistical"), help="Threshold filter or RSO."
@@ -52,7 +64,8 @@ class RejectionConfig(GenerationConfig):
     threshold: float = param(0.0, label="Threshold", help="Threshold mode: accept when reward >= threshold.")
     beta: float = param(0.5, label="β", min=1e-6, max=1e6, help="Statistical mode: temperature of exp(r/β).")
     r_max: float | None = param(
-        None, label="r_max", help="Statistical mode: a known upper bound of the reward (exact sampling); empty = RSO's max of the proposals."
+        None, label="r_max", help="Statistical mode: a known upper bound of the reward (exact sampling of q·exp(r/β)); "
+        "empty = RSO's Algorithm 1 on a pool of n (sweeps, r_max the best remaining)."
     )
     batch_size: int = param(16, label="Batch size", min=1, max=256, advanced=True, help="Candidates per model call.")
 
@@ -85,31 +98,26 @@ class Rejection(Sampler):
             )
 
         if cfg.mode == "statistical" and cfg.r_max is None:
-            # RSO Algorithm 1: a pool of n proposals, r_max from the pool, subsample it
             while len(pool) < cfg.n:
-                yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(pool)), cfg, pool)
-            r_max = max(c.reward for c in pool)
-            remaining = list(pool)
-            while len(accepted) < cfg.accept and remaining:
-                ctx.check()
-                j = int(torch.randint(len(remaining), (1,), generator=ctx.rng))
-                cand = remaining[j]
-                p = math.exp(min(0.0, (cand.reward - r_max) / cfg.beta))
-                u = float(torch.rand((), generator=ctx.rng))
+                pool += yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(pool)), cfg)
+            ctx.check()
+            taken: set[int] = set()
+            for index, p, ok in self.subsample([c.reward for c in pool], cfg.accept, cfg.beta, ctx.rng):
                 examined += 1
-                if u < p:
-                    accepted.append(remaining.pop(j))
-                yield AcceptEvent(node=cand.id, accepted=u < p, probability=p, step=examined)
-            for cand in remaining:
-                yield PruneEvent(node=cand.id, reason="rejected")
+                if ok:
+                    accepted.append(pool[index])
+                    taken.add(index)
+                yield AcceptEvent(node=pool[index].id, accepted=ok, probability=p, step=examined)
+            for index, cand in enumerate(pool):
+                if index not in taken:
+                    yield PruneEvent(node=cand.id, reason="rejected")
             record()
             yield SelectEvent(nodes=[c.id for c in accepted], reason=f"accepted {len(accepted)} (RSO, β={cfg.beta:g})")
             return
 
         # fresh proposals, each decided on arrival
         while len(accepted) < cfg.accept and len(pool) < cfg.n:
-            batch: list[Candidate] = []
-            yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(pool)), cfg, batch)
+            batch = yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(pool)), cfg)
             for cand in batch:
                 pool.append(cand)
                 if len(accepted) >= cfg.accept:
@@ -133,6 +141,33 @@ class Rejection(Sampler):
         record()
         yield SelectEvent(nodes=[c.id for c in accepted], reason=f"accepted {len(accepted)} of {examined}")
 
+    @staticmethod
+    def subsample(rewards: list[float], accept: int, beta: float, rng: torch.Generator) -> list[tuple[int, float, bool]]:
+        """RSO's Algorithm 1 on a pool: (pool index, acceptance probability, accepted) for every
+        candidate examined, in order."""
+        return rso_algorithm_1(rewards, accept, beta, rng)
+
     def fallback_picks(self, trace) -> list[str]:
         # a stopped rejection run keeps what it accepted; it never promotes a rejected candidate
         return [a.node for a in trace.accepts if a.accepted]
+
+
+def rso_algorithm_1(rewards: list[float], accept: int, beta: float, rng: torch.Generator) -> list[tuple[int, float, bool]]:
+    """Liu et al. 2024, Algorithm 1: sweeps over the remaining pool, r_max recomputed per sweep."""
+    remaining = list(range(len(rewards)))
+    decisions: list[tuple[int, float, bool]] = []
+    count = 0
+    while count < accept and remaining:
+        r_max = max(rewards[i] for i in remaining)
+        taken = []
+        for i in remaining:
+            p = math.exp((rewards[i] - r_max) / beta)
+            ok = float(torch.rand((), generator=rng)) < p  # the paper's "u >= p: continue"
+            decisions.append((i, p, ok))
+            if ok:
+                taken.append(i)
+                count += 1
+                if count == accept:
+                    break
+        remaining = [i for i in remaining if i not in taken]
+    return decisions

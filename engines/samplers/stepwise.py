@@ -13,7 +13,7 @@ reward is accepted too and applied to partial texts (``partial:`` semantics).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -50,6 +50,11 @@ class StepConfig(GenerationConfig):
             keep_cache=True,
         )
 
+    def final_params(self, max_tokens: int) -> SamplingParams:
+        """The last iteration's sampling: no step delimiter, run to end-of-text (up to
+        ``max_tokens``), as search-and-learn's beam search and DVTS finish."""
+        return self.sampling(max_new_tokens=max_tokens, keep_cache=True)
+
 
 @dataclass
 class Partial:
@@ -59,7 +64,8 @@ class Partial:
     done: bool = False
     scores: list[float] = field(default_factory=list)
     value: float | None = None
-    logprob: float = 0.0
+    logprob: float = 0.0  # log p of the steps under the base model (temperature 1, no truncation)
+    proposal_logprob: float = 0.0  # log q of the steps under the distribution they were drawn from
     parent: Partial | None = None
 
     @property
@@ -81,22 +87,25 @@ def expand(
     parents: Sequence[Partial],
     k: int,
     cfg: StepConfig,
-    out: list[Partial],
     *,
     distinct: bool = True,
     max_tokens: int | None = None,
     ends: Callable[[Partial], bool] | None = None,
-) -> Iterator[Event]:
-    """Sample ``k`` next steps of every parent (one batched call); children go to ``out``.
+    params: SamplingParams | None = None,
+) -> Generator[Event, None, list[Partial]]:
+    """Sample ``k`` next steps of every parent (one batched call); returns the children
+    (``children = yield from expand(...)``), parent by parent.
 
     Children of one parent with identical tokens are merged when ``distinct``.
     A child is done when it ends on end-of-text, reaches ``max_steps``, or
-    ``ends(child)`` says so (a sampler's own length limit).
+    ``ends(child)`` says so (a sampler's own length limit). ``params`` replaces the
+    step's sampling parameters (a last step that runs to end-of-text).
     """
-    params = cfg.step_params(max_tokens)
+    params = params or cfg.step_params(max_tokens)
     if ctx.affordable(len(parents) * k, params.max_new_tokens) < len(parents) * k:
         raise BudgetExhausted("budget exhausted: no room for another expansion")
     generations = ctx.generate([p.ids for p in parents], params, n=k)
+    out: list[Partial] = []
     for parent, gens in zip(parents, generations, strict=True):
         seen: set[tuple[int, ...]] = set()
         for gen in gens:
@@ -109,6 +118,7 @@ def expand(
                 ids=parent.ids + gen.token_ids,
                 steps=[*parent.steps, gen.text],
                 logprob=parent.logprob + gen.logprob,
+                proposal_logprob=parent.proposal_logprob + float(sum(gen.sample_logprobs)),
                 parent=parent,
             )
             child.done = gen.finish_reason == "eos" or child.depth >= cfg.max_steps or bool(ends and ends(child))
@@ -117,15 +127,41 @@ def expand(
                 id=child.id, parent=parent.id, depth=child.depth, text=gen.text, tokens=len(gen.token_ids),
                 logprob=gen.logprob, final=child.done, meta={"finish": gen.finish_reason},
             )
+    return out
+
+
+def _scored_history(p: Partial) -> list[float] | None:
+    """The scores of every step before ``p``'s newest one, when its parent's are all known."""
+    if p.depth <= 1:
+        return []
+    parent = p.parent
+    if parent is not None and parent.depth == p.depth - 1 and len(parent.scores) == parent.depth:
+        return list(parent.scores)
+    return None
 
 
 def score(ctx: RunContext, partials: Sequence[Partial], how: str) -> Iterator[Event]:
-    """Process scores of every step of each partial; its value is their aggregate."""
+    """Process scores of every step of each partial; its value is their aggregate.
+
+    Only the newest step is scored where the parent's step scores are known (a step's score
+    depends only on its prefix), or when ``how`` is ``last``; other partials (a rollout's
+    end, whose intermediate steps were never scored) get every step scored. Each evaluation
+    is metered (:meth:`RunContext.score_steps` / :meth:`RunContext.score_last`).
+    """
     if not partials:
         return
-    values = ctx.score_steps([p.steps for p in partials])
-    for p, steps in zip(partials, values, strict=True):
-        p.scores = list(steps)
+    histories = [_scored_history(p) for p in partials]
+    newest = [p for p, h in zip(partials, histories, strict=True) if h is not None or how == "last"]
+    full = [p for p, h in zip(partials, histories, strict=True) if h is None and how != "last"]
+    lasts = dict(zip((id(p) for p in newest), ctx.score_last([p.steps for p in newest]) if newest else [], strict=True))
+    alls = dict(zip((id(p) for p in full), ctx.score_steps([p.steps for p in full]) if full else [], strict=True))
+    for p, history in zip(partials, histories, strict=True):
+        if id(p) in alls:
+            p.scores = list(alls[id(p)])
+        elif history is not None:
+            p.scores = [*history, lasts[id(p)]]
+        else:  # how == "last" without a scored history: only the newest score is known
+            p.scores = [lasts[id(p)]]
         p.value = aggregate(p.scores, how)  # type: ignore[arg-type]
         yield ScoreEvent(node=p.id, reward=ctx.reward.name, value=p.value, partial=not p.done)
 
@@ -136,7 +172,8 @@ def score_last(ctx: RunContext, partials: Sequence[Partial]) -> Iterator[Event]:
         return
     values = ctx.score_last([p.steps for p in partials])
     for p, value in zip(partials, values, strict=True):
-        p.scores = [*p.scores, value] if p.scores else [value]
+        history = _scored_history(p)
+        p.scores = [*history, value] if history is not None else [value]
         p.value = value
         yield ScoreEvent(node=p.id, reward=ctx.reward.name, value=value, partial=not p.done)
 

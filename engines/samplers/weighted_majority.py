@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from engines.samplers import SAMPLERS
 from engines.samplers.base import RunContext, Sampler
-from engines.samplers.common import Candidate, VoteConfig, draw_all, open_root, tally
+from engines.samplers.common import VoteConfig, draw_all, open_root, tally
 from engines.samplers.majority import pick_by_votes
 from engines.trace import Event, SelectEvent
 
@@ -34,8 +34,7 @@ class WeightedMajority(Sampler):
         cfg: WeightedMajorityConfig = self.config  # type: ignore[assignment]
         prefix, root = open_root(ctx)
         yield root
-        found: list[Candidate] = []
-        yield from draw_all(ctx, prefix, cfg, found)
+        found = yield from draw_all(ctx, prefix, cfg)
         votes = tally(found, cfg.answer_format, weighted=True)
         ctx.metrics["votes"] = votes
         if not votes:
