@@ -35,6 +35,8 @@ COST_FIELDS = (
     "reward_tokens",
     "nfe",
     "wall_seconds",
+    "requests",
+    "cached_prompt_tokens",
 )
 
 
@@ -49,6 +51,10 @@ class Cost:
     reward_tokens: int = 0
     nfe: int = 0
     wall_seconds: float = 0.0
+    #: HTTP requests to a served model (0 for in-process models)
+    requests: int = 0
+    #: prompt tokens a server took from its prefix cache instead of computing (not in prefill_tokens)
+    cached_prompt_tokens: int = 0
 
     def add(self, **deltas: float) -> None:
         for name, value in deltas.items():
@@ -83,6 +89,8 @@ class Budget:
     reward_tokens: int | None = None
     nfe: int | None = None
     wall_seconds: float | None = None
+    requests: int | None = None
+    cached_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         for name in COST_FIELDS:
