@@ -32,20 +32,17 @@ from typing import Any, TypeVar
 
 import httpx
 
-from engines.errors import SamplescopeError
+from engines.errors import EngineError
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class EngineError(SamplescopeError):
-    """A served model failed: unreachable, refused the request, or died."""
 
 
 class EngineUnavailable(EngineError):
     """The server cannot be reached (or stopped answering) after the retries."""
 
 
+_DEAD = ("EngineDeadError", "EngineCore encountered an issue", "engine is dead")
 _CONTEXT = re.compile(r"maximum context length|context length|max_model_len|too long|exceeds", re.I)
 
 
@@ -108,7 +105,7 @@ class EngineClient:
                 continue
             if response.status_code >= 500:
                 last = self._describe(response)
-                if "EngineDeadError" in response.text or "engine is dead" in response.text.lower():
+                if any(sign in response.text for sign in _DEAD):
                     self._mark_dead(f"the engine at {self.root_url} died (EngineDeadError); restart the server")
                     raise EngineUnavailable(self._dead or last)
                 continue
