@@ -50,6 +50,15 @@ def vllm_url():
     return url
 
 
+@pytest.fixture(scope="session")
+def vllm_rm_url():
+    """A vLLM pooling server serving embedded:arith's outcome reward model, from SAMPLESCOPE_TEST_VLLM_RM."""
+    url = os.environ.get("SAMPLESCOPE_TEST_VLLM_RM")
+    if not url:
+        pytest.skip("no vLLM reward-model server: set SAMPLESCOPE_TEST_VLLM_RM=http://HOST:PORT/v1")
+    return url
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")

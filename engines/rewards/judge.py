@@ -78,7 +78,7 @@ class _Judge:
                 neg = math.fsum(math.exp(float(row[index[i]])) for i in self.neg)
                 out.append(pos / (pos + neg) if pos + neg > 0 else 0.5)
         if usage is not None:
-            usage.add(reward_tokens=spent.prefill_tokens)
+            usage.add(reward_tokens=spent.prefill_tokens + spent.cached_prompt_tokens, requests=spent.requests)
         return out
 
 
