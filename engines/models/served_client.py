@@ -66,6 +66,7 @@ class EngineClient:
         backoff: float = 0.5,
         max_in_flight: int = 32,
         api_key: str | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = normalise_url(base_url)
         self.root_url = self.base_url[: -len("/v1")]
@@ -74,7 +75,8 @@ class EngineClient:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         limits = httpx.Limits(max_connections=max_in_flight + 4, max_keepalive_connections=max_in_flight)
         self._http = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout), limits=limits, headers=headers
+            timeout=httpx.Timeout(timeout, connect=connect_timeout), limits=limits, headers=headers,
+            transport=transport,
         )
         self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="engine")
         self._dead: str | None = None
@@ -89,7 +91,7 @@ class EngineClient:
         return self._send("GET", (self.root_url if root else self.base_url) + path, None)
 
     def _send(self, method: str, url: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        if self._dead is not None:
+        if self._dead is not None and not self._revived():
             raise EngineUnavailable(self._dead)
         last = ""
         for attempt in range(self.retries + 1):
@@ -116,6 +118,17 @@ class EngineClient:
             except json.JSONDecodeError:
                 raise EngineError(f"the server at {self.root_url} answered {url} with non-JSON") from None
         raise EngineUnavailable(last)
+
+    def _revived(self) -> bool:
+        """Whether a server marked dead answers again (restarted); one quick probe, no retries."""
+        try:
+            alive = self._http.get(self.base_url + "/models", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+        if alive:
+            with self._lock:
+                self._dead = None
+        return alive
 
     def _mark_dead(self, message: str) -> None:
         with self._lock:
@@ -168,6 +181,21 @@ class EngineClient:
         if response.status_code != 200:
             return {}
         return parse_prometheus(response.text)
+
+    def health(self) -> dict[str, Any]:
+        """{"url", "ok", "models", "version", "error"} from one quick probe (no retries)."""
+        out: dict[str, Any] = {"url": self.base_url, "ok": False, "models": [], "version": None, "error": None}
+        try:
+            response = self._http.get(self.base_url + "/models", timeout=3.0)
+            response.raise_for_status()
+            out["models"] = [m.get("id") for m in response.json().get("data", [])]
+            out["ok"] = True
+            version = self._http.get(self.root_url + "/version", timeout=3.0)
+            if version.status_code == 200:
+                out["version"] = version.json().get("version")
+        except (httpx.HTTPError, ValueError) as exc:
+            out["error"] = f"cannot reach {self.root_url} ({type(exc).__name__})"
+        return out
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
