@@ -11,4 +11,5 @@ BENCHES = {
     "scaling": ("bench.scaling", "accuracy against N and tokens on the reasoning lab"),
     "diffusion": ("bench.diffusion", "reward and digit share against network evaluations"),
     "browser": ("bench.browser", "time to first update and to done in a real browser"),
+    "remote": ("bench.remote", "vLLM through samplescope: overhead, prefix cache, concurrent users, in-process"),
 }

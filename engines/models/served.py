@@ -51,6 +51,7 @@ is one :class:`EngineError` line, and every later call fails fast with it.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Sequence
 
 import torch
@@ -93,6 +94,9 @@ class ServedTextModel(TextModel):
         self.logprobs_mode = logprobs_mode
         self.max_logprobs = max_logprobs
         self.token_id_logprobs = token_id_logprobs
+        #: give every request its own vLLM ``cache_salt``, so no request reuses another's prefix cache
+        #: (benchmarks measure the server's prefix cache with and without it on one server)
+        self.salt_requests = False
 
     # -- connecting ----------------------------------------------------------------
 
@@ -154,6 +158,8 @@ class ServedTextModel(TextModel):
     # -- requests ----------------------------------------------------------------------
 
     def _complete(self, body: dict) -> dict:
+        if self.salt_requests:
+            body = {**body, "cache_salt": uuid.uuid4().hex}
         data = self.client.post("/completions", {"model": self.model_id, **body})
         if not data.get("choices"):
             raise EngineError(f"the server at {self.client.root_url} answered without choices")
