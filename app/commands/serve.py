@@ -42,7 +42,6 @@ def build_services(args: argparse.Namespace):
     from app.store import open_database
     from app.ui.auth import UserStore
     from app.ui.services import Services
-
     from engines.models.served_client import normalise_url
 
     engines = [normalise_url(url) for url in args.engine]

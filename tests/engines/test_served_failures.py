@@ -172,3 +172,51 @@ def test_a_bad_spec_is_one_line_and_stores_nothing(vllm_url, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("samplescope: error: ") and err.count("\n") == 1
     assert Database.open(db).read(list_runs) == []
+
+
+# -- a server whose log-probs are the base model's (vLLM's default raw_logprobs) ----------------
+
+
+def raw_mode_model():
+    """A ServedTextModel on a scripted raw-logprobs server answering every completion with '4*5' then eos."""
+    from engines.models.arith import POLICY_DIR
+    from engines.models.served import RAW, ServedTextModel
+    from engines.models.served_tokens import LocalTokenizer, _local
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        n = body.get("n", 1)
+        choice = {"text": "4*5", "token_ids": [7, 15, 8, 1], "finish_reason": "stop", "stop_reason": None,
+                  "logprobs": {"token_logprobs": [-0.1, -0.2, -0.3, -0.4], "top_logprobs": None}}
+        return httpx.Response(200, json={"choices": [{**choice, "index": i} for i in range(n)],
+                                         "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 4 * n}})
+
+    tokenizer, vocab = _local(str(POLICY_DIR))
+    engine = EngineClient("http://raw.test", transport=httpx.MockTransport(handler), backoff=0.0)
+    return ServedTextModel(engine, "arith", LocalTokenizer(tokenizer, "local", vocab), name="raw",
+                           max_model_len=256, logprobs_mode=RAW)
+
+
+def test_power_mcmc_refuses_a_raw_logprobs_server_naming_the_setting():
+    import torch
+
+    from engines.errors import ConfigError
+    from engines.samplers import build_sampler
+    from engines.task import Task
+    from engines.trace import collect
+    from tests.engines.test_served import DigitCount
+
+    model, task = raw_mode_model(), Task(prompt="Q: 3+4*5\n", chat=False)
+    sampler = build_sampler("power_mcmc", {"temperature": 0.25, "max_new_tokens": 4, "block_size": 2, "mcmc_steps": 1})
+    with pytest.raises(ConfigError, match="--logprobs-mode processed_logprobs"):
+        collect(sampler.run(task, model, DigitCount(), rng=torch.Generator().manual_seed(0)))
+    (gen,), = model.sample([[18]], model_params(temperature=1.0))
+    assert gen.sample_logprobs == gen.logprobs == [-0.1, -0.2, -0.3, -0.4] and gen.finish_reason == "eos"
+    (gen,), = model.sample([[18]], model_params(temperature=0.5))
+    assert all(x != x for x in gen.sample_logprobs) and "processed_logprobs" in gen.meta["sample_logprobs"]
+
+
+def model_params(**kw):
+    from engines.models.base import SamplingParams
+
+    return SamplingParams(max_new_tokens=4, **kw)
