@@ -78,7 +78,8 @@ class EngineClient:
             timeout=httpx.Timeout(timeout, connect=connect_timeout), limits=limits, headers=headers,
             transport=transport,
         )
-        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="engine")
+        self._thread_prefix = f"engine-{id(self):x}"
+        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix=self._thread_prefix)
         self._dead: str | None = None
         self._lock = threading.Lock()
 
@@ -153,7 +154,8 @@ class EngineClient:
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         items = list(items)
-        if len(items) <= 1:
+        # inside one of our own workers (a request that fans out again): run in place, so a full pool cannot deadlock
+        if len(items) <= 1 or threading.current_thread().name.startswith(self._thread_prefix):
             return [fn(item) for item in items]
         futures = [self._pool.submit(fn, item) for item in items]
         results, first_error = [], None
