@@ -1,12 +1,11 @@
 """A model served by an OpenAI-compatible inference server, behind the :class:`TextModel` protocol.
 
 Spec: ``openai:URL`` (the server's only model) or ``openai:URL#NAME``, e.g.
-``openai:http://127.0.0.1:8000/v1#smollm2``. Works with vLLM (every feature),
-SGLang (completions with token-id prompts, log-probs, seeds; no
-``logprob_token_ids``, so judges fall back to scoring requests) and llama.cpp's
-server where its ``/v1/completions`` suffices (it takes token-id prompts but
-returns no token ids, prompt log-probs or per-request seeds: sampling works,
-``score`` and seeded reproducibility do not, and the model refuses at connect).
+``openai:http://127.0.0.1:8000/v1#smollm2``. Tested against vLLM 0.32 (its CPU
+build, every feature below). SGLang and llama.cpp's server speak the same
+``/v1/completions`` but were not run here: what they lack (``logprob_token_ids``,
+``prompt_logprobs``, ``return_token_ids``; token ids are also read from
+``return_tokens_as_token_ids``) falls back or is refused in one line naming it.
 
 How each protocol call maps to requests
 ---------------------------------------
@@ -268,6 +267,9 @@ class ServedTextModel(TextModel):
 
     def _generation(self, prefix: list[int], choice: dict, params: SamplingParams) -> Generation:
         ids = choice.get("token_ids")
+        tokens = (choice.get("logprobs") or {}).get("tokens") or []
+        if ids is None and tokens and all(str(t).startswith("token_id:") for t in tokens):
+            ids = [int(str(t).split(":", 1)[1]) for t in tokens]  # servers without return_token_ids
         if ids is None:
             raise EngineError(
                 f"the server at {self.client.root_url} returns no token ids (return_token_ids); "
