@@ -13,4 +13,5 @@ BENCHES = {
     "browser": ("bench.browser", "time to first update and to done in a real browser"),
     "load": ("bench.load", "32 labellers and 2 sampler users over HTTP: votes/s, vote latency, nothing lost"),
     "active": ("bench.active", "held-out accuracy against labels: random vs uncertain pairs (simulated annotator)"),
+    "remote": ("bench.remote", "vLLM through samplescope: overhead, prefix cache, concurrent users, in-process"),
 }

@@ -26,3 +26,9 @@ class BudgetExhausted(SamplescopeError):
 
 class Cancelled(SamplescopeError):
     """The user cancelled the run; raised by the run tracker between steps."""
+
+
+class EngineError(SamplescopeError):
+    """A served model (an inference server) failed: unreachable, refused the request, or died.
+
+    A sampler run that meets one mid-way ends with status ``error``, keeping its events."""

@@ -41,6 +41,8 @@ COST_FIELDS = (
     "backward_passes",
     "backward_nfe",
     "wall_seconds",
+    "requests",
+    "cached_prompt_tokens",
 )
 
 
@@ -61,6 +63,10 @@ class Cost:
     #: denoiser evaluations back-propagated through, per particle (counted like ``nfe``)
     backward_nfe: int = 0
     wall_seconds: float = 0.0
+    #: HTTP requests to a served model (0 for in-process models)
+    requests: int = 0
+    #: prompt tokens a server took from its prefix cache instead of computing (not in prefill_tokens)
+    cached_prompt_tokens: int = 0
 
     def add(self, **deltas: float) -> None:
         for name, value in deltas.items():
@@ -98,6 +104,8 @@ class Budget:
     backward_passes: int | None = None
     backward_nfe: int | None = None
     wall_seconds: float | None = None
+    requests: int | None = None
+    cached_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         for name in COST_FIELDS:

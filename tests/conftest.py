@@ -40,6 +40,25 @@ def smollm2():
     return load_model("embedded:smollm2")
 
 
+@pytest.fixture(scope="session")
+def vllm_url():
+    """The URL (``http://HOST:PORT/v1``) of a real vLLM server serving embedded:arith's policy, from
+    SAMPLESCOPE_TEST_VLLM (.ci/run starts one); tests that need it are skipped without it."""
+    url = os.environ.get("SAMPLESCOPE_TEST_VLLM")
+    if not url:
+        pytest.skip("no vLLM server: set SAMPLESCOPE_TEST_VLLM=http://HOST:PORT/v1 (.ci/run starts one)")
+    return url
+
+
+@pytest.fixture(scope="session")
+def vllm_rm_url():
+    """A vLLM pooling server serving embedded:arith's outcome reward model, from SAMPLESCOPE_TEST_VLLM_RM."""
+    url = os.environ.get("SAMPLESCOPE_TEST_VLLM_RM")
+    if not url:
+        pytest.skip("no vLLM reward-model server: set SAMPLESCOPE_TEST_VLLM_RM=http://HOST:PORT/v1")
+    return url
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")

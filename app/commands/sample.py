@@ -77,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False, default=float))
     else:
         _print_human(result)
+    if result["status"] == "error":  # e.g. a served model went away mid-run; what was done is kept
+        message = trace.done.message if trace.done is not None else "the run did not finish"
+        print(f"samplescope: error: {message}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -138,6 +142,8 @@ def _print_human(result: dict) -> None:
         + (f"{cost['decodes']} decodes, " if cost.get("decodes") else "")
         + (f"{cost['backward_passes']} reward backward passes, " if cost.get("backward_passes") else "")
         + (f"{cost['backward_nfe']} evaluations back-propagated, " if cost.get("backward_nfe") else "")
+        + (f"{cost['requests']} requests ({cost.get('cached_prompt_tokens', 0)} cached prompt tokens), "
+           if cost.get("requests") else "")
         + f"{cost['wall_seconds']:.2f} s"
     )
     if result.get("metrics"):

@@ -49,9 +49,12 @@ class ExploreTab:
             with gr.Row():
                 with gr.Column(scale=1, min_width=320):
                     self.model = gr.Dropdown(
-                        forms.model_choices(), value=services.default_model, allow_custom_value=True, label="Model",
-                        info="an embedded model, hf:/path/to/folder, hf:HUB_ID or gguf:FILE", elem_id="explore-model",
+                        services.model_choices(), value=services.default_model, allow_custom_value=True, label="Model",
+                        info="an embedded model, hf:/path/to/folder, hf:HUB_ID, gguf:FILE or openai:URL#NAME",
+                        elem_id="explore-model",
                     )
+                    if services.engines:  # re-probed on every page load
+                        self.engines = gr.Markdown(services.engine_markdown, elem_id="explore-engines")
                     self.reward = gr.Dropdown(
                         forms.reward_choices(), value="sentiment", allow_custom_value=True, label="Reward",
                         info="e.g. sentiment, math, length:20, regex:PATTERN, judge, rm:/path", elem_id="explore-reward",

@@ -30,6 +30,9 @@ class Services:
     concurrency: int = 2  # sampler runs at once, shared by every tab
     default_model: str = "embedded:smollm2"
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)  # signs guest ids
+    #: OpenAI-compatible inference servers (``samplescope serve --engine URL``), their models offered as openai:URL#NAME
+    engines: list[str] = field(default_factory=list)
+    _clients: dict[str, Any] = field(default_factory=dict)
     _cancels: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -82,6 +85,42 @@ class Services:
     def live_runs(self) -> int:
         with self._lock:
             return len(self._cancels)
+
+    # -- served engines --------------------------------------------------------------
+
+    def engine_health(self) -> list[dict[str, Any]]:
+        """One quick probe per engine: {"url", "ok", "models", "version", "error"}."""
+        from engines.models.served_client import EngineClient
+
+        out = []
+        for url in self.engines:
+            with self._lock:
+                client = self._clients.get(url) or self._clients.setdefault(url, EngineClient(url, retries=0))
+            out.append(client.health())
+        return out
+
+    def model_choices(self) -> list[str]:
+        """Every model the pickers offer: each engine's served models first, then the built-in ones."""
+        from app.ui.forms import model_choices
+
+        served = []
+        for row in self.engine_health():
+            served += [f"openai:{row['url']}#{name}" for name in row["models"]] or [f"openai:{row['url']}"]
+        return served + model_choices()
+
+    def engine_markdown(self) -> str:
+        """The engines' health for the page (server-given names escaped)."""
+        import html
+
+        lines = []
+        for row in self.engine_health():
+            if row["ok"]:
+                models = ", ".join(f"`{html.escape(str(m))}`" for m in row["models"]) or "no models"
+                version = f" (vLLM {html.escape(str(row['version']))})" if row["version"] else ""
+                lines.append(f"● engine {html.escape(row['url'])}{version}: up, serving {models}")
+            else:
+                lines.append(f"○ engine {html.escape(row['url'])}: **down**: {html.escape(row['error'] or '')}")
+        return "\n\n".join(lines)
 
     def preload(self, spec: str | None = None) -> None:
         from engines.models import load_model

@@ -9,7 +9,9 @@ A spec is ``scheme:rest``:
 - ``gguf:FILE``: a GGUF file, dequantised by transformers;
 - ``diffusers:PATH_OR_ID``: a diffusers pipeline folder or hub id (Stable
   Diffusion, or a UNet2DModel DDPM/DDIM pipeline);
-- ``toy:NAME``: small enumerable models for tests and demos.
+- ``toy:NAME``: small enumerable models for tests and demos;
+- ``openai:URL`` / ``openai:URL#NAME``: a model on an OpenAI-compatible
+  inference server (vLLM, SGLang), see :mod:`engines.models.served`.
 
 Other modules add schemes and embedded names through :data:`SCHEMES` and
 :data:`EMBEDDED`. Loaded models are cached per (spec, device, dtype), so the
@@ -74,7 +76,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
     spec = (spec or "").strip()
     if ":" not in spec:
         raise ModelLoadError(
-            f"model spec {spec!r} needs a scheme: embedded:NAME, hf:ID_OR_FOLDER, gguf:FILE or toy:NAME"
+            f"model spec {spec!r} needs a scheme: embedded:NAME, hf:ID_OR_FOLDER, gguf:FILE, toy:NAME or openai:URL"
         )
     scheme, rest = spec.split(":", 1)
     if not rest:
@@ -124,7 +126,7 @@ SCHEMES.add("embedded", _load_embedded)
 
 
 def _register_builtin() -> None:
-    from engines.models import arith, digits, embedded, hf, stable_diffusion, toy  # noqa: F401  (registration side effects)
+    from engines.models import arith, digits, embedded, hf, served, stable_diffusion, toy  # noqa: F401  (registration side effects)
 
 
 _register_builtin()

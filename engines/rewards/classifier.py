@@ -2,7 +2,8 @@
 the Bradley-Terry pairwise view of any scalar reward.
 
 ``rm:SPEC`` loads ``AutoModelForSequenceClassification`` from a local folder
-or hub id (``rm:/path``, ``rm:hf:/path``). The reward is the logit for
+or hub id (``rm:/path``, ``rm:hf:/path``), or reaches one on a server
+(``rm:openai:URL``, :mod:`engines.rewards.served`). The reward is the logit for
 ``num_labels == 1`` (the usual RM head), else logit[1] - logit[0]. The input
 is the (prompt, response) conversation under the tokenizer's chat template
 when it has one, else ``prompt + "\\n" + response``.
@@ -87,7 +88,11 @@ def _rm(arg: str | None, env: RewardEnv) -> ClassifierReward:
     if source.startswith("hf:"):
         source = source[3:]
     if not source:
-        raise ConfigError("rm needs a model: rm:/path/to/folder or rm:hf:HUB_ID")
+        raise ConfigError("rm needs a model: rm:/path/to/folder, rm:hf:HUB_ID or rm:openai:URL")
+    if source.startswith("openai:"):  # a served reward model (engines.rewards.served)
+        from engines.rewards.served import served_rm
+
+        return served_rm(source[len("openai:"):], name=f"rm:{arg}")
     model, tokenizer = load_classifier(source, env.options.get("load_options"))
     return ClassifierReward(model, tokenizer, name=f"rm:{arg}")
 

