@@ -34,8 +34,9 @@ system-deps:
 run: install
 	$(VENV)/bin/samplescope serve
 
+# the whole suite, with the services its tests use (PostgreSQL, real vLLM servers; .ci/with-services)
 test: install system-deps
-	$(PY) -m pytest -q
+	bash .ci/with-services $(PY) -m pytest -q
 
 test-fast: install
 	$(PY) -m pytest -q -m "not model and not browser and not slow"

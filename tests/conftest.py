@@ -43,10 +43,10 @@ def smollm2():
 @pytest.fixture(scope="session")
 def vllm_url():
     """The URL (``http://HOST:PORT/v1``) of a real vLLM server serving embedded:arith's policy, from
-    SAMPLESCOPE_TEST_VLLM (.ci/run starts one); tests that need it are skipped without it."""
+    SAMPLESCOPE_TEST_VLLM (make test starts one); tests that need it are skipped without it."""
     url = os.environ.get("SAMPLESCOPE_TEST_VLLM")
     if not url:
-        pytest.skip("no vLLM server: set SAMPLESCOPE_TEST_VLLM=http://HOST:PORT/v1 (.ci/run starts one)")
+        pytest.skip("no vLLM server: set SAMPLESCOPE_TEST_VLLM=http://HOST:PORT/v1 (make test starts one)")
     return url
 
 

@@ -1,4 +1,4 @@
-"""The served backend against a real vLLM server (``-m vllm``; .ci/run starts one on embedded:arith's policy).
+"""The served backend against a real vLLM server (``-m vllm``; make test starts one on embedded:arith's policy).
 
 The server runs with ``--logprobs-mode processed_logprobs --no-enable-chunked-prefill``
 (see engines/models/served.py). Tolerance: the same fp32 weights in-process

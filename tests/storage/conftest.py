@@ -1,7 +1,7 @@
 """Fixtures for the storage tests.
 
 ``db`` is a migrated, empty database: a SQLite file in a temp folder, and, when
-``SAMPLESCOPE_TEST_PG`` names a PostgreSQL server (``.ci/run`` starts one), the
+``SAMPLESCOPE_TEST_PG`` names a PostgreSQL server (``make test`` starts one), the
 same test again on a fresh schema of that server.
 """
 
