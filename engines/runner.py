@@ -158,7 +158,7 @@ def load_parts(request: RunRequest) -> tuple[Any, Any, Any]:
 
 def check_context(model: Any, task: Task) -> None:
     """A prompt longer than the model's context is one clear error, before any sampling."""
-    limit = getattr(model, "max_positions", None)
+    limit = getattr(model, "context_length", None)
     if not limit or getattr(model, "modality", "text") != "text" or task.meta.get("modality", "text") != "text":
         return
     if len(task.prompt) > 64 * limit:  # no tokenizer makes fewer tokens than this: skip the tokenizing

@@ -110,6 +110,11 @@ class TextModel(ABC):
     @abstractmethod
     def eos_token_id(self) -> int | None: ...
 
+    @property
+    def context_length(self) -> int | None:
+        """Most tokens a sequence may hold (prompt and continuation), or None when unbounded."""
+        return None
+
     # -- sampling and scoring ----------------------------------------------------
 
     @abstractmethod

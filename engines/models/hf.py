@@ -110,6 +110,10 @@ class TransformersTextModel(TextModel):
     def eos_token_id(self) -> int | None:
         return self.tokenizer.eos_token_id
 
+    @property
+    def context_length(self) -> int:
+        return self.max_positions
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

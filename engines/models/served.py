@@ -145,6 +145,10 @@ class ServedTextModel(TextModel):
     def eos_token_id(self) -> int | None:
         return self.tokenizer.eos_token_id
 
+    @property
+    def context_length(self) -> int:
+        return self.max_model_len
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 

@@ -13,6 +13,7 @@ reward is accepted too and applied to partial texts (``partial:`` semantics).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -102,6 +103,13 @@ def expand(
     step's sampling parameters (a last step that runs to end-of-text).
     """
     params = params or cfg.step_params(max_tokens)
+    room = ctx.model.context_length
+    if room is not None:  # a step never asks for more tokens than the context has left
+        longest = max(len(p.ids) for p in parents)
+        if longest + params.max_new_tokens > room:
+            if longest >= room:
+                raise BudgetExhausted(f"context full: {longest} tokens of the model's {room}")
+            params = dataclasses.replace(params, max_new_tokens=room - longest)
     if ctx.affordable(len(parents) * k, params.max_new_tokens) < len(parents) * k:
         raise BudgetExhausted("budget exhausted: no room for another expansion")
     generations = ctx.generate([p.ids for p in parents], params, n=k)

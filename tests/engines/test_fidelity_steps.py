@@ -398,3 +398,23 @@ def test_the_last_iteration_runs_to_end_of_text(name):
         finals = [trace.nodes[i] for i in trace.candidates]
         assert finals and all(n.meta.get("finish") == "eos" for n in finals)
         assert any(n.tokens > 1 for n in finals)  # the last step ran past one token
+
+
+class ShortContext(ToyModel):
+    """toy:abc with a context of 3 tokens (prompt and reply): room for less than a full last step."""
+
+    @property
+    def context_length(self) -> int:
+        return 3
+
+
+@pytest.mark.parametrize("name", ["beam_search", "dvts"])
+def test_the_last_iteration_fits_the_models_context(name):
+    """A last step that runs to end-of-text asks for at most what the context has left
+    (a served model with a 256-token context refused the 256-token last step outright)."""
+    model = ShortContext("abc", 4)
+    params = {"beams": 2, "expand": 2} if name == "beam_search" else {"n": 4, "expand": 2}
+    sampler = build_sampler(name, {**params, "max_steps": 2, "final_tokens": 256, **TOKEN_STEPS})
+    trace = collect(sampler.run(TASK, model, OutcomeAsStep(CountA()), rng=torch.Generator().manual_seed(0)))
+    assert trace.candidates
+    assert all(len(model.encode_task(TASK)) + trace.nodes[i].tokens <= 3 for i in trace.candidates)
