@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, literal, or_, select
+from sqlalchemy import and_, bindparam, exists, func, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -158,6 +159,26 @@ def _shown(cand: Candidate, run: Run) -> Shown:
     )
 
 
+# The vote path's statements are built once and executed with bound parameters:
+# building an ORM select (aliases above all) costs more Python time than SQLite
+# takes to run it.
+
+
+@cache
+def _present_query() -> Any:
+    cand_a, cand_b = aliased(Candidate), aliased(Candidate)
+    run_a, run_b = aliased(Run), aliased(Run)
+    return (
+        select(Comparison, Prompt.text, cand_a, run_a, cand_b, run_b)
+        .join(Prompt, Prompt.id == Comparison.prompt_id)
+        .join(cand_a, cand_a.id == Comparison.candidate_a_id)
+        .join(run_a, run_a.id == cand_a.run_id)
+        .join(cand_b, cand_b.id == Comparison.candidate_b_id)
+        .join(run_b, run_b.id == cand_b.run_id)
+        .where(Comparison.id == bindparam("comparison_id"))
+    )
+
+
 def present(session: Session, comparison_id: int, *, now: datetime | None = None) -> Presentation:
     """The comparison laid out left/right as recorded in ``comparisons.left_side``.
 
@@ -167,19 +188,9 @@ def present(session: Session, comparison_id: int, *, now: datetime | None = None
     """
     if isinstance(comparison_id, bool) or not isinstance(comparison_id, int):
         raise InvalidInput(f"comparison id must be an integer, got {comparison_id!r}")
-    cand_a, cand_b = aliased(Candidate), aliased(Candidate)
-    run_a, run_b = aliased(Run), aliased(Run)
     row = None
     if -(2**63) <= comparison_id < 2**63:
-        row = session.execute(
-            select(Comparison, Prompt.text, cand_a, run_a, cand_b, run_b)
-            .join(Prompt, Prompt.id == Comparison.prompt_id)
-            .join(cand_a, cand_a.id == Comparison.candidate_a_id)
-            .join(run_a, run_a.id == cand_a.run_id)
-            .join(cand_b, cand_b.id == Comparison.candidate_b_id)
-            .join(run_b, run_b.id == cand_b.run_id)
-            .where(Comparison.id == comparison_id)
-        ).first()
+        row = session.execute(_present_query(), {"comparison_id": comparison_id}).first()
     if row is None:
         raise NotFound(f"no comparison with id {comparison_id}")
     comparison, prompt, ca, ra, cb, rb = row
@@ -197,7 +208,9 @@ def present(session: Session, comparison_id: int, *, now: datetime | None = None
     )
 
 
-def _next_comparison_id(session: Session, person_id: int) -> int | None:
+@cache
+def _next_query() -> Any:
+    person_id = bindparam("person_id")
     voters = (
         select(Vote.comparison_id, func.count(func.distinct(Vote.annotator_id)).label("n"))
         .group_by(Vote.comparison_id)
@@ -212,14 +225,17 @@ def _next_comparison_id(session: Session, person_id: int) -> int | None:
         ComparisonQuality.overlap.is_not(None),
         ComparisonQuality.overlap <= func.coalesce(voters.c.n, literal(0)),
     )
-    query = (
+    return (
         select(Comparison.id)
         .outerjoin(voters, voters.c.comparison_id == Comparison.id)
         .where(~voted, mine | (~anyone & ~full))
         .order_by(mine.desc(), func.coalesce(voters.c.n, literal(0)), Comparison.id)
         .limit(1)
     )
-    return session.scalars(query).first()
+
+
+def _next_comparison_id(session: Session, person_id: int) -> int | None:
+    return session.scalars(_next_query(), {"person_id": person_id}).first()
 
 
 def _person_id(session: Session, annotator: str) -> int:
@@ -239,14 +255,20 @@ def next_comparison(session: Session, annotator: str, *, now: datetime | None = 
     return None if comparison_id is None else present(session, comparison_id, now=now)
 
 
-def _progress(session: Session, person_id: int) -> tuple[int, int]:
+@cache
+def _progress_query() -> Any:
+    person_id = bindparam("person_id")
     mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.annotator_id == person_id)
     anyone = exists().where(Assignment.comparison_id == Comparison.id)
     voted = exists().where(Vote.comparison_id == Comparison.id, Vote.annotator_id == person_id)
     done = select(func.count()).select_from(Comparison).where(voted).scalar_subquery()
     remaining = select(func.count()).select_from(Comparison).where(~voted, mine | ~anyone).scalar_subquery()
-    done_n, remaining_n = session.execute(select(done, remaining)).one()
-    return int(done_n or 0), int(remaining_n or 0)
+    return select(done, remaining)
+
+
+def _progress(session: Session, person_id: int) -> tuple[int, int]:
+    done, remaining = session.execute(_progress_query(), {"person_id": person_id}).one()
+    return int(done or 0), int(remaining or 0)
 
 
 def progress(session: Session, annotator: str) -> tuple[int, int]:
@@ -281,6 +303,31 @@ def _check_optional_id(value: Any, what: str) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise InvalidInput(f"{what} must be a vote id (an integer), got {value!r}")
     return value
+
+
+@cache
+def _comparison_queue_query() -> Any:
+    """The comparison's id, whether anyone has it in their queue, whether this annotator has."""
+    return select(
+        Comparison.id,
+        exists().where(Assignment.comparison_id == Comparison.id),
+        exists().where(Assignment.comparison_id == Comparison.id, Assignment.annotator_id == bindparam("person_id")),
+    ).where(Comparison.id == bindparam("comparison_id"))
+
+
+@cache
+def _key_or_slot_query() -> Any:
+    """The vote holding an idempotency key, and every vote in one (comparison, annotator) slot."""
+    return (
+        select(Vote, Annotator.name)
+        .join(Annotator, Annotator.id == Vote.annotator_id)
+        .where(
+            or_(
+                Vote.idempotency_key == bindparam("key"),
+                and_(Vote.comparison_id == bindparam("comparison_id"), Vote.annotator_id == bindparam("person_id")),
+            )
+        )
+    )
 
 
 def add_vote(
@@ -318,11 +365,7 @@ def add_vote(
     found = None
     if -(2**63) <= comparison_id < 2**63:
         found = session.execute(
-            select(
-                Comparison.id,
-                exists().where(Assignment.comparison_id == Comparison.id),
-                exists().where(Assignment.comparison_id == Comparison.id, Assignment.annotator_id == person_id),
-            ).where(Comparison.id == comparison_id)
+            _comparison_queue_query(), {"comparison_id": comparison_id, "person_id": person_id}
         ).first()
     if found is None:
         raise NotFound(f"no comparison with id {comparison_id}")
@@ -331,14 +374,7 @@ def add_vote(
     # One query for the vote with this idempotency key and every vote in this
     # (comparison, annotator) slot: the replay check and the current vote.
     rows = session.execute(
-        select(Vote, Annotator.name)
-        .join(Annotator, Annotator.id == Vote.annotator_id)
-        .where(
-            or_(
-                Vote.idempotency_key == key,
-                and_(Vote.comparison_id == cid, Vote.annotator_id == person_id),
-            )
-        )
+        _key_or_slot_query(), {"key": key, "comparison_id": cid, "person_id": person_id}
     ).all()
     keyed = next(((v, name) for v, name in rows if v.idempotency_key == key), None)
     if keyed is not None:
