@@ -150,8 +150,9 @@ def bench(url: str, votes: int, threads: int) -> dict[str, float]:
 
 def vote_path(url: str, votes: int, background: int) -> dict[str, float]:
     """Milliseconds and SQL statements per Label-tab vote (see the module docstring)."""
-    import storage
     from sqlalchemy import event
+
+    import storage
 
     statements = [0]
 
