@@ -181,3 +181,41 @@ def test_the_vote_path_runs_a_bounded_number_of_statements(db, comparisons):
             db.read(lambda s, w=who: next_comparison(s, w, now=when)),
             *db.read(lambda s, w=who: progress(s, w)),
         )
+
+
+def test_next_comparison_and_progress_match_their_definition_on_a_random_database(db):
+    """The tightened queries answer what the docstrings define, computed here in Python from the rows."""
+    import random
+
+    from storage.quality import set_overlap
+
+    rng = random.Random(7)
+    run = store_run(db, [f"t{i}" for i in range(8)], [float(i) for i in range(8)])
+    cids = db.write(lambda s: make_comparisons(s, run, "all_pairs", max_pairs=28))
+    people = ["p0", "p1", "p2", "p3", "p4"]
+    assigned = {c: set(rng.sample(people, rng.choice([0, 0, 1, 2]))) for c in cids}
+    for c, who in assigned.items():
+        if who:
+            db.write(lambda s, c=c, w=sorted(who): assign(s, [c], w))
+    overlap = {c: rng.choice([None, 1, 2]) for c in cids if not assigned[c]}
+    for c, k in overlap.items():
+        db.write(lambda s, c=c, k=k: set_overlap(s, [c], k))
+    voters: dict[int, set[str]] = {c: set() for c in cids}
+    for n in range(60):
+        c, who = rng.choice(cids), rng.choice(people)
+        if who in voters[c] or (assigned[c] and who not in assigned[c]):
+            continue
+        vote(db, c, who=who, outcome=rng.choice(["a", "b", "tie", "skip"]), key=f"r{n}")
+        voters[c].add(who)
+    for who in [*people, "newcomer"]:
+        mine = [c for c in cids if who in assigned[c] and who not in voters[c]]
+        open_ = [
+            c for c in cids
+            if not assigned[c] and who not in voters[c] and (overlap.get(c) is None or len(voters[c]) < overlap[c])
+        ]
+        expected = min(mine or open_, key=lambda c: (len(voters[c]), c), default=None)
+        shown = db.read(lambda s, w=who: next_comparison(s, w))
+        assert (shown.comparison_id if shown else None) == expected, who
+        queue = [c for c in cids if who in assigned[c] or not assigned[c]]
+        done = sum(who in voters[c] for c in cids)
+        assert db.read(lambda s, w=who: progress(s, w)) == (done, sum(who not in voters[c] for c in queue)), who
