@@ -17,6 +17,12 @@ comparison was shown on.
   next revision, the old row stays as it was;
 * the result is returned only after the caller commits (``Database.write``),
   so an acknowledged vote is on disk.
+
+The Label tab's click is the hot path: ``present`` + ``add_vote`` in one write
+transaction, then ``queue_state`` (the next comparison and the progress counts)
+in one read: 13 SQL statements in all (27 before), each statement built once
+and run with bound parameters (``tests/storage/test_votes.py`` holds the bound;
+``python -m bench.bench_storage --vote-path --against REV`` measures it).
 """
 
 from __future__ import annotations
@@ -182,9 +188,7 @@ def _present_query() -> Any:
 def present(session: Session, comparison_id: int, *, now: datetime | None = None) -> Presentation:
     """The comparison laid out left/right as recorded in ``comparisons.left_side``.
 
-    One query (comparison, prompt, both candidates and their runs); the
-    comparison row stays in the session, so a vote in the same transaction
-    does not read it again.
+    One query: the comparison, its prompt, both candidates and their runs.
     """
     if isinstance(comparison_id, bool) or not isinstance(comparison_id, int):
         raise InvalidInput(f"comparison id must be an integer, got {comparison_id!r}")
