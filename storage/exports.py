@@ -41,6 +41,21 @@ export has none, because TRL's trainers read any ``image`` key as a vision
 dataset (``KTOTrainer`` refuses a text model then), while an image export
 keeps them for vision-language trainers.
 
+Label-quality comparisons (``storage.quality``; the policy is
+:func:`storage.records.training_records`):
+
+* side-swapped repeats: every format keeps one row (``kto``: one pair of rows)
+  per (original comparison, annotator). By default (``repeats="original"``)
+  that is the vote on the original; the vote on its repeat is used only for
+  the self-consistency and position-bias figures, and stands in for the pair
+  only where the annotator did not vote on the original. ``repeats=
+  "consistent"`` also leaves out the pairs whose repeat vote disagreed with the
+  original (``samplescope export --repeats consistent``); ``repeats="all"``
+  exports every vote, repeats included, as before label quality existed.
+* gold pairs: exported like any other comparison, with the annotators' votes
+  (the known answer is not a vote and adds no row); ``gold=False``
+  (``--no-gold``) leaves them out, e.g. to keep them as a check set.
+
 Skips are never exported. Only each annotator's current vote counts. The file
 type follows the extension: ``.jsonl`` or ``.parquet``; files are written to a
 temporary name and renamed, so a crash never leaves half a file.
@@ -63,7 +78,7 @@ from sqlalchemy.orm import Session
 from storage.common import prompt_hash
 from storage.errors import InvalidInput
 from storage.models import EXPORT_FORMATS, PLAYERS
-from storage.records import VoteRecord, vote_records
+from storage.records import VoteRecord, training_records, vote_records
 
 FORMATS = EXPORT_FORMATS
 
@@ -281,11 +296,13 @@ def pickapic_rows(records: Sequence[VoteRecord], by: str = "sampler") -> list[di
     return rows
 
 
-def export_rows(session: Session, fmt: str, *, by: str = "sampler") -> list[dict[str, Any]]:
-    """The rows of one export format, from the current votes."""
+def export_rows(
+    session: Session, fmt: str, *, by: str = "sampler", repeats: str = "original", gold: bool = True
+) -> list[dict[str, Any]]:
+    """The rows of one export format, from the current votes (``repeats``/``gold``: see the module docstring)."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    records = vote_records(session)
+    records = training_records(vote_records(session), repeats=repeats, gold=gold)
     if fmt == "dpo":
         return _text_only(dpo_rows(records), fmt)
     if fmt == "kto":
@@ -377,9 +394,11 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def export(session: Session, fmt: str, path: str | Path, *, by: str = "sampler") -> int:
+def export(
+    session: Session, fmt: str, path: str | Path, *, by: str = "sampler", repeats: str = "original", gold: bool = True
+) -> int:
     """Write one export format to ``path`` (.jsonl or .parquet); the number of rows."""
     file_kind(path)  # fail before the query on a bad name
-    rows = export_rows(session, fmt, by=by)
+    rows = export_rows(session, fmt, by=by, repeats=repeats, gold=gold)
     write_rows(rows, path, schema_for(fmt, rows))
     return len(rows)

@@ -20,6 +20,12 @@
 * Position bias: the rate at which the candidate shown on the left wins a
   decisive vote; Wilson 95% interval and a two-sided binomial test against 1/2.
 
+:func:`summary` counts the labels of :func:`storage.records.training_records`
+(one per original comparison and annotator: a side-swapped repeat does not
+weigh a pair double in the ranking, the agreement figures or the counts); the
+position bias counts every vote, repeats included, since repeats exist to
+measure it.
+
 Quantities that the data cannot define (no shared comparisons, one label
 only, ...) are ``None`` rather than a made-up number.
 """
@@ -43,7 +49,7 @@ from sklearn.metrics import cohen_kappa_score
 from sqlalchemy.orm import Session
 
 from storage.errors import InvalidInput
-from storage.records import VoteRecord, vote_records
+from storage.records import VoteRecord, training_records, vote_records
 
 LABELS = ("a", "b", "tie", "both_bad")
 BT_RIDGE = 0.01
@@ -237,9 +243,12 @@ def position_bias(records: Sequence[VoteRecord]) -> dict[str, Any]:
     return asdict(Proportion.of(left_wins, len(decisive)))
 
 
-def summary(session: Session, *, by: str = "sampler", bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
-    """All statistics of the current votes, as a JSON-ready dict."""
-    records = vote_records(session)
+def summary(
+    session: Session, *, by: str = "sampler", bootstrap: int = 200, seed: int = 0, repeats: str = "original"
+) -> dict[str, Any]:
+    """All statistics of the current votes, as a JSON-ready dict (``repeats``: see the module docstring)."""
+    every = vote_records(session)
+    records = training_records(every, repeats=repeats)
     outcomes = {label: sum(rec.outcome == label for rec in records) for label in LABELS}
     return {
         "votes": len(records),
@@ -251,5 +260,7 @@ def summary(session: Session, *, by: str = "sampler", bootstrap: int = 200, seed
             "bootstrap": bootstrap,
             "players": bradley_terry(records, by=by, bootstrap=bootstrap, seed=seed),
         },
-        "position_bias": position_bias(records),
+        "position_bias": position_bias(every),
+        "repeats": repeats,
+        "repeat_votes_left_out": len(every) - len(records),
     }

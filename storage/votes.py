@@ -17,6 +17,12 @@ comparison was shown on.
   next revision, the old row stays as it was;
 * the result is returned only after the caller commits (``Database.write``),
   so an acknowledged vote is on disk.
+
+The Label tab's click is the hot path: ``present`` + ``add_vote`` in one write
+transaction, then ``queue_state`` (the next comparison and the progress counts)
+in one read: 13 SQL statements in all (27 before), each statement built once
+and run with bound parameters (``tests/storage/test_votes.py`` holds the bound;
+``python -m bench.bench_storage --vote-path --against REV`` measures it).
 """
 
 from __future__ import annotations
@@ -24,14 +30,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import exists, func, literal, select
+from sqlalchemy import and_, bindparam, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from storage.common import find_annotator, get_or_create_annotator, require
-from storage.errors import Conflict, InvalidInput, NotAllowed
+from storage.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from storage.models import (
     KEY_MAX_CHARS,
     NAME_MAX_CHARS,
@@ -146,9 +153,7 @@ def assign(session: Session, comparison_ids: Sequence[int], annotators: Sequence
     return made
 
 
-def _shown(session: Session, candidate_id: int) -> Shown:
-    cand = session.get(Candidate, candidate_id)
-    run = session.get(Run, cand.run_id)
+def _shown(cand: Candidate, run: Run) -> Shown:
     return Shown(
         candidate_id=cand.id,
         text=cand.text,
@@ -160,14 +165,44 @@ def _shown(session: Session, candidate_id: int) -> Shown:
     )
 
 
+# The vote path's statements are built once and executed with bound parameters:
+# building an ORM select (aliases above all) costs more Python time than SQLite
+# takes to run it.
+
+
+@cache
+def _present_query() -> Any:
+    cand_a, cand_b = aliased(Candidate), aliased(Candidate)
+    run_a, run_b = aliased(Run), aliased(Run)
+    return (
+        select(Comparison, Prompt.text, cand_a, run_a, cand_b, run_b)
+        .join(Prompt, Prompt.id == Comparison.prompt_id)
+        .join(cand_a, cand_a.id == Comparison.candidate_a_id)
+        .join(run_a, run_a.id == cand_a.run_id)
+        .join(cand_b, cand_b.id == Comparison.candidate_b_id)
+        .join(run_b, run_b.id == cand_b.run_id)
+        .where(Comparison.id == bindparam("comparison_id"))
+    )
+
+
 def present(session: Session, comparison_id: int, *, now: datetime | None = None) -> Presentation:
-    """The comparison laid out left/right as recorded in ``comparisons.left_side``."""
-    comparison = require(session, Comparison, comparison_id, "comparison")
-    a, b = _shown(session, comparison.candidate_a_id), _shown(session, comparison.candidate_b_id)
+    """The comparison laid out left/right as recorded in ``comparisons.left_side``.
+
+    One query: the comparison, its prompt, both candidates and their runs.
+    """
+    if isinstance(comparison_id, bool) or not isinstance(comparison_id, int):
+        raise InvalidInput(f"comparison id must be an integer, got {comparison_id!r}")
+    row = None
+    if -(2**63) <= comparison_id < 2**63:
+        row = session.execute(_present_query(), {"comparison_id": comparison_id}).first()
+    if row is None:
+        raise NotFound(f"no comparison with id {comparison_id}")
+    comparison, prompt, ca, ra, cb, rb = row
+    a, b = _shown(ca, ra), _shown(cb, rb)
     left, right = (a, b) if comparison.left_side == "a" else (b, a)
     return Presentation(
         comparison_id=comparison.id,
-        prompt=session.get(Prompt, comparison.prompt_id).text,
+        prompt=prompt,
         left=left,
         right=right,
         left_side=comparison.left_side,
@@ -175,6 +210,43 @@ def present(session: Session, comparison_id: int, *, now: datetime | None = None
         strategy=comparison.strategy,
         shown_at=now or utcnow(),
     )
+
+
+@cache
+def _next_query() -> Any:
+    person_id = bindparam("person_id")
+    # annotators so far, per comparison: a correlated count on the (comparison, annotator, revision)
+    # index, cheaper than grouping every vote in the database on each call
+    voters = (
+        select(func.count(func.distinct(Vote.annotator_id)))
+        .where(Vote.comparison_id == Comparison.id)
+        .correlate(Comparison)  # also inside the overlap EXISTS, whose own FROM has no comparisons
+        .scalar_subquery()
+    )
+    mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.annotator_id == person_id)
+    anyone = exists().where(Assignment.comparison_id == Comparison.id)
+    voted = exists().where(Vote.comparison_id == Comparison.id, Vote.annotator_id == person_id)
+    # overlap (storage.quality): an open comparison with its k annotators is no longer offered
+    full = exists().where(
+        ComparisonQuality.comparison_id == Comparison.id,
+        ComparisonQuality.overlap.is_not(None),
+        ComparisonQuality.overlap <= voters,
+    )
+    return (
+        select(Comparison.id)
+        .where(~voted, mine | (~anyone & ~full))
+        .order_by(mine.desc(), voters, Comparison.id)
+        .limit(1)
+    )
+
+
+def _next_comparison_id(session: Session, person_id: int) -> int | None:
+    return session.scalars(_next_query(), {"person_id": person_id}).first()
+
+
+def _person_id(session: Session, annotator: str) -> int:
+    person = find_annotator(session, annotator)
+    return person.id if person is not None else -1
 
 
 def next_comparison(session: Session, annotator: str, *, now: datetime | None = None) -> Presentation | None:
@@ -185,43 +257,59 @@ def next_comparison(session: Session, annotator: str, *, now: datetime | None = 
     fewest annotators so far, oldest first; an open comparison whose overlap
     cap (``storage.quality.set_overlap``) is reached is not offered. Read-only.
     """
-    person = find_annotator(session, annotator)
-    person_id = person.id if person is not None else -1
-    voters = (
-        select(Vote.comparison_id, func.count(func.distinct(Vote.annotator_id)).label("n"))
-        .group_by(Vote.comparison_id)
-        .subquery()
-    )
+    comparison_id = _next_comparison_id(session, _person_id(session, annotator))
+    return None if comparison_id is None else present(session, comparison_id, now=now)
+
+
+@cache
+def _progress_query() -> Any:
+    """(comparisons voted on, comparisons left in the queue), from the annotator's own votes and
+    assignments rather than a scan of every comparison: queue = assigned to them + assigned to
+    nobody, less those of their votes that fall in it."""
+    person_id = bindparam("person_id")
     mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.annotator_id == person_id)
     anyone = exists().where(Assignment.comparison_id == Comparison.id)
-    voted = exists().where(Vote.comparison_id == Comparison.id, Vote.annotator_id == person_id)
-    # overlap (storage.quality): an open comparison with its k annotators is no longer offered
-    full = exists().where(
-        ComparisonQuality.comparison_id == Comparison.id,
-        ComparisonQuality.overlap.is_not(None),
-        ComparisonQuality.overlap <= func.coalesce(voters.c.n, literal(0)),
+    done = select(func.count(func.distinct(Vote.comparison_id))).where(Vote.annotator_id == person_id)
+    assigned_to_them = select(func.count()).select_from(Assignment).where(Assignment.annotator_id == person_id)
+    comparisons = select(func.count()).select_from(Comparison)
+    assigned = select(func.count(func.distinct(Assignment.comparison_id)))
+    voted_in_queue = (
+        select(func.count(func.distinct(Vote.comparison_id)))
+        .join(Comparison, Comparison.id == Vote.comparison_id)
+        .where(Vote.annotator_id == person_id, mine | ~anyone)
     )
-    query = (
-        select(Comparison.id)
-        .outerjoin(voters, voters.c.comparison_id == Comparison.id)
-        .where(~voted, mine | (~anyone & ~full))
-        .order_by(mine.desc(), func.coalesce(voters.c.n, literal(0)), Comparison.id)
-        .limit(1)
+    remaining = (
+        assigned_to_them.scalar_subquery()
+        + comparisons.scalar_subquery()
+        - assigned.scalar_subquery()
+        - voted_in_queue.scalar_subquery()
     )
-    comparison_id = session.scalars(query).first()
-    return None if comparison_id is None else present(session, comparison_id, now=now)
+    return select(done.scalar_subquery(), remaining)
+
+
+def _progress(session: Session, person_id: int) -> tuple[int, int]:
+    done, remaining = session.execute(_progress_query(), {"person_id": person_id}).one()
+    return int(done or 0), int(remaining or 0)
 
 
 def progress(session: Session, annotator: str) -> tuple[int, int]:
     """(comparisons this annotator has voted on, comparisons still in their queue)."""
-    person = find_annotator(session, annotator)
-    person_id = person.id if person is not None else -1
-    mine = exists().where(Assignment.comparison_id == Comparison.id, Assignment.annotator_id == person_id)
-    anyone = exists().where(Assignment.comparison_id == Comparison.id)
-    voted = exists().where(Vote.comparison_id == Comparison.id, Vote.annotator_id == person_id)
-    done = session.scalar(select(func.count()).select_from(Comparison).where(voted)) or 0
-    remaining = session.scalar(select(func.count()).select_from(Comparison).where(~voted, mine | ~anyone)) or 0
-    return int(done), int(remaining)
+    return _progress(session, _person_id(session, annotator))
+
+
+def queue_state(
+    session: Session, annotator: str, *, now: datetime | None = None
+) -> tuple[Presentation | None, int, int]:
+    """``next_comparison`` and ``progress`` together, as the Label tab shows them after each vote.
+
+    Four queries: the annotator, the next comparison's id, its presentation,
+    and both progress counts. Read-only.
+    """
+    person_id = _person_id(session, annotator)
+    comparison_id = _next_comparison_id(session, person_id)
+    shown = None if comparison_id is None else present(session, comparison_id, now=now)
+    done, remaining = _progress(session, person_id)
+    return shown, done, remaining
 
 
 def _check_time(value: Any, field: str) -> datetime | None:
@@ -238,13 +326,29 @@ def _check_optional_id(value: Any, what: str) -> int | None:
     return value
 
 
-def _current_vote(session: Session, comparison_id: int, annotator_id: int) -> Vote | None:
-    return session.scalars(
-        select(Vote)
-        .where(Vote.comparison_id == comparison_id, Vote.annotator_id == annotator_id)
-        .order_by(Vote.revision.desc())
-        .limit(1)
-    ).first()
+@cache
+def _comparison_queue_query() -> Any:
+    """The comparison's id, whether anyone has it in their queue, whether this annotator has."""
+    return select(
+        Comparison.id,
+        exists().where(Assignment.comparison_id == Comparison.id),
+        exists().where(Assignment.comparison_id == Comparison.id, Assignment.annotator_id == bindparam("person_id")),
+    ).where(Comparison.id == bindparam("comparison_id"))
+
+
+@cache
+def _key_or_slot_query() -> Any:
+    """The vote holding an idempotency key, and every vote in one (comparison, annotator) slot."""
+    return (
+        select(Vote, Annotator.name)
+        .join(Annotator, Annotator.id == Vote.annotator_id)
+        .where(
+            or_(
+                Vote.idempotency_key == bindparam("key"),
+                and_(Vote.comparison_id == bindparam("comparison_id"), Vote.annotator_id == bindparam("person_id")),
+            )
+        )
+    )
 
 
 def add_vote(
@@ -275,38 +379,52 @@ def add_vote(
         if latency_ms < 0:
             raise InvalidInput("shown_at is later than voted_at")
     person = find_annotator(session, annotator)  # validates the name
-    comparison = require(session, Comparison, comparison_id, "comparison")
+    person_id = person.id if person is not None else -1
+    # One query for the comparison and the queue check: is it assigned, and to this annotator?
+    if isinstance(comparison_id, bool) or not isinstance(comparison_id, int):
+        raise InvalidInput(f"comparison id must be an integer, got {comparison_id!r}")
+    found = None
+    if -(2**63) <= comparison_id < 2**63:
+        found = session.execute(
+            _comparison_queue_query(), {"comparison_id": comparison_id, "person_id": person_id}
+        ).first()
+    if found is None:
+        raise NotFound(f"no comparison with id {comparison_id}")
+    cid, assigned, mine = found
 
-    replay = _replay(session, key, comparison_id, annotator, outcome, rationale, supersedes)
-    if replay is not None:
-        return replay
+    # One query for the vote with this idempotency key and every vote in this
+    # (comparison, annotator) slot: the replay check and the current vote.
+    rows = session.execute(
+        _key_or_slot_query(), {"key": key, "comparison_id": cid, "person_id": person_id}
+    ).all()
+    keyed = next(((v, name) for v, name in rows if v.idempotency_key == key), None)
+    if keyed is not None:
+        return _same_or_conflict(keyed[0], keyed[1], key, comparison_id, annotator, outcome, rationale, supersedes)
 
-    if session.scalars(
-        select(Assignment.annotator_id).where(Assignment.comparison_id == comparison.id)
-    ).first():
-        if person is None or session.get(Assignment, (comparison.id, person.id)) is None:
-            raise NotAllowed(f"comparison {comparison.id} is in another annotator's queue")
+    if assigned and not mine:
+        raise NotAllowed(f"comparison {cid} is in another annotator's queue")
     if session_id is not None:
         label_session = require(session, LabelSession, session_id, "labelling session")
         if person is None or label_session.annotator_id != person.id:
             raise NotAllowed(f"labelling session {session_id} belongs to another annotator")
 
-    head = _current_vote(session, comparison.id, person.id) if person is not None else None
+    slot = [v for v, _ in rows if v.comparison_id == cid and v.annotator_id == person_id]
+    head = max(slot, key=lambda v: v.revision) if slot else None
     if supersedes is None and head is not None:
         raise Conflict(
-            f"{annotator} already voted on comparison {comparison.id} (vote {head.id}); "
+            f"{annotator} already voted on comparison {cid} (vote {head.id}); "
             f"to change it, supersede vote {head.id}"
         )
     if supersedes is not None and (head is None or head.id != supersedes):
         current = f"the current vote is {head.id}" if head is not None else "there is no earlier vote"
         raise Conflict(
-            f"vote {supersedes} is not {annotator}'s current vote on comparison {comparison.id}; {current}"
+            f"vote {supersedes} is not {annotator}'s current vote on comparison {cid}; {current}"
         )
 
     if person is None:
         person = get_or_create_annotator(session, annotator)
     vote = Vote(
-        comparison_id=comparison.id,
+        comparison_id=cid,
         annotator_id=person.id,
         session_id=session_id,
         revision=1 if head is None else head.revision + 1,
@@ -327,7 +445,7 @@ def add_vote(
         if replay is not None:
             return replay
         raise Conflict(
-            f"{annotator}'s vote on comparison {comparison.id} changed meanwhile; reload and vote again"
+            f"{annotator}'s vote on comparison {cid} changed meanwhile; reload and vote again"
         ) from None
     return _result(vote, annotator, created=True)
 
@@ -349,7 +467,20 @@ def _replay(
     ).first()
     if row is None:
         return None
-    vote, name = row
+    return _same_or_conflict(row[0], row[1], key, comparison_id, annotator, outcome, rationale, supersedes)
+
+
+def _same_or_conflict(
+    vote: Vote,
+    name: str,
+    key: str,
+    comparison_id: Any,
+    annotator: str,
+    outcome: str,
+    rationale: str | None,
+    supersedes: int | None,
+) -> VoteResult:
+    """The stored vote ``vote`` (holding ``key``) as a replay, or a Conflict if the request differs."""
     same = (
         vote.comparison_id == comparison_id
         and name == annotator

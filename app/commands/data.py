@@ -70,7 +70,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     file_kind(args.out)
     with _open(args) as db:
-        n = db.read(lambda s: export(s, args.format, args.out, by=args.by))
+        n = db.read(lambda s: export(s, args.format, args.out, by=args.by, repeats=args.repeats, gold=args.gold))
     print(f"wrote {n} {args.format} row{'s' if n != 1 else ''} to {args.out}")
     return 0
 
@@ -109,7 +109,9 @@ def _proportion(p: dict[str, Any]) -> str:
 
 def print_stats(result: dict[str, Any]) -> None:
     outcomes = ", ".join(f"{k} {v}" for k, v in result["outcomes"].items())
-    print(f"votes: {result['votes']} ({outcomes}; skips not counted)")
+    left_out = result.get("repeat_votes_left_out", 0)
+    repeats = f"; {left_out} left out by --repeats {result.get('repeats')}" if left_out else ""
+    print(f"votes: {result['votes']} ({outcomes}; skips not counted{repeats})")
     print(f"reward model agrees with people: {_proportion(result['reward_agreement']['overall'])}")
     for name, p in result["reward_agreement"]["by_reward"].items():
         print(f"  {name}: {_proportion(p)}")
@@ -141,7 +143,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from storage.stats import summary
 
     with _open(args) as db:
-        result = db.read(lambda s: summary(s, by=args.by, bootstrap=args.bootstrap, seed=args.seed))
+        result = db.read(
+            lambda s: summary(s, by=args.by, bootstrap=args.bootstrap, seed=args.seed, repeats=args.repeats)
+        )
     if args.json:
         _print_json(result)
     else:
@@ -232,6 +236,16 @@ def cmd_db(args: argparse.Namespace) -> int:
 # -- registration -----------------------------------------------------------------------
 
 
+def _add_repeats(p: argparse.ArgumentParser) -> None:
+    from storage.records import REPEAT_POLICIES
+
+    p.add_argument(
+        "--repeats", choices=REPEAT_POLICIES, default="original",
+        help="side-swapped repeats: original (default) keeps one label per pair and annotator, the vote on the "
+        "original; consistent also drops pairs whose repeat vote disagreed; all counts every vote",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from storage.models import EXPORT_FORMATS as FORMATS
     from storage.models import PLAYERS
@@ -246,6 +260,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, metavar="FILE", help="output file, .jsonl or .parquet")
     p.add_argument("--by", choices=PLAYERS, default="sampler", help="battles: who plays (default: sampler)")
+    _add_repeats(p)
+    p.add_argument(
+        "--no-gold", dest="gold", action="store_false",
+        help="leave out gold pairs (default: exported with the annotators' votes, like any pair)",
+    )
     _add_db(p)
     p.set_defaults(func=cmd_export)
 
@@ -264,6 +283,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples (default 200)"
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    _add_repeats(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_db(p)
     p.set_defaults(func=cmd_stats)

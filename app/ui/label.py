@@ -113,11 +113,11 @@ class LabelTab:
         return token if self.services.guests.verify(token) else self.services.guests.issue()
 
     def next(self, browser_id, request: gr.Request = None) -> dict[Any, Any]:
-        from storage import next_comparison, progress
+        from storage import queue_state
 
         try:
             who = annotator_name(self.services, request, browser_id)
-            shown, (done, remaining) = self.services.db.read(lambda s: (next_comparison(s, who), progress(s, who)))
+            shown, done, remaining = self.services.db.read(lambda s: queue_state(s, who))
         except Exception as exc:
             return {self.progress: f"⚠ {md_text(error_message(exc), 600)}"}
         base = {self.who: f"Labelling as **{md_text(who, 64)}**", self.progress: f"{done} done, {remaining} to go", self.rationale: ""}

@@ -188,6 +188,29 @@ def test_label_vote_flow_is_blind_stored_once_and_revealed(label, db):
     assert other[label.reveal].startswith("⚠ vote not stored: idempotency key") and counts(db)["votes"] == 1
 
 
+def test_a_label_vote_costs_a_bounded_number_of_statements(label, db):
+    """The Label tab's vote (store, reveal, next pair, progress): 27 statements once, at most 14 now."""
+    from sqlalchemy import event
+
+    token = label.ensure_identity(None)
+    for k in range(3):
+        store_run(db, [f"good answer {k}", f"bad answer {k}"], [0.9, -0.4])
+    label.make_pairs("", "max_min", 1)
+    first = label.vote("left", label.next(token)[label.current], "", token)  # creates the annotator
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        out = label.vote("right", first[label.current], "", token)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert out[label.reveal].startswith("Your vote: **B**.") and out[label.progress] == "2 done, 1 to go"
+    assert len(statements) <= 14, "\n".join(statements)
+
+
 @pytest.mark.parametrize(
     ("current", "browser_id", "message"),
     [

@@ -130,3 +130,26 @@ def test_bad_import_file_exits_2_and_writes_nothing(cli, url, tmp_path):
     assert code == 2 and "row 2" in err
     with Database(url) as db, db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM votes")).scalar() == 2
+
+
+def test_export_and_stats_take_the_repeat_and_gold_policies(cli, url, tmp_path):
+    from storage.quality import make_repeats, mark_gold
+    from storage.records import vote_records
+
+    with Database.open(url) as db:
+        cid = db.read(vote_records)[0].comparison_id
+        [repeat] = db.write(lambda s: make_repeats(s, [cid]))
+        db.write(lambda s: add_vote(s, comparison_id=repeat, annotator="ada", outcome="b", idempotency_key="ada-r"))
+    out_file = tmp_path / "b.jsonl"
+    for argv, rows in ((), 2), (("--repeats", "all"), 3), (("--repeats", "consistent"), 1):
+        code, out, _ = cli("export", "--format", "battles", "--out", str(out_file), "--db", url, *argv)
+        assert code == 0 and f"wrote {rows} battles row" in out, argv
+    code, out, _ = cli("stats", "--db", url, "--bootstrap", "0")
+    assert code == 0 and "1 left out by --repeats original" in out
+    with Database.open(url) as db:
+        db.write(lambda s: mark_gold(s, cid, "a"))
+    code, out, _ = cli("export", "--format", "battles", "--out", str(out_file), "--db", url, "--no-gold")
+    assert code == 0 and "wrote 0 battles rows" in out
+    with pytest.raises(SystemExit) as exit_:
+        cli("export", "--format", "dpo", "--out", str(out_file), "--db", url, "--repeats", "twice")
+    assert exit_.value.code == 2
