@@ -143,11 +143,14 @@ def main(argv: list[str] | None = None) -> dict:
 
         def case(k: int):
             def run():
-                client, servers, wall = time.process_time(), group_cpu_seconds(pgids), time.perf_counter()
+                client, wall = time.process_time(), time.perf_counter()
+                servers = [group_cpu_seconds([g]) for g in pgids]
                 outputs[str(k)] = sweep_once(urls[:k], args.prompts, args.n, args.tokens, args.workers, seed=0)
                 wall = time.perf_counter() - wall
-                cpu[str(k)].append({"client_cores": (time.process_time() - client) / wall,
-                                    "server_cores": (group_cpu_seconds(pgids) - servers) / wall})
+                after = [group_cpu_seconds([g]) for g in pgids]
+                row = {"client_cores": (time.process_time() - client) / wall}
+                row.update({f"server{i}_cores": (a - b) / wall for i, (a, b) in enumerate(zip(after, servers, strict=True))})
+                cpu[str(k)].append(row)
             return run
 
         case(2)()  # warm both servers (first requests compile, caches fill) and this process's models
@@ -160,19 +163,20 @@ def main(argv: list[str] | None = None) -> dict:
     one, two = median(times["one"]), median(times["two"])
     results = {
         "sweep": f"best-of-{args.n} x {args.tokens} tokens over {args.prompts} arith prompts, {args.workers} cells in flight",
-        "cpus": os.cpu_count(), "load_before": os.getloadavg()[0],
+        "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
         "seconds": times, "one_engine_s": one, "two_engines_s": two, "speedup": one / two,
         "generated_tokens": tokens, "tokens_per_s": {"one": tokens / one, "two": tokens / two},
         "same_cells": same,
         # cores busy on average during a sweep: this process, and the started servers (with --start)
-        "cores_busy": {k: {name: median([c[name] for c in v]) for name in ("client_cores", "server_cores")}
+        "cores_busy": {k: {name: median([c[name] for c in v]) for name in v[0]}
                        for k, v in (("one", cpu["1"]), ("two", cpu["2"][1:]))}  # [1:]: not the warm-up,
     }
     print(f"sweep: {results['sweep']}; {tokens} generated tokens per sweep")
     print(f"one engine : {one:.2f} s median of {times['one']} ({tokens / one:.0f} tok/s)")
     print(f"two engines: {two:.2f} s median of {times['two']} ({tokens / two:.0f} tok/s)")
     for k, busy in results["cores_busy"].items():
-        print(f"cores busy ({k}): samplescope {busy['client_cores']:.2f}, vLLM servers {busy['server_cores']:.2f}")
+        servers = ", ".join(f"{busy[f'server{i}_cores']:.2f}" for i in range(len(procs)))
+        print(f"cores busy ({k}): samplescope {busy['client_cores']:.2f}, vLLM servers {servers or 'not started here'}")
     print(f"throughput two/one: {one / two:.2f}x on {os.cpu_count()} cores; same picks both ways: {same}")
     save("sweep_engines", results)
     return results
