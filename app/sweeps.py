@@ -117,15 +117,16 @@ def load_plan(db, sweep_id: int, *, device: str = "auto", dtype: str = "fp32") -
 
 
 def run_stored(db, sweep_id: int, plan: SweepPlan, *, workers: int = 4,
-               cancel: threading.Event | None = None) -> Iterator[CellResult]:
-    """Run the cells of a stored sweep that are not stored yet, storing each as it finishes."""
+               cancel: threading.Event | None = None, slot=None) -> Iterator[CellResult]:
+    """Run the cells of a stored sweep that are not stored yet, storing each as it finishes
+    (``slot``: each cell holds one of the server's run slots, see :func:`engines.sweep.run_sweep`)."""
     from storage.sweeps import done_keys, record_cell, set_status
 
     cancel = cancel or threading.Event()
     skip = {CellKey(*key) for key in db.read(lambda s: done_keys(s, sweep_id))}
     status = "failed"
     try:
-        for result in run_sweep(plan, skip=skip, workers=workers, cancel=cancel):
+        for result in run_sweep(plan, skip=skip, workers=workers, cancel=cancel, slot=slot):
             db.write(lambda s, r=result: record_cell(s, sweep_id, r))
             yield result
         status = "cancelled" if cancel.is_set() else "done"

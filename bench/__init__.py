@@ -14,4 +14,5 @@ BENCHES = {
     "load": ("bench.load", "32 labellers and 2 sampler users over HTTP: votes/s, vote latency, nothing lost"),
     "active": ("bench.active", "held-out accuracy against labels: random vs uncertain pairs (simulated annotator)"),
     "remote": ("bench.remote", "vLLM through samplescope: overhead, prefix cache, concurrent users, in-process"),
+    "sweep_engines": ("bench.sweep_engines", "a sweep on two vLLM servers against one: throughput (needs .venv-vllm)"),
 }

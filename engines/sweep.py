@@ -34,6 +34,7 @@ import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -351,6 +352,13 @@ def preflight(plan: SweepPlan) -> None:
         parts.judge(request.model, plan.evaluation_spec(request))
 
 
+def _slotted(slot, plan: SweepPlan, key: CellKey, parts: _Parts, stop: threading.Event, extra) -> CellResult | None:
+    if slot is None:
+        return run_cell(plan, key, parts, stop, extra)
+    with slot(stop) as admitted:
+        return run_cell(plan, key, parts, stop, extra) if admitted and not stop.is_set() else None
+
+
 def run_sweep(
     plan: SweepPlan,
     *,
@@ -358,11 +366,15 @@ def run_sweep(
     workers: int = 4,
     cancel: threading.Event | None = None,
     extra: Callable[[Task, Trace], dict[str, Any]] | None = None,
+    slot: Callable[[threading.Event], AbstractContextManager[bool]] | None = None,
 ) -> Iterator[CellResult]:
     """Run every cell not in ``skip``, ``workers`` at once; yield each finished cell as it completes.
 
     An error in a cell cancels the rest and is raised here; a cancel stops handing out cells,
     lets the running ones stop at their next step and yields none of the cancelled ones.
+    ``slot(stop)``, when given, is entered around each cell (a server's shared run slots): it
+    yields True once the cell may run, False when ``stop`` was set while it waited (the cell is
+    then skipped, as a cancelled one).
     """
     if not 1 <= int(workers) <= 256:
         raise ConfigError(f"workers must be 1..256, got {workers}")
@@ -390,13 +402,13 @@ def run_sweep(
                     key = next(queue, None)
                     if key is None:
                         break
-                    pending.add(pool.submit(run_cell, plan, key, parts, stop, extra))
+                    pending.add(pool.submit(_slotted, slot, plan, key, parts, stop, extra))
                 if not pending:
                     break
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     result = future.result()  # an error in a cell is raised here
-                    if result.status != "cancelled":
+                    if result is not None and result.status != "cancelled":
                         yield result
         finally:
             stop.set()

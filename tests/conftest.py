@@ -59,6 +59,16 @@ def vllm_rm_url():
     return url
 
 
+@pytest.fixture(scope="session")
+def vllm_embed_url():
+    """A vLLM embedding server on embedded:arith's policy (``--runner pooling --convert embed``, mean
+    pooling), from SAMPLESCOPE_TEST_VLLM_EMBED (.ci/start-vllm starts one)."""
+    url = os.environ.get("SAMPLESCOPE_TEST_VLLM_EMBED")
+    if not url:
+        pytest.skip("no vLLM embedding server: set SAMPLESCOPE_TEST_VLLM_EMBED=http://HOST:PORT/v1")
+    return url
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")

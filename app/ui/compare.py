@@ -69,6 +69,12 @@ def pair_rows(pairs: list[dict]) -> list[list[Any]]:
              round(p["ci_high"], 4), p["wins"], p["ties"], p["losses"]] for p in pairs]
 
 
+def engine_specs(engines: Any) -> list[str]:
+    """The picker's value (a list of specs) or a comma-separated string -> model specs, in order, once each."""
+    items = engines if isinstance(engines, list | tuple) else str(engines or "").split(",")
+    return list(dict.fromkeys(str(m).strip() for m in items if str(m or "").strip()))
+
+
 def set_choices(services: Services) -> list[str]:
     from engines.prompts import builtin_names
     from storage.prompt_sets import list_prompt_sets
@@ -106,8 +112,10 @@ class CompareTab:
             self.samplers = gr.CheckboxGroup(samplers, value=[s for s in ("best_of_n", "majority") if s in samplers],
                                              label="Samplers (flat, step-level and tree, diffusion)", elem_id="compare-samplers")
             with gr.Row():
-                self.engines = gr.Textbox(label="Engines: model specs, comma-separated (empty: the set's model)",
-                                          elem_id="compare-engines")
+                # the served engines' models first (Services.model_choices), any other spec typed in
+                self.engines = gr.Dropdown(services.model_choices(), value=[], multiselect=True, allow_custom_value=True,
+                                           label="Engines: models to spread the prompts over (empty: the set's model)",
+                                           elem_id="compare-engines")
                 self.reward = gr.Textbox(label="Steering reward (empty: each prompt's)", elem_id="compare-reward")
                 self.evaluate = gr.Textbox(label="Evaluation reward (empty: the steering reward)", elem_id="compare-evaluate")
             with gr.Row():
@@ -147,10 +155,10 @@ class CompareTab:
         inputs = [self.samplers, self.prompt_set, self.engines, self.reward, self.evaluate, self.axis, self.sizes,
                   self.counter, self.budgets, self.prompts, self.tokens, self.workers, self.seed, self.x_counter]
         outputs = [self.status, self.plot, self.table, self.pairs, self.token, self.current, self.stored]
-        self.go.click(self.run, inputs, outputs, concurrency_limit=services.concurrency, concurrency_id="samplers",
-                      show_progress="hidden")
+        # no Gradio limit: each cell waits for one of services.runs' slots, in line with Explore and /sample
+        self.go.click(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.resume.click(self.resume_sweep, [self.stored, self.workers, self.x_counter], outputs,
-                          concurrency_limit=services.concurrency, concurrency_id="samplers", show_progress="hidden")
+                          concurrency_limit=None, show_progress="hidden")
         self.stop.click(lambda t: "cancelling…" if services.cancel(t) else "nothing is running", [self.token], [self.status],
                         concurrency_limit=None)
         self.add.click(self.add_set, [self.upload, self.set_name, self.prompt_col, self.answer_col, self.system_col],
@@ -193,7 +201,7 @@ class CompareTab:
             if (reward or "").strip():
                 arms = tuple(dataclasses.replace(a, reward=reward.strip()) for a in arms)
             levels = parse_levels(sizes if axis == "size" else budgets, "sizes" if axis == "size" else "budgets")
-            models = [m.strip() for m in (engines or "").split(",") if m.strip()]
+            models = engine_specs(engines)
             sweep_id, plan = start(self.services.db, prompt_set, arms=arms, levels=levels, axis=axis,
                                    counter=counter if axis == "budget" else None, models=models, evaluate=(evaluate or "").strip(),
                                    seed=int(seed or 0), prompts=int(prompts), device=self.services.device,
@@ -226,9 +234,11 @@ class CompareTab:
             yield {self.token: token, self.current: sweep_id, **self._views(sweep_id, x_counter),
                    self.status: f"sweep {sweep_id}: {done}/{total} cells, loading…"}
             last = 0.0
-            for result in run_stored(self.services.db, sweep_id, plan, workers=workers, cancel=flag):
+            runs = self.services.runs
+            for result in run_stored(self.services.db, sweep_id, plan, workers=workers, cancel=flag, slot=runs.slot):
                 done += 1
-                update = {self.status: f"sweep {sweep_id}: {done}/{total} cells ({result.key.arm} @ {result.key.level:g})"}
+                update = {self.status: f"sweep {sweep_id}: {done}/{total} cells ({result.key.arm} @ {result.key.level:g}); "
+                                       f"{runs.running()} of {runs.slots} run slots busy, {runs.waiting()} waiting"}
                 if time.monotonic() - last >= self.services.update_interval or done == total:
                     update.update(self._views(sweep_id, x_counter))
                     last = time.monotonic()

@@ -8,10 +8,12 @@ once per process by :func:`engines.models.load_model`'s cache, never kept in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +189,24 @@ class RunQueue:
     def running(self) -> int:
         with self._cond:
             return len(self._running)
+
+    @contextlib.contextmanager
+    def slot(self, stop: threading.Event | None = None, poll: float = 0.2) -> Iterator[bool]:
+        """Hold a slot for the block: yields True once admitted, False if ``stop`` is set while waiting
+        (a sweep's cells each take one, so they queue behind other users' runs instead of starving them)."""
+        ticket = self.enter()
+        try:
+            while not self.start(ticket, timeout=poll):
+                if stop is not None and stop.is_set():
+                    yield False
+                    return
+            yield True
+        finally:
+            self.leave(ticket)
+
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
 
     def leave(self, ticket: object) -> None:
         with self._cond:

@@ -31,6 +31,11 @@ How each protocol call maps to requests
   ``--max-logprobs``, 20 by default) as a dense row, -inf elsewhere; refused
   when the top-k do not hold (nearly) all the mass. ``next_token_logprobs_for``
   asks for exactly the tokens a judge reads (``logprob_token_ids``).
+- ``embed``: ``/v1/embeddings`` of a vLLM pooling server started with
+  ``--runner pooling --convert embed --pooler-config '{"pooling_type": "MEAN"}'``
+  (mean-pooled last hidden state, as in-process; :mod:`engines.models.served_embed`).
+  A pooling server has no ``/v1/completions``: connect notices (HTTP 404 on the
+  probe) and sampling or scoring from it is one refusal line.
 - Tokenisation: the tokenizer files of the served folder (the server's
   ``root``) when they are on this machine, checked against ``/tokenize`` on a
   probe text at connect; else ``/tokenize`` / ``/detokenize`` themselves.
@@ -66,6 +71,8 @@ from engines.trace import Cost
 MAX_N_PER_REQUEST = 16
 _SEED_STRIDE = 1024
 RAW, PROCESSED = "raw", "processed"
+#: a pooling server (``--runner pooling``): no /v1/completions, embeddings where it serves them
+POOLING = "pooling"
 
 
 def _identity_warp(params: SamplingParams) -> bool:
@@ -122,7 +129,12 @@ class ServedTextModel(TextModel):
             client, model, tokenizer, name=f"openai:{client.base_url}#{model}", max_model_len=max_len,
             logprobs_mode=RAW,
         )
-        self.logprobs_mode = self._probe_logprobs_mode()
+        try:
+            self.logprobs_mode = self._probe_logprobs_mode()
+        except EngineError as exc:
+            if "HTTP 404" not in str(exc) and "does not support" not in str(exc).lower():
+                raise
+            self.logprobs_mode = POOLING  # no completions route: a pooling server (embeddings, classifiers)
         return self
 
     def _probe_logprobs_mode(self) -> str:
@@ -161,6 +173,11 @@ class ServedTextModel(TextModel):
     # -- requests ----------------------------------------------------------------------
 
     def _complete(self, body: dict) -> dict:
+        if self.logprobs_mode == POOLING:
+            raise EngineError(
+                f"{self.name} is a pooling server (vLLM --runner pooling): it gives embeddings, not samples or "
+                "log-probs; sample from a server started without --runner pooling"
+            )
         if self.salt_requests:
             body = {**body, "cache_salt": uuid.uuid4().hex}
         data = self.client.post("/completions", {"model": self.model_id, **body})
@@ -416,9 +433,10 @@ class ServedTextModel(TextModel):
         return out
 
     def embed(self, texts, *, usage: Cost | None = None) -> torch.Tensor:
-        raise EngineError(
-            f"{self.name} is a completions server and gives no hidden-state embeddings; use an in-process model"
-        )
+        """Mean-pooled last hidden states from the server's /v1/embeddings (see :mod:`engines.models.served_embed`)."""
+        from engines.models.served_embed import embed_texts
+
+        return embed_texts(self, texts, usage=usage)
 
     def describe(self) -> dict:
         return {

@@ -296,7 +296,10 @@ def test_data_and_compare_tabs_render(page, server):
     shoot(page, "data")
 
     open_tab(page, "Compare")
-    page.locator("#compare-engines textarea, #compare-engines input[type=text]").first.fill("toy:abc")
+    engines = page.locator("#compare-engines input").first  # a multiselect: type a spec, Enter adds it
+    engines.fill("toy:abc")
+    engines.press("Enter")
+    engines.press("Escape")
     page.locator("#compare-reward textarea, #compare-reward input[type=text]").first.fill("length")
     set_number(page, "compare-prompts", 2)
     page.locator("#compare-run").click()

@@ -81,6 +81,19 @@ def fill(page, elem_id: str, value: str) -> None:
     page.locator(f"#{elem_id} textarea, #{elem_id} input[type=text]").first.fill(value)
 
 
+def pick_engines(page, specs: list[str]) -> None:
+    """Set the Engines multiselect to ``specs`` (typed custom values, Enter to add each)."""
+    box = page.locator("#compare-engines")
+    clear = box.locator(".token-remove.remove-all")
+    if clear.count():
+        clear.first.click()
+    field = box.locator("input").first
+    for spec in specs:
+        field.fill(spec)
+        field.press("Enter")
+    field.press("Escape")
+
+
 def choose_samplers(page, wanted: set[str]) -> None:
     group = page.locator("#compare-samplers")
     for label in group.locator("label").all():
@@ -116,7 +129,7 @@ def test_compare_drives_sweeps_with_a_tree_and_diffusion_samplers_and_the_report
         expect(page.locator("#compare-add-status")).to_contain_text("stored: 'mine', 3 prompts")
         expect(page.locator("#compare-set input")).to_have_value("mine")
         choose_samplers(page, {"best_of_n", "mcts"})
-        fill(page, "compare-engines", "toy:abc")
+        pick_engines(page, ["toy:abc"])
         fill(page, "compare-reward", "length")
         fill(page, "compare-sizes", "1,2")
         set_value(page, "compare-prompts", 3)
@@ -128,7 +141,7 @@ def test_compare_drives_sweeps_with_a_tree_and_diffusion_samplers_and_the_report
 
         choose_set(page, "digits")
         choose_samplers(page, {"fk_steering", "dts"})
-        fill(page, "compare-engines", "")
+        pick_engines(page, [])
         fill(page, "compare-reward", "")
         fill(page, "compare-sizes", "2,4")
         set_value(page, "compare-prompts", 2)
