@@ -118,13 +118,18 @@ def main(argv: list[str] | None = None) -> dict:
             sizes["data"] = save_png(page, out / "data.png")
 
             open_tab(page, "Compare")
-            page.get_by_label("Model (empty: the set's model)").fill("embedded:smollm2")
-            page.get_by_label("Steering reward (empty: the set's)").fill("sentiment")
+            chosen = page.locator("#compare-set input").first  # the open-ended prompts suit a sentiment reward
+            chosen.fill("open")
+            page.get_by_role("option", name="open", exact=True).click()
+            engines = page.locator("#compare-engines input").first  # a multiselect: type a spec, Enter adds it
+            engines.fill("embedded:smollm2")
+            engines.press("Enter")
+            engines.press("Escape")
+            page.locator("#compare-reward textarea, #compare-reward input[type=text]").first.fill("sentiment")
             page.get_by_label("majority", exact=True).uncheck()  # majority needs answers to vote on
             page.get_by_label("rejection", exact=True).check()
-            set_number(page, "compare-prompts", 2)
-            page.locator("#compare-max-n input").click()
-            page.get_by_role("option", name="4", exact=True).click()
+            page.locator("#compare-sizes textarea, #compare-sizes input[type=text]").first.fill("1,2,4,8")
+            set_number(page, "compare-prompts", 4)
             set_number(page, "compare-tokens", 16)
             page.locator("#compare-run").click()
             wait_text(page, "#compare-status", "done:")
