@@ -77,6 +77,12 @@ class Cost:
     def as_dict(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in COST_FIELDS}
 
+    def absorb(self, others: Iterable[Cost]) -> None:
+        """Add every counter of ``others`` (e.g. the costs of requests made in parallel)."""
+        for other in others:
+            for name in COST_FIELDS:
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def copy(self) -> Cost:
         return Cost(**self.as_dict())
 

@@ -85,6 +85,24 @@ class Generation:
         return float(sum(self.logprobs))
 
 
+def checked_prefixes(
+    prefixes: Sequence[Sequence[int]], n: int, max_new_tokens: int, context: int | None, *, what: str = "model"
+) -> list[list[int]]:
+    """The prefixes as lists, after the checks every ``sample`` makes: n >= 1, no empty prefix,
+    and room in the model's context for the longest prefix plus ``max_new_tokens``."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    prefixes = [list(p) for p in prefixes]
+    if any(not p for p in prefixes):
+        raise ValueError("every prefix needs at least one token")
+    longest = max((len(p) for p in prefixes), default=0)
+    if context is not None and longest + max_new_tokens > context:
+        raise ValueError(
+            f"prefix of {longest} tokens + {max_new_tokens} new tokens exceeds the {what}'s context of {context}"
+        )
+    return prefixes
+
+
 class TextModel(ABC):
     """A language model as samplers see it."""
 

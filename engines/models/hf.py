@@ -28,7 +28,7 @@ import torch
 
 from engines.errors import ModelLoadError
 from engines.models import SCHEMES, LoadOptions
-from engines.models.base import Generation, SamplingParams, TextModel
+from engines.models.base import Generation, SamplingParams, TextModel, checked_prefixes
 from engines.models.kv import PrefixStore, RowKV, stack
 from engines.models.kv import row_kv as cut_row
 from engines.models.sampling import draw, entropy
@@ -186,17 +186,7 @@ class TransformersTextModel(TextModel):
         rng: torch.Generator | None = None,
         usage: Cost | None = None,
     ) -> list[list[Generation]]:
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        prefixes = [list(p) for p in prefixes]
-        if any(not p for p in prefixes):
-            raise ValueError("every prefix needs at least one token")
-        longest = max(len(p) for p in prefixes)
-        if longest + params.max_new_tokens > self.max_positions:
-            raise ValueError(
-                f"prefix of {longest} tokens + {params.max_new_tokens} new tokens exceeds the model's "
-                f"context of {self.max_positions}"
-            )
+        prefixes = checked_prefixes(prefixes, n, params.max_new_tokens, self.max_positions)
         # every (prefix, copy) request; equal prefixes are encoded once per chunk
         requests = [(i, j) for i in range(len(prefixes)) for j in range(n)]
         results: list[list[Generation | None]] = [[None] * n for _ in prefixes]

@@ -61,7 +61,7 @@ from collections.abc import Sequence
 import torch
 
 from engines.models import SCHEMES, LoadOptions
-from engines.models.base import Generation, SamplingParams, TextModel
+from engines.models.base import Generation, SamplingParams, TextModel, checked_prefixes
 from engines.models.served_client import EngineClient, EngineError
 from engines.models.served_tokens import ServerTokenizer, load_tokenizer
 from engines.task import Task
@@ -211,22 +211,12 @@ class ServedTextModel(TextModel):
         rng: torch.Generator | None = None,
         usage: Cost | None = None,
     ) -> list[list[Generation]]:
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        prefixes = [list(p) for p in prefixes]
-        if any(not p for p in prefixes):
-            raise ValueError("every prefix needs at least one token")
         if params.stop_entropy is not None:
             raise EngineError(
                 "entropy-cut segments need the full next-token distribution at every step, which a served "
                 "model does not return; use step=tokens or newline, or an in-process model"
             )
-        longest = max(len(p) for p in prefixes)
-        if longest + params.max_new_tokens > self.max_model_len:
-            raise ValueError(
-                f"prefix of {longest} tokens + {params.max_new_tokens} new tokens exceeds the served model's "
-                f"context of {self.max_model_len}"
-            )
+        prefixes = checked_prefixes(prefixes, n, params.max_new_tokens, self.max_model_len, what="served model")
         jobs = []  # (prefix index, first copy, copies, seed), seeds drawn in a fixed order
         for i in range(len(prefixes)):
             for start in range(0, n, MAX_N_PER_REQUEST):
@@ -255,10 +245,7 @@ class ServedTextModel(TextModel):
                 g = results[i][j]
                 results[i][j] = Generation(**{**g.__dict__, "logprobs": lps, "meta": {**g.meta, "base_logprobs": "scored"}})
         if usage is not None:
-            for cost in spent:
-                for key, value in cost.as_dict().items():
-                    if value:
-                        usage.add(**{key: value})
+            usage.absorb(spent)
         return results
 
     def _sample_one(self, prefix: list[int], params: SamplingParams, count: int, seed, usage: Cost) -> list[Generation]:
@@ -363,10 +350,7 @@ class ServedTextModel(TextModel):
 
         results = self.client.map(run, range(len(pairs)))
         if usage is not None:
-            for cost in spent:
-                for key, value in cost.as_dict().items():
-                    if value:
-                        usage.add(**{key: value})
+            usage.absorb(spent)
         return results
 
     def next_token_logprobs_for(self, prefixes, token_ids: Sequence[int], *, usage: Cost | None = None) -> torch.Tensor:
@@ -394,10 +378,7 @@ class ServedTextModel(TextModel):
 
         rows = self.client.map(run, range(len(prefixes)))
         if usage is not None:
-            for cost in spent:
-                for key, value in cost.as_dict().items():
-                    if value:
-                        usage.add(**{key: value})
+            usage.absorb(spent)
         return torch.tensor(rows, dtype=torch.float32)
 
     def next_token_logprobs(self, prefixes, *, usage: Cost | None = None) -> torch.Tensor:
@@ -426,10 +407,7 @@ class ServedTextModel(TextModel):
             for token, value in top.items():
                 out[r, token] = value
         if usage is not None:
-            for cost in spent:
-                for key, value in cost.as_dict().items():
-                    if value:
-                        usage.add(**{key: value})
+            usage.absorb(spent)
         return out
 
     def embed(self, texts, *, usage: Cost | None = None) -> torch.Tensor:

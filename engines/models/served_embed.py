@@ -76,10 +76,7 @@ def embed_texts(model: Any, texts: Sequence[str], *, usage: Cost | None = None) 
 
     out = [row for rows in model.client.map(run, range(len(chunks))) for row in rows]
     if usage is not None:
-        for cost in spent:
-            for key, value in cost.as_dict().items():
-                if value:
-                    usage.add(**{key: value})
+        usage.absorb(spent)
     widths = {len(r) for r in out}
     if len(widths) != 1:
         raise EngineError(f"the server at {model.client.root_url} returned embeddings of different widths {sorted(widths)}")
