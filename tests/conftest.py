@@ -69,6 +69,27 @@ def vllm_embed_url():
     return url
 
 
+@pytest.fixture(scope="session")
+def llamacpp_url():
+    """The URL of a real llama.cpp server (``llama-server``) serving the embedded SmolLM2 GGUF, from
+    SAMPLESCOPE_TEST_LLAMACPP (make test builds and starts one: .ci/start-llamacpp)."""
+    url = os.environ.get("SAMPLESCOPE_TEST_LLAMACPP")
+    if not url:
+        pytest.skip("no llama.cpp server: set SAMPLESCOPE_TEST_LLAMACPP=http://HOST:PORT/v1 (make test starts one)")
+    return url
+
+
+@pytest.fixture(scope="session")
+def sglang_url():
+    """The URL of a real SGLang server serving embedded:arith's policy as ``arith``, from SAMPLESCOPE_TEST_SGLANG.
+    CI has none: SGLang's CPU kernels are not on PyPI (README, "SGLang")."""
+    url = os.environ.get("SAMPLESCOPE_TEST_SGLANG")
+    if not url:
+        pytest.skip("no SGLang server: set SAMPLESCOPE_TEST_SGLANG=http://HOST:PORT/v1 (SGLang's CPU build is not on "
+                    "PyPI, so CI starts none; see the README)")
+    return url
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -2,10 +2,12 @@
 
 Spec: ``openai:URL`` (the server's only model) or ``openai:URL#NAME``, e.g.
 ``openai:http://127.0.0.1:8000/v1#smollm2``. Tested against vLLM 0.32 (its CPU
-build, every feature below). SGLang and llama.cpp's server speak the same
-``/v1/completions`` but were not run here: what they lack (``logprob_token_ids``,
-``prompt_logprobs``, ``return_token_ids``; token ids are also read from
-``return_tokens_as_token_ids``) falls back or is refused in one line naming it.
+build, every feature below). llama.cpp's ``llama-server`` is recognised at
+connect (``owned_by: llamacpp`` in ``/v1/models``) and driven through its native
+``/completion`` by :mod:`engines.models.served_llamacpp`, which says what it lacks.
+Another server without vLLM's extensions (``logprob_token_ids``, ``prompt_logprobs``,
+``return_token_ids``; token ids are also read from ``return_tokens_as_token_ids``)
+falls back or is refused in one line naming the missing field.
 
 How each protocol call maps to requests
 ---------------------------------------
@@ -100,6 +102,8 @@ class ServedTextModel(TextModel):
         self.logprobs_mode = logprobs_mode
         self.max_logprobs = max_logprobs
         self.token_id_logprobs = token_id_logprobs
+        #: the most continuations one request asks for (a bigger n is split into requests)
+        self.max_n_per_request = MAX_N_PER_REQUEST
         #: give every request its own vLLM ``cache_salt``, so no request reuses another's prefix cache
         #: (benchmarks measure the server's prefix cache with and without it on one server)
         self.salt_requests = False
@@ -123,6 +127,14 @@ class ServedTextModel(TextModel):
                 f"the server at {client.root_url} has no model {model!r}; it serves: {', '.join(map(str, ids))}"
             )
         info = next(m for m in listed if m.get("id") == model)
+        if info.get("owned_by") == "llamacpp":
+            from engines.models.served_llamacpp import LlamaCppTextModel
+
+            return LlamaCppTextModel.from_server(client, model, info)
+        if info.get("owned_by") == "sglang":
+            from engines.models.served_sglang import SGLangTextModel
+
+            return SGLangTextModel.from_server(client, model, info)
         tokenizer = load_tokenizer(client, model, info.get("root"))
         max_len = int(info.get("max_model_len") or 2048)
         self = cls(
@@ -219,12 +231,9 @@ class ServedTextModel(TextModel):
         prefixes = checked_prefixes(prefixes, n, params.max_new_tokens, self.max_model_len, what="served model")
         jobs = []  # (prefix index, first copy, copies, seed), seeds drawn in a fixed order
         for i in range(len(prefixes)):
-            for start in range(0, n, MAX_N_PER_REQUEST):
-                count = min(MAX_N_PER_REQUEST, n - start)
-                seed = None
-                if rng is not None:
-                    seed = int(torch.randint(0, 2**40, (1,), generator=rng)) * _SEED_STRIDE
-                jobs.append((i, start, count, seed))
+            for start in range(0, n, self.max_n_per_request):
+                count = min(self.max_n_per_request, n - start)
+                jobs.append((i, start, count, None if rng is None else self._draw_seed(rng)))
         spent = [Cost() for _ in jobs]
 
         def run(job_index: int) -> list[Generation]:
@@ -235,8 +244,7 @@ class ServedTextModel(TextModel):
         results: list[list[Generation]] = [[] for _ in prefixes]
         for (i, _, _, _), gens in zip(jobs, outputs, strict=True):
             results[i].extend(gens)
-        base_needed = self.logprobs_mode == PROCESSED and not _identity_warp(params)
-        if base_needed:  # the server gave the proposal's log-probs; the base ones cost a scoring pass
+        if self._needs_scored_base(params):  # the server gave the proposal's log-probs; the base ones cost a scoring pass
             flat = [(i, j) for i in range(len(prefixes)) for j in range(len(results[i]))]
             scored = self.score(
                 [prefixes[i] for i, _ in flat], [results[i][j].token_ids for i, j in flat], usage=usage
@@ -247,6 +255,18 @@ class ServedTextModel(TextModel):
         if usage is not None:
             usage.absorb(spent)
         return results
+
+    def _draw_seed(self, rng: torch.Generator) -> int:
+        """A request's seed (its k-th continuation uses seed + k on vLLM, so seeds are a stride apart)."""
+        return int(torch.randint(0, 2**40, (1,), generator=rng)) * _SEED_STRIDE
+
+    def _needs_scored_base(self, params: SamplingParams) -> bool:
+        """Whether the sampled tokens' base log-probs need a scoring pass after sampling."""
+        return self.logprobs_mode == PROCESSED and not _identity_warp(params)
+
+    def _returns_warped(self) -> bool:
+        """Whether the server's log-probs of sampled tokens follow the request's sampling settings."""
+        return self.logprobs_mode == PROCESSED
 
     def _sample_one(self, prefix: list[int], params: SamplingParams, count: int, seed, usage: Cost) -> list[Generation]:
         body = {
@@ -287,7 +307,8 @@ class ServedTextModel(TextModel):
         lps = [float(x) if x is not None else math.nan for x in (choice.get("logprobs") or {}).get("token_logprobs") or []]
         if len(lps) != len(ids):
             raise EngineError(f"the server at {self.client.root_url} returned {len(lps)} log-probs for {len(ids)} tokens")
-        reason, stop = choice.get("finish_reason"), choice.get("stop_reason")
+        # vLLM names a matched stop string in stop_reason, SGLang in matched_stop (a token id there is an int)
+        reason, stop = choice.get("finish_reason"), choice.get("stop_reason", choice.get("matched_stop"))
         if reason == "length":
             finish = "length"
         elif isinstance(stop, str):
@@ -299,7 +320,7 @@ class ServedTextModel(TextModel):
             base, warped = lps, list(lps)
         elif params.temperature == 0:
             base, warped = lps, [0.0] * len(ids)
-        elif self.logprobs_mode == PROCESSED:
+        elif self._returns_warped():
             base, warped = lps, list(lps)  # base replaced by a scoring pass in sample()
         else:
             base, warped = lps, [math.nan] * len(ids)

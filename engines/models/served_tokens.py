@@ -46,7 +46,7 @@ class ServerTokenizer:
         if not kept:
             return ""
         data = self.client._send("POST", self.client.root_url + "/detokenize", {"model": self.model, "tokens": kept})
-        return str(data["prompt"])
+        return str(data["prompt"] if "prompt" in data else data["text"])  # vLLM says prompt, SGLang text
 
     def encode(self, text: str) -> list[int]:
         return list(self._encode(text)) if text else []

@@ -1,0 +1,307 @@
+"""llama.cpp's server (``llama-server``) behind the :class:`TextModel` protocol.
+
+``openai:URL`` finds it by itself: ``/v1/models`` says ``owned_by: llamacpp``.
+Its OpenAI-compatible ``/v1/completions`` returns neither token ids nor a way
+to tell an end-of-text from a stop string, so this model speaks the server's
+native ``POST /completion`` (``GET /props`` for its slots and context), streamed,
+because only the stream carries the log-prob of every token (a plain answer
+drops the tokens of a matched stop string from its log-probs).
+
+What it offers, and how each protocol call uses it
+-------------------------------------------------
+- ``sample``: one streamed request per (prefix, chunk of ``n``): ``prompt`` as
+  token ids (no BOS is added to ids), ``n_cmpl`` up to the server's slots
+  (``--parallel``; a larger ``n`` is split), ``n_predict``, ``stop``, ``seed``
+  (the k-th completion of a request uses seed + k), ``return_tokens``. The
+  sampler chain is set to ``temperature, top_k, top_p`` (the order of
+  :func:`engines.models.sampling.warp`), and every other llama.cpp sampler is
+  switched off (``min_p`` 0.05, ``top_k`` 40, ``top_p`` 0.95 and temperature 0.8
+  are its defaults, so nothing is left to them).
+- Log-probs: one kind per request. ``post_sampling_probs`` gives the sampled
+  token's probability under the warped chain (the proposal); without it, under
+  the raw logits (the base model). At temperature 1 with no truncation both are
+  the same; greedy requests take the base ones; otherwise the request takes the
+  warped ones and the base ones come from ``score`` (counted in the cost), as on
+  a vLLM server started with ``--logprobs-mode processed_logprobs``.
+- ``score``: llama.cpp has no prompt log-probs (``echo`` is refused). Each
+  position of a continuation is one request for one token, with the token forced
+  by a ``logit_bias`` (the reported log-prob is read from the raw logits, before
+  any bias); the positions of one continuation go in order, so the slot's prompt
+  cache makes each request one new prompt token. Exact, but one request per
+  token: power MCMC and proposal-corrected SMC work, slowly.
+- ``next_token_logprobs`` asks for every token's log-prob (``n_probs`` = the
+  vocabulary); ``next_token_logprobs_for`` forces each asked token as ``score`` does.
+- ``min_new_tokens``: llama.cpp has no ``min_tokens``; ``min == max`` is
+  ``ignore_eos`` (the end-of-text token masked at every step, the same law),
+  anything between is refused in one line.
+- Tokenisation is the server's (``/tokenize``, ``/detokenize``, ``/apply-template``),
+  so it agrees by construction; control tokens (read from the GGUF file when it
+  is on this machine, else the end-of-text token) are dropped from decoded text.
+- Cost: ``prefill_tokens`` = ``timings.prompt_n``, ``cached_prompt_tokens`` =
+  ``timings.cache_n`` of the request's first completion (its other completions
+  copy that prompt's cache, and the server's ``/metrics`` counts it once),
+  ``generated_tokens`` the tokens streamed, ``requests`` and ``model_calls``.
+
+What it lacks (one line each): embeddings (``/v1/embeddings`` of a generation
+server is not the mean-pooled state samplescope trains on), entropy-cut segments
+(no full distribution per step), ``0 < min_new_tokens < max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from engines.errors import EngineError
+from engines.models.base import Generation, SamplingParams
+from engines.models.served import PROCESSED, ServedTextModel, _identity_warp
+from engines.models.served_client import EngineClient
+from engines.task import Task
+from engines.trace import Cost
+
+#: the sampler chain, in the order samplescope's own engine applies it
+CHAIN = ["temperature", "top_k", "top_p"]
+#: llama.cpp's other samplers, switched off (its defaults would change the law)
+NEUTRAL = {
+    "min_p": 0.0, "typical_p": 1.0, "top_n_sigma": -1.0, "xtc_probability": 0.0, "dynatemp_range": 0.0,
+    "repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "dry_multiplier": 0.0, "mirostat": 0,
+}
+#: a logit bias that makes the biased token the only one left
+FORCE = 1e4
+_SEED_STRIDE = 1024
+
+
+class LlamaCppTokenizer:
+    """The server's own tokenizer, cached; control tokens skipped when decoding."""
+
+    def __init__(self, client: EngineClient, *, eos_token_id: int | None, vocab_size: int,
+                 control: frozenset[int], source: str) -> None:
+        self.client, self.eos_token_id, self.vocab_size = client, eos_token_id, vocab_size
+        self.control, self.source = control, source
+        self._encode = lru_cache(maxsize=4096)(self._encode_remote)
+        self._decode = lru_cache(maxsize=4096)(self._decode_remote)
+
+    def _post(self, path: str, body: dict) -> dict:
+        return self.client._send("POST", self.client.root_url + path, body)
+
+    def _encode_remote(self, text: str) -> tuple[int, ...]:
+        data = self._post("/tokenize", {"content": text, "add_special": False, "parse_special": True})
+        return tuple(int(t) for t in data["tokens"])
+
+    def _decode_remote(self, ids: tuple[int, ...]) -> str:
+        kept = [t for t in ids if t not in self.control]
+        return str(self._post("/detokenize", {"tokens": kept})["content"]) if kept else ""
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._encode(text)) if text else []
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._decode(tuple(int(i) for i in ids))
+
+    def encode_task(self, task: Task) -> list[int]:
+        if task.chat:
+            messages = ([{"role": "system", "content": task.system}] if task.system else []) + [
+                {"role": "user", "content": task.prompt}
+            ]
+            try:
+                return self.encode(str(self._post("/apply-template", {"messages": messages})["prompt"]))
+            except EngineError as exc:
+                if "template" not in str(exc).lower():
+                    raise
+        return self.encode(task.prompt)
+
+
+def _control_tokens(model_path: str | None) -> frozenset[int] | None:
+    """Ids of the GGUF file's control tokens (token type 3), or None when the file is not here."""
+    if not model_path or not Path(model_path).is_file():
+        return None
+    try:
+        import gguf
+
+        field = gguf.GGUFReader(model_path).fields.get("tokenizer.ggml.token_type")
+        if field is None:
+            return None
+        return frozenset(i for i, t in enumerate(field.contents()) if int(t) == 3)
+    except (ImportError, OSError, ValueError) as exc:  # not a readable GGUF here: the server's word only
+        del exc
+        return None
+
+
+class LlamaCppTextModel(ServedTextModel):
+    """One model on one ``llama-server``."""
+
+    @classmethod
+    def from_server(cls, client: EngineClient, model_id: str, info: dict) -> LlamaCppTextModel:
+        props = client.get("/props", root=True)
+        settings = props.get("default_generation_settings") or {}
+        slots = int(props.get("total_slots") or 1)
+        n_ctx = int(settings.get("n_ctx") or (info.get("meta") or {}).get("n_ctx") or 0)
+        vocab = int((info.get("meta") or {}).get("n_vocab") or 0)
+        if not n_ctx or not vocab:
+            raise EngineError(f"the llama.cpp server at {client.root_url} reports no context size or vocabulary")
+        probe = LlamaCppTokenizer(client, eos_token_id=None, vocab_size=vocab, control=frozenset(), source="")
+        eos_ids = probe.encode(str(props.get("eos_token") or ""))
+        eos = eos_ids[0] if len(eos_ids) == 1 else None
+        control = _control_tokens(props.get("model_path"))
+        source = "server (llama.cpp /tokenize)"
+        if control is None:
+            control = frozenset({eos} if eos is not None else ())
+            source += "; control tokens unknown here, only end-of-text dropped from text"
+        tokenizer = LlamaCppTokenizer(client, eos_token_id=eos, vocab_size=vocab, control=control, source=source)
+        self = cls(client, model_id, tokenizer, name=f"openai:{client.base_url}#{model_id}", max_model_len=n_ctx,
+                   logprobs_mode=PROCESSED, max_logprobs=vocab, token_id_logprobs=False)
+        self.max_n_per_request = slots
+        self.slots = slots
+        self.model_path = props.get("model_path")
+        return self
+
+    # -- sampling ---------------------------------------------------------------------------
+
+    def _draw_seed(self, rng: torch.Generator) -> int:
+        # llama.cpp seeds are 32-bit and 0xFFFFFFFF means "random"; the k-th completion uses seed + k
+        return int(torch.randint(0, 2**32 // _SEED_STRIDE - 1, (1,), generator=rng)) * _SEED_STRIDE
+
+    def _needs_scored_base(self, params: SamplingParams) -> bool:
+        return not _identity_warp(params) and params.temperature != 0
+
+    def _body(self, prompt: list[int], params: SamplingParams) -> dict:
+        return {
+            "prompt": prompt, "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
+            "samplers": CHAIN, **NEUTRAL, "cache_prompt": True, "return_tokens": True,
+        }
+
+    def _sample_one(self, prefix: list[int], params: SamplingParams, count: int, seed, usage: Cost) -> list[Generation]:
+        if 0 < params.min_new_tokens < params.max_new_tokens:
+            raise EngineError(
+                f"llama.cpp's server has no min_tokens: {self.name} can force exactly max_new_tokens "
+                f"(min = max) or none, not min_new_tokens={params.min_new_tokens} < {params.max_new_tokens}"
+            )
+        warped = not _identity_warp(params) and params.temperature != 0
+        body = {
+            **self._body(prefix, params), "n_predict": params.max_new_tokens, "n_cmpl": count, "n_probs": 1,
+            "post_sampling_probs": warped, "ignore_eos": params.min_new_tokens >= params.max_new_tokens > 0,
+        }
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if seed is not None:
+            body["seed"] = seed
+        events = self.client.stream(self.client.root_url + "/completion", body)
+        streams: dict[int, dict] = {}
+        for event in events:
+            entry = streams.setdefault(int(event.get("index") or 0), {"ids": [], "lps": [], "end": None})
+            for step in event.get("completion_probabilities") or []:
+                entry["ids"].append(int(step["id"]))
+                p = step.get("prob")
+                entry["lps"].append(float(step["logprob"]) if p is None else (math.log(p) if p > 0 else -math.inf))
+            if event.get("stop"):
+                entry["end"] = event
+        if sorted(streams) != list(range(count)) or any(s["end"] is None for s in streams.values()):
+            raise EngineError(f"the llama.cpp server at {self.client.root_url} ended a stream early "
+                              f"({len(streams)} of {count} completions finished)")
+        gens = [self._generation_llamacpp(prefix, streams[k], params, warped) for k in range(count)]
+        first = streams[0]["end"].get("timings") or {}
+        usage.add(prefill_tokens=int(first.get("prompt_n") or 0), cached_prompt_tokens=int(first.get("cache_n") or 0),
+                  generated_tokens=sum(len(g.token_ids) for g in gens),
+                  model_calls=1 + max((len(g.token_ids) for g in gens), default=0), requests=1)
+        return gens
+
+    def _generation_llamacpp(self, prefix: list[int], stream: dict, params: SamplingParams, warped: bool) -> Generation:
+        ids, lps, end = stream["ids"], stream["lps"], stream["end"]
+        stop_type = end.get("stop_type")
+        if stop_type == "word":
+            finish, stop = "stop", str(end.get("stopping_word") or "")
+        elif stop_type == "eos":
+            finish, stop = "eos", None
+        else:
+            finish, stop = "length", None
+        if params.temperature == 0:
+            base, sampled = lps, [0.0] * len(ids)
+        elif warped:
+            base, sampled = [math.nan] * len(ids), lps  # base filled in by sample()'s scoring pass
+        else:
+            base, sampled = lps, list(lps)
+        return Generation(text=self.decode(ids), token_ids=ids, logprobs=base, sample_logprobs=sampled,
+                          finish_reason=finish, stop=stop, prefix_tokens=len(prefix), meta={})
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def _forced(self, prompt: list[int], token: int, usage: Cost) -> float:
+        """Base log-prob of ``token`` after ``prompt``: one request for one token, forced by a logit bias."""
+        body = {**self._body(prompt, SamplingParams(max_new_tokens=1)), "n_predict": 1, "n_probs": 1,
+                "logit_bias": [[int(token), FORCE]], "seed": 0}
+        data = self.client._send("POST", self.client.root_url + "/completion", body)
+        steps = data.get("completion_probabilities") or []
+        if not steps or int(steps[0]["id"]) != int(token):
+            raise EngineError(f"the llama.cpp server at {self.client.root_url} did not take the forced token {token}")
+        timings = data.get("timings") or {}
+        usage.add(prefill_tokens=int(timings.get("prompt_n") or 0), cached_prompt_tokens=int(timings.get("cache_n") or 0),
+                  model_calls=1, requests=1)
+        return float(steps[0]["logprob"])
+
+    def score(self, prefixes, continuations, *, usage: Cost | None = None) -> list[list[float]]:
+        pairs = [(list(p), list(c)) for p, c in zip(prefixes, continuations, strict=True)]
+        for prefix, cont in pairs:
+            if cont and not prefix:
+                raise ValueError("every prefix needs at least one token")
+            if len(prefix) + len(cont) + 1 > self.max_model_len:
+                raise ValueError(f"prefix + continuation of {len(prefix) + len(cont)} tokens exceeds the served "
+                                 f"model's context of {self.max_model_len}")
+        spent = [Cost() for _ in pairs]
+
+        def run(k: int) -> list[float]:  # positions in order: each request extends the slot's cached prompt by one token
+            prefix, cont = pairs[k]
+            return [self._forced(prefix + cont[:t], token, spent[k]) for t, token in enumerate(cont)]
+
+        results = self.client.map(run, range(len(pairs)))
+        if usage is not None:
+            usage.absorb(spent)
+        return results
+
+    def next_token_logprobs_for(self, prefixes, token_ids: Sequence[int], *, usage: Cost | None = None) -> torch.Tensor:
+        wanted = [int(t) for t in token_ids]
+        cells = [(r, c) for r in range(len(prefixes)) for c in range(len(wanted))]
+        spent = [Cost() for _ in cells]
+        values = self.client.map(lambda k: self._forced(list(prefixes[cells[k][0]]), wanted[cells[k][1]], spent[k]),
+                                 range(len(cells)))
+        if usage is not None:
+            usage.absorb(spent)
+        return torch.tensor(values, dtype=torch.float32).reshape(len(prefixes), len(wanted))
+
+    def next_token_logprobs(self, prefixes, *, usage: Cost | None = None) -> torch.Tensor:
+        vocab = self.tokenizer.vocab_size
+        spent = [Cost() for _ in prefixes]
+
+        def run(k: int) -> dict[int, float]:
+            body = {**self._body(list(prefixes[k]), SamplingParams(max_new_tokens=1)), "n_predict": 1,
+                    "n_probs": vocab, "seed": 0}
+            data = self.client._send("POST", self.client.root_url + "/completion", body)
+            steps = data.get("completion_probabilities") or []
+            if not steps:
+                raise EngineError(f"the llama.cpp server at {self.client.root_url} returned no log-probs")
+            timings = data.get("timings") or {}
+            spent[k].add(prefill_tokens=int(timings.get("prompt_n") or 0),
+                         cached_prompt_tokens=int(timings.get("cache_n") or 0), model_calls=1, requests=1)
+            return {int(e["id"]): float(e["logprob"]) for e in steps[0].get("top_logprobs") or []}
+
+        rows = self.client.map(run, range(len(prefixes)))
+        out = torch.full((len(rows), vocab), float("-inf"))
+        for r, row in enumerate(rows):
+            for token, value in row.items():
+                if token < vocab:
+                    out[r, token] = value
+        if usage is not None:
+            usage.absorb(spent)
+        return out
+
+    def embed(self, texts, *, usage: Cost | None = None) -> torch.Tensor:
+        raise EngineError(
+            f"{self.name} is a llama.cpp generation server: it gives no mean-pooled hidden states; embed with an "
+            "in-process model or a vLLM pooling server (--runner pooling --convert embed)"
+        )
+
+    def describe(self) -> dict:
+        return {**super().describe(), "server": "llama.cpp", "slots": self.slots, "model_path": self.model_path}
