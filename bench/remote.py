@@ -1,4 +1,4 @@
-"""Served models (vLLM) through samplescope, measured in one process against one server.
+"""Served models (vLLM, llama.cpp's server, SGLang) through samplescope, measured in one process against one server.
 
 1. Overhead: best-of-16 x 64 tokens through samplescope (``openai:URL``) against one raw
    ``/v1/completions`` request with ``n=16`` (same prompt ids, ``min_tokens=64`` so both make
@@ -15,7 +15,12 @@
    switch.
 
     python -m bench.remote --start            # starts vLLM-CPU (.venv-vllm) on the converted SmolLM2, stops it after
+    python -m bench.remote --start --server llamacpp   # llama-server (.llamacpp) on the shipped Q4_1 GGUF, 64 slots
     python -m bench.remote --engine URL       # an already running server serving SmolLM2 (no in-process part)
+
+On llama.cpp the "raw request" is its native ``/completion`` with ``n_cmpl=16`` and
+``ignore_eos``; "without the prefix cache" is ``cache_prompt: false``. SGLang has no
+per-request switch for its radix cache, so part 2 measures it with the cache only.
 """
 
 from __future__ import annotations
@@ -62,6 +67,41 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
     raise SystemExit("vLLM not ready after 600 s")
 
 
+def start_llamacpp(port: int, slots: int = 64) -> subprocess.Popen:
+    from engines.models.embedded import smollm2_gguf
+
+    binary = ROOT / ".llamacpp" / "bin" / "llama-server"
+    if not binary.exists():
+        raise SystemExit("no .llamacpp/bin/llama-server: run .ci/start-llamacpp build once, or pass --engine URL")
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    log = open(ROOT / "bench" / "results" / "remote_llamacpp.log", "w")  # noqa: SIM115 (closed with the process)
+    cmd = [str(binary), "-m", str(smollm2_gguf()), "--alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+           "-c", str(slots * 1024), "-np", str(slots), "-t", str(os.cpu_count() or 1), "--metrics", "--no-ui"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(240):
+        if proc.poll() is not None:
+            raise SystemExit(f"llama-server exited; see {log.name}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("llama-server not ready after 120 s")
+
+
+#: per server: the counter of prompt tokens sent (or computed) and of prompt tokens served from the cache
+PROMPT_COUNTERS = {
+    "vllm": ("vllm:prompt_tokens_total", "vllm:prefix_cache_hits_total", "sent"),
+    "llama.cpp": ("llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total", "computed"),
+    "sglang": ("sglang:prompt_tokens_total", "sglang:cached_tokens_total", "sent"),
+}
+
+
+def server_kind(model) -> str:
+    return model.describe().get("server", "vllm")
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, 15)
     try:
@@ -72,19 +112,35 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 def computed_prompt_tokens(model, fn):
     """(seconds, result, prompt tokens the server computed, prompt tokens it was sent) around fn()."""
+    total, cached, meaning = PROMPT_COUNTERS[server_kind(model)]
     before = model.client.metrics()
     seconds, result = timed(fn)
     after = model.client.metrics()
-    sent = after.get("vllm:prompt_tokens_total", 0) - before.get("vllm:prompt_tokens_total", 0)
-    hits = after.get("vllm:prefix_cache_hits_total", 0) - before.get("vllm:prefix_cache_hits_total", 0)
-    return seconds, result, sent - hits, sent
+    counted = after.get(total, 0) - before.get(total, 0)
+    hits = after.get(cached, 0) - before.get(cached, 0)
+    if meaning == "computed":  # llama.cpp counts the computed ones and the cached ones apart
+        return seconds, result, counted, counted + hits
+    return seconds, result, counted - hits, counted
+
+
+def raw_best_of_16(model, ids: list[int]):
+    """One request for 16 continuations of exactly 64 tokens, in the server's own terms: (send, texts of an answer)."""
+    if server_kind(model) == "llama.cpp":
+        body = {"prompt": ids, "n_cmpl": 16, "n_predict": 64, "ignore_eos": True, "temperature": 1.0, "top_k": 0,
+                "top_p": 1.0, "min_p": 0.0, "n_probs": 1, "return_tokens": True, "seed": 1024}
+        return (lambda: model.client._send("POST", model.client.root_url + "/completion", body),
+                lambda data: [c["content"] for c in data])
+    body = {"model": model.model_id, "prompt": ids, "n": 16, "max_tokens": 64, "min_tokens": 64,
+            "temperature": 1.0, "logprobs": 0, "return_token_ids": True, "seed": 1024}
+    return lambda: model.client.post("/completions", body), lambda data: [c["text"] for c in data["choices"]]
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--engine", help="URL of a vLLM server serving SmolLM2-135M (e.g. http://127.0.0.1:8000/v1)")
-    group.add_argument("--start", action="store_true", help="start vLLM-CPU on the converted SmolLM2 and stop it after")
+    group.add_argument("--engine", help="URL of a vLLM, llama.cpp or SGLang server serving SmolLM2-135M (e.g. http://127.0.0.1:8000/v1)")
+    group.add_argument("--start", action="store_true", help="start a server (--server) on SmolLM2 and stop it after")
+    parser.add_argument("--server", choices=["vllm", "llamacpp"], default="vllm", help="what --start starts")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only-overhead", action="store_true", help="only part 1 (more repeats make it steadier)")
@@ -106,13 +162,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     proc = None
     if args.start:
-        folder = converted_folder(smollm2_gguf())
-        if not (folder / "config.json").exists():
-            load_model("embedded:smollm2", device="cpu")  # converts the GGUF once into the user cache
         started = time.perf_counter()
-        proc = start_server(folder, args.port)
+        if args.server == "llamacpp":
+            proc = start_llamacpp(args.port)
+        else:
+            folder = converted_folder(smollm2_gguf())
+            if not (folder / "config.json").exists():
+                load_model("embedded:smollm2", device="cpu")  # converts the GGUF once into the user cache
+            proc = start_server(folder, args.port)
         url = f"http://127.0.0.1:{args.port}/v1"
-        print(f"vLLM ready after {time.perf_counter() - started:.0f} s", flush=True)
+        print(f"{args.server} ready after {time.perf_counter() - started:.0f} s", flush=True)
     else:
         url = args.engine
     results: dict = {"engine": url, "note": "2-core machine shared with other engineers; ratios measured back to back"}
@@ -121,9 +180,10 @@ def main(argv: list[str] | None = None) -> dict:
         task = Task(prompt="Write a short, cheerful story about a lighthouse keeper.")
         ids = model.encode_task(task)
 
+        kind = server_kind(model)
+        results["server"] = kind
         # 1. overhead against one raw request
-        raw_body = {"model": model.model_id, "prompt": ids, "n": 16, "max_tokens": 64, "min_tokens": 64,
-                    "temperature": 1.0, "logprobs": 0, "return_token_ids": True, "seed": 1024}
+        send_raw, texts_of = raw_best_of_16(model, ids)
         best = {"n": 16, "max_new_tokens": 64, "min_new_tokens": 64, "temperature": 1.0}
         request = RunRequest.build(model=f"openai:{url}", reward="sentiment", sampler="best_of_n", params=best,
                                    prompt=task.prompt)
@@ -131,8 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         params = SamplingParams(max_new_tokens=64, min_new_tokens=64, temperature=1.0)
 
         def raw_request():  # one request, then the same reward on its texts (as bench best_of_n does in-process)
-            data = model.client.post("/completions", raw_body)
-            return sentiment.score(task, [c["text"] for c in data["choices"]])
+            return sentiment.score(task, texts_of(send_raw()))
 
         raw, ours, wrapper = [], [], []
         execute(request)  # warm-up (imports, first reward)
@@ -149,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"(its model.sample alone {median(wrapper):.2f} s), ratio {median(ours) / median(raw):.2f} "
               "(goal <= 1.10)", flush=True)
         if args.only_overhead:
-            save("remote_overhead", results)
+            save("remote_overhead" + ("" if kind == "vllm" else "_" + kind.replace(".", "")), results)
             return results
 
         # 2. prefix cache on and off, beam search and SMC, against best-of-N at equal tokens
@@ -163,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
         for name, config in configs.items():
             row = {}
-            for salted in (False, True):
+            for salted in (False, True) if kind != "sglang" else (False,):
                 model.salt_requests = salted
                 sampler = build_sampler(name, config)
                 seconds, trace, computed, sent = computed_prompt_tokens(
@@ -178,6 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
             n = max(1, round(tokens / 64))
             flat = build_sampler("best_of_n", {"n": n, "max_new_tokens": 64, "min_new_tokens": 64, "temperature": 1.0})
             flat_s, _ = timed(lambda f=flat: collect(f.run(long_task, model, outcome, rng=torch.Generator().manual_seed(0))))
+            if "no_cache" not in row:  # SGLang: its radix cache cannot be switched off per request
+                row["no_cache"] = {"prompt_tokens_computed": row["cache"]["prompt_tokens_sent"]}
             row["fewer_prompt_tokens"] = row["no_cache"]["prompt_tokens_computed"] / max(1, row["cache"]["prompt_tokens_computed"])
             row["best_of_n_equal_tokens"] = {"n": n, "tokens": n * 64, "wall_s": flat_s}
             row["wall_vs_best_of_n"] = row["cache"]["wall_s"] / flat_s
@@ -218,10 +279,10 @@ def main(argv: list[str] | None = None) -> dict:
         local_s = median([timed(lambda: execute(request))[0] for _ in range(max(1, args.repeats - 1))])
         results["in_process_best_of_16x64"] = {"wall_s": local_s, "tok_s": 16 * 64 / local_s,
                                                "vllm_tok_s": results["best_of_16x64"]["samplescope_tok_s"]}
-        print(f"in-process best-of-16 x 64: {local_s:.2f} s ({16 * 64 / local_s:.0f} tok/s) against vLLM-CPU "
+        print(f"in-process best-of-16 x 64: {local_s:.2f} s ({16 * 64 / local_s:.0f} tok/s) against {results['server']} "
               f"{results['best_of_16x64']['samplescope_tok_s']:.0f} tok/s", flush=True)
         del local
-    save("remote", results)
+    save("remote" + ("" if results.get("server", "vllm") == "vllm" else "_" + results["server"].replace(".", "")), results)
     return results
 
 

@@ -80,6 +80,15 @@ def llamacpp_url():
 
 
 @pytest.fixture(scope="session")
+def llamacpp_q4_url():
+    """A real llama.cpp server on the shipped Q4_1 SmolLM2 GGUF itself, from SAMPLESCOPE_TEST_LLAMACPP_Q4."""
+    url = os.environ.get("SAMPLESCOPE_TEST_LLAMACPP_Q4")
+    if not url:
+        pytest.skip("no llama.cpp server on the Q4_1 file: set SAMPLESCOPE_TEST_LLAMACPP_Q4 (make test starts one)")
+    return url
+
+
+@pytest.fixture(scope="session")
 def sglang_url():
     """The URL of a real SGLang server serving embedded:arith's policy as ``arith``, from SAMPLESCOPE_TEST_SGLANG.
     CI has none: SGLang's CPU kernels are not on PyPI (README, "SGLang")."""

@@ -120,49 +120,6 @@ class EngineClient:
                 raise EngineError(f"the server at {self.root_url} answered {url} with non-JSON") from None
         raise EngineUnavailable(last)
 
-    def stream(self, url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-        """POST with ``stream: true`` and return the server-sent events' JSON objects, in order.
-
-        Same retries and one-line errors as :meth:`_send`; a stream cut off midway is retried
-        from the start (nothing of a partial answer is kept)."""
-        if self._dead is not None and not self._revived():
-            raise EngineUnavailable(self._dead)
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                with self._http.stream("POST", url, json={**body, "stream": True}) as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        if response.status_code < 500:
-                            raise EngineError(self._describe(response))
-                        last = self._describe(response)
-                        continue
-                    events = []
-                    for line in response.iter_lines():
-                        if not line.startswith("data:"):
-                            continue
-                        payload = line[len("data:"):].strip()
-                        if payload == "[DONE]":
-                            break
-                        try:
-                            event = json.loads(payload)
-                        except json.JSONDecodeError:
-                            raise EngineError(f"the server at {self.root_url} streamed non-JSON from {url}") from None
-                        if isinstance(event, dict) and "error" in event:
-                            error = event["error"]
-                            message = error.get("message") if isinstance(error, dict) else error
-                            raise EngineError(f"the server at {self.root_url} failed mid-stream: "
-                                              + " ".join(str(message).split())[:300])
-                        events.append(event)
-                    return events
-            except httpx.TimeoutException:
-                last = f"the server at {self.root_url} did not answer within the timeout"
-            except httpx.TransportError as exc:
-                last = f"cannot reach the server at {self.root_url} ({type(exc).__name__}); is it running?"
-        raise EngineUnavailable(last)
-
     def _revived(self) -> bool:
         """Whether a server marked dead answers again (restarted); one quick probe, no retries."""
         try:

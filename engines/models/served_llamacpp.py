@@ -3,13 +3,13 @@
 ``openai:URL`` finds it by itself: ``/v1/models`` says ``owned_by: llamacpp``.
 Its OpenAI-compatible ``/v1/completions`` returns neither token ids nor a way
 to tell an end-of-text from a stop string, so this model speaks the server's
-native ``POST /completion`` (``GET /props`` for its slots and context), streamed,
-because only the stream carries the log-prob of every token (a plain answer
-drops the tokens of a matched stop string from its log-probs).
+native ``POST /completion`` (``GET /props`` for its slots and context). Not
+streamed: a stream withholds a token that ends inside a UTF-8 character and
+never sends it if generation stops there.
 
 What it offers, and how each protocol call uses it
 -------------------------------------------------
-- ``sample``: one streamed request per (prefix, chunk of ``n``): ``prompt`` as
+- ``sample``: one request per (prefix, chunk of ``n``): ``prompt`` as
   token ids (no BOS is added to ids), ``n_cmpl`` up to the server's slots
   (``--parallel``; a larger ``n`` is split), ``n_predict``, ``stop``, ``seed``
   (the k-th completion of a request uses seed + k), ``return_tokens``. The
@@ -22,7 +22,10 @@ What it offers, and how each protocol call uses it
   the raw logits (the base model). At temperature 1 with no truncation both are
   the same; greedy requests take the base ones; otherwise the request takes the
   warped ones and the base ones come from ``score`` (counted in the cost), as on
-  a vLLM server started with ``--logprobs-mode processed_logprobs``.
+  a vLLM server started with ``--logprobs-mode processed_logprobs``. The answer
+  drops the log-probs of a matched stop string's tokens (as many as the stop
+  string has tokens); those few come from the whole next-token distribution
+  (one request each, warped here with :func:`~engines.models.sampling.warp`).
 - ``score``: llama.cpp has no prompt log-probs (``echo`` is refused). Each
   position of a continuation is one request for one token, with the token forced
   by a ``logit_bias`` (the reported log-prob is read from the raw logits, before
@@ -30,17 +33,21 @@ What it offers, and how each protocol call uses it
   cache makes each request one new prompt token. Exact, but one request per
   token: power MCMC and proposal-corrected SMC work, slowly.
 - ``next_token_logprobs`` asks for every token's log-prob (``n_probs`` = the
-  vocabulary); ``next_token_logprobs_for`` forces each asked token as ``score`` does.
+  vocabulary, one request and ~3 MB of JSON for SmolLM2); ``next_token_logprobs_for``
+  forces each asked token as ``score`` does.
 - ``min_new_tokens``: llama.cpp has no ``min_tokens``; ``min == max`` is
   ``ignore_eos`` (the end-of-text token masked at every step, the same law),
   anything between is refused in one line.
+- A token that leaves the text inside a UTF-8 character gets no log-prob entry
+  from the server (it records them per whole character); such positions are
+  read off the whole next-token distribution instead, so every token has one.
 - Tokenisation is the server's (``/tokenize``, ``/detokenize``, ``/apply-template``),
   so it agrees by construction; control tokens (read from the GGUF file when it
   is on this machine, else the end-of-text token) are dropped from decoded text.
 - Cost: ``prefill_tokens`` = ``timings.prompt_n``, ``cached_prompt_tokens`` =
   ``timings.cache_n`` of the request's first completion (its other completions
   copy that prompt's cache, and the server's ``/metrics`` counts it once),
-  ``generated_tokens`` the tokens streamed, ``requests`` and ``model_calls``.
+  ``generated_tokens`` the tokens generated, ``requests`` and ``model_calls``.
 
 What it lacks (one line each): embeddings (``/v1/embeddings`` of a generation
 server is not the mean-pooled state samplescope trains on), entropy-cut segments
@@ -58,6 +65,7 @@ import torch
 
 from engines.errors import EngineError
 from engines.models.base import Generation, SamplingParams
+from engines.models.sampling import warp
 from engines.models.served import PROCESSED, ServedTextModel, _identity_warp
 from engines.models.served_client import EngineClient
 from engines.task import Task
@@ -115,6 +123,13 @@ class LlamaCppTokenizer:
         return self.encode(task.prompt)
 
 
+def _logprob(step: dict) -> float:
+    """A token's log-prob from llama.cpp's entry: ``logprob``, or ``prob`` when post-sampling probabilities were asked."""
+    if "prob" in step:
+        return math.log(step["prob"]) if step["prob"] > 0 else -math.inf
+    return float(step["logprob"])
+
+
 def _control_tokens(model_path: str | None) -> frozenset[int] | None:
     """Ids of the GGUF file's control tokens (token type 3), or None when the file is not here."""
     if not model_path or not Path(model_path).is_file():
@@ -156,6 +171,7 @@ class LlamaCppTextModel(ServedTextModel):
                    logprobs_mode=PROCESSED, max_logprobs=vocab, token_id_logprobs=False)
         self.max_n_per_request = slots
         self.slots = slots
+        self.plain_token = tokenizer.encode("a")[0]
         self.model_path = props.get("model_path")
         return self
 
@@ -171,7 +187,7 @@ class LlamaCppTextModel(ServedTextModel):
     def _body(self, prompt: list[int], params: SamplingParams) -> dict:
         return {
             "prompt": prompt, "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
-            "samplers": CHAIN, **NEUTRAL, "cache_prompt": True, "return_tokens": True,
+            "samplers": CHAIN, **NEUTRAL, "cache_prompt": not self.salt_requests, "return_tokens": True,
         }
 
     def _sample_one(self, prefix: list[int], params: SamplingParams, count: int, seed, usage: Cost) -> list[Generation]:
@@ -189,31 +205,34 @@ class LlamaCppTextModel(ServedTextModel):
             body["stop"] = list(params.stop)
         if seed is not None:
             body["seed"] = seed
-        events = self.client.stream(self.client.root_url + "/completion", body)
-        streams: dict[int, dict] = {}
-        for event in events:
-            entry = streams.setdefault(int(event.get("index") or 0), {"ids": [], "lps": [], "end": None})
-            for step in event.get("completion_probabilities") or []:
-                entry["ids"].append(int(step["id"]))
-                p = step.get("prob")
-                entry["lps"].append(float(step["logprob"]) if p is None else (math.log(p) if p > 0 else -math.inf))
-            if event.get("stop"):
-                entry["end"] = event
-        if sorted(streams) != list(range(count)) or any(s["end"] is None for s in streams.values()):
-            raise EngineError(f"the llama.cpp server at {self.client.root_url} ended a stream early "
-                              f"({len(streams)} of {count} completions finished)")
-        gens = [self._generation_llamacpp(prefix, streams[k], params, warped) for k in range(count)]
-        first = streams[0]["end"].get("timings") or {}
+        data = self.client._send("POST", self.client.root_url + "/completion", body)
+        answers = sorted(data if isinstance(data, list) else [data], key=lambda a: int(a.get("index") or 0))
+        if len(answers) != count:
+            raise EngineError(f"the llama.cpp server at {self.client.root_url} answered {len(answers)} of {count} "
+                              "completions")
+        gens = [self._generation_llamacpp(prefix, answer, params, warped, usage) for answer in answers]
+        first = answers[0].get("timings") or {}
         usage.add(prefill_tokens=int(first.get("prompt_n") or 0), cached_prompt_tokens=int(first.get("cache_n") or 0),
                   generated_tokens=sum(len(g.token_ids) for g in gens),
                   model_calls=1 + max((len(g.token_ids) for g in gens), default=0), requests=1)
         return gens
 
-    def _generation_llamacpp(self, prefix: list[int], stream: dict, params: SamplingParams, warped: bool) -> Generation:
-        ids, lps, end = stream["ids"], stream["lps"], stream["end"]
-        stop_type = end.get("stop_type")
+    def _generation_llamacpp(self, prefix: list[int], answer: dict, params: SamplingParams, warped: bool,
+                             usage: Cost) -> Generation:
+        ids = [int(t) for t in answer.get("tokens") or []]
+        steps = answer.get("completion_probabilities") or []
+        stop_type = answer.get("stop_type")
+        # The answer has no log-prob for a token that leaves the text inside a UTF-8 character, and drops the
+        # last k of them when a stop string of k tokens matched. Only when the count shows that no token was
+        # of the first kind are the entries the first ones of the tokens; otherwise every position, and the
+        # dropped tail in any case, is read off the whole next-token distribution (warped here if need be).
+        dropped = min(len(ids), len(self.encode(str(answer.get("stopping_word") or "")))) if stop_type == "word" else 0
+        lps = [_logprob(e) for e in steps] if len(steps) == len(ids) - dropped else []
+        for t in range(len(lps), len(ids)):
+            row = self._row(prefix + ids[:t], usage)
+            lps.append(float(warp(row[None], params)[0, ids[t]]) if warped else float(row[ids[t]]))
         if stop_type == "word":
-            finish, stop = "stop", str(end.get("stopping_word") or "")
+            finish, stop = "stop", str(answer.get("stopping_word") or "")
         elif stop_type == "eos":
             finish, stop = "eos", None
         else:
@@ -227,6 +246,25 @@ class LlamaCppTextModel(ServedTextModel):
         return Generation(text=self.decode(ids), token_ids=ids, logprobs=base, sample_logprobs=sampled,
                           finish_reason=finish, stop=stop, prefix_tokens=len(prefix), meta={})
 
+    def _row(self, prompt: list[int], usage: Cost) -> torch.Tensor:
+        """The base model's whole next-token distribution after ``prompt`` (log-probs, -inf where none)."""
+        vocab = self.tokenizer.vocab_size
+        # the drawn token is forced to a plain one: a token ending inside a UTF-8 character gets no log-probs
+        body = {**self._body(prompt, SamplingParams(max_new_tokens=1)), "n_predict": 1, "n_probs": vocab, "seed": 0,
+                "logit_bias": [[self.plain_token, FORCE]]}
+        data = self.client._send("POST", self.client.root_url + "/completion", body)
+        steps = data.get("completion_probabilities") or []
+        if not steps:
+            raise EngineError(f"the llama.cpp server at {self.client.root_url} returned no log-probs")
+        timings = data.get("timings") or {}
+        usage.add(prefill_tokens=int(timings.get("prompt_n") or 0), cached_prompt_tokens=int(timings.get("cache_n") or 0),
+                  model_calls=1, requests=1)
+        out = torch.full((vocab,), float("-inf"))
+        for e in steps[0].get("top_logprobs") or []:
+            if int(e["id"]) < vocab:
+                out[int(e["id"])] = float(e["logprob"])
+        return out
+
     # -- scoring ------------------------------------------------------------------------------
 
     def _forced(self, prompt: list[int], token: int, usage: Cost) -> float:
@@ -235,11 +273,13 @@ class LlamaCppTextModel(ServedTextModel):
                 "logit_bias": [[int(token), FORCE]], "seed": 0}
         data = self.client._send("POST", self.client.root_url + "/completion", body)
         steps = data.get("completion_probabilities") or []
-        if not steps or int(steps[0]["id"]) != int(token):
-            raise EngineError(f"the llama.cpp server at {self.client.root_url} did not take the forced token {token}")
         timings = data.get("timings") or {}
         usage.add(prefill_tokens=int(timings.get("prompt_n") or 0), cached_prompt_tokens=int(timings.get("cache_n") or 0),
                   model_calls=1, requests=1)
+        if not steps and [int(t) for t in data.get("tokens") or []][:1] == [int(token)]:
+            return float(self._row(prompt, usage)[int(token)])  # a token inside a UTF-8 character: no entry
+        if not steps or int(steps[0]["id"]) != int(token):
+            raise EngineError(f"the llama.cpp server at {self.client.root_url} did not take the forced token {token}")
         return float(steps[0]["logprob"])
 
     def score(self, prefixes, continuations, *, usage: Cost | None = None) -> list[list[float]]:
@@ -272,30 +312,11 @@ class LlamaCppTextModel(ServedTextModel):
         return torch.tensor(values, dtype=torch.float32).reshape(len(prefixes), len(wanted))
 
     def next_token_logprobs(self, prefixes, *, usage: Cost | None = None) -> torch.Tensor:
-        vocab = self.tokenizer.vocab_size
         spent = [Cost() for _ in prefixes]
-
-        def run(k: int) -> dict[int, float]:
-            body = {**self._body(list(prefixes[k]), SamplingParams(max_new_tokens=1)), "n_predict": 1,
-                    "n_probs": vocab, "seed": 0}
-            data = self.client._send("POST", self.client.root_url + "/completion", body)
-            steps = data.get("completion_probabilities") or []
-            if not steps:
-                raise EngineError(f"the llama.cpp server at {self.client.root_url} returned no log-probs")
-            timings = data.get("timings") or {}
-            spent[k].add(prefill_tokens=int(timings.get("prompt_n") or 0),
-                         cached_prompt_tokens=int(timings.get("cache_n") or 0), model_calls=1, requests=1)
-            return {int(e["id"]): float(e["logprob"]) for e in steps[0].get("top_logprobs") or []}
-
-        rows = self.client.map(run, range(len(prefixes)))
-        out = torch.full((len(rows), vocab), float("-inf"))
-        for r, row in enumerate(rows):
-            for token, value in row.items():
-                if token < vocab:
-                    out[r, token] = value
+        rows = self.client.map(lambda k: self._row(list(prefixes[k]), spent[k]), range(len(prefixes)))
         if usage is not None:
             usage.absorb(spent)
-        return out
+        return torch.stack(rows) if rows else torch.empty((0, self.tokenizer.vocab_size))
 
     def embed(self, texts, *, usage: Cost | None = None) -> torch.Tensor:
         raise EngineError(
