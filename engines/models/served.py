@@ -2,9 +2,11 @@
 
 Spec: ``openai:URL`` (the server's only model) or ``openai:URL#NAME``, e.g.
 ``openai:http://127.0.0.1:8000/v1#smollm2``. Tested against vLLM 0.32 (its CPU
-build, every feature below). llama.cpp's ``llama-server`` is recognised at
-connect (``owned_by: llamacpp`` in ``/v1/models``) and driven through its native
-``/completion`` by :mod:`engines.models.served_llamacpp`, which says what it lacks.
+build, every feature below). Other servers are recognised at connect by
+``owned_by`` in ``/v1/models`` and get their own subclass, which says what it
+lacks: SGLang (:mod:`engines.models.served_sglang`, its ``/generate`` for
+log-probs with token ids) and llama.cpp's ``llama-server``
+(:mod:`engines.models.served_llamacpp`, its native ``/completion``).
 Another server without vLLM's extensions (``logprob_token_ids``, ``prompt_logprobs``,
 ``return_token_ids``; token ids are also read from ``return_tokens_as_token_ids``)
 falls back or is refused in one line naming the missing field.

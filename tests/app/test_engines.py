@@ -53,3 +53,18 @@ def test_served_models_join_the_picker_and_runs_are_stored(db, vllm_url):
     run_id = updates[-1][tab.run_id]
     stored = db.read(lambda s: load_run(s, run_id))
     assert stored.status == "ok" and len(stored.candidates) == 4 and stored.cost["requests"] >= 1
+
+
+@pytest.mark.llamacpp
+def test_a_llamacpp_engine_joins_the_picker_and_its_runs_are_stored(db, llamacpp_q4_url):
+    from storage import load_run
+
+    services = Services(db=db, default_model="toy:abc", update_interval=0.0, engines=[llamacpp_q4_url])
+    assert services.model_choices()[0] == f"openai:{llamacpp_q4_url}#smollm2"
+    assert "up, serving `smollm2`" in services.engine_markdown()
+    tab = explore_for(services)
+    updates = list(tab.run(*explore_args(tab, model=f"openai:{llamacpp_q4_url}#smollm2", prompt="Name a colour.",
+                                         n=4, max_new_tokens=12)))
+    run_id = updates[-1][tab.run_id]
+    stored = db.read(lambda s: load_run(s, run_id))
+    assert stored.status == "ok" and len(stored.candidates) == 4 and stored.cost["requests"] >= 1
