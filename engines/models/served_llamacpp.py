@@ -130,6 +130,30 @@ def _logprob(step: dict) -> float:
     return float(step["logprob"])
 
 
+def _align(ids: list[int], steps: list[dict]) -> list[float | None]:
+    """Each token's log-prob from the server's entries, None where the server gave none.
+
+    The entries are the tokens' in order, less those that left the text inside a UTF-8
+    character. Each entry goes to the first token with its id; a run of equal ids that lost an
+    entry is ambiguous (which of them lost it?), so the whole run is None."""
+    out: list[float | None] = [None] * len(ids)
+    t = 0
+    for step in steps:
+        while t < len(ids) and ids[t] != int(step["id"]):
+            t += 1
+        if t == len(ids):
+            raise EngineError("llama.cpp returned log-probs of tokens it did not generate")
+        out[t] = _logprob(step)
+        t += 1
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or ids[end] != ids[start]:
+            if any(v is None for v in out[start:end]):
+                out[start:end] = [None] * (end - start)
+            start = end
+    return out
+
+
 def _control_tokens(model_path: str | None) -> frozenset[int] | None:
     """Ids of the GGUF file's control tokens (token type 3), or None when the file is not here."""
     if not model_path or not Path(model_path).is_file():
@@ -227,10 +251,16 @@ class LlamaCppTextModel(ServedTextModel):
         # of the first kind are the entries the first ones of the tokens; otherwise every position, and the
         # dropped tail in any case, is read off the whole next-token distribution (warped here if need be).
         dropped = min(len(ids), len(self.encode(str(answer.get("stopping_word") or "")))) if stop_type == "word" else 0
-        lps = [_logprob(e) for e in steps] if len(steps) == len(ids) - dropped else []
-        for t in range(len(lps), len(ids)):
-            row = self._row(prefix + ids[:t], usage)
-            lps.append(float(warp(row[None], params)[0, ids[t]]) if warped else float(row[ids[t]]))
+        known = _align(ids[: len(ids) - dropped], steps)
+        lps = []
+        for t, token in enumerate(ids):
+            value = known[t] if t < len(known) else None  # the dropped tail of a stop string has none
+            if value is not None:
+                lps.append(value)
+            elif warped:
+                lps.append(float(warp(self._row(prefix + ids[:t], usage)[None], params)[0, token]))
+            else:
+                lps.append(self._forced(prefix + ids[:t], token, usage))
         if stop_type == "word":
             finish, stop = "stop", str(answer.get("stopping_word") or "")
         elif stop_type == "eos":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import math
 import threading
 
 import httpx
@@ -220,3 +221,21 @@ def model_params(**kw):
     from engines.models.base import SamplingParams
 
     return SamplingParams(max_new_tokens=4, **kw)
+
+
+# -- llama.cpp's log-prob entries, which skip tokens inside a UTF-8 character ---------------------
+
+
+def test_llamacpp_entries_are_aligned_to_their_tokens_and_ambiguity_is_left_open():
+    from engines.models.served_llamacpp import _align
+
+    entry = lambda token, lp: {"id": token, "logprob": lp}  # noqa: E731
+    assert _align([5, 6, 7], [entry(5, -1.0), entry(6, -2.0), entry(7, -3.0)]) == [-1.0, -2.0, -3.0]
+    # 9 left the text inside a character (no entry); 8 completed it
+    assert _align([5, 9, 8, 7], [entry(5, -1.0), entry(8, -2.0), entry(7, -3.0)]) == [-1.0, None, -2.0, -3.0]
+    # two equal byte tokens, one of them without an entry: which one is unknown, so neither is trusted
+    assert _align([5, 8, 8, 7], [entry(5, -1.0), entry(8, -2.0), entry(7, -3.0)]) == [-1.0, None, None, -3.0]
+    assert _align([4, 4], [entry(4, -0.5), entry(4, -0.25)]) == [-0.5, -0.25]
+    assert _align([5, 6], [{"id": 5, "prob": 0.5}, {"id": 6, "prob": 0.0}]) == [math.log(0.5), -math.inf]
+    with pytest.raises(EngineError, match="did not generate"):
+        _align([5, 6], [entry(7, -1.0)])
