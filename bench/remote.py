@@ -9,7 +9,8 @@
    its ``/metrics`` (``vllm:prompt_tokens_total - vllm:prefix_cache_hits_total``). Goal: >= 4x
    fewer; wall time against best-of-N at equal generated tokens, goal <= 3x.
 3. Users: 8 concurrent best-of-8 x 32-token runs against the same runs one after another.
-   Goal: >= 3x throughput.
+   Goal: >= 3x throughput. Beside it the same work as 8 raw requests, one after another and at
+   once: what concurrency can buy from this server on this machine at all.
 4. The in-process engine (embedded:smollm2) on the same best-of-16 x 64 prompt, after the
    server is stopped (an idle vLLM worker still uses part of a core), so users know when to
    switch.
@@ -123,16 +124,50 @@ def computed_prompt_tokens(model, fn):
     return seconds, result, counted - hits, counted
 
 
-def raw_best_of_16(model, ids: list[int]):
-    """One request for 16 continuations of exactly 64 tokens, in the server's own terms: (send, texts of an answer)."""
+def raw_request(model, ids: list[int], n: int = 16, tokens: int = 64, seed: int = 1024):
+    """One request for n continuations of exactly ``tokens`` tokens, in the server's own terms:
+    (send, texts of an answer)."""
     if server_kind(model) == "llama.cpp":
-        body = {"prompt": ids, "n_cmpl": 16, "n_predict": 64, "ignore_eos": True, "temperature": 1.0, "top_k": 0,
-                "top_p": 1.0, "min_p": 0.0, "n_probs": 1, "return_tokens": True, "seed": 1024}
+        body = {"prompt": ids, "n_cmpl": n, "n_predict": tokens, "ignore_eos": True, "temperature": 1.0, "top_k": 0,
+                "top_p": 1.0, "min_p": 0.0, "n_probs": 1, "return_tokens": True, "seed": seed}
         return (lambda: model.client._send("POST", model.client.root_url + "/completion", body),
-                lambda data: [c["content"] for c in data])
-    body = {"model": model.model_id, "prompt": ids, "n": 16, "max_tokens": 64, "min_tokens": 64,
-            "temperature": 1.0, "logprobs": 0, "return_token_ids": True, "seed": 1024}
+                lambda data: [c["content"] for c in (data if isinstance(data, list) else [data])])
+    body = {"model": model.model_id, "prompt": ids, "n": n, "max_tokens": tokens, "min_tokens": tokens,
+            "temperature": 1.0, "logprobs": 0, "return_token_ids": True, "seed": seed}
     return lambda: model.client.post("/completions", body), lambda data: [c["text"] for c in data["choices"]]
+
+
+def users_part(url: str, model) -> dict:
+    """3. Eight users' best-of-8 runs at once against one after another, and the same as raw requests."""
+    from engines.runner import RunRequest, execute
+
+    user_requests = [RunRequest.build(model=f"openai:{url}", reward="sentiment", sampler="best_of_n",
+                                      params={"n": 8, "max_new_tokens": 32, "min_new_tokens": 32},
+                                      prompt=f"Tell me something nice about the number {i}.", seed=i) for i in range(8)]
+    serial_s, _ = timed(lambda: [execute(r) for r in user_requests])
+
+    def concurrent():
+        threads = [threading.Thread(target=execute, args=(r,)) for r in user_requests]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    parallel_s, _ = timed(concurrent)
+    # the same work as 8 raw requests of n=8 x 32 tokens, one after another and at once: the server's own
+    # ceiling for what concurrency can buy on this machine
+    sends = [raw_request(model, model.encode_task(r.task), n=8, tokens=32, seed=1024 * (i + 1))[0]
+             for i, r in enumerate(user_requests)]
+    raw_serial_s, _ = timed(lambda: [send() for send in sends])
+    raw_parallel_s, _ = timed(lambda: model.client.map(lambda send: send(), sends))
+    row = {"serial_s": serial_s, "concurrent_s": parallel_s, "throughput_ratio": serial_s / parallel_s,
+           "raw_serial_s": raw_serial_s, "raw_concurrent_s": raw_parallel_s,
+           "raw_throughput_ratio": raw_serial_s / raw_parallel_s}
+    print(f"8 users x best-of-8 x 32: one after another {serial_s:.1f} s, at once {parallel_s:.1f} s "
+          f"({serial_s / parallel_s:.2f}x throughput, goal >= 3); the same 8 raw requests: "
+          f"{raw_serial_s:.1f} s against {raw_parallel_s:.1f} s ({raw_serial_s / raw_parallel_s:.2f}x, the server's "
+          "ceiling here)", flush=True)
+    return {"users_8x_best_of_8": row}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -144,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only-overhead", action="store_true", help="only part 1 (more repeats make it steadier)")
+    parser.add_argument("--only-users", action="store_true", help="only part 3 (8 users at once against one by one)")
     args = parser.parse_args(argv)
     if not args.engine and not args.start:  # `python -m bench` runs every bench without arguments
         if not (ROOT / ".venv-vllm" / "bin" / "python").exists():
@@ -182,21 +218,25 @@ def main(argv: list[str] | None = None) -> dict:
 
         kind = server_kind(model)
         results["server"] = kind
+        if args.only_users:
+            results.update(users_part(url, model))
+            save("remote_users" + ("" if kind == "vllm" else "_" + kind.replace(".", "")), results)
+            return results
         # 1. overhead against one raw request
-        send_raw, texts_of = raw_best_of_16(model, ids)
+        send_raw, texts_of = raw_request(model, ids)
         best = {"n": 16, "max_new_tokens": 64, "min_new_tokens": 64, "temperature": 1.0}
         request = RunRequest.build(model=f"openai:{url}", reward="sentiment", sampler="best_of_n", params=best,
                                    prompt=task.prompt)
         sentiment = build_reward("sentiment")
         params = SamplingParams(max_new_tokens=64, min_new_tokens=64, temperature=1.0)
 
-        def raw_request():  # one request, then the same reward on its texts (as bench best_of_n does in-process)
+        def raw_best_of_16():  # one request, then the same reward on its texts (as bench best_of_n does in-process)
             return sentiment.score(task, texts_of(send_raw()))
 
         raw, ours, wrapper = [], [], []
         execute(request)  # warm-up (imports, first reward)
         for k in range(args.repeats):  # interleaved
-            raw.append(timed(raw_request)[0])
+            raw.append(timed(raw_best_of_16)[0])
             ours.append(timed(lambda: execute(request))[0])
             wrapper.append(timed(lambda k=k: model.sample([ids], params, n=16, rng=torch.Generator().manual_seed(k)))[0])
         results["best_of_16x64"] = {
@@ -248,24 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"wall {row['cache']['wall_s']:.1f} s vs best-of-{n} x 64 {flat_s:.1f} s "
                   f"({row['wall_vs_best_of_n']:.2f}x, goal <= 3)", flush=True)
 
-        # 3. eight users at once against one after another
-        user_requests = [RunRequest.build(model=f"openai:{url}", reward="sentiment", sampler="best_of_n",
-                                          params={"n": 8, "max_new_tokens": 32, "min_new_tokens": 32},
-                                          prompt=f"Tell me something nice about the number {i}.", seed=i) for i in range(8)]
-        serial_s, _ = timed(lambda: [execute(r) for r in user_requests])
-
-        def concurrent():
-            threads = [threading.Thread(target=execute, args=(r,)) for r in user_requests]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-
-        parallel_s, _ = timed(concurrent)
-        results["users_8x_best_of_8"] = {"serial_s": serial_s, "concurrent_s": parallel_s,
-                                         "throughput_ratio": serial_s / parallel_s}
-        print(f"8 users x best-of-8 x 32: one after another {serial_s:.1f} s, at once {parallel_s:.1f} s "
-              f"({serial_s / parallel_s:.2f}x throughput, goal >= 3)", flush=True)
+        results.update(users_part(url, model))
     finally:
         if proc is not None:
             stop_server(proc)
@@ -278,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
         execute(request)  # warm-up
         local_s = median([timed(lambda: execute(request))[0] for _ in range(max(1, args.repeats - 1))])
         results["in_process_best_of_16x64"] = {"wall_s": local_s, "tok_s": 16 * 64 / local_s,
-                                               "vllm_tok_s": results["best_of_16x64"]["samplescope_tok_s"]}
+                                               "served_tok_s": results["best_of_16x64"]["samplescope_tok_s"]}
         print(f"in-process best-of-16 x 64: {local_s:.2f} s ({16 * 64 / local_s:.0f} tok/s) against {results['server']} "
               f"{results['best_of_16x64']['samplescope_tok_s']:.0f} tok/s", flush=True)
         del local
