@@ -95,7 +95,7 @@ def sglang_url():
     url = os.environ.get("SAMPLESCOPE_TEST_SGLANG")
     if not url:
         pytest.skip("no SGLang server: set SAMPLESCOPE_TEST_SGLANG=http://HOST:PORT/v1 (SGLang's CPU build is not on "
-                    "PyPI, so CI starts none; see the README)")
+                    "PyPI, so CI starts none; scripts/sglang_cpu/run install && scripts/sglang_cpu/run serve)")
     return url
 
 
