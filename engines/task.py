@@ -26,6 +26,11 @@ class Task:
         if not isinstance(self.prompt, str):
             raise TypeError("prompt must be a string")
 
+    def messages(self) -> list[dict[str, str]]:
+        """The chat turns a chat template renders: the system message, if any, then the prompt as the user's."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return [*system, {"role": "user", "content": self.prompt}]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "prompt": self.prompt,

@@ -126,11 +126,7 @@ class TransformersTextModel(TextModel):
 
     def encode_task(self, task: Task) -> list[int]:
         if task.chat and self.has_chat_template:
-            messages = []
-            if task.system:
-                messages.append({"role": "system", "content": task.system})
-            messages.append({"role": "user", "content": task.prompt})
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(task.messages(), tokenize=False, add_generation_prompt=True)
             return self.encode(text)
         ids = self.encode(task.prompt)
         bos = self.tokenizer.bos_token_id

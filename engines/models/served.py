@@ -60,7 +60,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 
@@ -71,6 +72,7 @@ from engines.models.served_tokens import ServerTokenizer, load_tokenizer
 from engines.task import Task
 from engines.trace import Cost
 
+R = TypeVar("R")
 #: the most continuations one request asks for (bigger n is split into requests)
 MAX_N_PER_REQUEST = 16
 _SEED_STRIDE = 1024
@@ -186,6 +188,46 @@ class ServedTextModel(TextModel):
 
     # -- requests ----------------------------------------------------------------------
 
+    def _metered(self, count: int, fn: Callable[[int, Cost], R], usage: Cost | None) -> list[R]:
+        """``fn(k, cost)`` for every k < count as concurrent requests, each metered on its own Cost, which is
+        added to ``usage`` once all have finished (results in order)."""
+        spent = [Cost() for _ in range(count)]
+        results = self.client.map(lambda k: fn(k, spent[k]), range(count))
+        if usage is not None:
+            usage.absorb(spent)
+        return results
+
+    def _scored_pairs(self, prefixes, continuations) -> list[tuple[list[int], list[int]]]:
+        """(prefix, continuation) lists for ``score``, checked before any request is sent."""
+        pairs = [(list(p), list(c)) for p, c in zip(prefixes, continuations, strict=True)]
+        for prefix, cont in pairs:
+            if cont and not prefix:
+                raise ValueError("every prefix needs at least one token")
+            if cont and len(prefix) + len(cont) + 1 > self.max_model_len:
+                raise ValueError(f"prefix + continuation of {len(prefix) + len(cont)} tokens exceeds the served "
+                                 f"model's context of {self.max_model_len}")
+        return pairs
+
+    def _dense_rows(self, rows: Sequence[dict[int, float]], *, advice: str) -> torch.Tensor:
+        """[B, vocab] log-probs from each row's top tokens (-inf elsewhere); refused when they miss mass."""
+        vocab = self._vocab()
+        out = torch.full((len(rows), vocab), float("-inf"))
+        for r, top in enumerate(rows):
+            mass = math.fsum(math.exp(v) for v in top.values())
+            if mass < 0.999:
+                raise EngineError(f"this needs the whole next-token distribution; the server gives its top {len(top)} "
+                                  f"log-probs ({mass:.1%} of the mass); {advice}")
+            for token, value in top.items():
+                if token < vocab:
+                    out[r, token] = value
+        return out
+
+    def _vocab(self) -> int:
+        if not self.tokenizer.vocab_size:
+            raise EngineError(f"{self.name}: the vocabulary size is unknown (no tokenizer files here); "
+                              "next-token distributions need them")
+        return self.tokenizer.vocab_size
+
     def _complete(self, body: dict) -> dict:
         if self.logprobs_mode == POOLING:
             raise EngineError(
@@ -236,13 +278,12 @@ class ServedTextModel(TextModel):
             for start in range(0, n, self.max_n_per_request):
                 count = min(self.max_n_per_request, n - start)
                 jobs.append((i, start, count, None if rng is None else self._draw_seed(rng)))
-        spent = [Cost() for _ in jobs]
 
-        def run(job_index: int) -> list[Generation]:
+        def run(job_index: int, cost: Cost) -> list[Generation]:
             i, _, count, seed = jobs[job_index]
-            return self._sample_one(prefixes[i], params, count, seed, spent[job_index])
+            return self._sample_one(prefixes[i], params, count, seed, cost)
 
-        outputs = self.client.map(run, range(len(jobs)))
+        outputs = self._metered(len(jobs), run, usage)
         results: list[list[Generation]] = [[] for _ in prefixes]
         for (i, _, _, _), gens in zip(jobs, outputs, strict=True):
             results[i].extend(gens)
@@ -254,8 +295,6 @@ class ServedTextModel(TextModel):
             for (i, j), lps in zip(flat, scored, strict=True):
                 g = results[i][j]
                 results[i][j] = Generation(**{**g.__dict__, "logprobs": lps, "meta": {**g.meta, "base_logprobs": "scored"}})
-        if usage is not None:
-            usage.absorb(spent)
         return results
 
     def _draw_seed(self, rng: torch.Generator) -> int:
@@ -344,18 +383,12 @@ class ServedTextModel(TextModel):
     # -- scoring ------------------------------------------------------------------------------
 
     def score(self, prefixes, continuations, *, usage: Cost | None = None) -> list[list[float]]:
-        pairs = [(list(p), list(c)) for p, c in zip(prefixes, continuations, strict=True)]
-        spent = [Cost() for _ in pairs]
+        pairs = self._scored_pairs(prefixes, continuations)
 
-        def run(k: int) -> list[float]:
+        def run(k: int, cost: Cost) -> list[float]:
             prefix, cont = pairs[k]
             if not cont:
                 return []
-            if not prefix:
-                raise ValueError("every prefix needs at least one token")
-            if len(prefix) + len(cont) + 1 > self.max_model_len:
-                raise ValueError(f"prefix + continuation of {len(prefix) + len(cont)} tokens exceeds the served "
-                                 f"model's context of {self.max_model_len}")
             body = {"prompt": prefix + cont, "max_tokens": 1, "temperature": 1.0, "prompt_logprobs": 0}
             data = self._complete(body)
             rows = data["choices"][0].get("prompt_logprobs")
@@ -367,21 +400,17 @@ class ServedTextModel(TextModel):
                 if entry is None:
                     raise EngineError(f"the server's prompt log-probs miss token {token} at position {position}")
                 out.append(float(entry["logprob"] if isinstance(entry, dict) else entry))
-            self._charge(data, spent[k], steps=0)
-            spent[k].add(generated_tokens=-int((data.get("usage") or {}).get("completion_tokens") or 0))
+            self._charge(data, cost, steps=0)
+            cost.add(generated_tokens=-int((data.get("usage") or {}).get("completion_tokens") or 0))
             return out
 
-        results = self.client.map(run, range(len(pairs)))
-        if usage is not None:
-            usage.absorb(spent)
-        return results
+        return self._metered(len(pairs), run, usage)
 
     def next_token_logprobs_for(self, prefixes, token_ids: Sequence[int], *, usage: Cost | None = None) -> torch.Tensor:
         """Base log-probs of the given next tokens after each prefix, shape [B, len(token_ids)]."""
         wanted = [int(t) for t in token_ids]
-        spent = [Cost() for _ in prefixes]
 
-        def run(k: int) -> list[float]:
+        def run(k: int, cost: Cost) -> list[float]:
             prefix = list(prefixes[k])
             if self.token_id_logprobs:
                 body = {"prompt": prefix, "max_tokens": 1, "temperature": 1.0, "logprobs": len(wanted),
@@ -393,45 +422,26 @@ class ServedTextModel(TextModel):
                         raise
                     self.token_id_logprobs = False
                 else:
-                    self._charge(data, spent[k], steps=0)
+                    self._charge(data, cost, steps=0)
                     top = _top_logprobs(data["choices"][0], 0)
                     if all(t in top for t in wanted):
                         return [top[t] for t in wanted]
-            return [row[0] for row in self.score([prefix] * len(wanted), [[t] for t in wanted], usage=spent[k])]
+            return [row[0] for row in self.score([prefix] * len(wanted), [[t] for t in wanted], usage=cost)]
 
-        rows = self.client.map(run, range(len(prefixes)))
-        if usage is not None:
-            usage.absorb(spent)
-        return torch.tensor(rows, dtype=torch.float32)
+        return torch.tensor(self._metered(len(prefixes), run, usage), dtype=torch.float32)
 
     def next_token_logprobs(self, prefixes, *, usage: Cost | None = None) -> torch.Tensor:
-        vocab = self.tokenizer.vocab_size
-        if not vocab:
-            raise EngineError(f"{self.name}: the vocabulary size is unknown (no tokenizer files here); "
-                              "next-token distributions need them")
-        spent = [Cost() for _ in prefixes]
+        self._vocab()
 
-        def run(k: int) -> dict[int, float]:
+        def run(k: int, cost: Cost) -> dict[int, float]:
             body = {"prompt": list(prefixes[k]), "max_tokens": 1, "temperature": 1.0,
                     "logprobs": self.max_logprobs, "return_tokens_as_token_ids": True}
             data = self._complete(body)
-            self._charge(data, spent[k], steps=0)
+            self._charge(data, cost, steps=0)
             return _top_logprobs(data["choices"][0], 0)
 
-        rows = self.client.map(run, range(len(prefixes)))
-        out = torch.full((len(rows), vocab), float("-inf"))
-        for r, top in enumerate(rows):
-            mass = math.fsum(math.exp(v) for v in top.values())
-            if mass < 0.999:
-                raise EngineError(
-                    f"this needs the whole next-token distribution; the server gives its top {len(top)} "
-                    f"log-probs ({mass:.1%} of the mass); raise vLLM's --max-logprobs or use an in-process model"
-                )
-            for token, value in top.items():
-                out[r, token] = value
-        if usage is not None:
-            usage.absorb(spent)
-        return out
+        return self._dense_rows(self._metered(len(prefixes), run, usage),
+                                advice="raise vLLM's --max-logprobs or use an in-process model")
 
     def embed(self, texts, *, usage: Cost | None = None) -> torch.Tensor:
         """Mean-pooled last hidden states from the server's /v1/embeddings (see :mod:`engines.models.served_embed`)."""

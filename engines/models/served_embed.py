@@ -55,9 +55,8 @@ def embed_texts(model: Any, texts: Sequence[str], *, usage: Cost | None = None) 
     if longest > model.max_model_len:
         raise ValueError(f"a text of {longest} tokens exceeds the served model's context of {model.max_model_len}")
     chunks = [ids[start:start + EMBED_BATCH] for start in range(0, len(ids), EMBED_BATCH)]
-    spent = [Cost() for _ in chunks]
 
-    def run(k: int) -> list[list[float]]:
+    def run(k: int, cost: Cost) -> list[list[float]]:
         body = {"model": model.model_id, "input": chunks[k], "encoding_format": "float", "use_activation": False}
         try:
             data = model.client.post("/embeddings", body)
@@ -71,12 +70,10 @@ def embed_texts(model: Any, texts: Sequence[str], *, usage: Cost | None = None) 
             raise EngineError(f"the server at {model.client.root_url} answered /v1/embeddings with "
                               f"{len(rows)} embeddings for {len(chunks[k])} inputs")
         prompt = int((data.get("usage") or {}).get("prompt_tokens") or sum(len(s) for s in chunks[k]))
-        spent[k].add(prefill_tokens=prompt, model_calls=1, requests=1)
+        cost.add(prefill_tokens=prompt, model_calls=1, requests=1)
         return [r["embedding"] for r in rows]
 
-    out = [row for rows in model.client.map(run, range(len(chunks))) for row in rows]
-    if usage is not None:
-        usage.absorb(spent)
+    out = [row for rows in model._metered(len(chunks), run, usage) for row in rows]
     widths = {len(r) for r in out}
     if len(widths) != 1:
         raise EngineError(f"the server at {model.client.root_url} returned embeddings of different widths {sorted(widths)}")

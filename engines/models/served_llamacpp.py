@@ -112,11 +112,8 @@ class LlamaCppTokenizer:
 
     def encode_task(self, task: Task) -> list[int]:
         if task.chat:
-            messages = ([{"role": "system", "content": task.system}] if task.system else []) + [
-                {"role": "user", "content": task.prompt}
-            ]
             try:
-                return self.encode(str(self._post("/apply-template", {"messages": messages})["prompt"]))
+                return self.encode(str(self._post("/apply-template", {"messages": task.messages()})["prompt"]))
             except EngineError as exc:
                 if "template" not in str(exc).lower():
                     raise
@@ -313,39 +310,22 @@ class LlamaCppTextModel(ServedTextModel):
         return float(steps[0]["logprob"])
 
     def score(self, prefixes, continuations, *, usage: Cost | None = None) -> list[list[float]]:
-        pairs = [(list(p), list(c)) for p, c in zip(prefixes, continuations, strict=True)]
-        for prefix, cont in pairs:
-            if cont and not prefix:
-                raise ValueError("every prefix needs at least one token")
-            if len(prefix) + len(cont) + 1 > self.max_model_len:
-                raise ValueError(f"prefix + continuation of {len(prefix) + len(cont)} tokens exceeds the served "
-                                 f"model's context of {self.max_model_len}")
-        spent = [Cost() for _ in pairs]
+        pairs = self._scored_pairs(prefixes, continuations)
 
-        def run(k: int) -> list[float]:  # positions in order: each request extends the slot's cached prompt by one token
+        def run(k: int, cost: Cost) -> list[float]:  # in order: each request extends the slot's cached prompt by one
             prefix, cont = pairs[k]
-            return [self._forced(prefix + cont[:t], token, spent[k]) for t, token in enumerate(cont)]
+            return [self._forced(prefix + cont[:t], token, cost) for t, token in enumerate(cont)]
 
-        results = self.client.map(run, range(len(pairs)))
-        if usage is not None:
-            usage.absorb(spent)
-        return results
+        return self._metered(len(pairs), run, usage)
 
     def next_token_logprobs_for(self, prefixes, token_ids: Sequence[int], *, usage: Cost | None = None) -> torch.Tensor:
         wanted = [int(t) for t in token_ids]
-        cells = [(r, c) for r in range(len(prefixes)) for c in range(len(wanted))]
-        spent = [Cost() for _ in cells]
-        values = self.client.map(lambda k: self._forced(list(prefixes[cells[k][0]]), wanted[cells[k][1]], spent[k]),
-                                 range(len(cells)))
-        if usage is not None:
-            usage.absorb(spent)
+        cells = [(list(p), t) for p in prefixes for t in wanted]
+        values = self._metered(len(cells), lambda k, cost: self._forced(*cells[k], cost), usage)
         return torch.tensor(values, dtype=torch.float32).reshape(len(prefixes), len(wanted))
 
     def next_token_logprobs(self, prefixes, *, usage: Cost | None = None) -> torch.Tensor:
-        spent = [Cost() for _ in prefixes]
-        rows = self.client.map(lambda k: self._row(list(prefixes[k]), spent[k]), range(len(prefixes)))
-        if usage is not None:
-            usage.absorb(spent)
+        rows = self._metered(len(prefixes), lambda k, cost: self._row(list(prefixes[k]), cost), usage)
         return torch.stack(rows) if rows else torch.empty((0, self.tokenizer.vocab_size))
 
     def embed(self, texts, *, usage: Cost | None = None) -> torch.Tensor:

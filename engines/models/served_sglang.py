@@ -116,68 +116,40 @@ class SGLangTextModel(ServedTextModel):
     # -- scoring ------------------------------------------------------------------------------
 
     def score(self, prefixes, continuations, *, usage: Cost | None = None) -> list[list[float]]:
-        pairs = [(list(p), list(c)) for p, c in zip(prefixes, continuations, strict=True)]
-        spent = [Cost() for _ in pairs]
+        pairs = self._scored_pairs(prefixes, continuations)
+        last = self.tokenizer.vocab_size - 1  # SGLang 0.5.23 reports that id as 0 (it clips ids >= vocab - 1)
 
-        def run(k: int) -> list[float]:
+        def run(k: int, cost: Cost) -> list[float]:
             prefix, cont = pairs[k]
             if not cont:
                 return []
-            if not prefix:
-                raise ValueError("every prefix needs at least one token")
-            if len(prefix) + len(cont) + 1 > self.max_model_len:
-                raise ValueError(f"prefix + continuation of {len(prefix) + len(cont)} tokens exceeds the served "
-                                 f"model's context of {self.max_model_len}")
-            meta = self._generate(prefix + cont, spent[k], logprob_start_len=len(prefix) - 1)
+            meta = self._generate(prefix + cont, cost, logprob_start_len=len(prefix) - 1)
             rows = (meta.get("input_token_logprobs") or [])[1:]  # the first row (the last prefix token) has none
-            last = self.tokenizer.vocab_size - 1  # SGLang 0.5.23 reports that id as 0 (it clips ids >= vocab - 1)
-            if len(rows) != len(cont) or any(int(r[1]) not in (t, 0 if t == last else t) for r, t in zip(rows, cont, strict=True)):
+            if len(rows) != len(cont) or any(int(r[1]) not in (t, 0 if t == last else t)
+                                             for r, t in zip(rows, cont, strict=True)):
                 raise EngineError(f"SGLang at {self.client.root_url} returned input log-probs for other tokens")
             return [float(r[0]) for r in rows]
 
-        results = self.client.map(run, range(len(pairs)))
-        if usage is not None:
-            usage.absorb(spent)
-        return results
+        return self._metered(len(pairs), run, usage)
 
     def next_token_logprobs_for(self, prefixes, token_ids: Sequence[int], *, usage: Cost | None = None) -> torch.Tensor:
         wanted = [int(t) for t in token_ids]
-        spent = [Cost() for _ in prefixes]
 
-        def run(k: int) -> list[float]:
-            meta = self._generate(list(prefixes[k]), spent[k], token_ids_logprob=wanted)
+        def run(k: int, cost: Cost) -> list[float]:
+            meta = self._generate(list(prefixes[k]), cost, token_ids_logprob=wanted)
             got = {int(e[1]): float(e[0]) for e in meta["output_token_ids_logprobs"][0]}
             return [got[t] for t in wanted]
 
-        rows = self.client.map(run, range(len(prefixes)))
-        if usage is not None:
-            usage.absorb(spent)
-        return torch.tensor(rows, dtype=torch.float32)
+        return torch.tensor(self._metered(len(prefixes), run, usage), dtype=torch.float32)
 
     def next_token_logprobs(self, prefixes, *, usage: Cost | None = None) -> torch.Tensor:
-        vocab = self.tokenizer.vocab_size
-        if not vocab:
-            raise EngineError(f"{self.name}: the vocabulary size is unknown (no tokenizer files here); "
-                              "next-token distributions need them")
-        spent = [Cost() for _ in prefixes]
-        k = min(self.max_logprobs, vocab)
+        k = min(self.max_logprobs, self._vocab())
 
-        def run(i: int) -> dict[int, float]:
-            meta = self._generate(list(prefixes[i]), spent[i], top_logprobs_num=k)
+        def run(i: int, cost: Cost) -> dict[int, float]:
+            meta = self._generate(list(prefixes[i]), cost, top_logprobs_num=k)
             return {int(e[1]): float(e[0]) for e in meta["output_top_logprobs"][0]}
 
-        rows = self.client.map(run, range(len(prefixes)))
-        out = torch.full((len(rows), vocab), float("-inf"))
-        for r, top in enumerate(rows):
-            mass = math.fsum(math.exp(v) for v in top.values())
-            if mass < 0.999:
-                raise EngineError(f"this needs the whole next-token distribution; SGLang gives its top {len(top)} "
-                                  f"log-probs ({mass:.1%} of the mass); use an in-process model")
-            for token, value in top.items():
-                out[r, token] = value
-        if usage is not None:
-            usage.absorb(spent)
-        return out
+        return self._dense_rows(self._metered(len(prefixes), run, usage), advice="use an in-process model")
 
     def describe(self) -> dict:
         return {**super().describe(), "server": "sglang", "reproducible": self.deterministic}

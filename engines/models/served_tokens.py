@@ -56,12 +56,9 @@ class ServerTokenizer:
 
     def encode_task(self, task: Task) -> list[int]:
         if task.chat:
-            messages = ([{"role": "system", "content": task.system}] if task.system else []) + [
-                {"role": "user", "content": task.prompt}
-            ]
             try:
                 data = self.client._send("POST", self.client.root_url + "/tokenize",
-                                         {"model": self.model, "messages": messages, "add_generation_prompt": True})
+                                         {"model": self.model, "messages": task.messages(), "add_generation_prompt": True})
                 return [int(t) for t in data["tokens"]]
             except EngineError as exc:
                 if "chat template" not in str(exc):
@@ -87,10 +84,7 @@ class LocalTokenizer:
 
     def encode_task(self, task: Task) -> list[int]:
         if task.chat and getattr(self.tokenizer, "chat_template", None):
-            messages = ([{"role": "system", "content": task.system}] if task.system else []) + [
-                {"role": "user", "content": task.prompt}
-            ]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(task.messages(), tokenize=False, add_generation_prompt=True)
             return self.encode(text)
         ids = self.encode(task.prompt)
         bos = self.tokenizer.bos_token_id
