@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -68,6 +67,7 @@ from engines.models.base import Generation, SamplingParams
 from engines.models.sampling import warp
 from engines.models.served import PROCESSED, ServedTextModel, _identity_warp
 from engines.models.served_client import EngineClient
+from engines.models.served_tokens import ServerTokenizer
 from engines.task import Task
 from engines.trace import Cost
 
@@ -83,15 +83,13 @@ FORCE = 1e4
 _SEED_STRIDE = 1024
 
 
-class LlamaCppTokenizer:
-    """The server's own tokenizer, cached; control tokens skipped when decoding."""
+class LlamaCppTokenizer(ServerTokenizer):
+    """The server's own tokenizer in llama.cpp's terms; control tokens skipped when decoding."""
 
     def __init__(self, client: EngineClient, *, eos_token_id: int | None, vocab_size: int,
                  control: frozenset[int], source: str) -> None:
-        self.client, self.eos_token_id, self.vocab_size = client, eos_token_id, vocab_size
+        super().__init__(client, "", eos_token_id=eos_token_id, vocab_size=vocab_size)
         self.control, self.source = control, source
-        self._encode = lru_cache(maxsize=4096)(self._encode_remote)
-        self._decode = lru_cache(maxsize=4096)(self._decode_remote)
 
     def _post(self, path: str, body: dict) -> dict:
         return self.client._send("POST", self.client.root_url + path, body)
@@ -104,20 +102,8 @@ class LlamaCppTokenizer:
         kept = [t for t in ids if t not in self.control]
         return str(self._post("/detokenize", {"tokens": kept})["content"]) if kept else ""
 
-    def encode(self, text: str) -> list[int]:
-        return list(self._encode(text)) if text else []
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._decode(tuple(int(i) for i in ids))
-
-    def encode_task(self, task: Task) -> list[int]:
-        if task.chat:
-            try:
-                return self.encode(str(self._post("/apply-template", {"messages": task.messages()})["prompt"]))
-            except EngineError as exc:
-                if "template" not in str(exc).lower():
-                    raise
-        return self.encode(task.prompt)
+    def _chat_ids(self, task: Task) -> list[int]:
+        return self.encode(str(self._post("/apply-template", {"messages": task.messages()})["prompt"]))
 
 
 def _logprob(step: dict) -> float:

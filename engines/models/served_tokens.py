@@ -57,13 +57,16 @@ class ServerTokenizer:
     def encode_task(self, task: Task) -> list[int]:
         if task.chat:
             try:
-                data = self.client._send("POST", self.client.root_url + "/tokenize",
-                                         {"model": self.model, "messages": task.messages(), "add_generation_prompt": True})
-                return [int(t) for t in data["tokens"]]
+                return self._chat_ids(task)
             except EngineError as exc:
-                if "chat template" not in str(exc):
+                if "template" not in str(exc).lower():  # a model without a chat template: the plain prompt
                     raise
         return self.encode(task.prompt)
+
+    def _chat_ids(self, task: Task) -> list[int]:
+        data = self.client._send("POST", self.client.root_url + "/tokenize",
+                                 {"model": self.model, "messages": task.messages(), "add_generation_prompt": True})
+        return [int(t) for t in data["tokens"]]
 
 
 class LocalTokenizer:
