@@ -40,63 +40,50 @@ def smollm2():
     return load_model("embedded:smollm2")
 
 
+def _server_url(variable: str, what: str, how: str = "make test starts one") -> str:
+    """The URL (``http://HOST:PORT/v1``) in ``variable``; the test is skipped, saying so, without it."""
+    url = os.environ.get(variable)
+    if not url:
+        pytest.skip(f"no {what}: set {variable}=http://HOST:PORT/v1 ({how})")
+    return url
+
+
 @pytest.fixture(scope="session")
 def vllm_url():
-    """The URL (``http://HOST:PORT/v1``) of a real vLLM server serving embedded:arith's policy, from
-    SAMPLESCOPE_TEST_VLLM (make test starts one); tests that need it are skipped without it."""
-    url = os.environ.get("SAMPLESCOPE_TEST_VLLM")
-    if not url:
-        pytest.skip("no vLLM server: set SAMPLESCOPE_TEST_VLLM=http://HOST:PORT/v1 (make test starts one)")
-    return url
+    """A real vLLM server serving embedded:arith's policy (.ci/start-vllm)."""
+    return _server_url("SAMPLESCOPE_TEST_VLLM", "vLLM server")
 
 
 @pytest.fixture(scope="session")
 def vllm_rm_url():
-    """A vLLM pooling server serving embedded:arith's outcome reward model, from SAMPLESCOPE_TEST_VLLM_RM."""
-    url = os.environ.get("SAMPLESCOPE_TEST_VLLM_RM")
-    if not url:
-        pytest.skip("no vLLM reward-model server: set SAMPLESCOPE_TEST_VLLM_RM=http://HOST:PORT/v1")
-    return url
+    """A vLLM pooling server serving embedded:arith's outcome reward model."""
+    return _server_url("SAMPLESCOPE_TEST_VLLM_RM", "vLLM reward-model server")
 
 
 @pytest.fixture(scope="session")
 def vllm_embed_url():
-    """A vLLM embedding server on embedded:arith's policy (``--runner pooling --convert embed``, mean
-    pooling), from SAMPLESCOPE_TEST_VLLM_EMBED (.ci/start-vllm starts one)."""
-    url = os.environ.get("SAMPLESCOPE_TEST_VLLM_EMBED")
-    if not url:
-        pytest.skip("no vLLM embedding server: set SAMPLESCOPE_TEST_VLLM_EMBED=http://HOST:PORT/v1")
-    return url
+    """A vLLM embedding server on embedded:arith's policy (``--runner pooling --convert embed``, mean pooling)."""
+    return _server_url("SAMPLESCOPE_TEST_VLLM_EMBED", "vLLM embedding server")
 
 
 @pytest.fixture(scope="session")
 def llamacpp_url():
-    """The URL of a real llama.cpp server (``llama-server``) serving the embedded SmolLM2 GGUF, from
-    SAMPLESCOPE_TEST_LLAMACPP (make test builds and starts one: .ci/start-llamacpp)."""
-    url = os.environ.get("SAMPLESCOPE_TEST_LLAMACPP")
-    if not url:
-        pytest.skip("no llama.cpp server: set SAMPLESCOPE_TEST_LLAMACPP=http://HOST:PORT/v1 (make test starts one)")
-    return url
+    """A real llama.cpp server (``llama-server``) on the float32 twin of the embedded SmolLM2 GGUF (.ci/start-llamacpp)."""
+    return _server_url("SAMPLESCOPE_TEST_LLAMACPP", "llama.cpp server")
 
 
 @pytest.fixture(scope="session")
 def llamacpp_q4_url():
-    """A real llama.cpp server on the shipped Q4_1 SmolLM2 GGUF itself, from SAMPLESCOPE_TEST_LLAMACPP_Q4."""
-    url = os.environ.get("SAMPLESCOPE_TEST_LLAMACPP_Q4")
-    if not url:
-        pytest.skip("no llama.cpp server on the Q4_1 file: set SAMPLESCOPE_TEST_LLAMACPP_Q4 (make test starts one)")
-    return url
+    """A real llama.cpp server on the shipped Q4_1 SmolLM2 GGUF itself."""
+    return _server_url("SAMPLESCOPE_TEST_LLAMACPP_Q4", "llama.cpp server on the Q4_1 file")
 
 
 @pytest.fixture(scope="session")
 def sglang_url():
-    """The URL of a real SGLang server serving embedded:arith's policy as ``arith``, from SAMPLESCOPE_TEST_SGLANG.
-    CI has none: SGLang's CPU kernels are not on PyPI (README, "SGLang")."""
-    url = os.environ.get("SAMPLESCOPE_TEST_SGLANG")
-    if not url:
-        pytest.skip("no SGLang server: set SAMPLESCOPE_TEST_SGLANG=http://HOST:PORT/v1 (SGLang's CPU build is not on "
-                    "PyPI, so CI starts none; scripts/sglang_cpu/run install && scripts/sglang_cpu/run serve)")
-    return url
+    """A real SGLang server serving embedded:arith's policy as ``arith``. CI has none: SGLang's CPU kernels are
+    not on PyPI (README, "SGLang")."""
+    return _server_url("SAMPLESCOPE_TEST_SGLANG", "SGLang server", "SGLang's CPU build is not on PyPI, so CI starts "
+                       "none; scripts/sglang_cpu/run install && scripts/sglang_cpu/run serve")
 
 
 def pytest_collection_modifyitems(config, items):

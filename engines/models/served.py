@@ -267,11 +267,7 @@ class ServedTextModel(TextModel):
         rng: torch.Generator | None = None,
         usage: Cost | None = None,
     ) -> list[list[Generation]]:
-        if params.stop_entropy is not None:
-            raise EngineError(
-                "entropy-cut segments need the full next-token distribution at every step, which a served "
-                "model does not return; use step=tokens or newline, or an in-process model"
-            )
+        self._check_params(params)
         prefixes = checked_prefixes(prefixes, n, params.max_new_tokens, self.max_model_len, what="served model")
         jobs = []  # (prefix index, first copy, copies, seed), seeds drawn in a fixed order
         for i in range(len(prefixes)):
@@ -296,6 +292,14 @@ class ServedTextModel(TextModel):
                 g = results[i][j]
                 results[i][j] = Generation(**{**g.__dict__, "logprobs": lps, "meta": {**g.meta, "base_logprobs": "scored"}})
         return results
+
+    def _check_params(self, params: SamplingParams) -> None:
+        """Refuse, before any request, what this server cannot sample."""
+        if params.stop_entropy is not None:
+            raise EngineError(
+                "entropy-cut segments need the full next-token distribution at every step, which a served "
+                "model does not return; use step=tokens or newline, or an in-process model"
+            )
 
     def _draw_seed(self, rng: torch.Generator) -> int:
         """A request's seed (its k-th continuation uses seed + k on vLLM, so seeds are a stride apart)."""

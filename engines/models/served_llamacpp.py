@@ -197,13 +197,16 @@ class LlamaCppTextModel(ServedTextModel):
             "samplers": CHAIN, **NEUTRAL, "cache_prompt": not self.salt_requests, "return_tokens": True,
         }
 
-    def _sample_one(self, prefix: list[int], params: SamplingParams, count: int, seed, usage: Cost) -> list[Generation]:
+    def _check_params(self, params: SamplingParams) -> None:
+        super()._check_params(params)
         if 0 < params.min_new_tokens < params.max_new_tokens:
             raise EngineError(
                 f"llama.cpp's server has no min_tokens: {self.name} can force exactly max_new_tokens "
                 f"(min = max) or none, not min_new_tokens={params.min_new_tokens} < {params.max_new_tokens}"
             )
-        warped = not _identity_warp(params) and params.temperature != 0
+
+    def _sample_one(self, prefix: list[int], params: SamplingParams, count: int, seed, usage: Cost) -> list[Generation]:
+        warped = self._needs_scored_base(params)  # warped log-probs asked for; the base ones scored after
         body = {
             **self._body(prefix, params), "n_predict": params.max_new_tokens, "n_cmpl": count, "n_probs": 1,
             "post_sampling_probs": warped, "ignore_eos": params.min_new_tokens >= params.max_new_tokens > 0,
