@@ -352,7 +352,8 @@ def test_compare_uploads_a_prompt_set_and_refuses_a_bad_one(services, tmp_path):
     good.write_text('{"q": "say a"}\n{"q": "say b"}\n')
     added = compare.add_set(str(good), "mine", "q", "", "")
     assert added[compare.add_status].startswith("stored: 'mine', 2 prompts")
-    assert "mine" in added[compare.prompt_set].constructor_args["choices"] or True
+    dropdown = added[compare.prompt_set]  # the new set is offered and selected
+    assert "mine" in [value for _, value in dropdown.choices] and dropdown.value == "mine"
     updates = _compare_run(compare, ["best_of_n"], prompt_set="mine", sizes="1,2")
     assert updates[-1][compare.status] == "done: sweep 1, 4/4 cells"
     bad = tmp_path / "bad.jsonl"
