@@ -210,6 +210,10 @@ class Sampler(ABC):
     modalities: ClassVar[tuple[str, ...]] = ("text",)
     #: which reward protocol the sampler consumes: "outcome", "pairwise" or "step"
     reward_kind: ClassVar[str] = "outcome"
+    #: small named configurations, one per variant worth seeing (a few steps and particles,
+    #: a fraction of a second on the embedded digits model); the shared diffusion behaviour
+    #: suite runs every one, and a sampler for image models must declare at least one
+    examples: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: Config | None = None) -> None:
         config = config if config is not None else self.Config()

@@ -49,6 +49,7 @@ class BestOfN(Sampler):
     name = "best_of_n"
     Config = BestOfNConfig
     modalities = ("text", "image")
+    examples = {"best_of_n": {"n": 5, "steps": 5, "batch_size": 2}}
 
     def check_inputs(self, task: Task, model: Any, reward: Any) -> None:
         super().check_inputs(task, model, reward)

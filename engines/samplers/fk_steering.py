@@ -146,6 +146,13 @@ class FKSteeringConfig(DiffusionConfig):
 class FKSteering(DiffusionSampler):
     name = "fk_steering"
     Config = FKSteeringConfig
+    examples = {
+        "fk_max_systematic": {"particles": 4, "steps": 6, "resample_every": 2, "ess_threshold": 1.0},
+        "fk_difference_multinomial": {
+            "particles": 4, "steps": 6, "potential": "difference", "resampling": "multinomial", "pick": "sample",
+        },
+        "fk_sum_guided": {"particles": 3, "steps": 5, "potential": "sum", "guidance": 0.2},
+    }
 
     def needs_gradient(self) -> bool:
         return self.config.guidance > 0
