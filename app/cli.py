@@ -12,8 +12,17 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-#: modules under app.commands, each with ``register(subparsers)``
-COMMAND_MODULES = ("sample", "listing", "data", "serve", "bench", "sweep", "reward")
+#: the modules that attach subcommands, each with ``register(subparsers)``: the app's own, then
+#: plugins from the layer above the app (bench brings its ``bench`` command; the app imports no bench code)
+COMMAND_MODULES = (
+    "app.commands.sample",
+    "app.commands.listing",
+    "app.commands.data",
+    "app.commands.serve",
+    "bench.command",
+    "app.commands.sweep",
+    "app.commands.reward",
+)
 
 
 def one_line(text: str, limit: int = 500) -> str:
@@ -32,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMAND_MODULES:
-        importlib.import_module(f"app.commands.{name}").register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

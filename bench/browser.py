@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.common import save
+from bench.measure import save
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -70,7 +70,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve(db_url: str, model: str = "embedded:smollm2") -> Iterator[tuple[str, object]]:
     """The real app on a free local port with ``model`` preloaded; yields (url, services)."""
-    from app.commands.common import quiet_libraries
+    from app.commands.console import quiet_libraries
     from app.ui import build_demo, launch_options
     from app.ui.services import Services
     from storage import Database

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import RESULTS, machine, save
+from bench.measure import RESULTS, machine, save
 
 STEPS = 25
 BUDGETS = (25, 50, 100, 200, 400, 800)

@@ -54,7 +54,7 @@ def open_tab(page, name: str) -> None:
 
 def seed_votes(services, run_id: int, tokens: int) -> None:
     """Two more samplers on the same prompt, then scripted votes between the three runs' picks."""
-    from app.store import save_request_run
+    from app.workflows.store import save_request_run
     from engines.runner import RunRequest, execute
     from storage import add_vote, compare_runs, present
 

@@ -75,7 +75,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
-from storage.common import prompt_hash
+from storage.rows import prompt_hash
 from storage.errors import InvalidInput
 from storage.models import EXPORT_FORMATS, PLAYERS
 from storage.records import VoteRecord, training_records, vote_records

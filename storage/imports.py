@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.common import check_name, get_or_create_prompt
+from storage.rows import check_name, get_or_create_prompt
 from storage.errors import InvalidInput, StorageError
 from storage.exports import ID_COLUMNS, read_rows
 from storage.models import RATIONALE_MAX_CHARS, Candidate, Comparison, Run

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engines.trace import COST_FIELDS
-from storage.common import require
+from storage.rows import require
 from storage.errors import InvalidInput
 from storage.models import PromptSet as PromptSetRow
 from storage.models import Sweep, SweepCell, utcnow

@@ -37,7 +37,7 @@ from sqlalchemy import and_, bindparam, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from storage.common import find_annotator, get_or_create_annotator, require
+from storage.rows import find_annotator, get_or_create_annotator, require
 from storage.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from storage.models import (
     KEY_MAX_CHARS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from app.commands.common import add_json
+from app.commands.console import add_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from app.commands.common import add_json, parse_pairs, quiet_libraries
+from app.commands.console import add_json, parse_pairs, quiet_libraries
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     run_id = None
     if args.save:
-        from app.store import open_database, save_request_run
+        from app.workflows.store import open_database, save_request_run
 
         run_id = save_request_run(open_database(args.db), request, trace)
     result = request.summary(trace)

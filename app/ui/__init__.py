@@ -24,7 +24,7 @@ from app.ui.compare import CompareTab
 from app.ui.data import DataTab
 from app.ui.explore import ExploreTab
 from app.ui.label import LabelTab, annotator_state
-from app.ui.render import md_text
+from app.views.render import md_text
 from app.ui.runs import RunsTab
 from app.ui.services import Services
 
@@ -89,7 +89,7 @@ PUBLIC_API = frozenset({"sample"})
 
 
 def sample_api(services: Services, model, reward, sampler, prompt, params, answer, seed) -> dict:
-    from app.store import save_request_run
+    from app.workflows.store import save_request_run
     from app.ui.services import error_message
     from engines.errors import ConfigError
     from engines.runner import RunRequest, execute

@@ -4,7 +4,7 @@ Pick a prompt set (built-in or uploaded: JSONL, CSV, Parquet with a column mappi
 any samplers (flat, step-level and tree, diffusion), sizes of each sampler's size knob
 or caps of one cost counter, engines (several model specs spread the prompts), a
 steering and an evaluation reward. The run is a sweep of ``engines.sweep`` stored by
-``app.sweeps`` cell by cell, so the plot fills in live, a cancel keeps what finished,
+``app.workflows.sweeps`` cell by cell, so the plot fills in live, a cancel keeps what finished,
 and Resume finishes a stored sweep without redoing its cells. A point is the mean
 evaluation reward of the picks over prompts, with its 95% bootstrap interval, against
 the mean of the chosen cost counter. Stored sweeps reopen here and download as CSV,
@@ -23,7 +23,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from app.ui.services import Services, error_message
-from app.ui.views import _layout, empty
+from app.views.trace import _layout, empty
 from engines.trace import COST_FIELDS
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -38,7 +38,7 @@ def sweep_figure(points: list[dict], counter: str = "generated_tokens") -> go.Fi
     fig = go.Figure()
     for k, arm in enumerate(dict.fromkeys(p["arm"] for p in points)):
         mine = [p for p in points if p["arm"] == arm]
-        from app.ui.render import plain
+        from app.views.render import plain
 
         fig.add_trace(go.Scatter(
             x=[p[counter] for p in mine], y=[p["quality"] for p in mine], mode="lines+markers", name=plain(arm, 60),
@@ -173,7 +173,7 @@ class CompareTab:
     # -- handlers ----------------------------------------------------------------------------------------------
 
     def add_set(self, upload, name, prompt_col, answer_col, system_col):
-        from app.sweeps import add_prompt_set
+        from app.workflows.sweeps import add_prompt_set
         from engines.prompts import load_prompt_file
 
         if not upload:
@@ -191,7 +191,7 @@ class CompareTab:
 
     def run(self, samplers, prompt_set, engines, reward, evaluate, axis, sizes, counter, budgets, prompts, tokens,
             workers, seed, x_counter="generated_tokens"):
-        from app.sweeps import parse_arms, parse_levels, start
+        from app.workflows.sweeps import parse_arms, parse_levels, start
 
         if not samplers:
             yield {self.status: "⚠ choose at least one sampler"}
@@ -212,7 +212,7 @@ class CompareTab:
         yield from self._drive(sweep_id, plan, int(workers), x_counter)
 
     def resume_sweep(self, sweep_id, workers, x_counter="generated_tokens"):
-        from app.sweeps import load_plan
+        from app.workflows.sweeps import load_plan
 
         if sweep_id is None:
             yield {self.status: "⚠ choose a stored sweep"}
@@ -225,7 +225,7 @@ class CompareTab:
         yield from self._drive(int(sweep_id), plan, int(workers), x_counter)
 
     def _drive(self, sweep_id: int, plan, workers: int, x_counter: str):
-        from app.sweeps import cell_rows, run_stored
+        from app.workflows.sweeps import cell_rows, run_stored
 
         token, flag = self.services.start_run()
         total = len(plan.cells())
@@ -253,7 +253,7 @@ class CompareTab:
             self.services.finish(token)
 
     def _views(self, sweep_id: int, counter: str) -> dict:
-        from app.sweeps import cell_rows
+        from app.workflows.sweeps import cell_rows
         from engines.sweep_stats import all_pairs, points
 
         cells = cell_rows(self.services.db, sweep_id)
@@ -277,7 +277,7 @@ class CompareTab:
         path = folder / f"samplescope-sweep-{int(sweep_id)}.{kind}"
         try:
             if kind == "html":
-                from app.report import report_html
+                from app.workflows.report import report_html
 
                 path.write_text(report_html(self.services.db, "sweep", int(sweep_id)), encoding="utf-8")
             else:

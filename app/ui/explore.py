@@ -16,7 +16,7 @@ import gradio as gr
 
 from app.ui import forms
 from app.ui.panel import ViewPanel, candidate_html
-from app.ui.render import md_text
+from app.views.render import md_text
 from app.ui.services import Services, error_message
 from engines.runner import RunRequest, stream
 from engines.trace import Trace
@@ -144,7 +144,7 @@ class ExploreTab:
         yield self.save(request, trace)
 
     def save(self, request: RunRequest, trace: Trace) -> dict[Any, Any]:
-        from app.store import save_request_run
+        from app.workflows.store import save_request_run
 
         try:
             run_id = save_request_run(self.services.db, request, trace)

@@ -18,7 +18,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.ui.render import image_tag, markdown, md_text
+from app.views.render import image_tag, markdown, md_text
 from app.ui.services import Services, error_message
 
 CHOICES = [("A is better", "left", "1", "vote-a"), ("B is better", "right", "2", "vote-b"),
@@ -169,7 +169,7 @@ class LabelTab:
                 ids = [r.id for r in self.services.db.read(lambda s: list_runs(s, limit=20))]
             scorer = None
             if (strategy or "").startswith("uncertain:"):  # the learned reward scores the candidates
-                from app.reward_training import reward_scorer
+                from app.workflows.reward_training import reward_scorer
 
                 scorer = reward_scorer("learned:" + strategy.split(":", 1)[1])
             made = self.services.db.write(

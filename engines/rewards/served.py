@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from urllib.parse import parse_qsl
 
 from engines.errors import ConfigError, EngineError
-from engines.models.served_client import EngineClient
-from engines.models.served_tokens import _local
+from engines.models.served.client import EngineClient
+from engines.models.served.tokens import _local
 from engines.rewards.base import Reward, StepReward
 from engines.task import Task
 from engines.trace import Cost

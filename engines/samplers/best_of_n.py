@@ -24,7 +24,7 @@ from typing import Any
 from engines.config import param
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
-from engines.samplers.common import Candidate, argmax, draw_scored, open_root
+from engines.samplers.candidates import Candidate, argmax, draw_scored, open_root
 from engines.samplers.diffusion_common import (
     DiffusionConfig,
     ImageCandidate,

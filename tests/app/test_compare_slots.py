@@ -7,7 +7,7 @@ import threading
 import gradio as gr
 import pytest
 
-from app.sweeps import cell_rows
+from app.workflows.sweeps import cell_rows
 from app.ui.compare import CompareTab, engine_specs
 from app.ui.services import Services
 

@@ -289,7 +289,7 @@ def _compare_run(compare, samplers, prompt_set="open", engines="toy:abc", reward
 
 
 def test_compare_runs_a_stored_sweep_with_a_point_per_sampler_and_size(services):
-    from app.sweeps import cell_rows
+    from app.workflows.sweeps import cell_rows
 
     with gr.Blocks():
         compare = CompareTab(services)
@@ -310,7 +310,7 @@ def test_compare_runs_a_stored_sweep_with_a_point_per_sampler_and_size(services)
 
 
 def test_compare_at_matched_budgets_keeps_each_cap_and_reopens(services):
-    from app.sweeps import cell_rows
+    from app.workflows.sweeps import cell_rows
 
     with gr.Blocks():
         compare = CompareTab(services)
@@ -414,7 +414,7 @@ def test_users_add_command_and_serve_refusing_an_empty_users_file(tmp_path, monk
 
 
 def test_compare_resumes_a_sweep_closed_mid_way(services):
-    from app.sweeps import cell_rows
+    from app.workflows.sweeps import cell_rows
 
     with gr.Blocks():
         compare = CompareTab(services)

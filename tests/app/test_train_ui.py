@@ -49,7 +49,7 @@ def test_training_drops_annotators_below_the_threshold(services, db):
 
 
 def test_label_tab_makes_uncertain_pairs_with_a_learned_reward(services, db):
-    from app.reward_training import run_training
+    from app.workflows.reward_training import run_training
     from app.ui.label import LabelTab, learned_strategies
     from tests.storage.storage_helpers import store_run
 
@@ -64,7 +64,7 @@ def test_label_tab_makes_uncertain_pairs_with_a_learned_reward(services, db):
 
 
 def test_compare_runs_samplers_with_a_learned_reward(services, db):
-    from app.reward_training import run_training
+    from app.workflows.reward_training import run_training
     from app.ui.compare import CompareTab
 
     fill(db, prompts=12, per_prompt=6)

@@ -16,8 +16,8 @@ from engines.errors import EngineError, SamplescopeError
 from engines.models import load_model
 from engines.models.base import SamplingParams
 from engines.models.sampling import warp
-from engines.models.served import ServedTextModel, parse_openai_spec
-from engines.models.served_sglang import SGLangTextModel
+from engines.models.served.openai_compatible import ServedTextModel, parse_openai_spec
+from engines.models.served.sglang import SGLangTextModel
 from engines.task import Task
 from engines.trace import Cost
 from tests.engines import test_sampler_behaviour as suite

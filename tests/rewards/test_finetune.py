@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.cli import main
-from app.reward_finetune import run_finetune
+from app.workflows.reward_finetune import run_finetune
 from engines.errors import SamplescopeError
 from engines.rewards import build_reward
 from engines.rewards.bt_fit import Progress
@@ -17,7 +17,7 @@ from tests.rewards.simulated import fill
 @pytest.mark.slow
 def test_a_tiny_model_is_fine_tuned_stored_and_usable_as_learned(db, tiny_lm_dir):
     fill(db, prompts=10, per_prompt=6)
-    from app.reward_finetune import finetune_reward
+    from app.workflows.reward_finetune import finetune_reward
 
     items = list(finetune_reward(db, "ft", base=f"hf:{tiny_lm_dir}", epochs=3))
     losses = [p.loss for p in items if isinstance(p, Progress) and p.stage == "final"]

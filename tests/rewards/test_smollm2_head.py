@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from app.reward_training import run_training
+from app.workflows.reward_training import run_training
 from engines.rewards import build_reward
 from engines.rewards.bt_fit import FitConfig
 from engines.task import Task

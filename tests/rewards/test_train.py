@@ -7,7 +7,7 @@ import json
 import pytest
 
 from app.cli import main
-from app.reward_training import run_training
+from app.workflows.reward_training import run_training
 from engines.errors import ConfigError, SamplescopeError
 from engines.rewards import build_reward, list_rewards
 from engines.rewards.learned import learned_home

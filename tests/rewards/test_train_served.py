@@ -11,7 +11,7 @@ import pytest
 @pytest.mark.vllm
 def test_reward_train_on_served_embeddings_matches_the_in_process_base(db, capsys, vllm_embed_url):
     from app.cli import main
-    from app.reward_training import run_training
+    from app.workflows.reward_training import run_training
     from engines.rewards import build_reward
     from engines.rewards.learned import learned_home
     from engines.task import Task

@@ -4,9 +4,9 @@ The file holds everything it shows: plotly.js itself (the copy the plotly packag
 ships, inlined in a ``<script>``, no CDN), each figure's JSON in a
 ``<script type="application/json">`` block (``<``, ``>`` and ``&`` written as JSON
 ``\\u`` escapes, so no string can close the block), the candidate images as PNG data
-URIs checked by :func:`app.ui.render.image_tag`, and the tables. Every model-written or
+URIs checked by :func:`app.views.render.image_tag`, and the tables. Every model-written or
 stored string reaches the page through ``html.escape`` (text) or
-:func:`app.ui.render.plain` (plot labels), never as markup. A Content-Security-Policy
+:func:`app.views.render.plain` (plot labels), never as markup. A Content-Security-Policy
 meta tag forbids any network fetch, so the file renders the same offline.
 
 A run report: header (sampler, model, reward, seed, status), config, cost, the
@@ -110,8 +110,8 @@ class Page:
 
 
 def run_page(stored: Any) -> Page:
-    from app.ui.render import image_tag
-    from app.ui.views import (
+    from app.views.render import image_tag
+    from app.views.trace import (
         acceptance_figure,
         bracket_figure,
         cost_markdown,
@@ -158,7 +158,7 @@ def run_page(stored: Any) -> Page:
 def sweep_page(sweep: Any, prompt_set: Any, cells: list[dict[str, Any]], examples: list[tuple[dict, Any]],
                counter: str = "generated_tokens") -> Page:
     from app.ui.compare import sweep_figure
-    from app.ui.render import image_tag
+    from app.views.render import image_tag
     from engines.sweep_stats import all_pairs, points
 
     spec = sweep.spec
@@ -194,8 +194,8 @@ def sweep_page(sweep: Any, prompt_set: Any, cells: list[dict[str, Any]], example
             rows.append([cell["arm"], cell["level"], cell["prompt"], stored.prompt[:300], cell["quality"], text[:600],
                          Safe(shown)])
         page.raw(_table(["arm", "level", "prompt #", "prompt", "quality", "pick", "image"], rows))
-        from app.ui.render import plain
-        from app.ui.views import bracket_figure, particles_figure, tree_figure
+        from app.views.render import plain
+        from app.views.trace import bracket_figure, particles_figure, tree_figure
 
         page.heading("Their searches")
         for cell, stored in examples:  # each arm's search at its largest level: tree, and bracket or particles

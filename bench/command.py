@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from app.commands.common import quiet_libraries
+from app.commands.console import quiet_libraries
 from bench import BENCHES
 
 

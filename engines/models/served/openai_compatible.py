@@ -4,9 +4,9 @@ Spec: ``openai:URL`` (the server's only model) or ``openai:URL#NAME``, e.g.
 ``openai:http://127.0.0.1:8000/v1#smollm2``. Tested against vLLM 0.32 (its CPU
 build, every feature below). Other servers are recognised at connect by
 ``owned_by`` in ``/v1/models`` and get their own subclass, which says what it
-lacks: SGLang (:mod:`engines.models.served_sglang`, its ``/generate`` for
+lacks: SGLang (:mod:`engines.models.served.sglang`, its ``/generate`` for
 log-probs with token ids) and llama.cpp's ``llama-server``
-(:mod:`engines.models.served_llamacpp`, its native ``/completion``).
+(:mod:`engines.models.served.llamacpp`, its native ``/completion``).
 Another server without vLLM's extensions (``logprob_token_ids``, ``prompt_logprobs``,
 ``return_token_ids``; token ids are also read from ``return_tokens_as_token_ids``)
 falls back or is refused in one line naming the missing field.
@@ -37,7 +37,7 @@ How each protocol call maps to requests
   asks for exactly the tokens a judge reads (``logprob_token_ids``).
 - ``embed``: ``/v1/embeddings`` of a vLLM pooling server started with
   ``--runner pooling --convert embed --pooler-config '{"pooling_type": "MEAN"}'``
-  (mean-pooled last hidden state, as in-process; :mod:`engines.models.served_embed`).
+  (mean-pooled last hidden state, as in-process; :mod:`engines.models.served.embed`).
   A pooling server has no ``/v1/completions``: connect notices (HTTP 404 on the
   probe) and sampling or scoring from it is one refusal line.
 - Tokenisation: the tokenizer files of the served folder (the server's
@@ -67,8 +67,8 @@ import torch
 
 from engines.models import SCHEMES, LoadOptions
 from engines.models.base import Generation, SamplingParams, TextModel, checked_prefixes
-from engines.models.served_client import EngineClient, EngineError
-from engines.models.served_tokens import ServerTokenizer, load_tokenizer
+from engines.models.served.client import EngineClient, EngineError
+from engines.models.served.tokens import ServerTokenizer, load_tokenizer
 from engines.task import Task
 from engines.trace import Cost
 
@@ -132,11 +132,11 @@ class ServedTextModel(TextModel):
             )
         info = next(m for m in listed if m.get("id") == model)
         if info.get("owned_by") == "llamacpp":
-            from engines.models.served_llamacpp import LlamaCppTextModel
+            from engines.models.served.llamacpp import LlamaCppTextModel
 
             return LlamaCppTextModel.from_server(client, model, info)
         if info.get("owned_by") == "sglang":
-            from engines.models.served_sglang import SGLangTextModel
+            from engines.models.served.sglang import SGLangTextModel
 
             return SGLangTextModel.from_server(client, model, info)
         tokenizer = load_tokenizer(client, model, info.get("root"))
@@ -448,8 +448,8 @@ class ServedTextModel(TextModel):
                                 advice="raise vLLM's --max-logprobs or use an in-process model")
 
     def embed(self, texts, *, usage: Cost | None = None) -> torch.Tensor:
-        """Mean-pooled last hidden states from the server's /v1/embeddings (see :mod:`engines.models.served_embed`)."""
-        from engines.models.served_embed import embed_texts
+        """Mean-pooled last hidden states from the server's /v1/embeddings (see :mod:`engines.models.served.embed`)."""
+        from engines.models.served.embed import embed_texts
 
         return embed_texts(self, texts, usage=usage)
 

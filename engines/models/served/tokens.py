@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from engines.models.served_client import EngineClient, EngineError
+from engines.models.served.client import EngineClient, EngineError
 from engines.task import Task
 
 log = logging.getLogger("samplescope.served")

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from app.reward_training import Trained, ceiling, select_votes, write_folder
+from app.workflows.reward_training import Trained, ceiling, select_votes, write_folder
 from engines.errors import ConfigError, ModelLoadError
 from engines.rewards.bt_fit import MIN_VOTES, Accuracy, Progress
 from engines.rewards.learned import check_name, learned_home
