@@ -75,10 +75,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
-from storage.rows import prompt_hash
 from storage.errors import InvalidInput
 from storage.models import EXPORT_FORMATS, PLAYERS
 from storage.records import VoteRecord, training_records, vote_records
+from storage.rows import prompt_hash
 
 FORMATS = EXPORT_FORMATS
 

@@ -20,10 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engines.task import Task
-from storage.rows import get_or_create_prompt
 from storage.errors import InvalidInput, NotFound
 from storage.models import Prompt, PromptSetItem
 from storage.models import PromptSet as PromptSetRow
+from storage.rows import get_or_create_prompt
 from storage.serial import from_jsonable, to_jsonable
 
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")

@@ -49,10 +49,10 @@ def port_number(text: str) -> int:
 
 
 def build_services(args: argparse.Namespace):
-    from app.workflows.store import open_database
     from app.ui.auth import UserStore
     from app.ui.identity import load_secret
     from app.ui.services import Services
+    from app.workflows.store import open_database
     from engines.models.served.client import normalise_url
     from storage.db import data_home
 

@@ -24,9 +24,9 @@ from app.ui.compare import CompareTab
 from app.ui.data import DataTab
 from app.ui.explore import ExploreTab
 from app.ui.label import LabelTab, annotator_state
-from app.views.render import md_text
 from app.ui.runs import RunsTab
 from app.ui.services import Services
+from app.views.render import md_text
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
 
@@ -89,8 +89,8 @@ PUBLIC_API = frozenset({"sample"})
 
 
 def sample_api(services: Services, model, reward, sampler, prompt, params, answer, seed) -> dict:
-    from app.workflows.store import save_request_run
     from app.ui.services import error_message
+    from app.workflows.store import save_request_run
     from engines.errors import ConfigError
     from engines.runner import RunRequest, execute
     from engines.samplers import SAMPLERS

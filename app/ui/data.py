@@ -9,8 +9,8 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
-from app.views.render import md_text, plain
 from app.ui.services import Services, error_message
+from app.views.render import md_text, plain
 from app.views.trace import _layout, empty
 
 FORMATS = [("DPO pairs (JSONL)", "dpo", ".jsonl"), ("DPO pairs (Parquet)", "dpo", ".parquet"),

@@ -16,8 +16,8 @@ import gradio as gr
 
 from app.ui import forms
 from app.ui.panel import ViewPanel, candidate_html
-from app.views.render import md_text
 from app.ui.services import Services, error_message
+from app.views.render import md_text
 from engines.runner import RunRequest, stream
 from engines.trace import Trace
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import gradio as gr
 
-from app.views.render import image_tag, markdown, md_text
 from app.ui.services import Services, error_message
+from app.views.render import image_tag, markdown, md_text
 
 CHOICES = [("A is better", "left", "1", "vote-a"), ("B is better", "right", "2", "vote-b"),
            ("Tie", "tie", "3", "vote-tie"), ("Both bad", "both_bad", "4", "vote-bad"), ("Skip", "skip", "s", "vote-skip")]

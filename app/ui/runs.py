@@ -13,8 +13,8 @@ from typing import Any
 import gradio as gr
 
 from app.ui.panel import ViewPanel, candidate_html
-from app.views.render import md_text, text
 from app.ui.services import Services, error_message
+from app.views.render import md_text, text
 from engines.trace import Trace
 
 ALL = "(all)"

@@ -93,8 +93,8 @@ def test_the_hostile_trace_has_every_view_and_a_payload_in_each_field(stored):
 
 
 def test_view_functions_render_no_live_markup(stored):
-    from app.views import trace as views
     from app.ui.panel import candidate_html, image_grid
+    from app.views import trace as views
 
     trace = stored[0].trace
     problems = []

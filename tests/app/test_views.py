@@ -7,8 +7,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from app.views import trace as views
 from app.ui.panel import candidate_html
+from app.views import trace as views
 from app.views.render import markdown, plain
 from engines.runner import RunRequest, execute
 from engines.trace import ResampleEvent, Trace
