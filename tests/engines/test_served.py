@@ -16,6 +16,7 @@ import torch
 from engines.errors import EngineError, SamplescopeError
 from engines.models import load_model
 from engines.models.base import SamplingParams
+from engines.models.served import connect, parse_openai_spec
 from engines.models.served.openai_compatible import ServedTextModel
 from engines.rewards.base import Reward
 from engines.task import Task
@@ -214,13 +215,11 @@ def test_entropy_segments_are_refused(served):
 )
 def test_bad_specs_give_one_line(vllm_url, spec, message):
     with pytest.raises(SamplescopeError) as info:
-        ServedTextModel.connect(*_split(spec.format(url=vllm_url)), retries=0)
+        connect(*_split(spec.format(url=vllm_url)), retries=0)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def _split(spec):
-    from engines.models.served.openai_compatible import parse_openai_spec
-
     return parse_openai_spec(spec[len("openai:"):])
 
 

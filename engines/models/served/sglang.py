@@ -44,8 +44,8 @@ import torch
 
 from engines.errors import EngineError
 from engines.models.base import Generation, SamplingParams
-from engines.models.served.openai_compatible import MAX_N_PER_REQUEST, RAW, ServedTextModel, _identity_warp
 from engines.models.served.client import EngineClient
+from engines.models.served.openai_compatible import MAX_N_PER_REQUEST, RAW, ServedTextModel, _identity_warp
 from engines.models.served.tokens import load_tokenizer
 from engines.trace import Cost
 
