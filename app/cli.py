@@ -12,6 +12,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from app.commands.console import quiet_libraries
+from engines.errors import SamplescopeError
+
 #: the modules that attach subcommands, each with ``register(subparsers)``: the app's own, then
 #: plugins from the layer above the app (bench brings its ``bench`` command; the app imports no bench code)
 COMMAND_MODULES = (
@@ -48,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from engines.errors import SamplescopeError
+    if getattr(args, "quiet_libraries", False):  # a plugin command asks (the app's own commands call it)
+        quiet_libraries()
 
     try:
         return int(args.func(args) or 0)

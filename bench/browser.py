@@ -1,6 +1,6 @@
 """The app in a real browser: Run → first rendered update → done, for best-of-N on the embedded model.
 
-Starts the real app (``build_demo`` + ``launch_options``, a fresh SQLite file, the model preloaded)
+Starts the real app (``samplescope serve`` in its own process, a fresh SQLite file, the model preloaded)
 and drives headless Chromium. For each repeat it clicks Run in the Explore tab and records, with the
 page's own clock (a MutationObserver on the status, link and table), when the page first shows:
 
@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import os
 import re
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.app_server import free_port, served
 from bench.measure import save
 
 CHROMIUM = "/usr/bin/chromium"
@@ -61,32 +61,16 @@ OBSERVER = """() => {
 CLICK = "() => { window.__bench = {t0: performance.now()}; document.querySelector('#explore-run').click(); }"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
-def serve(db_url: str, model: str = "embedded:smollm2") -> Iterator[tuple[str, object]]:
-    """The real app on a free local port with ``model`` preloaded; yields (url, services)."""
-    from app.commands.console import quiet_libraries
-    from app.ui import build_demo, launch_options
-    from app.ui.services import Services
+def serve(db_url: str, home: Path, model: str = "embedded:smollm2") -> Iterator[tuple[str, object]]:
+    """The real app (``samplescope serve``, its own process) on a free local port with ``model``
+    preloaded; yields (url, the database it stores into)."""
     from storage import Database
 
-    quiet_libraries()
-    services = Services(db=Database.open(db_url), default_model=model, device="cpu")
-    services.preload()
-    demo = build_demo(services)
     port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                show_error=False, **launch_options(services))
-    try:
-        yield f"http://127.0.0.1:{port}/", services
-    finally:
-        demo.close()
-        services.db.close()
+    with served(db_url, home, port, model=model, preload=True, device="cpu", timeout=900), \
+            contextlib.closing(Database.open(db_url)) as db:
+        yield f"http://127.0.0.1:{port}/", db
 
 
 @contextlib.contextmanager
@@ -110,14 +94,14 @@ def set_number(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
-def one_run(page, services) -> dict:
+def one_run(page, db) -> dict:
     from storage import load_run
 
     page.evaluate(CLICK)
     page.wait_for_function("window.__bench.saved !== undefined", timeout=600_000, polling=200)
     marks = page.evaluate("window.__bench")
     run_id = int(re.search(r"Saved as run (\d+)", page.locator("#explore-link").inner_text()).group(1))
-    stored = services.db.read(lambda s: load_run(s, run_id))
+    stored = db.read(lambda s: load_run(s, run_id))
     out = {name: (marks[name] - marks["t0"]) / 1000 for name in MARKS if marks.get(name) is not None}
     out["sampler_wall"] = float(stored.cost["wall_seconds"])
     out["outside_sampler"] = out["saved"] - out["sampler_wall"]
@@ -137,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"skipped: {CHROMIUM} is missing (make system-deps)", file=sys.stderr)
         return {}
 
-    with tempfile.TemporaryDirectory() as tmp, serve(f"sqlite:///{Path(tmp) / 'bench.db'}") as (url, services):
+    with tempfile.TemporaryDirectory() as tmp, serve(f"sqlite:///{Path(tmp) / 'bench.db'}", Path(tmp)) as (url, db):
         with chromium() as page:
             page.goto(url)
             page.wait_for_selector("#explore-run")
@@ -148,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
             runs = []
             for k in range(args.repeats + 1):
                 started = time.perf_counter()
-                runs.append(one_run(page, services))
+                runs.append(one_run(page, db))
                 print(f"  run {k}{' (warm-up)' if k == 0 else ''}: " + ", ".join(
                     f"{name} {runs[-1][name]:.2f} s" for name in (*MARKS, "sampler_wall") if name in runs[-1])
                     + f" ({time.perf_counter() - started:.1f} s wall here)", flush=True)

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.app_server import sample_and_save
 from bench.browser import PROMPT, chromium, serve, set_number
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,18 +53,17 @@ def open_tab(page, name: str) -> None:
     wait_text(page, "[role=tab][aria-selected=true]", name)
 
 
-def seed_votes(services, run_id: int, tokens: int) -> None:
-    """Two more samplers on the same prompt, then scripted votes between the three runs' picks."""
-    from app.workflows.store import save_request_run
-    from engines.runner import RunRequest, execute
+def seed_votes(db, db_url: str, run_id: int, tokens: int) -> None:
+    """Two more samplers on the same prompt (``samplescope sample --save``), then scripted votes
+    between the three runs' picks."""
     from storage import add_vote, compare_runs, present
 
     ids = [run_id]
-    for sampler, params in (("knockout", {"n": 4}), ("rejection", {"n": 4, "batch_size": 4})):
-        request = RunRequest.build(model="embedded:smollm2", reward="sentiment", sampler=sampler, prompt=PROMPT,
-                                   params={**params, "max_new_tokens": tokens}, device="cpu")
-        ids.append(save_request_run(services.db, request, execute(request)))
-    comparisons = services.db.write(lambda s: compare_runs(s, ids))
+    for sampler, params in (("knockout", ["n=4"]), ("rejection", ["n=4", "batch_size=4"])):
+        settings = [arg for value in [*params, f"max_new_tokens={tokens}"] for arg in ("--set", value)]
+        ids.append(sample_and_save(db_url, ["--model", "embedded:smollm2", "--reward", "sentiment", "--sampler", sampler,
+                                            "--prompt", PROMPT, "--device", "cpu", *settings]))
+    comparisons = db.write(lambda s: compare_runs(s, ids))
     for who, choices in (("ann", "lll"), ("bob", "llr"), ("cat", "lrl")):
         for k, (cid, choice) in enumerate(zip(comparisons, choices, strict=False)):
             side = {"l": "left", "r": "right"}[choice]
@@ -72,7 +72,7 @@ def seed_votes(services, run_id: int, tokens: int) -> None:
                 return add_vote(s, comparison_id=cid, annotator=who, outcome=present(s, cid).outcome(side),
                                 idempotency_key=key)
 
-            services.db.write(vote)
+            db.write(vote)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
 
-    with tempfile.TemporaryDirectory() as tmp, serve(f"sqlite:///{Path(tmp) / 'shots.db'}") as (url, services):
+    with tempfile.TemporaryDirectory() as tmp, serve(db_url := f"sqlite:///{Path(tmp) / 'shots.db'}", Path(tmp)) as (url, db):
         with chromium() as page:
             page.goto(url)
             page.wait_for_selector("#explore-run")
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
             wait_text(page, "#runs-cost", "status: ok")
             sizes["runs"] = save_png(page, out / "runs.png")
 
-            seed_votes(services, run_id, args.tokens)
+            seed_votes(db, db_url, run_id, args.tokens)
             page.goto(url)
             open_tab(page, "Label")
             page.get_by_role("button", name=re.compile("^Make pairs from stored runs")).click()
