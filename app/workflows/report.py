@@ -161,7 +161,6 @@ def run_page(stored: Any) -> Page:
 
 def sweep_page(sweep: Any, prompt_set: Any, cells: list[dict[str, Any]], examples: list[tuple[dict, Any]],
                counter: str = "generated_tokens") -> Page:
-
     spec = sweep.spec
     page = Page(f"samplescope sweep {sweep.id}: {', '.join(a['label'] for a in spec['arms'])}")
     pts = points(cells)

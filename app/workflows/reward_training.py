@@ -26,7 +26,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,17 @@ import numpy as np
 import torch
 
 from engines.errors import ConfigError
-from engines.rewards.bt_fit import FitConfig, PairData, Progress, TrainResult, check_trainable, train
+from engines.rewards import RewardEnv, build_reward
+from engines.rewards.base import Reward
+from engines.rewards.bt_fit import (
+    Accuracy,
+    FitConfig,
+    PairData,
+    Progress,
+    TrainResult,
+    check_trainable,
+    train,
+)
 from engines.rewards.learned import (
     CARD,
     check_name,
@@ -44,6 +54,10 @@ from engines.rewards.learned import (
     learned_home,
     save_head,
 )
+from engines.task import Task
+from storage.quality import quality_summary
+from storage.records import vote_records
+from storage.stats import reward_agreement
 
 FILTER_KEYS = ("annotator", "strategy", "model", "sampler", "reward", "prompt")
 OUTCOME_Y = {"a": 1.0, "b": 0.0, "tie": 0.5}
@@ -164,7 +178,6 @@ def featurise(examples: Sequence[Example], features: Any, modality: str) -> tupl
 
 def ceiling(records: Sequence[Any]) -> dict[str, Any]:
     """How often two annotators agree on a comparison both voted decisively on (all pairs of votes)."""
-    from engines.rewards.bt_fit import Accuracy
 
     by_comparison: dict[int, list[str]] = {}
     for r in records:
@@ -175,7 +188,6 @@ def ceiling(records: Sequence[Any]) -> dict[str, Any]:
         a, b = outcomes.count("a"), outcomes.count("b")
         agree += a * (a - 1) // 2 + b * (b - 1) // 2
         pairs += len(outcomes) * (len(outcomes) - 1) // 2
-    from dataclasses import asdict
 
     return asdict(Accuracy.of(agree, pairs))
 
@@ -193,9 +205,6 @@ def train_reward(
     load_model: Callable[..., Any] | None = None,
 ) -> Iterator[Progress | Trained]:
     """Train ``learned:NAME`` on the stored votes (see the module docstring)."""
-    from storage.quality import quality_summary
-    from storage.records import vote_records
-    from storage.stats import reward_agreement
 
     check_name(name)
     folder = learned_home() / name
@@ -290,9 +299,6 @@ def run_training(db: Any, name: str, **kwargs: Any) -> Trained:
 
 def reward_scorer(spec: str, load_model: Callable[..., Any] | None = None) -> Callable[[str, Sequence[tuple[str, str | None]]], list[float]]:
     """A ``storage.pairs`` scorer from a reward spec (``uncertain:NAME`` uses ``learned:NAME``)."""
-    from engines.rewards import RewardEnv, build_reward
-    from engines.rewards.base import Reward
-    from engines.task import Task
 
     reward = build_reward(spec, RewardEnv(load_model=load_model))
     if not isinstance(reward, Reward):

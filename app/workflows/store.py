@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from storage import Database, save_run
+
 
 def open_database(url: str | None):
     """The database at ``url`` (else SAMPLESCOPE_DB, else the user data folder), migrated."""
-    from storage import Database
 
     return Database.open(url)
 
 
 def save_request_run(db, request, trace) -> int:
     """Store a finished run made from a RunRequest; returns the run id."""
-    from storage import save_run
 
     config = dict(request.params)
     if request.budget.as_dict():
