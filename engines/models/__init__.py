@@ -11,7 +11,7 @@ A spec is ``scheme:rest``:
   Diffusion, or a UNet2DModel DDPM/DDIM pipeline);
 - ``toy:NAME``: small enumerable models for tests and demos;
 - ``openai:URL`` / ``openai:URL#NAME``: a model on an OpenAI-compatible
-  inference server (vLLM, SGLang, llama.cpp's server), see :mod:`engines.models.served.openai_compatible`.
+  inference server (vLLM, SGLang, llama.cpp's server), see :mod:`engines.models.served`.
 
 Other modules add schemes and embedded names through :data:`SCHEMES` and
 :data:`EMBEDDED`. Loaded models are cached per (spec, device, dtype), so the

@@ -2,7 +2,7 @@
 
 In-process: the enumerable toy, the embedded arith policy (transformers), SmolLM2 from its
 GGUF file (``-m model``). Served (each only where its test server's variable is set, as in
-the backend's own tests): vLLM and SGLang on arith's policy, llama.cpp on SmolLM2. A new
+the backend's own tests): vLLM and SGLang on arith's policy, llama.cpp on SmolLM2 (f32 and Q4_1). A new
 backend joins by adding one entry to ``BACKENDS``.
 
 What every backend must do, whatever its engine: tokens round-trip, ``sample`` returns
@@ -45,9 +45,10 @@ BACKENDS = {
     "vllm": Backend("openai:{url}", ARITH, "Q: 12+3*4\n4*5=20\n#23", url_fixture="vllm_url"),
     "sglang": Backend("openai:{url}", ARITH, "Q: 12+3*4\n4*5=20\n#23", url_fixture="sglang_url"),
     "llamacpp": Backend("openai:{url}", Task(prompt="Say hello."), "Hello, world!", url_fixture="llamacpp_url"),
+    "llamacpp_q4": Backend("openai:{url}", Task(prompt="Say hello."), "Hello, world!", url_fixture="llamacpp_q4_url"),
 }
 MARKS = {"smollm2": pytest.mark.model, "vllm": pytest.mark.vllm, "sglang": pytest.mark.sglang,
-         "llamacpp": pytest.mark.llamacpp}
+         "llamacpp": pytest.mark.llamacpp, "llamacpp_q4": pytest.mark.llamacpp}
 
 
 @pytest.fixture(scope="module", params=[pytest.param(name, marks=MARKS.get(name, ())) for name in BACKENDS])
