@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 from bench.app_server import free_port, served
 from bench.measure import save
@@ -62,15 +63,16 @@ CLICK = "() => { window.__bench = {t0: performance.now()}; document.querySelecto
 
 
 @contextlib.contextmanager
-def serve(db_url: str, home: Path, model: str = "embedded:smollm2") -> Iterator[tuple[str, object]]:
-    """The real app (``samplescope serve``, its own process) on a free local port with ``model``
-    preloaded; yields (url, the database it stores into)."""
+def serve(db_url: str, model: str = "embedded:smollm2") -> Iterator[tuple[str, object]]:
+    """The real app (``samplescope serve`` in its own process) on a free local port with ``model``
+    preloaded; yields (url, the served app: ``.db`` the database it stores into, at ``.db_url``; ``.proc``)."""
     from storage import Database
 
     port = free_port()
-    with served(db_url, home, port, model=model, preload=True, device="cpu", timeout=900), \
+    with tempfile.TemporaryDirectory() as home, \
+            served(db_url, Path(home), port, model=model, preload=True, device="cpu", timeout=900) as proc, \
             contextlib.closing(Database.open(db_url)) as db:
-        yield f"http://127.0.0.1:{port}/", db
+        yield f"http://127.0.0.1:{port}/", SimpleNamespace(db=db, db_url=db_url, proc=proc)
 
 
 @contextlib.contextmanager
@@ -94,14 +96,14 @@ def set_number(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
-def one_run(page, db) -> dict:
+def one_run(page, services) -> dict:
     from storage import load_run
 
     page.evaluate(CLICK)
     page.wait_for_function("window.__bench.saved !== undefined", timeout=600_000, polling=200)
     marks = page.evaluate("window.__bench")
     run_id = int(re.search(r"Saved as run (\d+)", page.locator("#explore-link").inner_text()).group(1))
-    stored = db.read(lambda s: load_run(s, run_id))
+    stored = services.db.read(lambda s: load_run(s, run_id))
     out = {name: (marks[name] - marks["t0"]) / 1000 for name in MARKS if marks.get(name) is not None}
     out["sampler_wall"] = float(stored.cost["wall_seconds"])
     out["outside_sampler"] = out["saved"] - out["sampler_wall"]
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"skipped: {CHROMIUM} is missing (make system-deps)", file=sys.stderr)
         return {}
 
-    with tempfile.TemporaryDirectory() as tmp, serve(f"sqlite:///{Path(tmp) / 'bench.db'}", Path(tmp)) as (url, db):
+    with tempfile.TemporaryDirectory() as tmp, serve(f"sqlite:///{Path(tmp) / 'bench.db'}") as (url, services):
         with chromium() as page:
             page.goto(url)
             page.wait_for_selector("#explore-run")
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
             runs = []
             for k in range(args.repeats + 1):
                 started = time.perf_counter()
-                runs.append(one_run(page, db))
+                runs.append(one_run(page, services))
                 print(f"  run {k}{' (warm-up)' if k == 0 else ''}: " + ", ".join(
                     f"{name} {runs[-1][name]:.2f} s" for name in (*MARKS, "sampler_wall") if name in runs[-1])
                     + f" ({time.perf_counter() - started:.1f} s wall here)", flush=True)

@@ -53,7 +53,7 @@ def open_tab(page, name: str) -> None:
     wait_text(page, "[role=tab][aria-selected=true]", name)
 
 
-def seed_votes(db, db_url: str, run_id: int, tokens: int) -> None:
+def seed_votes(services, run_id: int, tokens: int) -> None:
     """Two more samplers on the same prompt (``samplescope sample --save``), then scripted votes
     between the three runs' picks."""
     from storage import add_vote, compare_runs, present
@@ -61,9 +61,10 @@ def seed_votes(db, db_url: str, run_id: int, tokens: int) -> None:
     ids = [run_id]
     for sampler, params in (("knockout", ["n=4"]), ("rejection", ["n=4", "batch_size=4"])):
         settings = [arg for value in [*params, f"max_new_tokens={tokens}"] for arg in ("--set", value)]
-        ids.append(sample_and_save(db_url, ["--model", "embedded:smollm2", "--reward", "sentiment", "--sampler", sampler,
-                                            "--prompt", PROMPT, "--device", "cpu", *settings]))
-    comparisons = db.write(lambda s: compare_runs(s, ids))
+        ids.append(sample_and_save(services.db_url, ["--model", "embedded:smollm2", "--reward", "sentiment",
+                                                     "--sampler", sampler, "--prompt", PROMPT, "--device", "cpu",
+                                                     *settings]))
+    comparisons = services.db.write(lambda s: compare_runs(s, ids))
     for who, choices in (("ann", "lll"), ("bob", "llr"), ("cat", "lrl")):
         for k, (cid, choice) in enumerate(zip(comparisons, choices, strict=False)):
             side = {"l": "left", "r": "right"}[choice]
@@ -72,7 +73,7 @@ def seed_votes(db, db_url: str, run_id: int, tokens: int) -> None:
                 return add_vote(s, comparison_id=cid, annotator=who, outcome=present(s, cid).outcome(side),
                                 idempotency_key=key)
 
-            db.write(vote)
+            services.db.write(vote)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
 
-    with tempfile.TemporaryDirectory() as tmp, serve(db_url := f"sqlite:///{Path(tmp) / 'shots.db'}", Path(tmp)) as (url, db):
+    with tempfile.TemporaryDirectory() as tmp, serve(f"sqlite:///{Path(tmp) / 'shots.db'}") as (url, services):
         with chromium() as page:
             page.goto(url)
             page.wait_for_selector("#explore-run")
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
             wait_text(page, "#runs-cost", "status: ok")
             sizes["runs"] = save_png(page, out / "runs.png")
 
-            seed_votes(db, db_url, run_id, args.tokens)
+            seed_votes(services, run_id, args.tokens)
             page.goto(url)
             open_tab(page, "Label")
             page.get_by_role("button", name=re.compile("^Make pairs from stored runs")).click()
