@@ -1,8 +1,8 @@
-"""Every sampler file is reached by the registry's import list.
+"""Every sampler and reward file is reached by its registry's import list.
 
-A sampler registers itself when its module is imported, and ``engines.samplers``
-imports a hand-kept list of modules; a file missing from that list is a sampler
-nobody can pick, that no registry-driven suite runs. The check runs in a fresh
+A sampler (a reward) registers itself when its module is imported, and ``engines.samplers``
+(``engines.rewards``) imports a hand-kept list of modules; a file missing from that list is a
+sampler nobody can pick, that no registry-driven suite runs. The check runs in a fresh
 interpreter: inside pytest, some test module may have imported the file
 directly and so registered it by accident.
 """
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 SAMPLERS_DIR = Path(__file__).resolve().parents[2] / "engines" / "samplers"
+REWARDS_DIR = SAMPLERS_DIR.parent / "rewards"
 
 
 def declared_samplers() -> dict[str, str]:
@@ -49,9 +50,28 @@ def declared_samplers() -> dict[str, str]:
     return found
 
 
+def declared_rewards() -> dict[str, str]:
+    """name -> file of every ``REWARDS.add("NAME", ...)`` in engines/rewards/*.py."""
+    found: dict[str, str] = {}
+    for path in sorted(REWARDS_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("add", "register")
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "REWARDS"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                found[node.args[0].value] = path.name
+    return found
+
+
 @functools.cache
-def registered_in_a_fresh_interpreter() -> tuple[str, ...]:
-    code = "import json, engines.samplers as s; print(json.dumps(s.SAMPLERS.names()))"
+def registered_in_a_fresh_interpreter(kind: str = "samplers") -> tuple[str, ...]:
+    registry = {"samplers": "SAMPLERS", "rewards": "REWARDS"}[kind]
+    code = f"import json, engines.{kind} as m; print(json.dumps(m.{registry}.names()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -76,3 +96,11 @@ def test_the_scan_finds_an_unlisted_sampler_file(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(this, "SAMPLERS_DIR", tmp_path)
     assert declared_samplers()["stray"] == "stray.py"
     assert "stray" not in registered_in_a_fresh_interpreter()
+
+
+def test_every_reward_file_is_in_the_registry_import_list() -> None:
+    declared = declared_rewards()
+    registered = set(registered_in_a_fresh_interpreter("rewards"))
+    missing = {name: file for name, file in declared.items() if name not in registered}
+    assert not missing, f"reward files not imported by engines/rewards/__init__.py: {missing}"
+    assert registered <= set(declared)  # the scan sees every registered reward: it would see a new one
