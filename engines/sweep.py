@@ -28,8 +28,6 @@ are in :mod:`engines.sweep_stats`.
 
 from __future__ import annotations
 
-import base64
-import io
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +39,7 @@ from typing import Any
 import torch
 
 from engines.errors import ConfigError
+from engines.models.diffusion import image_from_data_uri
 from engines.rewards.base import Reward
 from engines.runner import RunRequest
 from engines.task import Task
@@ -250,21 +249,10 @@ class CellResult:
                 "status": self.status, "quality": self.quality, "steer": self.steer, **self.cost, **self.extra}
 
 
-def image_from_uri(uri: str) -> torch.Tensor:
-    """A [1, C, H, W] tensor in [-1, 1] from an engine's PNG data URI (for scoring a picked image)."""
-    import numpy as np
-    from PIL import Image
-
-    picture = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
-    pixels = np.array(picture, dtype=np.float32) / 127.5 - 1.0
-    tensor = torch.from_numpy(pixels)
-    return tensor.view(1, 1, *tensor.shape) if tensor.dim() == 2 else tensor.permute(2, 0, 1).unsqueeze(0)
-
-
 def _pick_value(reward: Any, task: Task, trace: Trace, pick: str) -> float:
     node = trace.nodes[pick]
     if node.image:
-        return float(reward.score(task, image_from_uri(node.image))[0])
+        return float(reward.score(task, image_from_data_uri(node.image)[None])[0])
     return float(reward.score(task, [trace.full_text(pick)])[0])
 
 
