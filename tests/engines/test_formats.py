@@ -190,3 +190,39 @@ def test_prompt_files_and_preference_imports_read_by_the_same_rule(tmp_path):
         read_prompt_rows(path)
     with pytest.raises(InvalidInput, match=":1: not JSON"):
         read_import_rows(path)
+
+
+# -- adaptive resampling (SMC over steps and FK steering) -------------------------------------
+
+
+def test_adaptive_resampling_resamples_only_below_the_ess_threshold():
+    from engines.samplers.particles import adaptive_resample, effective_sample_size, resample
+
+    even = [0.0, 0.0, 0.0, 0.0]
+    kept = adaptive_resample(even, ["a", "b", "c", "d"], step=3, threshold=0.5, method="systematic", rng=None)
+    assert not kept.resampled and kept.ancestors == [0, 1, 2, 3] and kept.log_evidence == 0.0
+    assert [(e.kind, e.resampled, e.step, e.ess) for e in kept.events] == [("resample", False, 3, 4.0)]
+
+    skewed = [0.0, -30.0, -30.0, -30.0]  # ESS ≈ 1 < 0.5·4
+    done = adaptive_resample(skewed, ["a", "b", "c", "d"], step=1, threshold=0.5, method="systematic",
+                             rng=torch.Generator().manual_seed(0), prune_reason="gone")
+    assert done.resampled and done.ancestors == [0, 0, 0, 0]
+    assert done.ess == pytest.approx(effective_sample_size(skewed))
+    assert done.log_evidence == pytest.approx(torch.logsumexp(torch.tensor(skewed, dtype=torch.float64), 0).item() - np.log(4))
+    assert [(e.kind, getattr(e, "node", None)) for e in done.events] == [("resample", None), ("prune", "b"), ("prune", "c"), ("prune", "d")]
+    assert all(e.reason == "gone" for e in done.events[1:])
+
+    # the draw is particles.resample's, from the same generator state
+    weights = [0.0, -1.0, -0.5, -2.0]
+    forced = adaptive_resample(weights, list("abcd"), step=0, threshold=0.0, method="multinomial",
+                               rng=torch.Generator().manual_seed(7), force=True)
+    assert forced.resampled and forced.ancestors == resample(weights, "multinomial", torch.Generator().manual_seed(7)).tolist()
+    assert not adaptive_resample(skewed, list("abcd"), step=0, threshold=0.5, method="systematic", rng=None, allowed=False).resampled
+
+
+def test_adaptive_resampling_prunes_a_repeated_node_once():
+    from engines.samplers.particles import adaptive_resample
+
+    step = adaptive_resample([0.0, -40.0, -40.0], ["a", "b", "b"], step=2, threshold=1.0, method="systematic",
+                             rng=torch.Generator().manual_seed(0))
+    assert step.ancestors == [0, 0, 0] and [e.node for e in step.events[1:]] == ["b"]
