@@ -41,7 +41,7 @@ import torch
 from engines.errors import ConfigError
 from engines.models.diffusion import image_from_data_uri
 from engines.rewards.base import Reward
-from engines.runner import RunRequest
+from engines.runner import RunRequest, load_parts, stream_parts
 from engines.task import Task
 from engines.trace import COST_FIELDS, Trace
 
@@ -77,8 +77,8 @@ class Arm:
 
         if self.size_params:
             return {name: max(1, int(level * factor)) for name, factor in self.size_params.items()}
-        spec = SAMPLERS.get(self.sampler).Config.size_spec()
-        return {spec.name: int(level)} if spec is not None else {}
+        config = SAMPLERS.get(self.sampler).Config
+        return config.with_size({}, int(level), sampler=self.sampler) if config.size_spec() is not None else {}
 
     def fits(self, level: float) -> bool:
         """Whether every size-set parameter is within its field's minimum at this size."""
@@ -188,15 +188,16 @@ class SweepPlan:
         arm = self._arm_at(self.arm(key.arm), key.level)
         if arm is None:
             raise ConfigError(f"{key.arm} does not run at size {key.level:g}")
-        spec = SAMPLERS.get(arm.sampler).Config.size_spec()
+        config = SAMPLERS.get(arm.sampler).Config
+        spec = config.size_spec()
         params = dict(arm.params)
         budget = None
         if self.axis == "size":
             params.update(arm.sized(key.level))
         else:
-            if spec is not None and spec.name not in params:
+            if spec is not None and spec.name not in params and "n" not in params:
                 top = int(spec.max) if spec.max is not None else self.size
-                params[spec.name] = max(int(spec.min or 1), min(self.size, top))
+                params = config.with_size(params, max(int(spec.min or 1), min(self.size, top)), sampler=arm.sampler)
             budget = {self.counter: key.level}
         task = self.tasks[key.prompt]
         reward = arm.reward or task.meta.get("reward") or self.set_reward
@@ -289,17 +290,12 @@ class _Parts:
 
 def run_cell(plan: SweepPlan, key: CellKey, parts: _Parts | None = None, cancel: threading.Event | None = None,
              extra: Callable[[Task, Trace], dict[str, Any]] | None = None) -> CellResult:
-    """Run one cell (the same run ``execute(plan.request(key))`` makes) and judge its pick."""
-    from engines.samplers import build_sampler
-    from engines.trace import Budget
-
+    """Run one cell through the runner's path (``runner.stream_parts``: the run ``execute(plan.request(key))``
+    makes, context check included) and judge its pick."""
     parts = parts or _Parts(plan)
     request = plan.request(key)
-    model = parts.model(request.model)
-    steering = parts.reward(request.model, request.reward)
-    sampler = build_sampler(request.sampler, request.params)
-    rng = torch.Generator().manual_seed(request.seed)
-    trace = Trace(sampler.run(request.task, model, steering, budget=request.budget or Budget(), rng=rng, cancel=cancel))
+    model, steering, sampler = load_parts(request)
+    trace = Trace(stream_parts(request, model, steering, sampler, cancel=cancel))
     quality = steer = None
     picks = trace.done.picks if trace.done else []
     if picks:
@@ -321,8 +317,6 @@ def run_cell(plan: SweepPlan, key: CellKey, parts: _Parts | None = None, cancel:
 def preflight(plan: SweepPlan) -> None:
     """Load what the cells need and check that every arm's sampler accepts its model and rewards,
     on each engine, before the first run: a misfit is one ConfigError line, not a sweep failing mid-way."""
-    from engines.samplers import build_sampler
-
     parts = _Parts(plan)
     seen: set[tuple[str, str, str, str]] = set()
     for key in plan.cells():
@@ -331,12 +325,11 @@ def preflight(plan: SweepPlan) -> None:
         if sig in seen:
             continue
         seen.add(sig)
-        sampler = build_sampler(request.sampler, request.params)
-        model = parts.model(request.model)
+        model, steering, sampler = load_parts(request)
         # run() checks its inputs (after adapting the reward, as step samplers do) before its first step;
         # the generator it returns is closed unstarted, so no work is done
-        sampler.run(request.task, model, parts.reward(request.model, request.reward), budget=request.budget,
-                    rng=torch.Generator().manual_seed(0)).close()
+        sampler.run(request.task, model, steering, budget=request.budget,
+                    rng=torch.Generator().manual_seed(request.seed)).close()
         parts.judge(request.model, plan.evaluation_spec(request))
 
 
