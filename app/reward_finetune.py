@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 
 from app.reward_training import Trained, ceiling, select_votes, write_folder
+from app.store import rewards_home
 from engines.errors import ConfigError, ModelLoadError
 from engines.rewards.bt_fit import MIN_VOTES, Accuracy, Progress
-from engines.rewards.learned import check_name, learned_home
+from engines.rewards.learned import check_name
 
 
 def base_folder(base: str | None) -> Path:
@@ -151,7 +152,7 @@ def finetune_reward(
     from storage.stats import reward_agreement
 
     check_name(name)
-    folder = learned_home() / name
+    folder = rewards_home() / name
     if folder.exists():
         raise ConfigError(f"a learned reward named {name!r} exists already ({folder}); pick another name")
     if epochs < 1:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.store import rewards_home
 from engines.errors import ConfigError
 from engines.models.diffusion import image_from_data_uri
 from engines.rewards.bt_fit import FitConfig, PairData, Progress, TrainResult, check_trainable, train
@@ -40,7 +41,6 @@ from engines.rewards.learned import (
     check_name,
     featuriser,
     image_base,
-    learned_home,
     save_head,
 )
 
@@ -184,7 +184,7 @@ def train_reward(
     from storage.stats import reward_agreement
 
     check_name(name)
-    folder = learned_home() / name
+    folder = rewards_home() / name
     if folder.exists():
         raise ConfigError(f"a learned reward named {name!r} exists already ({folder}); pick another name")
     if group_by not in ("prompt", "annotator"):
@@ -280,7 +280,7 @@ def reward_scorer(spec: str, load_model: Callable[..., Any] | None = None) -> Ca
     from engines.rewards.base import Reward
     from engines.task import Task
 
-    reward = build_reward(spec, RewardEnv(load_model=load_model))
+    reward = build_reward(spec, RewardEnv(load_model=load_model, rewards_folder=rewards_home()))
     if not isinstance(reward, Reward):
         raise ConfigError(f"{spec!r} is a {reward.kind} reward; uncertain pairs need an outcome reward")
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def open_database(url: str | None):
     """The database at ``url`` (else SAMPLESCOPE_DB, else the user data folder), migrated."""
     from storage import Database
 
     return Database.open(url)
+
+
+def rewards_home() -> Path:
+    """Where learned rewards live: ``rewards`` in the data folder (``storage.db.data_home``'s rule, the
+    only one). Engines are handed this folder (``RunRequest.rewards_folder``, ``RewardEnv``)."""
+    from storage.db import data_home
+
+    return data_home() / "rewards"
 
 
 def save_request_run(db, request, trace) -> int:

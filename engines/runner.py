@@ -13,6 +13,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +38,8 @@ class RunRequest:
     budget: Budget = field(default_factory=Budget)
     device: str = "auto"
     dtype: str = "fp32"
+    #: where ``learned:NAME`` rewards live (the caller's data folder; not part of the run's identity)
+    rewards_folder: str | None = None
 
     def __post_init__(self) -> None:
         from engines.samplers import SAMPLERS
@@ -56,6 +59,8 @@ class RunRequest:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}"[:200])
         if not isinstance(self.params, dict):
             raise ConfigError(f"sampler parameters must be a mapping of names to values, got {type(self.params).__name__}")
+        if self.rewards_folder is not None and not isinstance(self.rewards_folder, str):
+            raise ConfigError(f"the rewards folder must be a path as text, got {type(self.rewards_folder).__name__}")
         if not isinstance(self.budget, Budget):
             raise ConfigError(f"the budget must be a Budget, got {type(self.budget).__name__}")
         config = SAMPLERS.get(self.sampler).Config.from_dict(self.params)
@@ -80,6 +85,7 @@ class RunRequest:
         budget: dict[str, Any] | None = None,
         device: str = "auto",
         dtype: str = "fp32",
+        rewards_folder: str | Path | None = None,
     ) -> RunRequest:
         """Resolve defaults (a task set's model and reward) and turn user input into a request.
 
@@ -122,6 +128,7 @@ class RunRequest:
             budget=parse_budget(budget),
             device=device,
             dtype=dtype,
+            rewards_folder=None if rewards_folder is None else str(rewards_folder),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -158,7 +165,8 @@ def load_parts(request: RunRequest) -> tuple[Any, Any, Any]:
     from engines.samplers import build_sampler
 
     model = load_model(request.model, device=request.device, dtype=request.dtype)
-    reward = build_reward(request.reward, RewardEnv(model=model, load_model=load_model))
+    folder = None if request.rewards_folder is None else Path(request.rewards_folder)
+    reward = build_reward(request.reward, RewardEnv(model=model, load_model=load_model, rewards_folder=folder))
     sampler = build_sampler(request.sampler, request.params)
     return model, reward, sampler
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -122,6 +123,7 @@ class SweepPlan:
     set_reward: str | None = None
     device: str = "auto"
     dtype: str = "fp32"
+    rewards_folder: str | None = None  # where learned:NAME rewards live (the caller's data folder)
 
     def __post_init__(self) -> None:
         from engines.samplers import SAMPLERS
@@ -203,7 +205,7 @@ class SweepPlan:
         reward = arm.reward or task.meta.get("reward") or self.set_reward
         return RunRequest.build(model=self.model_for(key.prompt), reward=reward, sampler=arm.sampler, params=params,
                                 task=task, seed=cell_seed(self.seed, key.prompt, key.level), budget=budget,
-                                device=self.device, dtype=self.dtype)
+                                device=self.device, dtype=self.dtype, rewards_folder=self.rewards_folder)
 
     def evaluation_spec(self, request: RunRequest) -> str:
         return self.evaluate or request.reward
@@ -217,13 +219,14 @@ class SweepPlan:
                 "prompts": len(self.tasks)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], tasks: Iterable[Task], *, device: str = "auto", dtype: str = "fp32") -> SweepPlan:
+    def from_dict(cls, data: dict[str, Any], tasks: Iterable[Task], *, device: str = "auto", dtype: str = "fp32",
+                  rewards_folder: str | None = None) -> SweepPlan:
         tasks = tuple(tasks)[: int(data.get("prompts") or 10**9)]
         return cls(arms=tuple(Arm.from_dict(a) for a in data["arms"]), tasks=tasks,
                    levels=tuple(float(v) for v in data["levels"]), axis=data["axis"], counter=data.get("counter"),
                    models=tuple(data.get("models") or ()), evaluate=data.get("evaluate"), seed=int(data.get("seed", 0)),
                    size=int(data.get("size", 64)), set_model=data.get("set_model"), set_reward=data.get("set_reward"),
-                   device=device, dtype=dtype)
+                   device=device, dtype=dtype, rewards_folder=rewards_folder)
 
 
 @dataclass
@@ -274,7 +277,8 @@ class _Parts:
         from engines.models import load_model
         from engines.rewards import RewardEnv, build_reward
 
-        return build_reward(spec, RewardEnv(model=self.model(model_spec), load_model=load_model))
+        folder = None if self.plan.rewards_folder is None else Path(self.plan.rewards_folder)
+        return build_reward(spec, RewardEnv(model=self.model(model_spec), load_model=load_model, rewards_folder=folder))
 
     def judge(self, model_spec: str, spec: str) -> Reward:
         """The evaluation reward: an outcome reward (a pairwise view of a scalar is judged by the scalar)."""

@@ -90,7 +90,7 @@ PUBLIC_API = frozenset({"sample"})
 
 
 def sample_api(services: Services, model, reward, sampler, prompt, params, answer, seed, budget=None) -> dict:
-    from app.store import save_request_run
+    from app.store import rewards_home, save_request_run
     from app.ui.services import error_message
     from engines.errors import ConfigError
     from engines.runner import RunRequest, execute
@@ -112,6 +112,7 @@ def sample_api(services: Services, model, reward, sampler, prompt, params, answe
         request = RunRequest.build(  # an "n" in params is the size, whatever the sampler calls it (Config.with_size)
             model=model or None, reward=reward or None, sampler=sampler, params=params,
             prompt=prompt, answer=answer or None, seed=seed, budget=budget, device=services.device, dtype=services.dtype,
+            rewards_folder=rewards_home(),
         )  # the budget is checked as the CLI's --budget is (runner.parse_budget)
         ticket = services.runs.enter()  # the same first-come slots as Explore's runs
         try:

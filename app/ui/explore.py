@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from app.store import rewards_home
 from app.ui import forms
 from app.ui.panel import ViewPanel, candidate_html
 from app.ui.render import md_text
@@ -103,7 +104,7 @@ class ExploreTab:
             model=model, reward=reward, sampler=sampler, params=params, prompt=prompt or "",
             answer=(answer or "").strip() or None, chat=bool(chat), seed=int(seed or 0),
             budget={"generated_tokens": int(budget)} if budget else None,
-            device=self.services.device, dtype=self.services.dtype,
+            device=self.services.device, dtype=self.services.dtype, rewards_folder=rewards_home(),
         )
 
     def run(self, model, reward, sampler, prompt, answer, chat, seed, budget, *values):
