@@ -134,7 +134,7 @@ class SamplerUser:
                 k += 1
                 try:
                     (result,) = page.call(sample, ["toy:abc", "length", "best_of_n", f"user {self.seed} run {k}",
-                                                   {"n": 16, "max_new_tokens": 8}, None, self.seed * 1000 + k])
+                                                   {"n": 16, "max_new_tokens": 8}, None, self.seed * 1000 + k, None])
                 except (GradioCallError, httpx.HTTPError) as exc:
                     self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     continue

@@ -1,8 +1,8 @@
 """The layer rules of DESIGN.md, read from the source with ``ast`` (every import, also inside functions).
 
 - engines/ imports nothing from app/, storage/ or bench/;
-- storage/ imports from engines/ only its data types: the trace's events (engines.trace) and the
-  task (engines.task), both free of models and torch;
+- storage/ imports from engines/ only its data types and formats: the trace's events (engines.trace),
+  the task (engines.task) and the JSON Lines rule (engines.jsonl), all free of models and torch;
 - app/ imports nothing from bench/, and bench/ nothing from app/ (benchmarks reach the app as its
   users do, over HTTP and the command line; the CLI attaches the ``bench`` command from a list);
 - the workflows and views of app/ (app/workflows, app/views) import neither Gradio nor the UI, and
@@ -91,7 +91,7 @@ def reachable(start: str) -> set[str]:
     ("layer", "forbidden", "allowed"),
     [
         ("engines", ("app", "storage", "bench"), ()),
-        ("storage", ("engines", "app", "bench"), ("engines.trace", "engines.task")),
+        ("storage", ("engines", "app", "bench"), ("engines.trace", "engines.task", "engines.jsonl")),
         ("app", ("bench",), ()),
         ("bench", ("app",), ()),
         ("app.workflows", ("gradio", "app.ui", "app.commands"), ()),

@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
+    from app.workflows.store import rewards_home
     from engines.errors import ConfigError
     from engines.runner import RunRequest, execute
 
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         budget=parse_pairs(args.budget, "--budget"),
         device=args.device,
         dtype=args.dtype,
+        rewards_folder=rewards_home(),
     )
     progress = _Progress(enabled=not args.json and sys.stderr.isatty())
     trace = execute(request, on_event=progress)

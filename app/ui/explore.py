@@ -18,6 +18,7 @@ from app.ui import forms
 from app.ui.panel import ViewPanel, candidate_html
 from app.ui.services import Services, error_message
 from app.views.render import md_text
+from app.workflows.store import rewards_home
 from engines.runner import RunRequest, stream
 from engines.trace import Trace
 
@@ -103,7 +104,7 @@ class ExploreTab:
             model=model, reward=reward, sampler=sampler, params=params, prompt=prompt or "",
             answer=(answer or "").strip() or None, chat=bool(chat), seed=int(seed or 0),
             budget={"generated_tokens": int(budget)} if budget else None,
-            device=self.services.device, dtype=self.services.dtype,
+            device=self.services.device, dtype=self.services.dtype, rewards_folder=rewards_home(),
         )
 
     def run(self, model, reward, sampler, prompt, answer, chat, seed, budget, *values):

@@ -59,9 +59,10 @@ def side_html(shown: Any) -> str:
 
 def learned_strategies() -> list[str]:
     """``uncertain:NAME`` for every learned reward in the data folder (storage.pairs)."""
+    from app.workflows.store import rewards_home
     from engines.rewards.learned import list_learned
 
-    return [f"uncertain:{card['name']}" for card in list_learned() if card.get("name")]
+    return [f"uncertain:{card['name']}" for card in list_learned(rewards_home()) if card.get("name")]
 
 
 class LabelTab:

@@ -42,11 +42,12 @@ from transformers.trainer_callback import PrinterCallback
 from trl import RewardConfig, RewardTrainer
 
 from app.workflows.reward_training import Trained, ceiling, select_votes, write_folder
+from app.workflows.store import rewards_home
 from engines.errors import ConfigError, ModelLoadError
 from engines.models.embedded import convert, converted_folder, smollm2_gguf
 from engines.rewards.bt_fit import MIN_VOTES, Accuracy, Progress
 from engines.rewards.classifier import ClassifierReward
-from engines.rewards.learned import check_name, learned_home
+from engines.rewards.learned import check_name
 from engines.task import Task
 from storage.quality import quality_summary
 from storage.records import vote_records
@@ -150,7 +151,7 @@ def finetune_reward(
     """Fine-tune ``learned:NAME`` with TRL (see the module docstring); progress, then the summary."""
 
     check_name(name)
-    folder = learned_home() / name
+    folder = rewards_home() / name
     if folder.exists():
         raise ConfigError(f"a learned reward named {name!r} exists already ({folder}); pick another name")
     if epochs < 1:

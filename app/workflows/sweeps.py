@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from app.workflows.store import rewards_home
 from engines.errors import ConfigError
 from engines.prompts import builtin_names, builtin_prompt_set
 from engines.samplers import SAMPLERS
@@ -95,7 +96,8 @@ def start(db, prompt_set: str, *, arms: tuple[Arm, ...], levels: tuple[float, ..
         tasks = prompt_set_obj.tasks[: prompts] if prompts else prompt_set_obj.tasks
         plan = SweepPlan(arms=arms, tasks=tasks, levels=levels, axis=axis, counter=counter, models=tuple(models),
                          evaluate=evaluate or None, seed=int(seed), size=int(size), set_model=prompt_set_obj.model,
-                         set_reward=prompt_set_obj.reward, device=device, dtype=dtype)
+                         set_reward=prompt_set_obj.reward, device=device, dtype=dtype,
+                         rewards_folder=str(rewards_home()))
         preflight(plan)  # models load here; a misfit raises before the sweep (or a built-in set) is stored
         return create_sweep(session, prompt_set_id=set_id, spec=plan.as_dict(), cells_planned=len(plan.cells()),
                             title=title), plan
@@ -106,7 +108,8 @@ def start(db, prompt_set: str, *, arms: tuple[Arm, ...], levels: tuple[float, ..
 def load_plan(db, sweep_id: int, *, device: str = "auto", dtype: str = "fp32") -> SweepPlan:
     def read(session):
         sweep, prompt_set = load_sweep(session, sweep_id)
-        return SweepPlan.from_dict(sweep.spec, load_prompt_set(session, prompt_set.id).tasks, device=device, dtype=dtype)
+        return SweepPlan.from_dict(sweep.spec, load_prompt_set(session, prompt_set.id).tasks, device=device, dtype=dtype,
+                                   rewards_folder=str(rewards_home()))
 
     return db.read(read)
 

@@ -250,8 +250,8 @@ class Sampler(ABC):
     ) -> Iterator[Event]:
         """Yield the run's events; the last one is always ``done``."""
         self.check_inputs(task, model, reward)
-        if rng is None:
-            rng = torch.Generator().manual_seed(0)
+        if not isinstance(rng, torch.Generator):  # no silent seed: a run is reproducible only from the caller's
+            raise ConfigError(f"a run needs rng, a torch.Generator seeded with the run's seed; got {type(rng).__name__}")
         ctx = RunContext(task, model, reward, budget or Budget(), rng, cancel)
         return self._drive(ctx)
 
