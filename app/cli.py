@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 #: modules under app.commands, each with ``register(subparsers)``
-COMMAND_MODULES = ("sample", "listing", "data", "serve", "bench", "sweep", "reward")
+COMMAND_MODULES = ("sample", "listing", "data", "serve", "bench", "sweep", "reward", "train")
 
 
 def one_line(text: str, limit: int = 500) -> str:
