@@ -112,6 +112,16 @@ def test_same_seed_same_run_and_resume_after_cancel_matches():
     assert torch.equal(policy_c.theta, policy_a.theta)
 
 
+def test_resume_ignores_events_of_a_checkpoint_that_never_completed():
+    events_a, policy_a = _toy_run("full")
+    _toy_run("crashed", updates=2)
+    with (training_home() / "crashed" / "events.jsonl").open("a") as fh:  # a crash between the two writes
+        fh.write(json.dumps({"kind": "update", "step": 3, "metrics": {}}) + "\n")
+    resumed, policy = _toy_run("crashed", resume=True)
+    assert _comparable(resumed) == _comparable(events_a)
+    assert torch.equal(policy.theta, policy_a.theta)
+
+
 def test_trace_with_training_events_round_trips():
     events, _ = _toy_run("json", updates=2)
     trace = Trace(events)
