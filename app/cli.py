@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "bench.command",
     "app.commands.sweep",
     "app.commands.reward",
+    "app.commands.train",
 )
 
 

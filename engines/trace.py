@@ -10,6 +10,10 @@ its events back into a fresh ``Trace``.
 Events and whole traces serialise to JSON and back without loss
 (``event_to_dict`` / ``event_from_dict``, ``Trace.to_json`` / ``Trace.from_json``).
 
+Training runs (engines.training) add three kinds: ``group`` (one prompt's rollouts, kept or
+dropped and by which rule), ``update`` (an optimiser step's metrics) and ``eval``
+(held-out accuracy); storage keeps them like any other event.
+
 Cost accounting lives here too: :class:`Cost` counts generated tokens,
 prefill tokens, model calls, reward calls, reward tokens, diffusion network
 evaluations (NFE), latent decodes (VAE decoder passes, one per image), backward
@@ -256,6 +260,40 @@ class DoneEvent:
     message: str = ""
 
 
+@dataclass(frozen=True, kw_only=True)
+class GroupEvent:
+    """One prompt's group of training rollouts (engines.training): its sample node ids,
+    rewards and advantages, whether the strategy kept it and, if not, the rule that dropped it."""
+
+    kind: Literal["group"] = field(default="group", init=False)
+    step: int
+    prompt: str
+    nodes: list[str]
+    rewards: list[float]
+    advantages: list[float] = field(default_factory=list)
+    kept: bool = True
+    rule: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateEvent:
+    """One optimiser step of a training run: loss, KL, entropy, gradient norm, spend so far."""
+
+    kind: Literal["update"] = field(default="update", init=False)
+    step: int
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalEvent:
+    """Held-out evaluation of a training run's policy after ``step`` updates."""
+
+    kind: Literal["eval"] = field(default="eval", init=False)
+    step: int
+    metrics: dict[str, Any]
+
+
 Event = (
     NodeEvent
     | ScoreEvent
@@ -266,6 +304,9 @@ Event = (
     | SelectEvent
     | CostEvent
     | DoneEvent
+    | GroupEvent
+    | UpdateEvent
+    | EvalEvent
 )
 
 EVENT_TYPES: dict[str, type] = {
@@ -280,6 +321,9 @@ EVENT_TYPES: dict[str, type] = {
         SelectEvent,
         CostEvent,
         DoneEvent,
+        GroupEvent,
+        UpdateEvent,
+        EvalEvent,
     )
 }
 
@@ -342,6 +386,9 @@ class Trace:
         self.selected: list[str] = []
         self.cost: dict[str, float] = Cost().as_dict()
         self.done: DoneEvent | None = None
+        self.groups: list[GroupEvent] = []
+        self.updates: list[UpdateEvent] = []
+        self.evals: list[EvalEvent] = []
         for event in events:
             self.append(event)
 
@@ -370,6 +417,12 @@ class Trace:
             self.selected = list(event.nodes)
         elif kind == "cost":
             self.cost = dict(event.cost)
+        elif kind == "group":
+            self.groups.append(event)
+        elif kind == "update":
+            self.updates.append(event)
+        elif kind == "eval":
+            self.evals.append(event)
         elif kind == "done":
             self.done = event
             self.cost = dict(event.cost)
