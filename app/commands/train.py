@@ -55,7 +55,8 @@ def _budget(items: list[str]) -> dict[str, str]:
 
 
 def build_config(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
-    from engines.training.loop import TrainConfig, training_home
+    from app.workflows.store import training_home
+    from engines.training.loop import TrainConfig
 
     budget = _budget(args.budget)
     if args.resume:
@@ -86,6 +87,7 @@ def build_config(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
+    from app.workflows.store import training_home
     from engines.training import build_strategy
     from engines.training.loop import train
 
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     bar = _Bar(config, enabled=not args.json and sys.stderr.isatty())
     evals: list[dict[str, Any]] = []
     done = None
-    for event in train(config, strategy_params, resume=args.resume):
+    for event in train(config, strategy_params, resume=args.resume, runs_folder=training_home()):
         if event.kind == "eval":
             evals.append({"step": event.step, **event.metrics})
         elif event.kind == "update":

@@ -20,6 +20,12 @@ def rewards_home() -> Path:
     return data_home() / "rewards"
 
 
+def training_home() -> Path:
+    """Where training runs keep their checkpoints: ``training`` in the data folder (the same one rule);
+    engines are handed this folder (``engines.training.loop.train(runs_folder=...)``)."""
+    return data_home() / "training"
+
+
 def save_request_run(db, request, trace) -> int:
     """Store a finished run made from a RunRequest; returns the run id."""
 

@@ -10,7 +10,7 @@ then one ``done`` event whose metrics name the trained policy's model spec
 
 Determinism: every draw comes from one ``torch.Generator`` seeded from ``config.seed``
 (evaluation has its own, fixed, generator); nothing is seeded globally. Checkpoints:
-the run folder (``$SAMPLESCOPE_HOME/training/<name>``, see :func:`training_home`) holds
+the run folder (``<runs folder>/<name>``; the app hands engines the folder, ``app.workflows.store.training_home()``) holds
 ``state.pt`` (weights, optimiser, generator state, spend) and ``events.jsonl`` (the events
 up to that checkpoint), written after every ``checkpoint_every`` updates; ``resume=True``
 replays the stored events and continues from the checkpoint, exactly as the
@@ -21,7 +21,6 @@ cancel ``threading.Event`` stops the run at the next draw.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -49,7 +48,7 @@ class TrainConfig(Config):
     label = "Training run"
     size_field = None
 
-    name: str = param("run", label="Run name", help="The run folder under $SAMPLESCOPE_HOME/training.")
+    name: str = param("run", label="Run name", help="The run folder under the data folder's training/ (e.g. $SAMPLESCOPE_HOME/training).")
     policy: str = param("embedded:arith", label="Policy", help="embedded:arith or hf:FOLDER")
     prompts: str = param("arith-train", label="Training prompts")
     eval_prompts: str = param("arith-fresh", label="Held-out prompts")
@@ -79,16 +78,6 @@ class TrainConfig(Config):
             raise ConfigError("give a budget: samples, tokens, seconds or max_updates")
 
 
-def training_home(env: dict[str, str] | None = None) -> Path:
-    """``$SAMPLESCOPE_HOME/training`` (the data folder's rule, as storage.db and learned rewards)."""
-    env = os.environ if env is None else env  # type: ignore[assignment]
-    if env.get("SAMPLESCOPE_HOME"):
-        home = Path(env["SAMPLESCOPE_HOME"]).expanduser()
-    else:
-        home = Path(env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")).expanduser() / "samplescope"
-    return home / "training"
-
-
 def accuracy(policy: Policy, tasks: list[Task], reward: TrainingReward, *, temperature: float, max_new_tokens: int, seed: int) -> float:
     """Share of ``tasks`` whose one completion the exact outcome reward scores above 0.5."""
     rng = torch.Generator().manual_seed(seed)
@@ -107,11 +96,15 @@ def train(
     reward: TrainingReward | None = None,
     prompts: list[Task] | None = None,
     eval_tasks: list[Task] | None = None,
+    runs_folder: Path | None = None,
     run_dir: Path | None = None,
 ) -> Iterator[Event]:
     """Run (or resume) a training run; see the module docstring. Bad input raises before any event."""
     strategy = build_strategy(config.strategy, strategy_params)
-    run_dir = run_dir or training_home() / config.name
+    if run_dir is None:
+        if runs_folder is None:
+            raise ConfigError("a training run needs a folder for its checkpoints (runs_folder or run_dir)")
+        run_dir = Path(runs_folder) / config.name
     state_file, events_file, config_file = run_dir / "state.pt", run_dir / "events.jsonl", run_dir / "run.json"
     if resume and not state_file.exists():
         raise ConfigError(f"nothing to resume: no checkpoint in {run_dir}")

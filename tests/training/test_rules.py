@@ -8,11 +8,12 @@ import threading
 import pytest
 import torch
 
+from app.workflows.store import training_home
 from engines.errors import ConfigError, SamplescopeError
 from engines.trace import Trace
 from engines.training import build_strategy
 from engines.training.base import Allowance
-from engines.training.loop import TrainConfig, train, training_home
+from engines.training.loop import TrainConfig, train
 from tests.training.test_estimators import _setup
 
 
@@ -74,7 +75,7 @@ def _toy_run(name, *, cancel=None, resume=False, updates=4, strategy="grpo"):
     policy, pool, reward = _setup()
     config = TrainConfig(name=name, strategy=strategy, max_updates=updates, eval_every=0, learning_rate=0.1, kl_coef=0.1)
     events = list(
-        train(config, {"prompts_per_batch": 2, "group_size": 4}, policy=policy, reward=reward, prompts=list(pool.tasks), cancel=cancel, resume=resume)
+        train(config, {"prompts_per_batch": 2, "group_size": 4}, policy=policy, reward=reward, prompts=list(pool.tasks), cancel=cancel, resume=resume, runs_folder=training_home())
     )
     return events, policy
 
@@ -102,7 +103,7 @@ def test_same_seed_same_run_and_resume_after_cancel_matches():
     policy, pool, reward = _setup()
     config = TrainConfig(name="c", strategy="grpo", max_updates=4, eval_every=0, learning_rate=0.1, kl_coef=0.1)
     events = []
-    for event in train(config, {"prompts_per_batch": 2, "group_size": 4}, policy=policy, reward=reward, prompts=list(pool.tasks), cancel=cancel):
+    for event in train(config, {"prompts_per_batch": 2, "group_size": 4}, policy=policy, reward=reward, prompts=list(pool.tasks), cancel=cancel, runs_folder=training_home()):
         events.append(event)
         if event.kind == "update" and event.step == 2:
             cancel.set()
@@ -139,9 +140,9 @@ def test_bad_input_is_one_line_and_stores_nothing():
     with pytest.raises(ConfigError, match="give a budget"):
         TrainConfig()
     with pytest.raises(ConfigError, match="empty"):
-        list(train(TrainConfig(samples=10, eval_every=0), policy=policy, reward=reward, prompts=[]))
+        list(train(TrainConfig(samples=10, eval_every=0), policy=policy, reward=reward, prompts=[], runs_folder=training_home()))
     with pytest.raises(ConfigError, match="cannot be trained"):
-        list(train(TrainConfig(name="served", policy="openai:http://127.0.0.1:9/v1", samples=10)))
+        list(train(TrainConfig(name="served", policy="openai:http://127.0.0.1:9/v1", samples=10), runs_folder=training_home()))
     with pytest.raises(ConfigError, match="budget samples must be positive"):
         Allowance(samples=0)
     assert not training_home().exists() or not any(training_home().iterdir())
@@ -204,7 +205,7 @@ def test_toy_training_follows_the_reward_control(strategy):
         policy, pool, reward = _setup(control=control)
         before = success(policy).detach()
         config = TrainConfig(name=f"toy-{strategy}-{control}", strategy=strategy, max_updates=40, eval_every=0, learning_rate=0.05)
-        events = list(train(config, {"prompts_per_batch": 2, "group_size": 8}, policy=policy, reward=reward, prompts=list(pool.tasks)))
+        events = list(train(config, {"prompts_per_batch": 2, "group_size": 8}, policy=policy, reward=reward, prompts=list(pool.tasks), runs_folder=training_home()))
         assert events[-1].status == "ok"
         moves[control] = success(policy).detach() - before
     assert bool((moves["exact"] > 0.2).all()), moves
