@@ -129,10 +129,12 @@ def tree_figure(trace: Trace, title: str = "Candidate tree") -> go.Figure:
         )
     thumbs = [i for i in ids if png_data_uri(trace.nodes[i].image)]  # only a clean PNG data URI reaches plotly
     if thumbs and len(thumbs) <= 150:  # image nodes (diffusion trees) show their picture
-        for i in thumbs:
-            x, y = pos[i]
-            fig.add_layout_image(source=trace.nodes[i].image, x=x, y=y, xref="x", yref="y", sizex=0.45, sizey=0.9,
-                                 xanchor="center", yanchor="middle", layer="above")
+        # one assignment of the whole list: add_layout_image per image re-validates the growing tuple (quadratic)
+        fig.layout.images = [
+            {"source": trace.nodes[i].image, "x": pos[i][0], "y": pos[i][1], "xref": "x", "yref": "y", "sizex": 0.45,
+             "sizey": 0.9, "xanchor": "center", "yanchor": "middle", "layer": "above"}
+            for i in thumbs
+        ]
     depth = max(n.depth for n in trace.nodes.values())
     fig.update_xaxes(title="depth / step", dtick=1, range=[-0.3, depth + 0.3])
     fig.update_yaxes(visible=False)

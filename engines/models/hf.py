@@ -32,6 +32,7 @@ from engines.models.base import Generation, SamplingParams, TextModel, checked_p
 from engines.models.kv import PrefixStore, RowKV, stack
 from engines.models.kv import row_kv as cut_row
 from engines.models.sampling import draw, entropy
+from engines.models.watch import decode_step
 from engines.task import Task
 from engines.trace import Cost
 
@@ -228,6 +229,7 @@ class TransformersTextModel(TextModel):
             tokens, base_lp, sample_lp = draw(logits, params, rng)
             if usage is not None:
                 usage.add(generated_tokens=len(owners))
+            decode_step(usage)  # the run's progress hook; Cancelled here stops a cancelled run within one step
             finished: list[int] = []
             for r, (token, lp, slp) in enumerate(zip(tokens.tolist(), base_lp.tolist(), sample_lp.tolist(), strict=True)):
                 st = state[r]
