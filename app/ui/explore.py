@@ -57,6 +57,7 @@ class RenderThrottle:
 
     def __init__(self, interval: float, share: float = 0.2, clock=time.monotonic) -> None:
         self.interval, self.share, self.clock = interval, share, clock
+        self.created = clock()
         self.next_at = 0.0
         self.spent = 0.0  # seconds spent drawing, for the benchmark
 
@@ -71,8 +72,19 @@ class RenderThrottle:
         self.next_at = now + max(self.interval, cost * (1 - self.share) / self.share)
 
 
-#: Run brings the status, Cancel and the live views into sight (the form above can be taller than the window)
-SHOW_LIVE_VIEWS = "() => { document.getElementById('explore-live')?.scrollIntoView({block: 'start', behavior: 'instant'}); }"
+#: Run (or Enter in the prompt) brings the status, Cancel and the live views into sight: the form
+#: above them can be taller than the window. A listener installed once by an empty HTML element
+#: (Gradio 6 runs a js-only event listener's code only for some triggers; a DOM listener always).
+SHOW_LIVE_VIEWS = """
+if (!window.__samplescopeLive) {
+  window.__samplescopeLive = true;
+  const show = () => document.getElementById('explore-live')?.scrollIntoView({block: 'start', behavior: 'instant'});
+  document.addEventListener('click', (e) => { if (e.target.closest && e.target.closest('#explore-run')) show(); }, true);
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && e.target.closest && e.target.closest('#explore-prompt')) show();
+  }, true);
+}
+"""
 
 
 def error_markdown(message: str) -> str:
@@ -105,7 +117,7 @@ class ExploreTab:
                     )
                     self.forms = forms.build_forms(samplers, "best_of_n", "explore")
                     with gr.Row():
-                        self.seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                        self.seed = gr.Number(0, precision=0, label="Seed", minimum=0, elem_id="explore-seed")
                         self.budget = gr.Number(0, precision=0, label="Token budget", info="0 = no cap", minimum=0)
                 with gr.Column(scale=2):
                     self.task = gr.Dropdown(forms.task_choices(), value=None, label="Built-in prompt", elem_id="explore-task")
@@ -114,6 +126,7 @@ class ExploreTab:
                         self.answer = gr.Textbox(label="Reference answer", info="for verifiable rewards such as math", scale=3)
                         self.chat = gr.Checkbox(True, label="Chat template", scale=1)
                     self.run_button = gr.Button("Run", variant="primary", elem_id="explore-run")
+                    gr.HTML("", js_on_load=SHOW_LIVE_VIEWS, padding=False, container=False, elem_id="explore-show-live")
             # the run's status, its Cancel and its views together, full width: Run scrolls them into sight
             with gr.Row(elem_id="explore-live", equal_height=True):
                 with gr.Column(scale=5):
@@ -133,7 +146,6 @@ class ExploreTab:
         # no Gradio limit here: the run waits for a slot in services.runs and shows its place in line meanwhile
         for trigger in (self.run_button.click, self.prompt.submit):
             trigger(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
-            trigger(None, js=SHOW_LIVE_VIEWS)
         self.cancel_button.click(self.cancel, [self.token], [self.status], concurrency_limit=None, show_progress="hidden")
         self.sampler.change(lambda s: forms.visibility(self.forms, s), [self.sampler], [f.group for f in self.forms])
         self.task.change(self.pick_task, [self.task], [self.prompt, self.answer, self.chat, self.model, self.reward])
