@@ -65,10 +65,11 @@ def page(browser):
 
 
 def choose(page, elem_id: str, label: str) -> None:
+    """Pick the option named ``label`` (or ``label — description``, as the built-in prompts are)."""
     box = page.locator(f"#{elem_id} input")
     box.click()
     box.fill(label)
-    page.get_by_role("option", name=label, exact=True).click()
+    page.get_by_role("option", name=re.compile(rf"^{re.escape(label)}( —.*)?$")).first.click()
 
 
 def type_value(page, elem_id: str, value: str) -> None:

@@ -90,3 +90,71 @@ def test_closing_the_live_stream_cancels_the_worker(tiny_lm_dir):
             break
     stream_.close()
     assert flag.is_set()
+
+
+class SlowServer:
+    """An OpenAI-style server that holds every request until its client goes away (or ``hold`` seconds),
+    counting the requests it received and the clients it saw leave."""
+
+    def __init__(self, hold: float = 20.0) -> None:
+        import http.server
+        import select
+        import socket
+
+        self.received = threading.Semaphore(0)
+        self.left = threading.Semaphore(0)
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                owner.received.release()
+                import time
+
+                end = time.monotonic() + hold
+                while time.monotonic() < end:
+                    ready, _, _ = select.select([self.connection], [], [], 0.05)
+                    if ready and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                        owner.left.release()  # the client shut its socket: a server aborts the request here
+                        return
+                body = b'{"choices": [{"text": "late"}]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_cancelled_run_abandons_its_requests_in_flight():
+    """Served models: Cancel drops the wait and shuts the requests' sockets, so the server sees its
+    clients leave and can abort the generation (vLLM does), instead of decoding every token unread."""
+    from engines.models.served_client import EngineClient
+
+    server = SlowServer()
+    client = EngineClient(server.url, retries=0)
+    flag = threading.Event()
+
+    def cancel_once_all_arrived():
+        for _ in range(3):
+            assert server.received.acquire(timeout=30)
+        flag.set()
+
+    threading.Thread(target=cancel_once_all_arrived, daemon=True).start()
+    try:
+        with watching(Watch(cancel=flag)), pytest.raises(Cancelled):
+            client.map(lambda k: client.post("/completions", {"k": k}), range(3))
+        assert all(server.left.acquire(timeout=10) for _ in range(3))  # every request in flight was abandoned
+    finally:
+        client.close()
+        server.stop()
