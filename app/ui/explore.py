@@ -195,7 +195,10 @@ class ExploreTab:
                 if trace.done is not None or not throttle.due():
                     continue
                 started = time.monotonic()
-                status = progress_text(trace, run_request, started - clicked)
+                if trace.events:
+                    status = progress_text(trace, run_request, started - clicked)
+                else:  # the model is loading (once per process) or the sampler has not reached its first event
+                    status = f"loading {md_text(run_request.model)}… {started - clicked:.1f} s since Run"
                 if changed:
                     yield {self.status: status, **self.panel.render(trace, detail=False)}
                     changed = False

@@ -325,9 +325,10 @@ def cost_markdown(cost: dict[str, float], status: str | None = None) -> str:
         ("decodes (VAE)", count("decodes")),
         ("reward backward passes", count("backward_passes")),
         ("network evaluations back-propagated", count("backward_nfe")),
-        ("wall time (sampler)", "?" if wall is None else f"{wall:.2f} s"),
+        # the sampler's own compute; the user's wait (loading, queueing, drawing too) is in the status line
+        ("sampler wall time (not the wait)", "?" if wall is None else f"{wall:.2f} s"),
     ]
-    body = "\n".join(f"| {k} | {v} |" for k, v in rows if v not in ("0", "0.00 s") or k.startswith(("generated", "wall")))
+    body = "\n".join(f"| {k} | {v} |" for k, v in rows if v not in ("0", "0.00 s") or k.startswith(("generated", "sampler wall")))
     head = f"**status:** {md_text(status)}\n\n" if status else ""
     return f"{head}| cost | |\n|---|---:|\n{body}"
 

@@ -129,18 +129,17 @@ def settled_state(page, prefix: str, expected: dict | None = None, tries: int = 
     return last
 
 
-RUNS = [  # (built-in prompt, reward, sampler label, extra numbers, seed): the runs whose final view was stale
-    ("arith:7", "arith_steps", "MCTS (UCT)", {}, 0),
-    ("arith:7", "arith_steps", "MCTS (UCT)", {}, 1),
-    ("arith:7", "arith_steps", "MCTS (UCT)", {}, 2),
-    ("arith:7", "arith_steps", "Beam search (PRM)", {}, 3),
-    ("arith:7", "arith_steps", "Sequential Monte Carlo", {}, 4),
-    ("digits:3", None, "Feynman-Kac steering", {"explore-fk_steering-particles": 8}, 5),
+GROUPS = [  # (built-in prompt, reward, sampler label, extra numbers, seeds): the runs whose final view was stale
+    ("arith:7", "arith_steps", "MCTS (UCT)", {}, (0, 1, 2, 3, 4, 5)),
+    ("arith:7", "arith_steps", "Beam search (PRM)", {}, (0, 1)),
+    ("arith:7", "arith_steps", "Sequential Monte Carlo", {}, (0, 1)),
+    ("digits:3", None, "Feynman-Kac steering", {"explore-fk_steering-particles": 8}, (0,)),
 ]
 
 
-@pytest.mark.parametrize(("task", "reward", "sampler", "numbers", "seed"), RUNS)
-def test_the_final_page_equals_the_runs_replay_of_the_same_run(page, server, task, reward, sampler, numbers, seed):
+@pytest.mark.parametrize(("task", "reward", "sampler", "numbers", "seeds"), GROUPS, ids=[g[2] for g in GROUPS])
+def test_the_final_page_equals_the_runs_replay_of_the_same_run(page, server, task, reward, sampler, numbers, seeds):
+    """Seeded runs one after another in one page, as a user tries seeds; each final page against its replay."""
     url, services = server
     page.goto(url)
     choose(page, "explore-task", task)
@@ -150,17 +149,25 @@ def test_the_final_page_equals_the_runs_replay_of_the_same_run(page, server, tas
     choose(page, "explore-sampler", sampler)
     for elem_id, value in numbers.items():
         set_number(page, elem_id, value)
-    set_number(page, "explore-seed", seed)
-    page.locator("#explore-run").click()
-    run_id = run_id_of(page)
-    expect(page.locator("#explore-status")).to_contain_text("ok:")
-    final = settled_state(page, "explore")
-    assert final["rows"] and not final["reward_empty"] and final["tree_points"] > 0
+    finals: dict[int, dict] = {}
+    previous = None
+    for seed in seeds:
+        set_number(page, "explore-seed", seed)
+        page.locator("#explore-run").click()
+        if previous is not None:  # the previous run's link goes at the new run's first reply
+            expect(page.locator("#explore-link")).not_to_contain_text(f"Saved as run {previous}:")
+        run_id = run_id_of(page)
+        expect(page.locator("#explore-status")).to_contain_text("ok:")
+        finals[run_id] = settled_state(page, "explore")
+        assert finals[run_id]["rows"] and not finals[run_id]["reward_empty"] and finals[run_id]["tree_points"] > 0
+        previous = run_id
 
-    page.goto(f"{url}?run={run_id}")
-    expect(page.locator("#runs-cost")).to_contain_text("status: ok", timeout=WAIT_MS)
-    replay = settled_state(page, "runs", expected=final)
-    assert replay == final
+    replay = page.context.new_page()
+    for run_id, final in finals.items():
+        replay.goto(f"{url}?run={run_id}")
+        expect(replay.locator("#runs-header")).to_contain_text(f"Run {run_id}:", timeout=WAIT_MS)
+        expect(replay.locator("#runs-cost")).to_contain_text("status: ok", timeout=WAIT_MS)
+        assert settled_state(replay, "runs", expected=final) == final, f"run {run_id}"
 
 
 def test_a_diffusion_run_spends_a_small_share_of_its_time_drawing(page, server):
