@@ -10,7 +10,9 @@ the N continuations that share it, (2) reuse the cached KV of any stored prefix
 (tree search extends nodes whose prefixes are already encoded), (3) return the
 base and the sampling log-prob of every token, and (4) draw from the caller's
 ``torch.Generator``. Finished rows leave the batch so late rows do not pay for
-early ones.
+early ones. After every decode step the loop calls
+:func:`engines.models.watch.decode_step`: the run's progress hook sees the
+tokens so far, and a cancelled run stops there, not after the whole batch.
 
 Row layout of a prefill batch (``A`` = longest cached part, ``B`` = longest
 uncached suffix): ``[pads | cached KV][pads | suffix tokens]``; pads are masked
