@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from engines.errors import ConfigError
-from engines.task import Task
 from engines.models.watch import Watch, watching
+from engines.task import Task
 from engines.trace import Budget, Cost, CostEvent, Event, Trace
 
 

@@ -11,22 +11,17 @@ Counts (tokens, points, rows), never wall times, are what the tests assert.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 
 import pytest
 
-from tests.app.helpers import CHROMIUM, CHROMIUM_ARGS, launched, open_db
+from bench.browser import choose, set_number, type_value
+from tests.app.helpers import launched, open_db
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - the dev extra installs it
-    pytest.skip("the playwright package is not installed (pip install -e '.[dev]')", allow_module_level=True)
-if not os.access(CHROMIUM, os.X_OK):
-    pytest.skip(f"{CHROMIUM} is missing (make system-deps installs Debian's chromium)", allow_module_level=True)
+expect = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright").expect
 
 WAIT_MS = 300_000
 
@@ -43,14 +38,6 @@ def server(tmp_path_factory):
     db.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 800})
@@ -62,28 +49,6 @@ def page(browser):
     yield page
     context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
-
-
-def choose(page, elem_id: str, label: str) -> None:
-    """Pick the option named ``label`` (or ``label — description``, as the built-in prompts are)."""
-    box = page.locator(f"#{elem_id} input")
-    box.click()
-    box.fill(label)
-    page.get_by_role("option", name=re.compile(rf"^{re.escape(label)}( —.*)?$")).first.click()
-
-
-def type_value(page, elem_id: str, value: str) -> None:
-    """A custom value in a dropdown that allows one (the reward spec)."""
-    box = page.locator(f"#{elem_id} input")
-    box.click()
-    box.fill(value)
-    box.press("Enter")
-
-
-def set_number(page, elem_id: str, value: int) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
 
 
 def watch_statuses(page) -> None:
