@@ -20,10 +20,12 @@ from typing import Any
 
 import gradio as gr
 
-from app.ui import forms, views
+from app.ui import forms
 from app.ui.panel import ViewPanel, candidate_html
-from app.ui.render import md_text
 from app.ui.services import Services, error_message
+from app.views import trace as views
+from app.views.render import md_text
+from app.workflows.store import rewards_home
 from engines.runner import RunRequest, live
 from engines.trace import Trace
 
@@ -159,7 +161,7 @@ class ExploreTab:
             model=model, reward=reward, sampler=sampler, params=params, prompt=prompt or "",
             answer=(answer or "").strip() or None, chat=bool(chat), seed=int(seed or 0),
             budget={"generated_tokens": int(budget)} if budget else None,
-            device=self.services.device, dtype=self.services.dtype,
+            device=self.services.device, dtype=self.services.dtype, rewards_folder=rewards_home(),
         )
 
     def run(self, model, reward, sampler, prompt, answer, chat, seed, budget, *values, request: gr.Request = None):
@@ -225,7 +227,7 @@ class ExploreTab:
         return {**saved, self.status: status, **self.panel.render(trace)}
 
     def save(self, request: RunRequest, trace: Trace) -> dict[Any, Any]:
-        from app.store import save_request_run
+        from app.workflows.store import save_request_run
 
         try:
             run_id = save_request_run(self.services.db, request, trace)

@@ -139,7 +139,7 @@ class SlowServer:
 def test_a_cancelled_run_abandons_its_requests_in_flight():
     """Served models: Cancel drops the wait and shuts the requests' sockets, so the server sees its
     clients leave and can abort the generation (vLLM does), instead of decoding every token unread."""
-    from engines.models.served_client import EngineClient
+    from engines.models.served.client import EngineClient
 
     server = SlowServer()
     client = EngineClient(server.url, retries=0)
