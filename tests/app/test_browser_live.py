@@ -58,7 +58,10 @@ def watch_statuses(page) -> None:
 
 
 def run_id_of(page) -> int:
-    expect(page.locator("#explore-link")).to_contain_text("Saved as run", timeout=WAIT_MS)
+    try:
+        expect(page.locator("#explore-link")).to_contain_text("Saved as run", timeout=WAIT_MS)
+    except AssertionError as exc:  # say what the page said instead
+        raise AssertionError(f"no stored run; the status reads {page.locator('#explore-status').inner_text()!r}") from exc
     return int(re.search(r"Saved as run (\d+)", page.locator("#explore-link").inner_text()).group(1))
 
 
