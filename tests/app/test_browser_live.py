@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.model]
 
 expect = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright").expect
 
-WAIT_MS = 300_000
+WAIT_MS = 900_000  # a shared 2-core machine under load decodes SmolLM2 at a few tokens a second
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_progress_moves_inside_one_batch_and_run_shows_the_live_views(page, serv
     url, services = server
     page.goto(url)
     set_number(page, "explore-best_of_n-n", 4)
-    set_number(page, "explore-best_of_n-max_new_tokens", 48)
+    set_number(page, "explore-best_of_n-max_new_tokens", 24)
     page.locator("#explore-prompt textarea").fill("Write one sentence about a rainy Monday morning.")
     watch_statuses(page)
     page.evaluate("window.scrollTo(0, 0)")
