@@ -10,7 +10,7 @@ BENCHES = {
     "storage": ("bench.bench_storage", "votes per second and run save time"),
     "scaling": ("bench.scaling", "accuracy against N and tokens on the reasoning lab"),
     "diffusion": ("bench.diffusion", "reward and digit share against network evaluations"),
-    "browser": ("bench.browser", "time to first update and to done in a real browser"),
+    "browser": ("bench.browser", "page done / sampler wall time in a real browser: best-of-N, knockout, FK steering on digits"),
     "load": ("bench.load", "32 labellers and 2 sampler users over HTTP: votes/s, vote latency, nothing lost"),
     "active": ("bench.active", "held-out accuracy against labels: random vs uncertain pairs (simulated annotator)"),
     "remote": ("bench.remote", "vLLM through samplescope: overhead, prefix cache, concurrent users, in-process"),

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from engines.errors import ConfigError
+from engines.models.watch import Watch, watching
 from engines.task import Task
-from engines.trace import Budget, Event, Trace
+from engines.trace import Budget, Cost, CostEvent, Event, Trace
 
 
 @dataclass(frozen=True)
@@ -183,17 +184,99 @@ def check_context(model: Any, task: Task) -> None:
         raise ConfigError(f"the prompt is {tokens:,} tokens; the model's context is {limit:,} tokens (prompt and reply together)")
 
 
-def stream(request: RunRequest, cancel: threading.Event | None = None) -> Iterator[Event]:
-    return stream_parts(request, *load_parts(request), cancel=cancel)
+def stream(
+    request: RunRequest,
+    cancel: threading.Event | None = None,
+    progress: Callable[[Cost], None] | None = None,
+) -> Iterator[Event]:
+    return stream_parts(request, *load_parts(request), cancel=cancel, progress=progress)
 
 
 def stream_parts(request: RunRequest, model: Any, reward: Any, sampler: Any,
-                 cancel: threading.Event | None = None) -> Iterator[Event]:
+                 cancel: threading.Event | None = None,
+                 progress: Callable[[Cost], None] | None = None) -> Iterator[Event]:
     """The run of ``request`` with its parts already loaded (a sweep keeps the steering reward to judge
-    the pick): the context check, then the sampler seeded with the request's seed. The one run path."""
+    the pick): the context check, then the sampler seeded with the request's seed. The one run path.
+
+    ``cancel`` reaches the sampler (checked before each model or reward call) and, through
+    :mod:`engines.models.watch`, the models' inner loops (checked between decode steps); ``progress``
+    gets the run's live cost after every decode step of a long model call."""
     check_context(model, request.task)
     rng = torch.Generator().manual_seed(request.seed)
-    return sampler.run(request.task, model, reward, budget=request.budget, rng=rng, cancel=cancel)
+    events = sampler.run(request.task, model, reward, budget=request.budget, rng=rng, cancel=cancel)
+    return _watched(events, Watch(cancel=cancel, progress=progress))
+
+
+def _watched(events: Iterator[Event], watch: Watch) -> Iterator[Event]:
+    """``events`` with ``watch`` installed while the sampler works (each ``next``), not while the consumer does."""
+    while True:
+        with watching(watch):
+            event = next(events, None)
+        if event is None:
+            return
+        yield event
+
+
+def live(
+    request: RunRequest,
+    cancel: threading.Event,
+    *,
+    progress_every: float = 0.25,
+    poll: float = 0.5,
+) -> Iterator[Event | None]:
+    """:func:`stream` on a worker thread, for a viewer that must stay responsive while a model call runs.
+
+    Yields the run's events as they come; during a long model call, a :class:`CostEvent` with the live
+    counters at most every ``progress_every`` seconds (tokens generated so far); and ``None`` when
+    nothing came for ``poll`` seconds (so the viewer can refresh its clock). Errors of the run
+    (loading, bad input) are raised here. Closing this generator early (the viewer went away) sets
+    ``cancel``, so the worker stops within one decode step instead of running on unseen.
+    """
+    import queue
+    import time
+
+    items: queue.Queue = queue.Queue()
+    last = [0.0]
+
+    def report(cost: Cost) -> None:
+        now = time.monotonic()
+        if now - last[0] >= progress_every:
+            last[0] = now
+            items.put(CostEvent(cost=cost.as_dict()))
+
+    def work() -> None:
+        try:
+            for event in stream(request, cancel, report):
+                items.put(event)
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, raised there)
+            items.put(_Failure(exc))
+        items.put(_END)
+
+    worker = threading.Thread(target=work, name="samplescope-run", daemon=True)
+    worker.start()
+    try:
+        while True:
+            try:
+                item = items.get(timeout=poll)
+            except queue.Empty:
+                yield None
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        if worker.is_alive():
+            cancel.set()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
 
 
 def execute(

@@ -70,6 +70,11 @@ def build_demo(services: Services) -> gr.Blocks:
         # Gradio's queue holds waiting API calls without a thread; a started one takes a slot in services.runs
         gr.api(sample, api_name="sample", concurrency_limit=services.concurrency, concurrency_id="samplers")
 
+        def on_unload(request: gr.Request):
+            """The page went away (closed, reloaded): its runs stop instead of keeping a core busy unseen."""
+            services.cancel_session(getattr(request, "session_hash", None))
+
+        demo.unload(on_unload)
         demo.load(
             on_load,
             [label.browser_id],

@@ -1,10 +1,16 @@
 """The Explore tab: pick a model, a reward and a sampler, run it, watch it live.
 
-The run handler is a thin generator over the sampler's events: it appends them
-to a trace and, a few times a second, yields ``{component: update}`` snapshots
-of the views. Cancel raises the run's flag; the sampler stops at its next
-model or reward call. A finished run (ok, stopped by its budget, or
-cancelled) is stored in one repository call and gets a link ``/?run=ID``.
+The run handler is a thin generator over the run's events. The sampler works on
+its own thread (:func:`engines.runner.live`), so drawing never slows it down and
+the page hears of tokens decoded inside a long model call (cost snapshots). The
+handler appends events to a trace and yields ``{component: update}`` snapshots
+of the views when :class:`RenderThrottle` says one is due: drawing takes at
+most a fixed share of the run, however costly a snapshot gets (a diffusion tree
+with a hundred thumbnails). The final view is one update built from the
+complete trace, after the run is stored, and never throttled. Cancel (or
+closing the page) raises the run's flag: the model stops at its next decode
+step. A finished run (ok, stopped by its budget, or cancelled) is stored in one
+repository call and gets a link ``/?run=ID``.
 """
 
 from __future__ import annotations
@@ -17,22 +23,70 @@ import gradio as gr
 from app.ui import forms
 from app.ui.panel import ViewPanel, candidate_html
 from app.ui.services import Services, error_message
+from app.views import trace as views
 from app.views.render import md_text
 from app.workflows.store import rewards_home
-from engines.runner import RunRequest, stream
+from engines.runner import RunRequest, live
 from engines.trace import Trace
 
 
-def progress_text(trace: Trace, request: RunRequest, finished: bool = False) -> str:
+def progress_text(trace: Trace, request: RunRequest, waited: float, finished: bool = False) -> str:
+    """One status line: candidates so far, work done (tokens, or network evaluations for images), and
+    both clocks: the sampler's own compute time and the user's wait since Run (loading, queueing and
+    drawing included)."""
     done = len(trace.candidates)
     target = request.params.get("n")
     count = f"{done}/{target} candidates" if target else f"{done} candidates, {len(trace.nodes)} nodes"
     cost = trace.cost
-    spent = f"{int(cost.get('generated_tokens', 0)):,} tokens, {cost.get('wall_seconds', 0.0):.1f} s"
+    tokens, nfe = int(cost.get("generated_tokens", 0) or 0), int(cost.get("nfe", 0) or 0)
+    work = f"{nfe:,} network evaluations" if nfe and not tokens else f"{tokens:,} tokens"
     if finished and trace.done is not None:
         note = f" — {md_text(trace.done.message, 400)}" if trace.done.message else ""
-        return f"**{md_text(trace.done.status)}**: {count}, {spent}{note}"
-    return f"running… {count}, {spent}"
+        clocks = f"sampler {float(cost.get('wall_seconds', 0.0) or 0.0):.1f} s, your wait {waited:.1f} s"
+        return f"**{md_text(trace.done.status)}**: {count}, {work}; {clocks}{note}"
+    return f"running… {count}, {work}; {waited:.1f} s since Run"
+
+
+class RenderThrottle:
+    """When the next live snapshot may be drawn.
+
+    A snapshot is due ``interval`` seconds after the previous one *finished* (drawn and sent), and
+    no sooner than the time that keeps drawing under ``share`` of the run: a snapshot that took
+    ``c`` seconds waits ``c·(1-share)/share`` more. A clock taken before drawing would make every
+    event due once a draw outlasts the interval (the page then lags the run without bound).
+    ``interval`` 0 draws every event (the handler tests watch each step).
+    """
+
+    def __init__(self, interval: float, share: float = 0.2, clock=time.monotonic) -> None:
+        self.interval, self.share, self.clock = interval, share, clock
+        self.created = clock()
+        self.next_at = 0.0
+        self.spent = 0.0  # seconds spent drawing, for the benchmark
+
+    def due(self) -> bool:
+        return self.interval <= 0 or self.clock() >= self.next_at
+
+    def drawn(self, started: float) -> None:
+        """Call when the snapshot started at ``started`` (this clock) is drawn and sent."""
+        now = self.clock()
+        cost = max(now - started, 0.0)
+        self.spent += cost
+        self.next_at = now + max(self.interval, cost * (1 - self.share) / self.share)
+
+
+#: Run (or Enter in the prompt) brings the status, Cancel and the live views into sight: the form
+#: above them can be taller than the window. A listener installed once by an empty HTML element
+#: (Gradio 6 runs a js-only event listener's code only for some triggers; a DOM listener always).
+SHOW_LIVE_VIEWS = """
+if (!window.__samplescopeLive) {
+  window.__samplescopeLive = true;
+  const show = () => document.getElementById('explore-live')?.scrollIntoView({block: 'start', behavior: 'instant'});
+  document.addEventListener('click', (e) => { if (e.target.closest && e.target.closest('#explore-run')) show(); }, true);
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && e.target.closest && e.target.closest('#explore-prompt')) show();
+  }, true);
+}
+"""
 
 
 def error_markdown(message: str) -> str:
@@ -65,7 +119,7 @@ class ExploreTab:
                     )
                     self.forms = forms.build_forms(samplers, "best_of_n", "explore")
                     with gr.Row():
-                        self.seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                        self.seed = gr.Number(0, precision=0, label="Seed", minimum=0, elem_id="explore-seed")
                         self.budget = gr.Number(0, precision=0, label="Token budget", info="0 = no cap", minimum=0)
                 with gr.Column(scale=2):
                     self.task = gr.Dropdown(forms.task_choices(), value=None, label="Built-in prompt", elem_id="explore-task")
@@ -73,11 +127,14 @@ class ExploreTab:
                     with gr.Row():
                         self.answer = gr.Textbox(label="Reference answer", info="for verifiable rewards such as math", scale=3)
                         self.chat = gr.Checkbox(True, label="Chat template", scale=1)
-                    with gr.Row():
-                        self.run_button = gr.Button("Run", variant="primary", elem_id="explore-run")
-                        self.cancel_button = gr.Button("Cancel", variant="stop", elem_id="explore-cancel")
+                    self.run_button = gr.Button("Run", variant="primary", elem_id="explore-run")
+                    gr.HTML("", js_on_load=SHOW_LIVE_VIEWS, padding=False, container=False, elem_id="explore-show-live")
+            # the run's status, its Cancel and its views together, full width: Run scrolls them into sight
+            with gr.Row(elem_id="explore-live", equal_height=True):
+                with gr.Column(scale=5):
                     self.status = gr.Markdown(elem_id="explore-status")
                     self.link = gr.Markdown(elem_id="explore-link")
+                self.cancel_button = gr.Button("Cancel", variant="stop", elem_id="explore-cancel", scale=1, min_width=120)
             self.panel = ViewPanel("explore")
             # states live inside the Tab: a State directly under gr.Tabs makes Gradio 6.31 draw duplicate tab buttons
             self.token = gr.State(None)
@@ -89,8 +146,8 @@ class ExploreTab:
         inputs += forms.all_inputs(self.forms)
         outputs = [self.status, self.link, self.token, self.run_id, *self.panel.outputs]
         # no Gradio limit here: the run waits for a slot in services.runs and shows its place in line meanwhile
-        self.run_button.click(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
-        self.prompt.submit(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+        for trigger in (self.run_button.click, self.prompt.submit):
+            trigger(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.cancel_button.click(self.cancel, [self.token], [self.status], concurrency_limit=None, show_progress="hidden")
         self.sampler.change(lambda s: forms.visibility(self.forms, s), [self.sampler], [f.group for f in self.forms])
         self.task.change(self.pick_task, [self.task], [self.prompt, self.answer, self.chat, self.model, self.reward])
@@ -107,42 +164,67 @@ class ExploreTab:
             device=self.services.device, dtype=self.services.dtype, rewards_folder=rewards_home(),
         )
 
-    def run(self, model, reward, sampler, prompt, answer, chat, seed, budget, *values):
+    def run(self, model, reward, sampler, prompt, answer, chat, seed, budget, *values, request: gr.Request = None):
+        clicked = time.monotonic()
         try:
-            request = self.request(model, reward, sampler, prompt, answer, chat, seed, budget, values)
+            run_request = self.request(model, reward, sampler, prompt, answer, chat, seed, budget, values)
         except Exception as exc:  # bad input: one line in the page, nothing else changes
-            yield {self.status: error_markdown(error_message(exc))}
+            yield {self.status: error_markdown(error_message(exc)), self.run_id: None}
             return
         try:
             ticket = self.services.runs.enter()
         except Exception as exc:
-            yield {self.status: error_markdown(error_message(exc))}
+            yield {self.status: error_markdown(error_message(exc)), self.run_id: None}
             return
-        token, flag = self.services.start_run()
+        token, flag = self.services.start_run(getattr(request, "session_hash", None))
         trace = Trace()
         try:
             while not self.services.runs.start(ticket, timeout=0.5):
                 if flag.is_set():
-                    yield {self.status: "cancelled while waiting: nothing ran", self.token: None}
+                    yield {self.status: "cancelled while waiting: nothing ran", self.token: None, self.run_id: None}
                     return
                 place = self.services.runs.position(ticket)
                 yield {self.status: f"waiting for a free slot: {place} in line, {self.services.runs.running()} run(s) going",
-                       self.token: token}
-            yield {self.status: f"loading {md_text(request.model)}…", self.link: "", self.token: token, self.run_id: None, **self.panel.clear()}
-            last = 0.0
-            for event in stream(request, cancel=flag):
-                trace.append(event)
-                now = time.monotonic()
-                if event.kind == "done" or now - last >= self.services.update_interval:
-                    last = now
-                    yield {self.status: progress_text(trace, request, finished=event.kind == "done"), **self.panel.render(trace)}
+                       self.token: token, self.run_id: None}
+            yield {self.status: f"loading {md_text(run_request.model)}…", self.link: "", self.token: token, self.run_id: None,
+                   **self.panel.clear()}
+            throttle = RenderThrottle(self.services.update_interval)
+            changed = False  # events the views have not shown yet (cost snapshots only move the status)
+            for event in live(run_request, flag):
+                if event is not None:
+                    trace.append(event)
+                    changed = changed or event.kind not in ("cost", "done")
+                if trace.done is not None or not throttle.due():
+                    continue
+                started = time.monotonic()
+                if trace.events:
+                    status = progress_text(trace, run_request, started - clicked)
+                else:  # the model is loading (once per process) or the sampler has not reached its first event
+                    status = f"loading {md_text(run_request.model)}… {started - clicked:.1f} s since Run"
+                if changed:
+                    yield {self.status: status, **self.panel.render(trace, detail=False)}
+                    changed = False
+                else:
+                    yield {self.status: status, self.panel.cost: views.cost_markdown(trace.cost)}
+                throttle.drawn(started)
         except Exception as exc:
             yield {self.status: error_markdown(error_message(exc)), self.token: None}
             return
         finally:
+            if trace.done is None:
+                flag.set()  # an error, or Gradio closed this generator (the page went away): the worker stops too
             self.services.runs.leave(ticket)
             self.services.finish(token)
-        yield self.save(request, trace)
+        yield self.final(run_request, trace, clicked)
+
+    def final(self, request: RunRequest, trace: Trace, clicked: float) -> dict[Any, Any]:
+        """The one final update: every view from the complete trace, the status, the stored run's link.
+
+        It is the generator's last value, so Gradio sends it whole (not as a diff of the previous
+        snapshot) in the message that ends the run: no intermediate snapshot can land after it."""
+        saved = self.save(request, trace)
+        status = progress_text(trace, request, time.monotonic() - clicked, finished=True)
+        return {**saved, self.status: status, **self.panel.render(trace)}
 
     def save(self, request: RunRequest, trace: Trace) -> dict[Any, Any]:
         from app.workflows.store import save_request_run
@@ -155,7 +237,7 @@ class ExploreTab:
 
     def cancel(self, token):
         if self.services.cancel(token):
-            return "cancelling… (the sampler stops at its next step)"
+            return "cancelling… (the model stops at its next decode step)"
         return "nothing is running"
 
     def pick_task(self, ref):

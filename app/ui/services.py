@@ -36,6 +36,7 @@ class Services:
     engines: list[str] = field(default_factory=list)
     _clients: dict[str, Any] = field(default_factory=dict)
     _cancels: dict[str, threading.Event] = field(default_factory=dict)
+    _sessions: dict[str, set[str]] = field(default_factory=dict)  # page session -> its live runs' tokens
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -65,12 +66,24 @@ class Services:
 
     # -- cancellation: a flag per live run, checked by the sampler loop -------------
 
-    def start_run(self) -> tuple[str, threading.Event]:
+    def start_run(self, session: str | None = None) -> tuple[str, threading.Event]:
+        """A token and cancel flag for a new run; ``session`` (Gradio's session hash) lets
+        :meth:`cancel_session` stop it when its page goes away."""
         token = uuid.uuid4().hex
         flag = threading.Event()
         with self._lock:
             self._cancels[token] = flag
+            if session:
+                self._sessions.setdefault(session, set()).add(token)
         return token, flag
+
+    def cancel_session(self, session: str | None) -> int:
+        """Cancel every live run started from the page session ``session``; how many were live."""
+        with self._lock:
+            flags = [self._cancels[t] for t in self._sessions.pop(session or "", set()) if t in self._cancels]
+        for flag in flags:
+            flag.set()
+        return len(flags)
 
     def cancel(self, token: str | None) -> bool:
         with self._lock:
@@ -83,6 +96,10 @@ class Services:
     def finish(self, token: str) -> None:
         with self._lock:
             self._cancels.pop(token, None)
+            for session, tokens in list(self._sessions.items()):
+                tokens.discard(token)
+                if not tokens:
+                    del self._sessions[session]
 
     def live_runs(self) -> int:
         with self._lock:

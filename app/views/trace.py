@@ -129,10 +129,12 @@ def tree_figure(trace: Trace, title: str = "Candidate tree") -> go.Figure:
         )
     thumbs = [i for i in ids if png_data_uri(trace.nodes[i].image)]  # only a clean PNG data URI reaches plotly
     if thumbs and len(thumbs) <= 150:  # image nodes (diffusion trees) show their picture
-        for i in thumbs:
-            x, y = pos[i]
-            fig.add_layout_image(source=trace.nodes[i].image, x=x, y=y, xref="x", yref="y", sizex=0.45, sizey=0.9,
-                                 xanchor="center", yanchor="middle", layer="above")
+        # one assignment of the whole list: add_layout_image per image re-validates the growing tuple (quadratic)
+        fig.layout.images = [
+            {"source": trace.nodes[i].image, "x": pos[i][0], "y": pos[i][1], "xref": "x", "yref": "y", "sizex": 0.45,
+             "sizey": 0.9, "xanchor": "center", "yanchor": "middle", "layer": "above"}
+            for i in thumbs
+        ]
     depth = max(n.depth for n in trace.nodes.values())
     fig.update_xaxes(title="depth / step", dtick=1, range=[-0.3, depth + 0.3])
     fig.update_yaxes(visible=False)
@@ -323,9 +325,10 @@ def cost_markdown(cost: dict[str, float], status: str | None = None) -> str:
         ("decodes (VAE)", count("decodes")),
         ("reward backward passes", count("backward_passes")),
         ("network evaluations back-propagated", count("backward_nfe")),
-        ("wall time (sampler)", "?" if wall is None else f"{wall:.2f} s"),
+        # the sampler's own compute; the user's wait (loading, queueing, drawing too) is in the status line
+        ("sampler wall time (not the wait)", "?" if wall is None else f"{wall:.2f} s"),
     ]
-    body = "\n".join(f"| {k} | {v} |" for k, v in rows if v not in ("0", "0.00 s") or k.startswith(("generated", "wall")))
+    body = "\n".join(f"| {k} | {v} |" for k, v in rows if v not in ("0", "0.00 s") or k.startswith(("generated", "sampler wall")))
     head = f"**status:** {md_text(status)}\n\n" if status else ""
     return f"{head}| cost | |\n|---|---:|\n{body}"
 

@@ -10,7 +10,9 @@ the N continuations that share it, (2) reuse the cached KV of any stored prefix
 (tree search extends nodes whose prefixes are already encoded), (3) return the
 base and the sampling log-prob of every token, and (4) draw from the caller's
 ``torch.Generator``. Finished rows leave the batch so late rows do not pay for
-early ones.
+early ones. After every decode step the loop calls
+:func:`engines.models.watch.decode_step`: the run's progress hook sees the
+tokens so far, and a cancelled run stops there, not after the whole batch.
 
 Row layout of a prefill batch (``A`` = longest cached part, ``B`` = longest
 uncached suffix): ``[pads | cached KV][pads | suffix tokens]``; pads are masked
@@ -33,6 +35,7 @@ from engines.models.chat import has_chat_template, task_ids, text_ids
 from engines.models.kv import PrefixStore, RowKV, stack
 from engines.models.kv import row_kv as cut_row
 from engines.models.sampling import draw, entropy
+from engines.models.watch import decode_step
 from engines.task import Task
 from engines.trace import Cost
 
@@ -222,6 +225,7 @@ class TransformersTextModel(TextModel):
             tokens, base_lp, sample_lp = draw(logits, params, rng)
             if usage is not None:
                 usage.add(generated_tokens=len(owners))
+            decode_step(usage)  # the run's progress hook; Cancelled here stops a cancelled run within one step
             finished: list[int] = []
             for r, (token, lp, slp) in enumerate(zip(tokens.tolist(), base_lp.tolist(), sample_lp.tolist(), strict=True)):
                 st = state[r]

@@ -88,22 +88,18 @@ def test_explore_bad_input_is_one_line_in_the_status_and_nothing_is_stored(explo
     assert counts(db)["runs"] == 0 and services.live_runs() == 0
 
 
-def test_cancel_stops_the_sampler_within_one_step(explore, services, db):
+def test_cancel_stops_the_run_and_stores_what_it_did(explore, services, db):
+    """The sampler runs on its own thread, ahead of the views; cancelling before it starts stores a
+    cancelled run with nothing in it (tests/engines/test_cancel.py counts the decode steps after a cancel)."""
     from storage import load_run
 
     run = explore.run(*explore_args(explore, n=40, batch_size=1, max_new_tokens=4))
-    token = next(run)[explore.token]
-    seen = 0
-    for update in run:
-        seen = len(update.get(explore.panel.table, []))
-        if seen >= 3:
-            break
+    token = next(run)[explore.token]  # "loading…": the worker has not started yet
     assert explore.cancel(token).startswith("cancelling")
     rest = list(run)
-    assert "**cancelled**" in status_of(rest[-2], explore)
+    assert "**cancelled**" in status_of(rest[-1], explore)
     stored = db.read(lambda s: load_run(s, rest[-1][explore.run_id]))
-    assert stored.status == "cancelled"
-    assert seen <= len(stored.candidates) <= seen + 1  # the step under way may finish, no more
+    assert stored.status == "cancelled" and len(stored.candidates) == 0
     assert explore.cancel(token) == "nothing is running" and services.live_runs() == 0
 
 

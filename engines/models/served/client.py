@@ -14,6 +14,11 @@ Contract
   (``max_in_flight`` requests at once), so one batch of prefixes becomes many
   requests in flight that the server batches together; results keep order and
   the first error is raised after every in-flight request has finished.
+- Cancel: while a run's :mod:`engines.models.watch` carries a cancel flag, ``map`` waits on its
+  requests a tenth of a second at a time; once the flag is set it drops the queued ones, shuts
+  the sockets of those in flight (the server sees the client go and aborts them: vLLM frees the
+  sequence) and raises :class:`~engines.errors.Cancelled`. Such requests use a connection each
+  (no keep-alive), so that each has a socket of its own to shut.
 - ``metrics()`` reads the server's Prometheus ``/metrics`` (root, not ``/v1``)
   into ``{name: value}`` summed over labels; vLLM's prefix-cache counters are
   ``vllm:prefix_cache_queries_total`` / ``vllm:prefix_cache_hits_total`` (tokens)
@@ -22,20 +27,27 @@ Contract
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import httpx
 
-from engines.errors import EngineError
+from engines.errors import Cancelled, EngineError
+from engines.models.watch import current as current_watch
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+#: per worker thread: (sockets, cancel flag) of the cancellable map its request belongs to (None outside one)
+_IN_FLIGHT = threading.local()
 
 
 class EngineUnavailable(EngineError):
@@ -95,11 +107,14 @@ class EngineClient:
         if self._dead is not None and not self._revived():
             raise EngineUnavailable(self._dead)
         last = ""
+        run = getattr(_IN_FLIGHT, "run", None)
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
+            if run is not None and run[1].is_set():  # an abandoned request is not retried
+                raise Cancelled("run cancelled")
             try:
-                response = self._http.request(method, url, json=body)
+                response = self._http.request(method, url, json=body, **self._abandonable())
             except httpx.TimeoutException:
                 last = f"the server at {self.root_url} did not answer within the timeout"
                 continue
@@ -119,6 +134,21 @@ class EngineClient:
             except json.JSONDecodeError:
                 raise EngineError(f"the server at {self.root_url} answered {url} with non-JSON") from None
         raise EngineUnavailable(last)
+
+    def _abandonable(self) -> dict[str, Any]:
+        """Request options that let a cancelled map shut this request's socket (inside a cancellable map only)."""
+        run = getattr(_IN_FLIGHT, "run", None)
+        if run is None:
+            return {}
+        sockets = run[0]
+
+        def trace(name: str, info: dict[str, Any]) -> None:
+            if name == "connection.connect_tcp.complete" and info.get("return_value") is not None:
+                sock = info["return_value"].get_extra_info("socket")
+                if sock is not None:
+                    sockets.append(sock)
+
+        return {"headers": {"Connection": "close"}, "extensions": {"trace": trace}}
 
     def _revived(self) -> bool:
         """Whether a server marked dead answers again (restarted); one quick probe, no retries."""
@@ -155,7 +185,12 @@ class EngineClient:
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         items = list(items)
         # inside one of our own workers (a request that fans out again): run in place, so a full pool cannot deadlock
-        if len(items) <= 1 or threading.current_thread().name.startswith(self._thread_prefix):
+        if threading.current_thread().name.startswith(self._thread_prefix):
+            return [fn(item) for item in items]
+        watch = current_watch()
+        if watch is not None and watch.cancel is not None and items:  # even one request: it may run for minutes
+            return self._map_cancellable(fn, items, watch.cancel)
+        if len(items) <= 1:
             return [fn(item) for item in items]
         futures = [self._pool.submit(fn, item) for item in items]
         results, first_error = [], None
@@ -168,6 +203,34 @@ class EngineClient:
         if first_error is not None:
             raise first_error
         return results
+
+    def _map_cancellable(self, fn: Callable[[T], R], items: list[T], cancel: threading.Event) -> list[R]:
+        sockets: list[Any] = []  # of the requests in flight, filled by their connections' trace hook
+
+        def run(item: T) -> R:
+            _IN_FLIGHT.run = (sockets, cancel)
+            try:
+                if cancel.is_set():
+                    raise Cancelled("run cancelled")
+                return fn(item)
+            finally:
+                _IN_FLIGHT.run = None
+
+        futures = [self._pool.submit(run, item) for item in items]
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            if cancel.is_set() and pending:
+                for future in pending:
+                    future.cancel()
+                for sock in list(sockets):  # the server reads EOF and aborts the request
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                raise Cancelled("run cancelled")
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]
+        return [f.result() for f in futures]
 
     # -- server facts -------------------------------------------------------------------
 
