@@ -34,6 +34,7 @@ def _load_all() -> None:
         reinforce_ada,
         reinforce_rej,
         rloo,
+        tree_rpo,
     )
 
 
