@@ -1,0 +1,249 @@
+"""Tree rollout strategies (tree_rpo, tree_rl, bcpg_nsa) on the enumerable toy and on arith.
+
+The toy (tests/training/toy.py) is a tabular softmax over a depth-2 binary tree; here it
+learns to continue a token prefix (``PrefixTreePolicy.extend``), so a tree of one-token
+segments covers it exactly. Gradient checks follow tests/training/test_estimators.py: the
+mean over seeds of minus the gradient of the update's loss against the closed form the
+strategy's docstring states, |mean - exact| <= Z standard errors on every coordinate, and a
+wrong variant written here must break that bound.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engines.errors import BudgetExhausted
+from engines.task import Task
+from engines.trace import NodeEvent, ScoreEvent
+from engines.training import build_strategy
+from engines.training.base import Allowance, PromptPool, Rollout
+from engines.training.rewards import TrainingReward
+from engines.training.strategies.tree_rpo import TreeRPO
+from engines.training.tree import VALUE
+from tests.training.test_estimators import RIGHT, Z, assert_differs, assert_matches, estimates, success
+from tests.training.toy import LeafReward, TreePolicy
+
+SEEDS = 1000
+
+
+class PrefixTreePolicy(TreePolicy):
+    """The toy policy, continuing any prefix: ids are (prompt, first token?)."""
+
+    def encode(self, prompt: str) -> list[int]:
+        return [self.prompt_index(prompt)]
+
+    def extend(self, prefixes, *, temperature, max_new_tokens, rng, stop_ids=()):
+        out = []
+        with torch.no_grad():
+            logp = torch.log_softmax(self.theta, dim=-1)
+            for prefix in prefixes:
+                j, done = prefix[0], list(prefix[1:])
+                tokens, logps = [], []
+                while len(done) + len(tokens) < 2 and len(tokens) < max_new_tokens:
+                    node = 0 if not done and not tokens else 1 + (done + tokens)[0]
+                    t = int(torch.multinomial(logp[j, node].exp(), 1, generator=rng))
+                    tokens.append(t)
+                    logps.append(float(logp[j, node, t]))
+                out.append(
+                    Rollout(
+                        prompt_ids=tuple(prefix), completion_ids=tuple(tokens), logprobs=tuple(logps),
+                        text="".join("ab"[t] for t in tokens), finished=len(done) + len(tokens) == 2,
+                    )
+                )
+        return out
+
+    def token_logprobs(self, rollouts):
+        logp = torch.log_softmax(self.theta, dim=-1)
+        width = max(max(r.tokens for r in rollouts), 1)
+        lp = torch.zeros(len(rollouts), width, dtype=logp.dtype)
+        ent = torch.zeros(len(rollouts), width, dtype=logp.dtype)
+        mask = torch.zeros(len(rollouts), width, dtype=logp.dtype)
+        cells = []  # (row, position, prompt, table, token)
+        for i, r in enumerate(rollouts):
+            j, seq = r.prompt_ids[0], list(r.prompt_ids[1:])
+            for position, t in enumerate(r.completion_ids):
+                cells.append((i, position, j, 0 if not seq else 1 + seq[0], t))
+                seq.append(t)
+        if cells:
+            i, position, j, node, t = torch.tensor(cells).T
+            lp = lp.index_put((i, position), logp[j, node, t])
+            ent[i, position] = -(logp[j, node].exp() * logp[j, node]).sum(-1).detach()
+            mask[i, position] = 1.0
+        return lp, ent, mask
+
+
+def _theta(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.8
+
+
+def _setup(prompts: int = 2):
+    policy = PrefixTreePolicy(_theta()[:prompts])
+    pool = PromptPool(tuple(Task(prompt=f"p{j}", chat=False) for j in range(prompts)))
+    return policy, pool, TrainingReward(outcome=LeafReward(RIGHT))
+
+
+def _toy_params(**extra):
+    return {"aggregation": "sample_sum", "step": "tokens", "segment_tokens": 1, "max_new_tokens": 2, "depth": 2, **extra}
+
+
+def run(strategy, policy, pool, reward, budget, seed):
+    generator = strategy.collect(policy, pool, reward, budget, torch.Generator().manual_seed(seed))
+    events = []
+    while True:
+        try:
+            events.append(next(generator))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+def split_gradient(policy) -> tuple[torch.Tensor, torch.Tensor]:
+    """(root part, children part) of grad sum_j p_j: the first and second decision's tables."""
+    (grad,) = torch.autograd.grad(success(policy).sum(), policy.theta)
+    root, children = grad.clone(), grad.clone()
+    root[:, 1:] = 0
+    children[:, 0] = 0
+    return root, children
+
+
+def exact_prefix_values(policy) -> dict[tuple[int, str], float]:
+    """E[r | prompt j, first token] by enumeration."""
+    p = torch.softmax(policy.theta.detach(), dim=-1)
+    return {(j, "ab"[a]): sum(float(p[j, 1 + a, b]) for b in (0, 1) if "ab"[a] + "ab"[b] in RIGHT[j]) for j in (0, 1) for a in (0, 1)}
+
+
+# ---------------------------------------------------------------------------
+# tree_rpo
+
+
+def _values_by_node(events):
+    nodes = {e.id: e for e in events if isinstance(e, NodeEvent)}
+    scores = {e.node: e for e in events if isinstance(e, ScoreEvent)}
+    children: dict[str, list[str]] = {}
+    for e in nodes.values():
+        if e.parent is not None:
+            children.setdefault(e.parent, []).append(e.id)
+    return nodes, scores, children
+
+
+def leaf_rewards_below(node_id, children, scores):
+    kids = children.get(node_id, [])
+    if not kids:
+        return [scores[node_id].value]
+    return [v for kid in kids for v in leaf_rewards_below(kid, children, scores)]
+
+
+def assert_values_are_leaf_means(events):
+    nodes, scores, children = _values_by_node(events)
+    inner = [n for n in nodes.values() if n.parent is not None and children.get(n.id)]
+    assert inner
+    for node in inner:
+        below = leaf_rewards_below(node.id, children, scores)
+        assert scores[node.id].partial and scores[node.id].reward == VALUE
+        assert abs(scores[node.id].value - sum(below) / len(below)) < 1e-12, node.id
+
+
+def test_tree_rpo_node_values_are_leaf_means_and_a_single_leaf_value_is_caught():
+    policy, pool, reward = _setup()
+    strategy = build_strategy("tree_rpo", _toy_params(prompts_per_batch=2, group_size=3))
+    events, batch = run(strategy, policy, pool, reward, Allowance(samples=10**6), 0)
+    assert_values_are_leaf_means(events)
+    assert len(batch) == 2 * (3 + 9)  # every segment is a row
+
+    # wrong variant: a node's value from its first leaf only
+    caught = 0
+    for seed in range(20):
+        events, _ = run(strategy, policy, pool, reward, Allowance(samples=10**6), seed)
+        nodes, scores, children = _values_by_node(events)
+        single = [
+            ScoreEvent(node=e.node, reward=e.reward, value=scores[children[e.node][0]].value, partial=True)
+            if isinstance(e, ScoreEvent) and e.partial else e
+            for e in events
+        ]
+        try:
+            assert_values_are_leaf_means(single)
+        except AssertionError:
+            caught += 1
+    assert caught > 0
+
+
+def test_tree_rpo_node_values_converge_to_exact_prefix_values():
+    policy, pool, reward = _setup()
+    exact = exact_prefix_values(policy)
+    errors = {}
+    for siblings in (2, 16):
+        strategy = build_strategy("tree_rpo", _toy_params(prompts_per_batch=2, group_size=siblings))
+        draws: dict[tuple[int, str], list[float]] = {key: [] for key in exact}
+        for seed in range(100):
+            events, _ = run(strategy, policy, pool, reward, Allowance(samples=10**7), seed)
+            nodes, scores, _ = _values_by_node(events)
+            for e in nodes.values():
+                if e.depth == 1:
+                    draws[(e.meta["prompt"], e.text)].append(scores[e.id].value)
+        for key, values in draws.items():
+            t = torch.tensor(values, dtype=torch.float64)
+            z = float((t.mean() - exact[key]).abs() / (t.std() / len(t) ** 0.5 + 1e-12))
+            assert z <= Z, (siblings, key, float(t.mean()), exact[key])
+        errors[siblings] = max(
+            float((torch.tensor(v, dtype=torch.float64) - exact[k]).abs().mean()) for k, v in draws.items()
+        )
+    assert errors[16] < errors[2] / 2  # mean error of one node's value shrinks like 1/sqrt(leaves below)
+
+
+def test_tree_rpo_gradient_matches_the_sibling_group_closed_form():
+    policy, pool, reward = _setup()
+    N, B, M = 2, 2, 2
+    strategy = build_strategy("tree_rpo", _toy_params(prompts_per_batch=B, group_size=N, scale_by_std=False))
+    samples = estimates(strategy, policy, pool, reward, SEEDS)
+    root, children = split_gradient(policy)
+    rows = B * (N + N**2)
+    exact = (N - 1) / rows * (B / M) * (root + N * children)
+    assert_matches(samples, exact)
+
+    class NoSiblingBaseline(TreeRPO):  # wrong variant: a step's advantage is its value
+        def set_advantages(self, root):
+            for node in root.walk():
+                node.advantage = node.value if node.segment is not None else 0.0
+
+    wrong = estimates(NoSiblingBaseline(strategy.config), policy, pool, reward, SEEDS)
+    assert_differs(wrong, exact)
+
+
+def _collect_all(strategy, policy, pool, reward, budget, seed):
+    """Collect batches until the budget stops them; every event of the run."""
+    events = []
+    for step in range(1000):
+        strategy.step = step
+        try:
+            more, batch = run(strategy, policy, pool, reward, budget, seed + step)
+        except BudgetExhausted:
+            break
+        events += more
+        if len(batch) == 0:
+            break
+    return events
+
+
+def test_tree_rpo_budgets_count_every_node_and_are_never_exceeded():
+    policy, pool, reward = _setup()
+    strategy = build_strategy("tree_rpo", _toy_params(prompts_per_batch=2, group_size=3))
+    for caps in ({"samples": 50}, {"tokens": 77}, {"samples": 40, "tokens": 200}):
+        budget = Allowance(**caps)
+        events = _collect_all(strategy, policy, pool, reward, budget, 0)
+        nodes = [e for e in events if isinstance(e, NodeEvent) and e.parent is not None]
+        assert budget.spent_tokens == sum(e.tokens for e in nodes)
+        assert budget.spent_samples == sum(e.final for e in nodes)
+        for name, cap in caps.items():
+            assert getattr(budget, f"spent_{name}") <= cap
+        assert budget.spent_samples > 0
+
+
+def test_tree_rpo_same_seed_same_result():
+    policy, pool, reward = _setup()
+    def fresh():
+        return build_strategy("tree_rpo", _toy_params(prompts_per_batch=2, group_size=3))
+
+    first, batch1 = run(fresh(), policy, pool, reward, Allowance(samples=1000), 7)
+    second, batch2 = run(fresh(), policy, pool, reward, Allowance(samples=1000), 7)
+    assert first == second and batch1.advantages == batch2.advantages
+    third, _ = run(fresh(), policy, pool, reward, Allowance(samples=1000), 8)
+    assert third != first
