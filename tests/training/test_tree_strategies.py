@@ -10,6 +10,7 @@ wrong variant written here must break that bound.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from engines.errors import BudgetExhausted
@@ -23,7 +24,7 @@ from engines.training.tree import VALUE
 from tests.training.test_estimators import RIGHT, Z, assert_differs, assert_matches, estimates, success
 from tests.training.toy import LeafReward, TreePolicy
 
-SEEDS = 1000
+SEEDS = 400  # fewer than test_estimators: each tree is 6 rows; z bounds hold at any count
 
 
 class PrefixTreePolicy(TreePolicy):
@@ -247,3 +248,69 @@ def test_tree_rpo_same_seed_same_result():
     assert first == second and batch1.advantages == batch2.advantages
     third, _ = run(fresh(), policy, pool, reward, Allowance(samples=1000), 8)
     assert third != first
+
+
+# ---------------------------------------------------------------------------
+# bcpg_nsa on arith: exact step checks
+
+
+class PlantedPolicy:
+    """Returns fixed completions in turn (the arith tokenizer's ids, end-of-text appended)."""
+
+    trainable = True
+    name = "planted"
+
+    def __init__(self, policy, completions):
+        self.inner, self.completions, self.i = policy, completions, 0
+
+    def encode(self, text):
+        return self.inner.encode(text)
+
+    def rollout(self, prompts, *, temperature, max_new_tokens, rng):
+        out = []
+        for prompt in prompts:
+            text = self.completions[self.i % len(self.completions)]
+            self.i += 1
+            ids = tuple(self.encode(text)) + (self.inner.eos_id,)
+            out.append(Rollout(prompt_ids=tuple(self.encode(prompt)), completion_ids=ids,
+                               logprobs=(0.0,) * len(ids), text=text))
+        return out
+
+
+@pytest.fixture(scope="module")
+def arith_policy():
+    from engines.training.policy import load_policy
+
+    return load_policy("embedded:arith")
+
+
+def test_bcpg_nsa_keeps_exactly_the_correct_steps_of_negative_samples(arith_policy):
+    from engines.tasks.arith import check_steps, parse_expression, planted_solution
+    from engines.training.rewards import training_reward
+
+    task = Task(prompt="Q: 3+4*5-2\n", chat=False, answer="21")
+    problem = parse_expression("3+4*5-2")
+    completions = ["\n".join(planted_solution(problem, step, 3)) for step in range(3)]
+    completions += ["\n".join([*problem.steps(), f"#### {problem.answer}"]), "7+7=14\n#### 14", "no steps"]
+    policy = PlantedPolicy(arith_policy, completions)
+    pool = PromptPool((task,))
+    strategy = build_strategy("bcpg_nsa", {"prompts_per_batch": 1, "group_size": len(completions)})
+    _, batch = run(strategy, policy, pool, training_reward("math"), Allowance(samples=100), 0)
+    decode = arith_policy.tokenizer.decode
+    prompt_ids = tuple(arith_policy.encode(task.prompt))
+    expected = []  # the correct leading steps of each negative sample that has some
+    for text in completions:
+        lines = [line for line in text.split("\n") if line.strip()]
+        valid = check_steps(problem, lines)
+        correct = next((k for k, ok in enumerate(valid) if not ok), len(valid))
+        if 0 < correct < len(lines):
+            expected.append(lines[:correct])
+    assert len(expected) == 2  # planted errors at steps 1 and 2
+    heads = [(r, a) for r, a in zip(batch.rollouts, batch.advantages, strict=True) if r.prompt_ids == prompt_ids and not r.finished]
+    assert sorted(decode(r.completion_ids).splitlines() for r, _ in heads) == sorted(expected)
+    right_advantage = 1 - 1 / len(completions)  # one right sample of six
+    assert all(abs(a - right_advantage) < 1e-9 for _, a in heads)
+    # each mined sample's rest follows its head, with the sample's own (negative) advantage
+    tails = [(r, a) for r, a in zip(batch.rollouts, batch.advantages, strict=True) if len(r.prompt_ids) > len(prompt_ids)]
+    assert len(tails) == 2 and all(a < 0 for _, a in tails)
+    assert len(batch) == len(completions) + 2
