@@ -35,6 +35,7 @@ def _load_all() -> None:
         reinforce_ada,
         reinforce_rej,
         rloo,
+        tree_rl,
         tree_rpo,
     )
 

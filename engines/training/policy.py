@@ -61,6 +61,9 @@ class HFPolicy:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
     @torch.no_grad()
     def rollout(
         self, prompts: Sequence[str], *, temperature: float, max_new_tokens: int, rng: torch.Generator, batch_size: int = 256
