@@ -19,6 +19,7 @@ from engines.trace import NodeEvent, ScoreEvent
 from engines.training import build_strategy
 from engines.training.base import Allowance, PromptPool, Rollout
 from engines.training.rewards import TrainingReward
+from engines.training.strategies.tree_rl import TreeRL
 from engines.training.strategies.tree_rpo import TreeRPO
 from engines.training.tree import VALUE
 from tests.training.test_estimators import RIGHT, Z, assert_differs, assert_matches, estimates, success
@@ -32,6 +33,9 @@ class PrefixTreePolicy(TreePolicy):
 
     def encode(self, prompt: str) -> list[int]:
         return [self.prompt_index(prompt)]
+
+    def decode(self, ids) -> str:
+        return "".join("ab"[t] for t in ids)
 
     def extend(self, prefixes, *, temperature, max_new_tokens, rng, stop_ids=()):
         out = []
@@ -224,9 +228,16 @@ def _collect_all(strategy, policy, pool, reward, budget, seed):
     return events
 
 
-def test_tree_rpo_budgets_count_every_node_and_are_never_exceeded():
+TREE_PARAMS = {
+    "tree_rpo": _toy_params(prompts_per_batch=2, group_size=3),
+    "tree_rl": {"aggregation": "sample_sum", "max_new_tokens": 2, "prompts_per_batch": 2, "group_size": 2, "forks": 2, "branches": 2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TREE_PARAMS))
+def test_tree_budgets_count_every_node_and_are_never_exceeded(name):
     policy, pool, reward = _setup()
-    strategy = build_strategy("tree_rpo", _toy_params(prompts_per_batch=2, group_size=3))
+    strategy = build_strategy(name, TREE_PARAMS[name])
     for caps in ({"samples": 50}, {"tokens": 77}, {"samples": 40, "tokens": 200}):
         budget = Allowance(**caps)
         events = _collect_all(strategy, policy, pool, reward, budget, 0)
@@ -248,6 +259,72 @@ def test_tree_rpo_same_seed_same_result():
     assert first == second and batch1.advantages == batch2.advantages
     third, _ = run(fresh(), policy, pool, reward, Allowance(samples=1000), 8)
     assert third != first
+
+
+# ---------------------------------------------------------------------------
+# tree_rl
+
+
+def _entropy(logits: torch.Tensor) -> float:
+    logp = torch.log_softmax(logits, dim=-1)
+    return float(-(logp.exp() * logp).sum())
+
+
+def fork_mismatches(strategy, policy, pool, reward, seeds: int) -> tuple[int, set[int]]:
+    """Trees whose one fork is not at the higher-entropy token of the first chain, and the
+    fork offsets seen. One chain, one fork: at offset 0 the root gets 3 two-token children;
+    at offset 1 the chain splits into its first token with 3 children."""
+    theta = policy.theta.detach()
+    wrong, offsets = 0, set()
+    for seed in range(seeds):
+        events, _ = run(strategy, policy, pool, reward, Allowance(samples=10**6), seed)
+        nodes, _, children = _values_by_node(events)
+        for root in (e for e in nodes.values() if e.parent is None):
+            j = root.meta["prompt"]
+            first = nodes[children[root.id][0]]
+            offset = 0 if len(children[root.id]) == 3 else 1
+            assert offset == 0 or (len(children[root.id]) == 1 and first.tokens == 1 and len(children[first.id]) == 3)
+            a = "ab".index(first.text[0])
+            expected = 0 if _entropy(theta[j, 0]) >= _entropy(theta[j, 1 + a]) else 1
+            wrong += offset != expected
+            offsets.add(offset)
+    return wrong, offsets
+
+
+def test_tree_rl_forks_at_the_highest_entropy_token_and_random_forks_are_caught():
+    policy, pool, reward = _setup()
+    params = {"max_new_tokens": 2, "prompts_per_batch": 2, "group_size": 1, "forks": 1, "branches": 2, "iterations": 1}
+    strategy = build_strategy("tree_rl", params)
+    wrong, offsets = fork_mismatches(strategy, policy, pool, reward, 30)
+    assert wrong == 0 and offsets == {0, 1}  # both fork points occur on this toy
+
+    class RandomFork(TreeRL):  # wrong variant: a random token where entropy was claimed
+        def fork_points(self, policy, root, forked, rng):
+            nodes = [n for n in root.walk() if n.segment is not None]
+            node = nodes[int(torch.randint(len(nodes), (1,), generator=rng))]
+            return [(node, int(torch.randint(node.tokens, (1,), generator=rng)))]
+
+    wrong, _ = fork_mismatches(RandomFork(strategy.config), policy, pool, reward, 30)
+    assert wrong > 0
+
+
+def test_tree_rl_advantages_are_global_plus_local_over_sqrt_leaves():
+    policy, pool, reward = _setup()
+    strategy = build_strategy("tree_rl", TREE_PARAMS["tree_rl"])
+    for seed in range(10):
+        events, batch = run(strategy, policy, pool, reward, Allowance(samples=10**6), seed)
+        nodes, scores, children = _values_by_node(events)
+        value = {n: (scores[n].value) for n in scores}
+        for root in (e for e in nodes.values() if e.parent is None):
+            below = leaf_rewards_below(root.id, children, scores)
+            value[root.id] = sum(below) / len(below)
+        for e in nodes.values():
+            if e.parent is None:
+                continue
+            root = e.id.split(".")[0] + "." + e.id.split(".")[1]
+            leaves = len(leaf_rewards_below(e.id, children, scores))
+            expected = (2 * value[e.id] - value[root] - value[e.parent]) / leaves**0.5
+            assert abs(e.meta["advantage"] - expected) < 1e-12
 
 
 # ---------------------------------------------------------------------------

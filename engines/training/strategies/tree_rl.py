@@ -79,12 +79,12 @@ class TreeRL(TreeStrategy):
     def build_trees(self, policy, roots, budget, rng) -> None:
         cfg = self.config
         grow(policy, budget, roots, cfg.group_size, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, rng=rng)
-        forked: set[tuple[int, ...]] = set()
+        forked: dict[str, set[tuple[int, ...]]] = {root.id: set() for root in roots}  # per tree
         for _ in range(cfg.iterations):
             for root in roots:
-                for node, offset in self.fork_points(policy, root, forked, rng):
+                for node, offset in self.fork_points(policy, root, forked[root.id], rng):
                     prefix = node.segment.prompt_ids + node.segment.completion_ids[:offset]
-                    forked.add(prefix)
+                    forked[root.id].add(prefix)
                     if offset > 0:
                         node = split(node, offset, policy.decode)
                     else:
