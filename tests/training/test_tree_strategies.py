@@ -249,10 +249,12 @@ def test_tree_budgets_count_every_node_and_are_never_exceeded(name):
         assert budget.spent_samples > 0
 
 
-def test_tree_rpo_same_seed_same_result():
+@pytest.mark.parametrize("name", sorted(TREE_PARAMS))
+def test_tree_same_seed_same_result(name):
     policy, pool, reward = _setup()
+
     def fresh():
-        return build_strategy("tree_rpo", _toy_params(prompts_per_batch=2, group_size=3))
+        return build_strategy(name, TREE_PARAMS[name])
 
     first, batch1 = run(fresh(), policy, pool, reward, Allowance(samples=1000), 7)
     second, batch2 = run(fresh(), policy, pool, reward, Allowance(samples=1000), 7)
@@ -325,6 +327,45 @@ def test_tree_rl_advantages_are_global_plus_local_over_sqrt_leaves():
             leaves = len(leaf_rewards_below(e.id, children, scores))
             expected = (2 * value[e.id] - value[root] - value[e.parent]) / leaves**0.5
             assert abs(e.meta["advantage"] - expected) < 1e-12
+
+
+def tree_rl_expected(policy, T: int, fork_offset) -> torch.Tensor:
+    """E[g] of tree_rl with one chain, one fork, T branches, one prompt per batch (the
+    closed form in tree_rl's docstring), ``fork_offset(j, a)`` giving the fork token."""
+    theta = policy.theta
+    logp = torch.log_softmax(theta, dim=-1)
+    total = torch.zeros_like(theta)
+    M = theta.shape[0]
+    for j in range(M):
+        p_j = success(policy)[j]
+        (grad_p,) = torch.autograd.grad(p_j, theta, retain_graph=True)
+        for a in (0, 1):
+            pi_a = float(logp[j, 0, a].detach().exp())
+            right = torch.tensor([float("ab"[a] + "ab"[b] in RIGHT[j]) for b in (0, 1)], dtype=logp.dtype)
+            q_a = (logp[j, 1 + a].exp() * right).sum()
+            (grad_q,) = torch.autograd.grad(q_a, theta, retain_graph=True)  # only table 1 + a
+            (grad_log_a,) = torch.autograd.grad(logp[j, 0, a], theta, retain_graph=True)
+            if fork_offset(j, a) == 0:  # T fresh chains beside the first: rows T + 1
+                inner = float(q_a.detach()) * grad_log_a + grad_q - float(p_j.detach()) * grad_log_a
+                case = 2 * (T / (T + 1) * inner + T**2 / (T + 1) * grad_p) / (T + 1)
+            else:  # the chain splits after a: the head's advantage is 0, T + 1 leaves under a; rows T + 2
+                case = 2 * T * grad_q / (T + 2)
+            total += pi_a * case / M
+    return total
+
+
+def test_tree_rl_gradient_matches_the_fork_rule_closed_form():
+    policy, pool, reward = _setup()
+    T = 2
+    params = {"aggregation": "sample_sum", "max_new_tokens": 2, "prompts_per_batch": 1, "group_size": 1,
+              "forks": 1, "branches": T, "iterations": 1}
+    strategy = build_strategy("tree_rl", params)
+    theta = policy.theta.detach()
+    by_entropy = lambda j, a: 0 if _entropy(theta[j, 0]) >= _entropy(theta[j, 1 + a]) else 1  # noqa: E731
+    exact = tree_rl_expected(policy, T, by_entropy)
+    assert_matches(estimates(strategy, policy, pool, reward, SEEDS), exact)
+    # wrong variant: the other token than the entropy rule picks
+    assert_differs(estimates(strategy, policy, pool, reward, SEEDS), tree_rl_expected(policy, T, lambda j, a: 1 - by_entropy(j, a)))
 
 
 # ---------------------------------------------------------------------------

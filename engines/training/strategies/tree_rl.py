@@ -17,6 +17,18 @@ follow the paper's EPTree description):
 
 Cost: every segment's tokens; every leaf is one sample. The worst case reserved per tree
 is (M + iterations * forks * branches) responses of ``max_new_tokens`` each.
+
+Expected update, the smallest tree (M = 1 chain, one fork, T branches, one iteration, one
+prompt per batch, ``sample_sum``), with e(a) the fork offset the entropy rule picks after
+first token a, Q(a) = E[r | a], p = E[r]::
+
+    E[g] = sum_a pi(a) * { 2/(T+1) * [T/(T+1) (Q(a) grad log pi(a) + grad Q(a) - p grad log pi(a))
+                                      + T^2/(T+1) grad p]                 if e(a) = 0 (fork at the root)
+                           2T/(T+2) * grad Q(a)                          if e(a) = 1 (fork after a) }
+
+(forking after a leaves the shared head [a] with advantage 0: only the decision at the
+fork learns). tests/training/test_tree_strategies.py checks it, and that the other fork
+point gives a different expectation.
 """
 
 from __future__ import annotations
