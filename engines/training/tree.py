@@ -25,8 +25,16 @@ from dataclasses import dataclass, field
 import torch
 
 from engines.errors import BudgetExhausted, ConfigError
-from engines.training.base import Allowance, Group, Policy, Rollout, RolloutStrategy, TrainingBatch, token_weights
 from engines.trace import Event, NodeEvent, ScoreEvent
+from engines.training.base import (
+    Allowance,
+    Group,
+    Policy,
+    Rollout,
+    RolloutStrategy,
+    TrainingBatch,
+    token_weights,
+)
 
 VALUE = "value"  # the reward name of node-value score events (partial=True)
 

@@ -33,7 +33,15 @@ from engines.config import param
 from engines.errors import ConfigError
 from engines.tasks.arith import split_steps
 from engines.training import STRATEGIES
-from engines.training.base import Group, Rollout, RolloutStrategy, StrategyConfig, TrainingBatch, mean_baseline, token_weights
+from engines.training.base import (
+    Group,
+    Rollout,
+    RolloutStrategy,
+    StrategyConfig,
+    TrainingBatch,
+    mean_baseline,
+    token_weights,
+)
 
 
 class BCPGNSAConfig(StrategyConfig):
