@@ -27,6 +27,7 @@ def build_strategy(name: str, params: dict[str, Any] | None = None, *, strings: 
 def _load_all() -> None:
     # Imported for their registration side effect, one module per strategy.
     from engines.training.strategies import (  # noqa: F401
+        bcpg_nsa,
         dynamic_sampling,
         grpo,
         polarity,
@@ -34,6 +35,8 @@ def _load_all() -> None:
         reinforce_ada,
         reinforce_rej,
         rloo,
+        tree_rl,
+        tree_rpo,
     )
 
 

@@ -61,18 +61,38 @@ class HFPolicy:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
     @torch.no_grad()
     def rollout(
         self, prompts: Sequence[str], *, temperature: float, max_new_tokens: int, rng: torch.Generator, batch_size: int = 256
     ) -> list[Rollout]:
+        return self.extend([self.encode(p) for p in prompts], temperature=temperature, max_new_tokens=max_new_tokens, rng=rng, batch_size=batch_size)
+
+    @torch.no_grad()
+    def extend(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        rng: torch.Generator,
+        stop_ids: Sequence[int] = (),
+        batch_size: int = 256,
+    ) -> list[Rollout]:
+        """One continuation of each token-id prefix (prompt + any partial completion, the
+        rollout's ``prompt_ids``), ending at end-of-text, after a token in ``stop_ids`` (a
+        step delimiter; kept in the continuation) or at ``max_new_tokens``. Tree rollouts
+        branch with it."""
         out: list[Rollout] = []
-        for start in range(0, len(prompts), batch_size):
-            out += self._rollout_batch(prompts[start : start + batch_size], temperature, max_new_tokens, rng)
+        for start in range(0, len(prefixes), batch_size):
+            part = [list(ids) for ids in prefixes[start : start + batch_size]]
+            out += self._rollout_batch(part, temperature, max_new_tokens, rng, set(stop_ids))
         return out
 
-    def _rollout_batch(self, prompts, temperature, max_new_tokens, rng) -> list[Rollout]:
+    def _rollout_batch(self, encoded, temperature, max_new_tokens, rng, stop_ids) -> list[Rollout]:
         device = self.device
-        encoded = [self.encode(p) for p in prompts]
         width = max(len(ids) for ids in encoded)
         input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
@@ -80,7 +100,7 @@ class HFPolicy:
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
         cache, logits = out.cache, out.logits[:, -1, :].float()
         next_pos = positions[:, -1:] + 1
-        rows = len(prompts)
+        rows = len(encoded)
         done = torch.zeros(rows, dtype=torch.bool)
         tokens_out: list[list[int]] = [[] for _ in range(rows)]
         logps_out: list[list[float]] = [[] for _ in range(rows)]
@@ -96,6 +116,8 @@ class HFPolicy:
                 tokens_out[i].append(int(tokens[i]))
                 logps_out[i].append(float(chosen[i]))
             done |= tokens == self.eos_id
+            for stop in stop_ids:
+                done |= tokens == stop
             if bool(done.all()):
                 break
             tokens = torch.where(done, torch.full_like(tokens, self.pad_id), tokens).to(device)
