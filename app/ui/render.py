@@ -20,13 +20,12 @@ from __future__ import annotations
 import html
 import re
 
-# pre-wrap: long lines wrap in the box but every space and line break the model wrote stays
-_VERBATIM_STYLE = "white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; font-family: ui-monospace, monospace; font-size: 0.9em"
-
-
 def verbatim(text: str | None) -> str:
-    """Untrusted model text as an escaped ``<pre class="model-text">`` block: exactly what was written."""
-    return f'<pre class="model-text" style="{_VERBATIM_STYLE}">{html.escape(text or "", quote=True)}</pre>'
+    """Untrusted model text as an escaped ``<pre class="model-text">`` block: exactly what was written.
+
+    static/app.css styles ``.model-text`` (pre-wrap: long lines wrap, every space and line break stays).
+    """
+    return f'<pre class="model-text">{html.escape(text or "", quote=True)}</pre>'
 
 
 def plain(text: str, limit: int = 400) -> str:

@@ -118,6 +118,7 @@ def run_count(db) -> int:
 
 def assert_verbatim(page, selector: str, written: str) -> None:
     pane = page.locator(selector)
+    expect(pane).to_contain_text(written.split("\n")[0])  # "12*4=48", not "124=48" with an <em>
     expect(pane.locator("pre.model-text").first).to_be_visible()
     assert written in pane.locator("pre.model-text").all_inner_texts()
     assert pane.locator("pre.model-text *, h1, h2, h3, h4, h5, h6, em, li, b").count() == 0  # nothing interpreted

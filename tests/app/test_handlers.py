@@ -175,7 +175,7 @@ def test_label_vote_flow_is_blind_stored_once_and_revealed(label, db):
     current = shown[label.current]
 
     out = label.vote("left", current, "clearer", token)
-    assert out[label.reveal].startswith("Your vote: **A**.") and "secret_sampler on secret-model" in out[label.reveal]
+    assert out[label.reveal].startswith("Your vote: **A**, on pair ") and "secret_sampler on secret-model" in out[label.reveal]
     assert out[label.progress] == "1 done, 2 to go" and out[label.current]["comparison_id"] != current["comparison_id"]
     cid = current["comparison_id"]
     (vote,) = db.read(lambda s: vote_history(s, cid, guest))
@@ -185,7 +185,7 @@ def test_label_vote_flow_is_blind_stored_once_and_revealed(label, db):
     assert "already stored: nothing new was written" in again[label.reveal] and counts(db)["votes"] == 1
     # the same state with another answer is refused, not stored as a second vote
     other = label.vote("right", current, "clearer", token)
-    assert other[label.reveal].startswith("⚠ vote not stored: idempotency key") and counts(db)["votes"] == 1
+    assert other[label.stored].startswith("⚠ vote not stored: idempotency key") and counts(db)["votes"] == 1
 
 
 def test_a_label_vote_costs_a_bounded_number_of_statements(label, db):
@@ -207,7 +207,7 @@ def test_a_label_vote_costs_a_bounded_number_of_statements(label, db):
         out = label.vote("right", first[label.current], "", token)
     finally:
         event.remove(db.engine, "before_cursor_execute", count)
-    assert out[label.reveal].startswith("Your vote: **B**.") and out[label.progress] == "2 done, 1 to go"
+    assert out[label.reveal].startswith("Your vote: **B**, on pair ") and out[label.progress] == "2 done, 1 to go"
     assert len(statements) <= 14, "\n".join(statements)
 
 
@@ -229,9 +229,9 @@ def test_a_bad_vote_is_an_error_and_stores_nothing(label, db, current, browser_i
     if browser_id == "issued":
         browser_id = label.ensure_identity(None)
     out = label.vote("left", state, "", browser_id)
-    assert out[label.reveal].startswith("⚠ vote not stored") and message in out[label.reveal]
-    assert "internal error" not in out[label.reveal] and counts(db)["votes"] == 0
-    assert label.vote("left", None, "", label.ensure_identity(None))[label.reveal] == "Nothing to vote on."
+    assert out[label.stored].startswith("⚠ vote not stored") and message in out[label.stored]  # in sight, not in the closed box
+    assert "internal error" not in out[label.stored] and counts(db)["votes"] == 0
+    assert label.vote("left", None, "", label.ensure_identity(None))[label.stored] == "Nothing to vote on."
 
 
 def test_make_pairs_reports_bad_input(label, db):
