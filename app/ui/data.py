@@ -103,7 +103,7 @@ class DataTab:
             with gr.Row():
                 self.export_buttons = [gr.Button(label, elem_id=f"export-{fmt}{ext.replace('.', '-')}") for label, fmt, ext in FORMATS]
             self.file = gr.File(label="Download", interactive=False, elem_id="data-file")
-            self.note = gr.Markdown()
+            self.note = gr.Markdown(elem_id="data-note")
             from app.ui.train import TrainSection  # training and label quality live in their own module
 
             self.train = TrainSection(services)

@@ -99,6 +99,7 @@ def offered(page, elem_id: str) -> list[str]:
 
 
 def make_pairs(page, run_ids: str, strategy: str | None = None) -> None:
+    expect(page.locator("#label-who")).to_contain_text("guest-")  # the page load has given this browser its id
     accordion = page.get_by_role("button", name=re.compile("^Make pairs"))
     if not page.locator("#label-make").is_visible():
         accordion.click()
@@ -207,3 +208,123 @@ def test_forms_offer_only_what_applies_to_the_chosen_model(page, server):
     image_samplers = offered(page, "explore-sampler")
     assert "Best-of-N" in image_samplers
     assert not any(s.startswith(("Beam", "MCTS", "Knockout", "Majority")) for s in image_samplers)
+
+
+# -- 8: votes that rank samplers; exports by modality -------------------------------------------------------------------
+
+
+def png_uri(shade: int) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), color=shade).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def store_image_run(db, shades: list[int], *, sampler: str, prompt: str = "digit:3") -> int:
+    from engines.trace import DoneEvent, NodeEvent, ScoreEvent, SelectEvent, Trace
+    from storage import save_run
+
+    ids = [f"x{i}" for i in range(len(shades))]
+    events = [NodeEvent(id="root", parent=None, text="")]
+    events += [NodeEvent(id=i, parent="root", depth=1, image=png_uri(s), final=True) for i, s in zip(ids, shades, strict=True)]
+    events += [ScoreEvent(node=i, reward="digit:3", value=s / 255) for i, s in zip(ids, shades, strict=True)]
+    events += [SelectEvent(nodes=[ids[-1]]), DoneEvent(picks=[ids[-1]], candidates=ids, cost={})]
+    return db.write(lambda s: save_run(s, trace=Trace(events), task={"prompt": prompt}, model="embedded:digits",
+                                       reward="digit:3", sampler=sampler, config={}, seed=0))
+
+
+def test_cross_run_pairs_rank_samplers_and_exports_filter_by_modality(page, server):
+    from storage import add_vote, cross_run_comparisons
+
+    url, db = server
+    prompt = "Which greeting is kinder? (cross-run)"
+    best = store_run(db, ["hello friend", "go away"], [0.9, -0.5], prompt=prompt, sampler="best_of_n")
+    smc = store_run(db, ["good morning, dear", "meh"], [0.7, 0.0], prompt=prompt, sampler="smc")
+
+    page.goto(url)
+    open_tab(page, "Label")
+    make_pairs(page, f"{best}, {smc}", "across runs: same prompt, different sampler or model (ranks samplers)")
+    page.locator("#label-make").click()
+    expect(page.locator("#label-made")).to_have_text("made 1 comparison(s) across 2 run(s)")
+    expect(page.locator("#label-prompt")).to_contain_text(prompt)
+    sides = page.locator("#label-left").inner_text() + page.locator("#label-right").inner_text()
+    assert "hello friend" in sides and "good morning, dear" in sides  # the two runs' picks, one a side
+    assert "best_of_n" not in sides and "smc" not in sides  # blind
+    page.locator("#vote-a").click()
+    expect(page.locator("#label-stored")).to_contain_text("Vote stored")
+    # an image battle voted by someone else: it must stay out of a text DPO export
+    images = [store_image_run(db, [40, 200], sampler="best_of_n"), store_image_run(db, [90, 250], sampler="fk_steering")]
+    image_pair = db.write(lambda s: cross_run_comparisons(s, images))
+    assert len(image_pair) == 1
+    db.write(lambda s: add_vote(s, comparison_id=image_pair[0], annotator="someone", outcome="a", idempotency_key="img-1"))
+
+    open_tab(page, "Data")  # no Refresh click: the tab reads the new vote when it opens
+    expect(page.locator("#data-ranking")).to_contain_text("Bradley-Terry ranking by sampler")
+    # players best_of_n and smc (this vote), fk_steering (the image pair's other side)
+    expect(page.locator("#data-ranking .scatterlayer .point")).to_have_count(3)
+    for name in ("best_of_n", "smc", "fk_steering"):
+        expect(page.locator("#data-ranking .ytick", has_text=name)).to_have_count(1)
+
+    page.locator("#export-dpo-jsonl").click()
+    expect(page.locator("#data-note")).to_contain_text("1 rows written as dpo (jsonl); kept: text")
+    rows = downloaded_rows(page)
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("hello friend", "good morning, dear")] or \
+        [(r["chosen"], r["rejected"]) for r in rows] == [("good morning, dear", "hello friend")]
+    assert {rows[0]["chosen_sampler"], rows[0]["rejected_sampler"]} == {"best_of_n", "smc"}  # sampler against sampler
+    assert "chosen_image" not in rows[0]
+    page.locator("#data-modality").get_by_text("both", exact=True).click()
+    page.locator("#export-dpo-jsonl").click()
+    expect(page.locator("#data-note")).to_contain_text("2 rows written as dpo (jsonl); kept: all comparisons")
+
+
+def downloaded_rows(page) -> list[dict]:
+    import json
+
+    link = page.locator("#data-file a[href*='samplescope-dpo']").first
+    expect(link).to_be_attached()
+    body = page.request.get(link.get_attribute("href")).text()
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+# -- 9: the reveal stays with its pair; tabs fresh after an event -------------------------------------------------------
+
+
+def test_the_previous_pairs_identities_do_not_sit_under_the_next_blind_pair(page, server):
+    url, db = server
+    runs = [store_run(db, [f"kind reply {k}", f"rude reply {k}"], [0.8, -0.5], prompt=f"Reveal question {k}?",
+                      sampler="hidden_sampler_x", model="toy:hidden") for k in range(2)]
+    page.goto(url)
+    open_tab(page, "Label")
+    make_pairs(page, ", ".join(map(str, runs)), "within a run: max_min")
+    page.locator("#label-make").click()
+    expect(page.locator("#label-made")).to_have_text("made 2 comparison(s) from 2 run(s)")
+    first_prompt = page.locator("#label-prompt").inner_text()
+    page.locator("#vote-a").click()
+    expect(page.locator("#label-stored")).to_contain_text("Vote stored")
+    expect(page.locator("#label-prompt")).not_to_contain_text(first_prompt.split("\n")[-1])  # the next pair is up
+    visible = page.locator("#label-panel").inner_text()
+    assert "hidden_sampler_x" not in visible and "toy:hidden" not in visible  # nothing names a sampler under the blind pair
+    page.get_by_role("button", name=re.compile("^Previous pair, revealed")).click()
+    reveal = page.locator("#label-reveal")
+    expect(reveal).to_contain_text("hidden_sampler_x on toy:hidden")
+    expect(reveal).to_contain_text("Reveal question")  # it names the pair it belongs to
+
+
+def test_the_runs_tab_lists_a_run_made_in_explore_without_a_refresh(page, server):
+    url, db = server
+    page.goto(url)
+    open_tab(page, "Runs")
+    open_tab(page, "Explore")
+    set_number(page, "explore-best_of_n-n", 2)
+    set_number(page, "explore-best_of_n-max_new_tokens", 3)
+    page.locator("#explore-prompt textarea").fill("fresh run for the Runs tab")
+    page.locator("#explore-run").click()
+    expect(page.locator("#explore-link")).to_contain_text("Saved as run", timeout=WAIT_MS)
+    run_id = re.search(r"run (\d+)", page.locator("#explore-link").inner_text()).group(1)
+    open_tab(page, "Runs")
+    expect(page.locator("#runs-table")).to_contain_text("fresh run for the Runs tab")
+    expect(page.locator("#runs-table [role=row][data-index]").first).to_contain_text(run_id)
