@@ -328,3 +328,32 @@ def test_the_runs_tab_lists_a_run_made_in_explore_without_a_refresh(page, server
     open_tab(page, "Runs")
     expect(page.locator("#runs-table")).to_contain_text("fresh run for the Runs tab")
     expect(page.locator("#runs-table [role=row][data-index]").first).to_contain_text(run_id)
+
+
+# -- the Tour -----------------------------------------------------------------------------------------------------------
+
+
+def test_the_tour_runs_three_samplers_on_the_same_prompt_and_names_both_rewards(page, server):
+    from storage import list_runs
+
+    url, db = server
+    before = run_count(db)
+    page.goto(url)
+    open_tab(page, "Tour")
+    set_number(page, "tour-prompts", 1)
+    page.locator("#tour-run").click()
+    expect(page.locator("#tour-status")).to_contain_text("done: every run is stored", timeout=WAIT_MS)
+    for k, (sampler_words, picker) in enumerate([("One sample", "arith_orm"), ("Best-of-8", "arith_orm"),
+                                                 ("Beam search", "arith_prm")], start=1):
+        step = page.locator(f"#tour-step-{k}")
+        expect(step).to_contain_text(sampler_words)
+        expect(step).to_contain_text(f"Picked by {picker}")
+        expect(step).to_contain_text("judged by math (the answer key)")
+        expect(step).to_contain_text(re.compile(r"[01]/1 right of 1"))
+    rows = page.locator("#tour-table [role=row][data-index]")
+    expect(rows).to_have_count(3)
+    runs = db.read(lambda s: list_runs(s, limit=3))
+    assert run_count(db) == before + 3
+    assert {(r.sampler, r.reward, r.model) for r in runs} == {
+        ("best_of_n", "arith_orm", "embedded:arith"), ("beam_search", "arith_prm", "embedded:arith")}
+    assert len({r.prompt for r in runs}) == 1  # the same prompt for every step
