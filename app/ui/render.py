@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import re
 
+
 def verbatim(text: str | None) -> str:
     """Untrusted model text as an escaped ``<pre class="model-text">`` block: exactly what was written.
 

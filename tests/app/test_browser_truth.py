@@ -10,24 +10,22 @@ or a run; forms that offer only what applies to the chosen model; the Tour on th
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.app.helpers import CHROMIUM, CHROMIUM_ARGS, launched, open_db, store_run
+from tests.app.helpers import launched, open_db, store_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - the dev extra installs it
-    pytest.skip("the playwright package is not installed (pip install -e '.[dev]')", allow_module_level=True)
-if not os.access(CHROMIUM, os.X_OK):
-    pytest.skip(f"{CHROMIUM} is missing (make system-deps installs Debian's chromium)", allow_module_level=True)
+# importing test_browser skips this module where it is skipped (no playwright, no chromium)
+import tests.app.test_browser as shared  # noqa: E402, I001
+from playwright.sync_api import expect  # noqa: E402
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+# the shared Chromium and a fresh watched page per test (page errors and dialogs fail it), as pytest fixtures
+browser, page = shared.browser, shared.page
+open_tab, set_number = shared.open_tab, shared.set_number
+
 WAIT_MS = 240_000
 
 MARKDOWNISH = "12*4=48 and 3*5=15\n#### 667\n    indented   spaces kept"
@@ -43,38 +41,6 @@ def server(tmp_path_factory):
     with launched(services) as url:
         yield url, db
     db.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    expect.set_options(timeout=60_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
-
-
-def open_tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name, exact=True).click()
-    expect(page.locator("[role=tab][aria-selected=true]")).to_have_text(name)
-
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Tab")
 
 
 def choose(page, elem_id: str, option: str) -> None:
