@@ -42,8 +42,9 @@ def text(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-# what could make an element, a link, an image or a table cell of stored text; emphasis is left alone (harmless)
-_MD_SPECIAL = re.compile(r"([\\`\[\]<&|])")
+# what could make an element, a link, an image, a table cell or emphasis of stored text: "12*4=48" must not lose
+# its star to an <em>. Underscores need no escape: inside a word (best_of_n) CommonMark never reads them as emphasis.
+_MD_SPECIAL = re.compile(r"([\\`\[\]<&|*~])")
 
 
 def md_text(value: object, limit: int = 200) -> str:
