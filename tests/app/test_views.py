@@ -213,6 +213,6 @@ def test_candidate_detail_is_sanitised_and_names_the_pick():
     trace = make_trace([" ".join(XSS_PAYLOADS), "b"], [0.7, 0.2], pick=0)
     html = candidate_html(trace, "n0")
     assert "<code>n0</code> — <strong>picked</strong>" in html and "toy = 0.7" in html
-    assert {tag for tag, _ in elements(html)} == {"p", "code", "br", "small", "strong"}
-    assert not any(attrs for _, attrs in elements(html))
+    assert {tag for tag, _ in elements(html)} == {"p", "code", "br", "small", "strong", "pre"}
+    assert [attrs for _, attrs in elements(html) if attrs] == [{"class": "model-text"}]  # the verbatim block's, no other
     assert "Pick a candidate" in candidate_html(trace, "nope")
