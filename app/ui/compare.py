@@ -75,6 +75,24 @@ def engine_specs(engines: Any) -> list[str]:
     return list(dict.fromkeys(str(m).strip() for m in items if str(m or "").strip()))
 
 
+def rewards_note(plan: Any) -> str:
+    """Which reward steers (picks) and which judges the sweep, in words; a steering reward that reads the
+    answer key is called what it is: an oracle, whose quality no deployable sampler can reach."""
+    from app.ui.render import md_text
+    from engines.rewards import list_rewards
+
+    reads_answer = {row["name"] for row in list_rewards() if row.get("needs_answer")}
+    cells = plan.cells()
+    steering = sorted({plan.request(k).reward for k in cells[:200]})
+    judging = sorted({plan.evaluation_spec(plan.request(k)) for k in cells[:200]})
+    line = f"Picked by (steering): {', '.join(f'`{md_text(r)}`' for r in steering)} · judged by: {', '.join(f'`{md_text(r)}`' for r in judging)}"
+    oracles = [r for r in steering if r.split(":", 1)[0] in reads_answer]
+    if oracles:
+        line += (f"  \n⚠ {', '.join(md_text(r) for r in oracles)} reads the answer key: the samplers are steered by the "
+                 "answer itself (an oracle, pass@N). Set a steering reward that does not (e.g. arith_orm) to measure a sampler.")
+    return line
+
+
 def set_choices(services: Services) -> list[str]:
     from engines.prompts import builtin_names
     from storage.prompt_sets import list_prompt_sets
@@ -209,7 +227,8 @@ class CompareTab:
         except Exception as exc:
             yield {self.status: f"⚠ {error_message(exc)}"}
             return
-        yield from self._drive(sweep_id, plan, int(workers), x_counter)
+        yield {self.status: rewards_note(plan)}
+        yield from self._drive(sweep_id, plan, int(workers), x_counter, note=rewards_note(plan))
 
     def resume_sweep(self, sweep_id, workers, x_counter="generated_tokens"):
         from app.sweeps import load_plan
@@ -224,7 +243,7 @@ class CompareTab:
             return
         yield from self._drive(int(sweep_id), plan, int(workers), x_counter)
 
-    def _drive(self, sweep_id: int, plan, workers: int, x_counter: str):
+    def _drive(self, sweep_id: int, plan, workers: int, x_counter: str, note: str = ""):
         from app.sweeps import cell_rows, run_stored
 
         token, flag = self.services.start_run()
@@ -245,7 +264,7 @@ class CompareTab:
                 yield update
             word = "cancelled" if flag.is_set() else "done"
             yield {**self._views(sweep_id, x_counter), self.token: None,
-                   self.status: f"{word}: sweep {sweep_id}, {done}/{total} cells",
+                   self.status: f"{word}: sweep {sweep_id}, {done}/{total} cells" + (f"  \n{note}" if note else ""),
                    self.stored: gr.Dropdown(choices=sweep_choices(self.services), value=sweep_id)}
         except Exception as exc:
             yield {self.status: f"⚠ {error_message(exc)}", self.token: None}

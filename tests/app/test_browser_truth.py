@@ -342,3 +342,16 @@ def test_the_tour_runs_three_samplers_on_the_same_prompt_and_names_both_rewards(
     assert {(r.sampler, r.reward, r.model) for r in runs} == {
         ("best_of_n", "arith_orm", "embedded:arith"), ("beam_search", "arith_prm", "embedded:arith")}
     assert len({r.prompt for r in runs}) == 1  # the same prompt for every step
+
+
+def test_compare_names_the_steering_and_judging_rewards_and_calls_an_answer_key_steer_an_oracle(page, server):
+    url, _ = server
+    page.goto(url)
+    open_tab(page, "Compare")
+    set_number(page, "compare-prompts", 1)
+    page.locator("#compare-sizes textarea, #compare-sizes input[type=text]").first.fill("1")
+    page.locator("#compare-run").click()
+    status = page.locator("#compare-status")
+    expect(status).to_contain_text("done: sweep", timeout=WAIT_MS)
+    expect(status).to_contain_text("Picked by (steering): math · judged by: math")
+    expect(status).to_contain_text("math reads the answer key")
