@@ -191,8 +191,8 @@ def test_a_cold_model_load_does_not_block_labelling_over_http(server):
         token = next(v for v in page.call(load, [None]) if isinstance(v, str) and v.startswith("guest-"))
         vote = page.dependency(elem_id="vote-b")
         result = page.call(vote, [None, "", token])
-        reveal = result[vote["outputs"].index(page.component_id("label-reveal"))]
-        assert str(reveal).startswith("Your vote") and sample.is_alive() and not release.is_set()
+        stored = result[vote["outputs"].index(page.component_id("label-stored"))]
+        assert str(stored).startswith("Vote stored") and sample.is_alive() and not release.is_set()
         release.set()
         sample.join(60)
         assert outcome and outcome[0][0]["status"] == "ok"
