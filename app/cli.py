@@ -12,8 +12,22 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-#: modules under app.commands, each with ``register(subparsers)``
-COMMAND_MODULES = ("sample", "listing", "data", "serve", "bench", "sweep", "reward")
+from app.commands.console import quiet_libraries
+from engines.errors import SamplescopeError
+
+#: the modules that attach subcommands, each with ``register(subparsers)``: the app's own, and bench's
+#: ``bench`` command, a plugin from the layer above the app (the app imports no bench code). Command
+#: modules import engines (torch) inside their handlers, the one measured exception to imports at the
+#: top: ``import engines.samplers`` took 21 s on the shared 2-core machine, ``import app.cli`` 0.3 s.
+COMMAND_MODULES = (
+    "app.commands.sample",
+    "app.commands.listing",
+    "app.commands.data",
+    "app.commands.serve",
+    "bench.command",
+    "app.commands.sweep",
+    "app.commands.reward",
+)
 
 
 def one_line(text: str, limit: int = 500) -> str:
@@ -32,14 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMAND_MODULES:
-        importlib.import_module(f"app.commands.{name}").register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from engines.errors import SamplescopeError
+    if getattr(args, "quiet_libraries", False):  # a plugin command asks (the app's own commands call it)
+        quiet_libraries()
 
     try:
         return int(args.func(args) or 0)

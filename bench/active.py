@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import RESULTS, save
+from bench.measure import RESULTS, save
 from engines.rewards.bt_fit import FitConfig, PairData, correct_count, fit_head
 from storage.pairs import pair_priority
 

@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from bench.common import median, save, timed
+from bench.measure import median, save, timed
 
 PASSAGE = (
     "The harbour town woke slowly. Fishing boats came back with the tide, gulls argued over the nets, "

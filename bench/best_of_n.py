@@ -23,7 +23,7 @@ import tempfile
 
 import torch
 
-from bench.common import interleaved, median, save, timed
+from bench.measure import interleaved, median, save, timed
 
 
 def start_time(cache: str) -> float:

@@ -1,6 +1,6 @@
 """The app in a real browser: Run → first rendered update → done, for best-of-N on the embedded model.
 
-Starts the real app (``build_demo`` + ``launch_options``, a fresh SQLite file, the model preloaded)
+Starts the real app (``samplescope serve`` in its own process, a fresh SQLite file, the model preloaded)
 and drives headless Chromium. For each repeat it clicks Run in the Explore tab and records, with the
 page's own clock (a MutationObserver on the status, link and table), when the page first shows:
 
@@ -24,15 +24,16 @@ import argparse
 import contextlib
 import os
 import re
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
-from bench.common import save
+from bench.app_server import free_port, served
+from bench.measure import save
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -61,32 +62,17 @@ OBSERVER = """() => {
 CLICK = "() => { window.__bench = {t0: performance.now()}; document.querySelector('#explore-run').click(); }"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve(db_url: str, model: str = "embedded:smollm2") -> Iterator[tuple[str, object]]:
-    """The real app on a free local port with ``model`` preloaded; yields (url, services)."""
-    from app.commands.common import quiet_libraries
-    from app.ui import build_demo, launch_options
-    from app.ui.services import Services
+    """The real app (``samplescope serve`` in its own process) on a free local port with ``model``
+    preloaded; yields (url, the served app: ``.db`` the database it stores into, at ``.db_url``; ``.proc``)."""
     from storage import Database
 
-    quiet_libraries()
-    services = Services(db=Database.open(db_url), default_model=model, device="cpu")
-    services.preload()
-    demo = build_demo(services)
     port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                show_error=False, **launch_options(services))
-    try:
-        yield f"http://127.0.0.1:{port}/", services
-    finally:
-        demo.close()
-        services.db.close()
+    with tempfile.TemporaryDirectory() as home, \
+            served(db_url, Path(home), port, model=model, preload=True, device="cpu", timeout=900) as proc, \
+            contextlib.closing(Database.open(db_url)) as db:
+        yield f"http://127.0.0.1:{port}/", SimpleNamespace(db=db, db_url=db_url, proc=proc)
 
 
 @contextlib.contextmanager

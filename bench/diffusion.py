@@ -30,8 +30,6 @@ tables), ``diffusion.png`` (the plots) and ``diffusion_hacking.png``
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import math
 import statistics
@@ -43,7 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import RESULTS, machine, save
+from bench.measure import RESULTS, machine, save
+from engines.models.diffusion import image_from_data_uri
 
 STEPS = 25
 BUDGETS = (25, 50, 100, 200, 400, 800)
@@ -80,13 +79,6 @@ def hacking_plans(budget: int = HACK_BUDGET, steps: int = STEPS) -> dict[str, Pl
     return plans
 
 
-def image_from_uri(uri: str) -> torch.Tensor:
-    from PIL import Image
-
-    pixels = np.array(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))), dtype=np.float32)
-    return torch.from_numpy(pixels / 127.5 - 1.0).view(1, 1, *pixels.shape)
-
-
 def run_plan(plan: Plan, seed: int, target: int, model: Any, reward: Any, check: Any) -> dict[str, Any]:
     from engines.samplers import build_sampler
     from engines.task import Task
@@ -97,7 +89,7 @@ def run_plan(plan: Plan, seed: int, target: int, model: Any, reward: Any, check:
     trace = collect(sampler.run(Task(prompt=""), model, reward, budget=budget, rng=torch.Generator().manual_seed(seed)))
     pick = trace.selected[0]
     image = trace.nodes[pick].image
-    label = check.recognise(image_from_uri(image))[0]
+    label = check.recognise(image_from_data_uri(image)[None])[0]
     return {
         "seed": seed,
         "status": trace.done.status,
@@ -289,7 +281,7 @@ def hacking_examples(result: dict[str, Any], path: Any, per_row: int = 10, scale
     for cell in result["hacking"].values():
         tiles = []
         for run in cell["runs"][:per_row]:
-            pixels = ((image_from_uri(run["image"])[0, 0].numpy() + 1) * 127.5).astype(np.uint8)
+            pixels = ((image_from_data_uri(run["image"])[None][0, 0].numpy() + 1) * 127.5).astype(np.uint8)
             tiles.append(np.pad(pixels, 1, constant_values=200 if run["check_target"] else 90))
         rows.append(np.concatenate(tiles, axis=1))
     grid = np.concatenate(rows, axis=0)

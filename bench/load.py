@@ -16,11 +16,9 @@ Numbers depend on the machine (and on what else runs on it).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,23 +26,17 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.app_server import free_port, served
 from bench.gradio_http import GradioCallError, PageSession
 
 ROOT = Path(__file__).resolve().parents[1]
 CHOICES = ("vote-a", "vote-b", "vote-tie", "vote-bad")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def seed_database(url: str, runs: int = 120, candidates: int = 5) -> int:
@@ -66,44 +58,6 @@ def seed_database(url: str, runs: int = 120, candidates: int = 5) -> int:
                 sampler=("best_of_n", "smc")[r % 2], config={}, seed=r))
             made += len(db.write(lambda s, run_id=run_id: make_comparisons(s, run_id, "all_pairs")))
     return made
-
-
-@contextlib.contextmanager
-def served(url: str, home: Path, port: int, concurrency: int = 2) -> Iterator[subprocess.Popen]:
-    """``samplescope serve`` in its own process on 127.0.0.1:port; killed (not left running) on exit."""
-    env = {**os.environ, "SAMPLESCOPE_HOME": str(home), "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = open(home / "server.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--db", url, "--port", str(port), "--model", "toy:abc",
-         "--no-preload", "--concurrency", str(concurrency)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/", proc)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        log.close()
-
-
-def wait_until_up(base: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode} before answering")
-        try:
-            if httpx.get(base + "config", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"no answer from {base} within {timeout:.0f} s")
 
 
 @dataclass
@@ -180,7 +134,7 @@ class SamplerUser:
                 k += 1
                 try:
                     (result,) = page.call(sample, ["toy:abc", "length", "best_of_n", f"user {self.seed} run {k}",
-                                                   {"n": 16, "max_new_tokens": 8}, None, self.seed * 1000 + k])
+                                                   {"n": 16, "max_new_tokens": 8}, None, self.seed * 1000 + k, None])
                 except (GradioCallError, httpx.HTTPError) as exc:
                     self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     continue

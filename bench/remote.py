@@ -38,7 +38,7 @@ import httpx
 import torch
 
 from bench.beam_reuse import PASSAGE
-from bench.common import median, save, timed
+from bench.measure import median, save, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 

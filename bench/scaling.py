@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS, accuracy_summary, machine, save
+from bench.measure import RESULTS, accuracy_summary, machine, save
 
 METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "oracle": ("best_of_n", "math", {}),

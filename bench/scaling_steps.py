@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS, accuracy_summary, machine, save
+from bench.measure import RESULTS, accuracy_summary, machine, save
 
 LINE = {"step": "newline", "max_new_tokens": 16, "max_steps": 8, "temperature": 1.0}
 PRMS = {"exact": "arith_steps", "learned": "arith_prm"}

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.app_server import sample_and_save
 from bench.browser import PROMPT, chromium, serve, set_number
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,16 +54,16 @@ def open_tab(page, name: str) -> None:
 
 
 def seed_votes(services, run_id: int, tokens: int) -> None:
-    """Two more samplers on the same prompt, then scripted votes between the three runs' picks."""
-    from app.store import save_request_run
-    from engines.runner import RunRequest, execute
+    """Two more samplers on the same prompt (``samplescope sample --save``), then scripted votes
+    between the three runs' picks."""
     from storage import add_vote, compare_runs, present
 
     ids = [run_id]
-    for sampler, params in (("knockout", {"n": 4}), ("rejection", {"n": 4, "batch_size": 4})):
-        request = RunRequest.build(model="embedded:smollm2", reward="sentiment", sampler=sampler, prompt=PROMPT,
-                                   params={**params, "max_new_tokens": tokens}, device="cpu")
-        ids.append(save_request_run(services.db, request, execute(request)))
+    for sampler, params in (("knockout", ["n=4"]), ("rejection", ["n=4", "batch_size=4"])):
+        settings = [arg for value in [*params, f"max_new_tokens={tokens}"] for arg in ("--set", value)]
+        ids.append(sample_and_save(services.db_url, ["--model", "embedded:smollm2", "--reward", "sentiment",
+                                                     "--sampler", sampler, "--prompt", PROMPT, "--device", "cpu",
+                                                     *settings]))
     comparisons = services.db.write(lambda s: compare_runs(s, ids))
     for who, choices in (("ann", "lll"), ("bob", "llr"), ("cat", "lrl")):
         for k, (cid, choice) in enumerate(zip(comparisons, choices, strict=False)):

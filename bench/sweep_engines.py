@@ -4,7 +4,7 @@ The sweep: best-of-8 (each prompt's own reward, the exact arithmetic verifier) o
 arith prompts, 32 new tokens, 16 cells in flight, on ``openai:URL`` specs of the arith policy.
 With one engine every prompt goes to the first server; with two, prompt i goes to server
 i % 2 (``engines.sweep``'s round-robin), the same cells, seeds and cells in flight. Rounds
-alternate one / two engines (``bench.common.interleaved``) so slow drifts hit both alike;
+alternate one / two engines (``bench.measure.interleaved``) so slow drifts hit both alike;
 the cells are checked to give the same picks both ways (same seeds, same weights).
 
     python -m bench.sweep_engines --start             # starts two arith vLLM-CPU servers, stops them after
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import interleaved, median, save
+from bench.measure import interleaved, median, save
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "engines" / "assets" / "arith" / "policy"

@@ -181,6 +181,31 @@ class Config:
         """The spec of :attr:`size_field`, or None when the sampler has no size knob."""
         return next((s for s in cls.specs() if s.name == cls.size_field), None)
 
+    @classmethod
+    def with_size(cls, params: dict[str, Any], size: Any = None, *, sampler: str | None = None) -> dict[str, Any]:
+        """``params`` with the run's size set: the one place "n is the sampler's size" is decided.
+
+        The size (the CLI's ``--n``, the API's ``n``, a sweep's level) goes to :attr:`size_field`,
+        whatever the sampler calls it; an ``n`` among ``params`` of a sampler whose size is named
+        otherwise is that size. A size for a sampler without a size knob, or a size given twice
+        with two values, is a :class:`ConfigError`. Values keep their type (strings stay strings).
+        """
+        params, name = dict(params), sampler or cls.__name__
+        if cls.size_field not in (None, "n") and "n" in params:
+            alias = params.pop("n")
+            if size is not None and str(size).strip() != str(alias).strip():
+                raise ConfigError(f"the size is given twice: n={alias!r} and n={size!r}"[:200])
+            size = alias
+        if size is None:
+            return params
+        if cls.size_field is None:
+            raise ConfigError(f"sampler {name!r} has no size parameter; set its parameters by name")
+        given = params.get(cls.size_field)
+        if given is not None and str(given).strip() != str(size).strip():
+            raise ConfigError(f"the size is given twice: {cls.size_field}={given!r} and n={size!r}"[:200])
+        params[cls.size_field] = size
+        return params
+
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 

@@ -2,7 +2,7 @@
 
 :func:`load_prompt_file` reads
 
-- JSON Lines (``.jsonl``, ``.ndjson``; one object a line),
+- JSON Lines (``.jsonl``, ``.ndjson``; one object a line, read by :mod:`engines.jsonl`'s rule),
 - CSV (``.csv``, a header row; cells are kept as text, so ``007`` stays ``007``),
 - Parquet (``.parquet``, ``.pq``),
 - a Hugging Face ``datasets`` folder written by ``save_to_disk`` (``load_from_disk``;
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import ConfigError
+from engines.jsonl import JsonLinesError, read_json_lines
 from engines.task import Task
 
 MAX_PROMPTS = 100_000
@@ -94,23 +95,10 @@ def check_set_name(name: Any) -> str:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        try:
-            lines = list(handle)
-        except UnicodeDecodeError as exc:
-            raise PromptSetError(f"{path.name}: not UTF-8 text ({exc.reason})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PromptSetError(f"{path.name} line {number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise PromptSetError(f"{path.name} line {number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
+    try:
+        return read_json_lines(path)
+    except JsonLinesError as exc:
+        raise PromptSetError(f"{path.name} {exc}") from None
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:

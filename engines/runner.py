@@ -13,6 +13,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,10 @@ from engines.trace import Budget, Event, Trace
 
 @dataclass(frozen=True)
 class RunRequest:
+    """Everything one run needs, by spec. Every construction is checked (``__post_init__``), and
+    ``params`` become the sampler's full config (defaults filled in), so a request built by
+    hand and one from :meth:`build` run and store the same."""
+
     model: str
     reward: str
     sampler: str
@@ -33,6 +38,33 @@ class RunRequest:
     budget: Budget = field(default_factory=Budget)
     device: str = "auto"
     dtype: str = "fp32"
+    #: where ``learned:NAME`` rewards live (the caller's data folder; not part of the run's identity)
+    rewards_folder: str | None = None
+
+    def __post_init__(self) -> None:
+        from engines.samplers import SAMPLERS
+
+        for name in ("model", "reward", "sampler", "device", "dtype"):
+            value = getattr(self, name)
+            _check_text(name, value)
+            if value is None or not value.strip():
+                raise ConfigError(f"the run's {name} is empty")
+        if not isinstance(self.task, Task):
+            raise ConfigError(f"the task must be a Task, got {type(self.task).__name__}")
+        _check_text("prompt", self.task.prompt)
+        _check_text("answer", self.task.answer)
+        if self.task.meta.get("modality", "text") == "text" and not self.task.prompt.strip():
+            raise ConfigError("the prompt is empty")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}"[:200])
+        if not isinstance(self.params, dict):
+            raise ConfigError(f"sampler parameters must be a mapping of names to values, got {type(self.params).__name__}")
+        if self.rewards_folder is not None and not isinstance(self.rewards_folder, str):
+            raise ConfigError(f"the rewards folder must be a path as text, got {type(self.rewards_folder).__name__}")
+        if not isinstance(self.budget, Budget):
+            raise ConfigError(f"the budget must be a Budget, got {type(self.budget).__name__}")
+        config = SAMPLERS.get(self.sampler).Config.from_dict(self.params)
+        object.__setattr__(self, "params", config.as_dict())
 
     @classmethod
     def build(
@@ -53,11 +85,14 @@ class RunRequest:
         budget: dict[str, Any] | None = None,
         device: str = "auto",
         dtype: str = "fp32",
+        rewards_folder: str | Path | None = None,
     ) -> RunRequest:
-        """Resolve defaults (a task set's model and reward) and validate everything cheap to check.
+        """Resolve defaults (a task set's model and reward) and turn user input into a request.
 
         ``size`` (the CLI's ``--n``) sets the sampler's declared size parameter, whatever its name
-        (``Config.size_field``: n, particles, beams, simulations, rollouts).
+        (``Config.with_size``: n, particles, beams, simulations, rollouts). ``budget`` maps cost
+        counters to caps as the CLI's ``--budget`` and the API give them (:func:`parse_budget`).
+        The request checks itself on construction.
         """
         from engines.samplers import SAMPLERS
         from engines.tasks import TASK_SETS, get_task
@@ -65,12 +100,8 @@ class RunRequest:
         for name, value in (("model", model), ("reward", reward), ("sampler", sampler), ("prompt", prompt),
                             ("task", task_ref), ("answer", answer)):
             _check_text(name, value)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}"[:200])
         if params is not None and not isinstance(params, dict):
             raise ConfigError(f"sampler parameters must be a mapping of names to values, got {type(params).__name__}")
-        if budget is not None and not isinstance(budget, dict):
-            raise ConfigError(f"the budget must be a mapping of counters to caps, got {type(budget).__name__}")
         set_model = set_reward = None
         if task is None and task_ref is not None:
             task = get_task(task_ref)
@@ -82,29 +113,11 @@ class RunRequest:
             task = Task(prompt=prompt, chat=chat)
         if answer is not None:
             task = Task(**{**task.as_dict(), "answer": answer})
-        if task.meta.get("modality", "text") == "text" and not task.prompt.strip():
-            raise ConfigError("the prompt is empty")
-        cls_ = SAMPLERS.get(sampler)
-        params = dict(params or {})
-        if size is not None:
-            field_name = cls_.Config.size_field
-            if field_name is None:
-                raise ConfigError(f"sampler {sampler!r} has no size parameter; set its parameters by name")
-            if field_name in params and str(params[field_name]).strip() != str(size).strip():
-                raise ConfigError(f"the size is given twice: {field_name}={params[field_name]!r} and n={size!r}"[:200])
-            params[field_name] = str(size) if params_are_strings else size
-        config = cls_.Config.from_strings(params) if params_are_strings else cls_.Config.from_dict(params)
-        budget_values = {}
-        for key, value in (budget or {}).items():
-            try:
-                budget_values[key] = float(value) if key == "wall_seconds" else int(value)
-            except (TypeError, ValueError, OverflowError):
-                raise ConfigError(f"budget {key} must be a number, got {value!r}"[:200]) from None
-            if not math.isfinite(budget_values[key]) or budget_values[key] < 0:
-                raise ConfigError(f"budget {key} must be a finite number >= 0, got {value!r}"[:200])
-        unknown = set(budget_values) - set(Budget.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown budget counter(s): {', '.join(sorted(unknown))}")
+        config_cls = SAMPLERS.get(sampler).Config
+        if size is not None and params_are_strings:
+            size = str(size)
+        params = config_cls.with_size(dict(params or {}), size, sampler=sampler)
+        config = config_cls.from_strings(params) if params_are_strings else config_cls.from_dict(params)
         return cls(
             model=(model or set_model or "embedded:smollm2").strip(),
             reward=(reward or set_reward or "sentiment").strip(),
@@ -112,9 +125,10 @@ class RunRequest:
             params=config.as_dict(),
             task=task,
             seed=seed,
-            budget=Budget(**budget_values),
+            budget=parse_budget(budget),
             device=device,
             dtype=dtype,
+            rewards_folder=None if rewards_folder is None else str(rewards_folder),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -151,7 +165,8 @@ def load_parts(request: RunRequest) -> tuple[Any, Any, Any]:
     from engines.samplers import build_sampler
 
     model = load_model(request.model, device=request.device, dtype=request.dtype)
-    reward = build_reward(request.reward, RewardEnv(model=model, load_model=load_model))
+    folder = None if request.rewards_folder is None else Path(request.rewards_folder)
+    reward = build_reward(request.reward, RewardEnv(model=model, load_model=load_model, rewards_folder=folder))
     sampler = build_sampler(request.sampler, request.params)
     return model, reward, sampler
 
@@ -169,7 +184,13 @@ def check_context(model: Any, task: Task) -> None:
 
 
 def stream(request: RunRequest, cancel: threading.Event | None = None) -> Iterator[Event]:
-    model, reward, sampler = load_parts(request)
+    return stream_parts(request, *load_parts(request), cancel=cancel)
+
+
+def stream_parts(request: RunRequest, model: Any, reward: Any, sampler: Any,
+                 cancel: threading.Event | None = None) -> Iterator[Event]:
+    """The run of ``request`` with its parts already loaded (a sweep keeps the steering reward to judge
+    the pick): the context check, then the sampler seeded with the request's seed. The one run path."""
     check_context(model, request.task)
     rng = torch.Generator().manual_seed(request.seed)
     return sampler.run(request.task, model, reward, budget=request.budget, rng=rng, cancel=cancel)
@@ -186,6 +207,37 @@ def execute(
         if on_event is not None:
             on_event(event)
     return trace
+
+
+def parse_budget(budget: dict[str, Any] | None) -> Budget:
+    """A :class:`Budget` from counter -> cap pairs (the CLI's ``--budget`` strings, the API's JSON
+    numbers): known counters only; whole numbers for the counting ones (``4.0`` is 4, ``4.5``
+    and ``true`` are refused), any finite number >= 0 for ``wall_seconds``."""
+    if budget is None:
+        return Budget()
+    if not isinstance(budget, dict):
+        raise ConfigError(f"the budget must be a mapping of counters to caps, got {type(budget).__name__}")
+    unknown = {str(k) for k in budget} - set(Budget.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown budget counter(s): {', '.join(sorted(unknown))}"[:300])
+    return Budget(**{key: _budget_cap(key, value) for key, value in budget.items()})
+
+
+def _budget_cap(key: str, value: Any) -> int | float:
+    bad = ConfigError(f"budget {key} must be a {'number' if key == 'wall_seconds' else 'whole number'}, got {value!r}"[:200])
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise bad
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise bad from None
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"budget {key} must be a finite number >= 0, got {value!r}"[:200])
+    if key == "wall_seconds":
+        return number
+    if not number.is_integer():
+        raise bad
+    return int(number)
 
 
 #: the longest text a request takes (1 MB prompts are possible through --prompt-file; the model's context decides)

@@ -28,21 +28,21 @@ are in :mod:`engines.sweep_stats`.
 
 from __future__ import annotations
 
-import base64
-import io
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from engines.errors import ConfigError
+from engines.models.diffusion import image_from_data_uri
 from engines.rewards.base import Reward
-from engines.runner import RunRequest
+from engines.runner import RunRequest, load_parts, stream_parts
 from engines.task import Task
 from engines.trace import COST_FIELDS, Trace
 
@@ -78,8 +78,8 @@ class Arm:
 
         if self.size_params:
             return {name: max(1, int(level * factor)) for name, factor in self.size_params.items()}
-        spec = SAMPLERS.get(self.sampler).Config.size_spec()
-        return {spec.name: int(level)} if spec is not None else {}
+        config = SAMPLERS.get(self.sampler).Config
+        return config.with_size({}, int(level), sampler=self.sampler) if config.size_spec() is not None else {}
 
     def fits(self, level: float) -> bool:
         """Whether every size-set parameter is within its field's minimum at this size."""
@@ -123,6 +123,7 @@ class SweepPlan:
     set_reward: str | None = None
     device: str = "auto"
     dtype: str = "fp32"
+    rewards_folder: str | None = None  # where learned:NAME rewards live (the caller's data folder)
 
     def __post_init__(self) -> None:
         from engines.samplers import SAMPLERS
@@ -189,21 +190,22 @@ class SweepPlan:
         arm = self._arm_at(self.arm(key.arm), key.level)
         if arm is None:
             raise ConfigError(f"{key.arm} does not run at size {key.level:g}")
-        spec = SAMPLERS.get(arm.sampler).Config.size_spec()
+        config = SAMPLERS.get(arm.sampler).Config
+        spec = config.size_spec()
         params = dict(arm.params)
         budget = None
         if self.axis == "size":
             params.update(arm.sized(key.level))
         else:
-            if spec is not None and spec.name not in params:
+            if spec is not None and spec.name not in params and "n" not in params:
                 top = int(spec.max) if spec.max is not None else self.size
-                params[spec.name] = max(int(spec.min or 1), min(self.size, top))
+                params = config.with_size(params, max(int(spec.min or 1), min(self.size, top)), sampler=arm.sampler)
             budget = {self.counter: key.level}
         task = self.tasks[key.prompt]
         reward = arm.reward or task.meta.get("reward") or self.set_reward
         return RunRequest.build(model=self.model_for(key.prompt), reward=reward, sampler=arm.sampler, params=params,
                                 task=task, seed=cell_seed(self.seed, key.prompt, key.level), budget=budget,
-                                device=self.device, dtype=self.dtype)
+                                device=self.device, dtype=self.dtype, rewards_folder=self.rewards_folder)
 
     def evaluation_spec(self, request: RunRequest) -> str:
         return self.evaluate or request.reward
@@ -217,13 +219,14 @@ class SweepPlan:
                 "prompts": len(self.tasks)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], tasks: Iterable[Task], *, device: str = "auto", dtype: str = "fp32") -> SweepPlan:
+    def from_dict(cls, data: dict[str, Any], tasks: Iterable[Task], *, device: str = "auto", dtype: str = "fp32",
+                  rewards_folder: str | None = None) -> SweepPlan:
         tasks = tuple(tasks)[: int(data.get("prompts") or 10**9)]
         return cls(arms=tuple(Arm.from_dict(a) for a in data["arms"]), tasks=tasks,
                    levels=tuple(float(v) for v in data["levels"]), axis=data["axis"], counter=data.get("counter"),
                    models=tuple(data.get("models") or ()), evaluate=data.get("evaluate"), seed=int(data.get("seed", 0)),
                    size=int(data.get("size", 64)), set_model=data.get("set_model"), set_reward=data.get("set_reward"),
-                   device=device, dtype=dtype)
+                   device=device, dtype=dtype, rewards_folder=rewards_folder)
 
 
 @dataclass
@@ -250,21 +253,10 @@ class CellResult:
                 "status": self.status, "quality": self.quality, "steer": self.steer, **self.cost, **self.extra}
 
 
-def image_from_uri(uri: str) -> torch.Tensor:
-    """A [1, C, H, W] tensor in [-1, 1] from an engine's PNG data URI (for scoring a picked image)."""
-    import numpy as np
-    from PIL import Image
-
-    picture = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
-    pixels = np.array(picture, dtype=np.float32) / 127.5 - 1.0
-    tensor = torch.from_numpy(pixels)
-    return tensor.view(1, 1, *tensor.shape) if tensor.dim() == 2 else tensor.permute(2, 0, 1).unsqueeze(0)
-
-
 def _pick_value(reward: Any, task: Task, trace: Trace, pick: str) -> float:
     node = trace.nodes[pick]
     if node.image:
-        return float(reward.score(task, image_from_uri(node.image))[0])
+        return float(reward.score(task, image_from_data_uri(node.image)[None])[0])
     return float(reward.score(task, [trace.full_text(pick)])[0])
 
 
@@ -285,7 +277,8 @@ class _Parts:
         from engines.models import load_model
         from engines.rewards import RewardEnv, build_reward
 
-        return build_reward(spec, RewardEnv(model=self.model(model_spec), load_model=load_model))
+        folder = None if self.plan.rewards_folder is None else Path(self.plan.rewards_folder)
+        return build_reward(spec, RewardEnv(model=self.model(model_spec), load_model=load_model, rewards_folder=folder))
 
     def judge(self, model_spec: str, spec: str) -> Reward:
         """The evaluation reward: an outcome reward (a pairwise view of a scalar is judged by the scalar)."""
@@ -301,17 +294,12 @@ class _Parts:
 
 def run_cell(plan: SweepPlan, key: CellKey, parts: _Parts | None = None, cancel: threading.Event | None = None,
              extra: Callable[[Task, Trace], dict[str, Any]] | None = None) -> CellResult:
-    """Run one cell (the same run ``execute(plan.request(key))`` makes) and judge its pick."""
-    from engines.samplers import build_sampler
-    from engines.trace import Budget
-
+    """Run one cell through the runner's path (``runner.stream_parts``: the run ``execute(plan.request(key))``
+    makes, context check included) and judge its pick."""
     parts = parts or _Parts(plan)
     request = plan.request(key)
-    model = parts.model(request.model)
-    steering = parts.reward(request.model, request.reward)
-    sampler = build_sampler(request.sampler, request.params)
-    rng = torch.Generator().manual_seed(request.seed)
-    trace = Trace(sampler.run(request.task, model, steering, budget=request.budget or Budget(), rng=rng, cancel=cancel))
+    model, steering, sampler = load_parts(request)
+    trace = Trace(stream_parts(request, model, steering, sampler, cancel=cancel))
     quality = steer = None
     picks = trace.done.picks if trace.done else []
     if picks:
@@ -333,8 +321,6 @@ def run_cell(plan: SweepPlan, key: CellKey, parts: _Parts | None = None, cancel:
 def preflight(plan: SweepPlan) -> None:
     """Load what the cells need and check that every arm's sampler accepts its model and rewards,
     on each engine, before the first run: a misfit is one ConfigError line, not a sweep failing mid-way."""
-    from engines.samplers import build_sampler
-
     parts = _Parts(plan)
     seen: set[tuple[str, str, str, str]] = set()
     for key in plan.cells():
@@ -343,12 +329,11 @@ def preflight(plan: SweepPlan) -> None:
         if sig in seen:
             continue
         seen.add(sig)
-        sampler = build_sampler(request.sampler, request.params)
-        model = parts.model(request.model)
+        model, steering, sampler = load_parts(request)
         # run() checks its inputs (after adapting the reward, as step samplers do) before its first step;
         # the generator it returns is closed unstarted, so no work is done
-        sampler.run(request.task, model, parts.reward(request.model, request.reward), budget=request.budget,
-                    rng=torch.Generator().manual_seed(0)).close()
+        sampler.run(request.task, model, steering, budget=request.budget,
+                    rng=torch.Generator().manual_seed(request.seed)).close()
         parts.judge(request.model, plan.evaluation_spec(request))
 
 

@@ -83,10 +83,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
-from storage.common import prompt_hash
+from engines.jsonl import JsonLinesError, read_json_lines
 from storage.errors import InvalidInput
 from storage.models import EXPORT_FORMATS, PLAYERS
 from storage.records import VoteRecord, training_records, vote_records
+from storage.rows import prompt_hash
 
 FORMATS = EXPORT_FORMATS
 
@@ -408,25 +409,12 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"no such file: {path}")
     if kind == "parquet":
         return pq.read_table(path).to_pylist()
-    data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InvalidInput(f"{path}:{line}: not valid UTF-8") from None
-    rows = []
-    # split on "\n" only: JSON text may hold U+2028 and friends unescaped
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise InvalidInput(f"{path}:{number}: each line must be a JSON object")
-        rows.append(row)
-    return rows
+        return read_json_lines(path)  # one newline rule with prompt files (engines.jsonl)
+    except JsonLinesError as exc:
+        problem = {"utf-8": "not valid UTF-8", "json": f"not JSON ({exc.detail})",
+                   "object": "each line must be a JSON object"}[exc.reason]
+        raise InvalidInput(f"{path}:{exc.line}: {problem}") from None
 
 
 def export(

@@ -38,11 +38,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.common import check_name, get_or_create_prompt
 from storage.errors import InvalidInput, StorageError
 from storage.exports import ID_COLUMNS, read_rows
 from storage.models import RATIONALE_MAX_CHARS, Candidate, Comparison, Run
 from storage.pairs import draw_sides, store_pairs
+from storage.rows import check_name, get_or_create_prompt
 from storage.serial import check_optional_text, check_text
 from storage.votes import add_vote
 

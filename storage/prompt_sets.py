@@ -6,7 +6,7 @@ prompt texts in ``prompts``, deduplicated by their own hash, and returns ``(id, 
 The same content again returns the stored set, whatever name it was given; a name already
 used by other content, or a reserved one (a built-in set's), is refused
 (:class:`InvalidInput`), nothing written. ``load_prompt_set`` gives a
-:class:`StoredPromptSet` back; ``app.sweeps.resolve_prompt_set`` finds a set by name among
+:class:`StoredPromptSet` back; ``app.workflows.sweeps.resolve_prompt_set`` finds a set by name among
 the stored ones and the built-ins.
 """
 
@@ -20,10 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engines.task import Task
-from storage.common import get_or_create_prompt
 from storage.errors import InvalidInput, NotFound
 from storage.models import Prompt, PromptSetItem
 from storage.models import PromptSet as PromptSetRow
+from storage.rows import get_or_create_prompt
 from storage.serial import from_jsonable, to_jsonable
 
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")

@@ -31,10 +31,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.common import require
 from storage.errors import InvalidInput
 from storage.models import Assignment, Comparison, ComparisonQuality
 from storage.records import VoteRecord, vote_records
+from storage.rows import require
 from storage.stats import LABELS, Proportion, _kappa, annotator_agreement
 
 GOLD_ANSWERS = ("a", "b", "tie")

@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from engines.task import Task
 from engines.trace import Trace, event_from_dict, event_to_dict
-from storage.common import check_name, get_or_create_prompt, require
 from storage.errors import InvalidInput
 from storage.models import NAME_MAX_CHARS, Candidate, Prompt, Run, RunEvent
+from storage.rows import check_name, get_or_create_prompt, require
 from storage.serial import check_optional_text, check_text, from_jsonable, to_jsonable
 
 INT64 = 2**63

@@ -19,10 +19,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engines.trace import COST_FIELDS
-from storage.common import require
 from storage.errors import InvalidInput
 from storage.models import PromptSet as PromptSetRow
 from storage.models import Sweep, SweepCell, utcnow
+from storage.rows import require
 from storage.runs import save_run
 from storage.serial import check_optional_text, to_jsonable
 

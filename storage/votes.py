@@ -37,7 +37,6 @@ from sqlalchemy import and_, bindparam, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from storage.common import find_annotator, get_or_create_annotator, require
 from storage.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from storage.models import (
     KEY_MAX_CHARS,
@@ -55,6 +54,7 @@ from storage.models import (
     Vote,
     utcnow,
 )
+from storage.rows import find_annotator, get_or_create_annotator, require
 from storage.serial import check_optional_text, check_text
 
 CHOICES = ("left", "right", "tie", "both_bad", "skip")

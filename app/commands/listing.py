@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from app.commands.common import add_json
+from app.commands.console import add_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +38,10 @@ def rows(what: str) -> list[dict]:
             )
         return out
     if what == "rewards":
+        from app.workflows.store import rewards_home
         from engines.rewards import list_rewards
 
-        return list_rewards()
+        return list_rewards(rewards_home())
     if what == "models":
         from engines.models import list_models
 

@@ -1,7 +1,7 @@
 """``samplescope reward``: train a reward on the stored votes, pick the next pairs, label quality.
 
 - ``reward train --name NAME [--votes FILTER] [--base MODEL] [--kind head|finetune]``
-  trains ``learned:NAME`` (app/reward_training.py, app/reward_finetune.py);
+  trains ``learned:NAME`` (app/workflows/reward_training.py, app/workflows/reward_finetune.py);
 - ``reward pairs --run ID --strategy uncertain:NAME [--against REWARD]`` stores
   the comparisons the learned reward is least sure about;
 - ``reward quality`` prints each annotator's agreement, kappa, gold accuracy,
@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Any
 
-from app.commands.common import add_json, quiet_libraries
+from app.commands.console import add_json, quiet_libraries
 from app.commands.data import _add_db, _open, _print_json, _storage_errors
 
 
@@ -52,12 +52,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     with _open(args) as db:
         if args.kind == "finetune":
-            from app.reward_finetune import finetune_reward as trainer
+            from app.workflows.reward_finetune import finetune_reward as trainer
 
             items = trainer(db, args.name, votes=args.votes, base=args.base, min_agreement=args.min_agreement,
                             group_by=args.group_by, epochs=args.epochs or 1)
         else:
-            from app.reward_training import train_reward as trainer
+            from app.workflows.reward_training import train_reward as trainer
 
             config = FitConfig(hidden=args.hidden, epochs=args.epochs or 100, folds=args.folds, seed=args.seed,
                                ties=args.ties)
@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 @_storage_errors
 def cmd_pairs(args: argparse.Namespace) -> int:
     quiet_libraries()
-    from app.reward_training import reward_scorer
+    from app.workflows.reward_training import reward_scorer
     from storage import make_comparisons
 
     if not args.strategy.startswith("uncertain:") or len(args.strategy) <= len("uncertain:"):

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from app.commands.common import add_json, parse_pairs, quiet_libraries
+from app.commands.console import add_json, parse_pairs, quiet_libraries
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
+    from app.workflows.store import rewards_home
     from engines.errors import ConfigError
     from engines.runner import RunRequest, execute
 
@@ -61,13 +62,14 @@ def run(args: argparse.Namespace) -> int:
         budget=parse_pairs(args.budget, "--budget"),
         device=args.device,
         dtype=args.dtype,
+        rewards_folder=rewards_home(),
     )
     progress = _Progress(enabled=not args.json and sys.stderr.isatty())
     trace = execute(request, on_event=progress)
     progress.close()
     run_id = None
     if args.save:
-        from app.store import open_database, save_request_run
+        from app.workflows.store import open_database, save_request_run
 
         run_id = save_request_run(open_database(args.db), request, trace)
     result = request.summary(trace)

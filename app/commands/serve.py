@@ -6,7 +6,7 @@ import argparse
 import getpass
 import sys
 
-from app.commands.common import quiet_libraries
+from app.commands.console import quiet_libraries
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,11 +49,11 @@ def port_number(text: str) -> int:
 
 
 def build_services(args: argparse.Namespace):
-    from app.store import open_database
     from app.ui.auth import UserStore
     from app.ui.identity import load_secret
     from app.ui.services import Services
-    from engines.models.served_client import normalise_url
+    from app.workflows.store import open_database
+    from engines.models.served.client import normalise_url
     from storage.db import data_home
 
     engines = [normalise_url(url) for url in args.engine]

@@ -16,7 +16,7 @@ import json
 import sys
 import threading
 
-from app.commands.common import add_json, parse_pairs, quiet_libraries
+from app.commands.console import add_json, parse_pairs, quiet_libraries
 from app.commands.data import _storage_errors
 
 
@@ -87,13 +87,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _db(args):
-    from app.store import open_database
+    from app.workflows.store import open_database
 
     return open_database(args.db)
 
 
 def prompts_add(args) -> int:
-    from app.sweeps import add_prompt_set
+    from app.workflows.sweeps import add_prompt_set
     from engines.prompts import load_prompt_file
 
     prompts = load_prompt_file(args.path, name=args.name, prompt_col=args.prompt_col, answer_col=args.answer_col,
@@ -126,7 +126,7 @@ def prompts_list(args) -> int:
 
 def sweep_run(args) -> int:
     quiet_libraries()
-    from app.sweeps import load_plan, parse_arms, parse_budget, parse_levels, run_stored, start
+    from app.workflows.sweeps import load_plan, parse_arms, parse_budget, parse_levels, run_stored, start
     from engines.errors import ConfigError
 
     db = _db(args)
@@ -162,7 +162,7 @@ def sweep_run(args) -> int:
         print(f"samplescope: interrupted; resume with: samplescope sweep --resume {sweep_id}", file=sys.stderr)
         return 130
     bar.close()
-    from app.sweeps import cell_rows
+    from app.workflows.sweeps import cell_rows
     from engines.sweep_stats import points
 
     summary = points(cell_rows(db, sweep_id))
@@ -217,7 +217,7 @@ def sweeps_export(args) -> int:
 
 
 def report(args) -> int:
-    from app.report import write_report
+    from app.workflows.report import write_report
 
     path = write_report(_db(args), args.target, args.out)
     print(f"wrote {path}")

@@ -25,10 +25,10 @@ from app.ui.compare import CompareTab
 from app.ui.data import DataTab
 from app.ui.explore import ExploreTab
 from app.ui.label import LabelTab, annotator_state
-from app.ui.render import md_text
 from app.ui.runs import RunsTab
 from app.ui.services import Services
 from app.ui.tour import TourTab
+from app.views.render import md_text
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
 
@@ -62,12 +62,13 @@ def build_demo(services: Services) -> gr.Blocks:
             yield from runs.replay(int(wanted))
 
         def sample(model: str, reward: str, sampler: str, prompt: str, params: dict | None = None,
-                   answer: str | None = None, seed: int = 0) -> dict:
+                   answer: str | None = None, seed: int = 0, budget: dict | None = None) -> dict:
             """Run a sampler on a prompt, store the run, and return its candidates, picks, cost and run id.
 
             ``params`` may give ``n`` for the sampler's size parameter whatever its name (particles, beams, ...).
+            ``budget`` caps cost counters as the CLI's ``--budget`` does, e.g. ``{"generated_tokens": 2000}``.
             """
-            return sample_api(services, model, reward, sampler, prompt, params, answer, seed)
+            return sample_api(services, model, reward, sampler, prompt, params, answer, seed, budget)
 
         # Gradio's queue holds waiting API calls without a thread; a started one takes a slot in services.runs
         gr.api(sample, api_name="sample", concurrency_limit=services.concurrency, concurrency_id="samplers")
@@ -91,18 +92,19 @@ def build_demo(services: Services) -> gr.Blocks:
 PUBLIC_API = frozenset({"sample"})
 
 
-def sample_api(services: Services, model, reward, sampler, prompt, params, answer, seed) -> dict:
-    from app.store import save_request_run
+def sample_api(services: Services, model, reward, sampler, prompt, params, answer, seed, budget=None) -> dict:
     from app.ui.services import error_message
+    from app.workflows.store import rewards_home, save_request_run
     from engines.errors import ConfigError
     from engines.runner import RunRequest, execute
-    from engines.samplers import SAMPLERS
 
     try:
         if params is None:
             params = {}
         if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
             raise ConfigError("params must be a JSON object of sampler parameters")
+        if budget is not None and (not isinstance(budget, dict) or not all(isinstance(k, str) for k in budget)):
+            raise ConfigError('budget must be a JSON object of cost counters and caps, e.g. {"generated_tokens": 2000}')
         if not isinstance(prompt, str):
             raise ConfigError(f"prompt must be text, got {type(prompt).__name__}")
         if seed is None:
@@ -110,14 +112,11 @@ def sample_api(services: Services, model, reward, sampler, prompt, params, answe
         if isinstance(seed, float) and seed.is_integer():  # JSON clients send 4.0 for 4
             seed = int(seed)
         sampler = sampler or "best_of_n"
-        params, size = dict(params), None
-        config = SAMPLERS.get(sampler).Config if isinstance(sampler, str) else None
-        if config is not None and "n" in params and config.size_field not in (None, "n"):
-            size = params.pop("n")  # "n" is the size, whatever the sampler calls it
-        request = RunRequest.build(
-            model=model or None, reward=reward or None, sampler=sampler, params=params, size=size,
-            prompt=prompt, answer=answer or None, seed=seed, device=services.device, dtype=services.dtype,
-        )
+        request = RunRequest.build(  # an "n" in params is the size, whatever the sampler calls it (Config.with_size)
+            model=model or None, reward=reward or None, sampler=sampler, params=params,
+            prompt=prompt, answer=answer or None, seed=seed, budget=budget, device=services.device, dtype=services.dtype,
+            rewards_folder=rewards_home(),
+        )  # the budget is checked as the CLI's --budget is (runner.parse_budget)
         ticket = services.runs.enter()  # the same first-come slots as Explore's runs
         try:
             services.runs.start(ticket)

@@ -4,7 +4,7 @@ Pick a prompt set (built-in or uploaded: JSONL, CSV, Parquet with a column mappi
 any samplers (flat, step-level and tree, diffusion), sizes of each sampler's size knob
 or caps of one cost counter, engines (several model specs spread the prompts), a
 steering and an evaluation reward. The run is a sweep of ``engines.sweep`` stored by
-``app.sweeps`` cell by cell, so the plot fills in live, a cancel keeps what finished,
+``app.workflows.sweeps`` cell by cell, so the plot fills in live, a cancel keeps what finished,
 and Resume finishes a stored sweep without redoing its cells. A point is the mean
 evaluation reward of the picks over prompts, with its 95% bootstrap interval, against
 the mean of the chosen cost counter. Stored sweeps reopen here and download as CSV,
@@ -20,53 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import plotly.graph_objects as go
 
 from app.ui.services import Services, error_message
-from app.ui.views import _layout, empty
+from app.views.sweep import PAIR_HEADERS, POINT_HEADERS, pair_rows, point_rows, sweep_figure
 from engines.trace import COST_FIELDS
-
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-POINT_HEADERS = ["arm", "level", "prompts", "quality", "CI low", "CI high", "steer", "gap", "tokens", "reward calls"]
-PAIR_HEADERS = ["A", "B", "level", "prompts", "A - B", "CI low", "CI high", "A wins", "ties", "B wins"]
-
-
-def sweep_figure(points: list[dict], counter: str = "generated_tokens") -> go.Figure:
-    """Quality against the mean of ``counter``, one line per arm, 95% bootstrap intervals as error bars."""
-    if not points:
-        return empty("Quality against compute", "no points yet")
-    fig = go.Figure()
-    for k, arm in enumerate(dict.fromkeys(p["arm"] for p in points)):
-        mine = [p for p in points if p["arm"] == arm]
-        from app.ui.render import plain
-
-        fig.add_trace(go.Scatter(
-            x=[p[counter] for p in mine], y=[p["quality"] for p in mine], mode="lines+markers", name=plain(arm, 60),
-            line={"color": PALETTE[k % len(PALETTE)]},
-            error_y={"type": "data", "symmetric": False, "array": [p["ci_high"] - p["quality"] for p in mine],
-                     "arrayminus": [p["quality"] - p["ci_low"] for p in mine], "thickness": 1},
-            hovertext=[f"{plain(arm, 60)} @ {p['level']:g}: quality {p['quality']:.3f} "
-                       f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}], {p[counter]:.4g} {counter}, {p['prompts']} prompts"
-                       for p in mine],
-            hoverinfo="text",
-        ))
-    positive = all(p[counter] > 0 for p in points)
-    fig.update_xaxes(title=f"{counter.replace('_', ' ')} per prompt (mean)", type="log" if positive else "linear")
-    fig.update_yaxes(title="quality (evaluation reward of the pick, 95% CI)")
-    return _layout(fig, "Quality against compute", height=440, showlegend=True)
-
-
-def point_rows(points: list[dict], counter: str = "generated_tokens") -> list[list[Any]]:
-    def r(v):
-        return None if v is None else round(float(v), 4)
-
-    return [[p["arm"], p["level"], p["prompts"], r(p["quality"]), r(p["ci_low"]), r(p["ci_high"]), r(p["steer"]),
-             r(p["gap"]), r(p[counter]), r(p["reward_calls"])] for p in points]
-
-
-def pair_rows(pairs: list[dict]) -> list[list[Any]]:
-    return [[p["a"], p["b"], p["level"], p["prompts"], round(p["mean_diff"], 4), round(p["ci_low"], 4),
-             round(p["ci_high"], 4), p["wins"], p["ties"], p["losses"]] for p in pairs]
 
 
 def engine_specs(engines: Any) -> list[str]:
@@ -78,7 +35,7 @@ def engine_specs(engines: Any) -> list[str]:
 def rewards_note(plan: Any) -> str:
     """Which reward steers (picks) and which judges the sweep, in words; a steering reward that reads the
     answer key is called what it is: an oracle, whose quality no deployable sampler can reach."""
-    from app.ui.render import md_text
+    from app.views.render import md_text
     from engines.rewards import list_rewards
 
     reads_answer = {row["name"] for row in list_rewards() if row.get("needs_answer")}
@@ -191,7 +148,7 @@ class CompareTab:
     # -- handlers ----------------------------------------------------------------------------------------------
 
     def add_set(self, upload, name, prompt_col, answer_col, system_col):
-        from app.sweeps import add_prompt_set
+        from app.workflows.sweeps import add_prompt_set
         from engines.prompts import load_prompt_file
 
         if not upload:
@@ -209,7 +166,7 @@ class CompareTab:
 
     def run(self, samplers, prompt_set, engines, reward, evaluate, axis, sizes, counter, budgets, prompts, tokens,
             workers, seed, x_counter="generated_tokens"):
-        from app.sweeps import parse_arms, parse_levels, start
+        from app.workflows.sweeps import parse_arms, parse_levels, start
 
         if not samplers:
             yield {self.status: "⚠ choose at least one sampler"}
@@ -231,7 +188,7 @@ class CompareTab:
         yield from self._drive(sweep_id, plan, int(workers), x_counter, note=rewards_note(plan))
 
     def resume_sweep(self, sweep_id, workers, x_counter="generated_tokens"):
-        from app.sweeps import load_plan
+        from app.workflows.sweeps import load_plan
 
         if sweep_id is None:
             yield {self.status: "⚠ choose a stored sweep"}
@@ -244,7 +201,7 @@ class CompareTab:
         yield from self._drive(int(sweep_id), plan, int(workers), x_counter)
 
     def _drive(self, sweep_id: int, plan, workers: int, x_counter: str, note: str = ""):
-        from app.sweeps import cell_rows, run_stored
+        from app.workflows.sweeps import cell_rows, run_stored
 
         token, flag = self.services.start_run()
         total = len(plan.cells())
@@ -272,7 +229,7 @@ class CompareTab:
             self.services.finish(token)
 
     def _views(self, sweep_id: int, counter: str) -> dict:
-        from app.sweeps import cell_rows
+        from app.workflows.sweeps import cell_rows
         from engines.sweep_stats import all_pairs, points
 
         cells = cell_rows(self.services.db, sweep_id)
@@ -296,7 +253,7 @@ class CompareTab:
         path = folder / f"samplescope-sweep-{int(sweep_id)}.{kind}"
         try:
             if kind == "html":
-                from app.report import report_html
+                from app.workflows.report import report_html
 
                 path.write_text(report_html(self.services.db, "sweep", int(sweep_id)), encoding="utf-8")
             else:

@@ -15,9 +15,9 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
-from app.ui.render import md_text, plain
 from app.ui.services import Services, error_message
-from app.ui.views import _layout, empty
+from app.views.render import md_text, plain
+from app.views.trace import _layout, empty
 
 ALL = "(all)"
 FORMATS = [("DPO pairs (JSONL)", "dpo", ".jsonl"), ("DPO pairs (Parquet)", "dpo", ".parquet"),

@@ -16,8 +16,9 @@ import gradio as gr
 
 from app.ui import forms
 from app.ui.panel import ViewPanel, candidate_html
-from app.ui.render import md_text
 from app.ui.services import Services, error_message
+from app.views.render import md_text
+from app.workflows.store import rewards_home
 from engines.runner import RunRequest, stream
 from engines.trace import Trace
 
@@ -109,7 +110,7 @@ class ExploreTab:
             model=model, reward=reward, sampler=sampler, params=params, prompt=prompt or "",
             answer=(answer or "").strip() or None, chat=bool(chat), seed=seed,
             budget={"generated_tokens": budget} if budget else None,
-            device=self.services.device, dtype=self.services.dtype,
+            device=self.services.device, dtype=self.services.dtype, rewards_folder=rewards_home(),
         )
 
     def run(self, model, reward, sampler, prompt, answer, chat, seed, budget, *values):
@@ -150,7 +151,7 @@ class ExploreTab:
         yield self.save(request, trace)
 
     def save(self, request: RunRequest, trace: Trace) -> dict[Any, Any]:
-        from app.store import save_request_run
+        from app.workflows.store import save_request_run
 
         try:
             run_id = save_request_run(self.services.db, request, trace)

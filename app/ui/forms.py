@@ -208,11 +208,12 @@ def model_choices() -> list[str]:
 
 
 def reward_choices() -> list[str]:
+    from app.workflows.store import rewards_home
     from engines.rewards import list_rewards
 
     out = []
     examples = {"regex": "regex:^\\d+$", "keywords": "keywords:sun,sea", "length": "length:20", "rm": None, "pairwise": "pairwise:sentiment"}
-    for row in list_rewards():
+    for row in list_rewards(rewards_home()):
         name = row["name"]
         if row["arg"] and name in examples:
             if examples[name]:

@@ -22,8 +22,8 @@ from typing import Any
 
 import gradio as gr
 
-from app.ui.render import image_tag, md_text, verbatim
 from app.ui.services import Services, error_message
+from app.views.render import image_tag, md_text, verbatim
 
 CHOICES = [("A is better", "left", "1", "vote-a"), ("B is better", "right", "2", "vote-b"),
            ("Tie", "tie", "3", "vote-tie"), ("Both bad", "both_bad", "4", "vote-bad"), ("Skip", "skip", "s", "vote-skip")]
@@ -71,9 +71,10 @@ def strategy_choices(strategies) -> list[tuple[str, str]]:
 
 def learned_strategies() -> list[str]:
     """``uncertain:NAME`` for every learned reward in the data folder (storage.pairs)."""
+    from app.workflows.store import rewards_home
     from engines.rewards.learned import list_learned
 
-    return [f"uncertain:{card['name']}" for card in list_learned() if card.get("name")]
+    return [f"uncertain:{card['name']}" for card in list_learned(rewards_home()) if card.get("name")]
 
 
 class LabelTab:
@@ -206,7 +207,7 @@ class LabelTab:
                         f"⚠ no pairs: none of these {len(ids)} run(s) share a prompt with a run of another sampler or model")
             scorer = None
             if (strategy or "").startswith("uncertain:"):  # the learned reward scores the candidates
-                from app.reward_training import reward_scorer
+                from app.workflows.reward_training import reward_scorer
 
                 scorer = reward_scorer("learned:" + strategy.split(":", 1)[1])
             made = self.services.db.write(

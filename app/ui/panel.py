@@ -12,8 +12,8 @@ from typing import Any
 
 import gradio as gr
 
-from app.ui import views
-from app.ui.render import image_tag, text, verbatim
+from app.views import trace as views
+from app.views.render import image_tag, text, verbatim
 from engines.trace import Trace
 
 

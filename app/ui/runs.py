@@ -14,8 +14,8 @@ from typing import Any
 import gradio as gr
 
 from app.ui.panel import ViewPanel, candidate_html
-from app.ui.render import md_text, text
 from app.ui.services import Services, error_message
+from app.views.render import md_text, text
 from engines.trace import Trace
 
 ALL = "(all)"
@@ -58,11 +58,11 @@ class RunsTab:
         self.report.click(self.download_report, [self.run_id], [self.report_file, self.header])
 
     def download_report(self, run_id) -> dict[Any, Any]:
-        """The run's self-contained HTML report (app.report) as a file to download."""
+        """The run's self-contained HTML report (app.workflows.report) as a file to download."""
         import tempfile
         from pathlib import Path
 
-        from app.report import report_html
+        from app.workflows.report import report_html
 
         if run_id is None or str(run_id).strip() == "":
             return {self.header: "Pick a run first."}

@@ -92,7 +92,7 @@ class Services:
 
     def engine_health(self) -> list[dict[str, Any]]:
         """One quick probe per engine: {"url", "ok", "models", "version", "error"}."""
-        from engines.models.served_client import EngineClient
+        from engines.models.served.client import EngineClient
 
         out = []
         for url in self.engines:

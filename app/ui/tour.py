@@ -27,8 +27,8 @@ from typing import Any
 
 import gradio as gr
 
-from app.ui.render import md_text
 from app.ui.services import Services, error_message
+from app.views.render import md_text
 
 MODEL = "embedded:arith"
 JUDGE = "math"
@@ -75,12 +75,13 @@ def judge_pick(request: Any, trace: Any) -> float | None:
 
 def run_step(services: Services, step: TourStep, prompts: int, seed: int, cancel=None):
     """Yield (prompt index, request, trace, verdict) for each prompt; every run is stored."""
-    from app.store import save_request_run
+    from app.workflows.store import rewards_home, save_request_run
     from engines.runner import RunRequest, execute
 
     for index in range(prompts):
         request = RunRequest.build(model=MODEL, reward=step.picker, sampler=step.sampler, params=dict(step.params),
-                                   task_ref=f"arith:{index}", seed=seed, device=services.device, dtype=services.dtype)
+                                   task_ref=f"arith:{index}", seed=seed, device=services.device, dtype=services.dtype,
+                                   rewards_folder=rewards_home())
         ticket = services.runs.enter()
         try:
             services.runs.start(ticket)

@@ -1,6 +1,6 @@
 """The Data tab's "Train a reward from these votes" section, and the label-quality table.
 
-Training streams :func:`app.reward_training.train_reward`: a progress bar and
+Training streams :func:`app.workflows.reward_training.train_reward`: a progress bar and
 a live plot of held-out agreement per cross-validation fold while it fits,
 then the card's numbers against the stored rewards and the annotators' own
 agreement. Every stored string shown here (annotator names, reward names,
@@ -17,7 +17,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from app.ui.services import Services, error_message
-from app.ui.views import _layout, empty
+from app.views.trace import _layout, empty
 
 
 def _cell(text: Any) -> str:
@@ -166,7 +166,7 @@ class TrainSection:
             return {self.quality: f"⚠ {_cell(error_message(exc))}"}
 
     def train(self, name: str, votes: str, base: str, hidden: Any, group_by: str, min_agreement: Any):
-        from app.reward_training import train_reward
+        from app.workflows.reward_training import train_reward
         from engines.models import load_model
         from engines.rewards.bt_fit import FitConfig, Progress
 

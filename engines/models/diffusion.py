@@ -17,7 +17,8 @@ optimisation) can weigh, resample, branch or differentiate at every step:
 - :meth:`~DiffusionModel.decode` -- x0 (pixels or latents) to images in
   [-1, 1] (``decoder_passes`` says what one image costs: 0 in pixel space,
   one VAE pass for latent models; samplers meter it as ``decodes``); :meth:`~DiffusionModel.preview` a cheap look at an intermediate x̂0;
-  :func:`images_to_data_uris` PNG data URIs for trace nodes.
+  :func:`images_to_data_uris` PNG data URIs for trace nodes, and
+  :func:`image_from_data_uri` the tensor back from one.
 
 Implementations: :class:`UNetDiffusion` (a diffusers ``UNet2DModel`` and the
 scheduler config it was trained with; the embedded ``embedded:digits`` model is
@@ -275,6 +276,40 @@ def images_to_data_uris(images: torch.Tensor, min_size: int = 0) -> list[str | N
         pil.save(buffer, format="PNG", optimize=False)
         out.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
     return out
+
+
+PNG_URI_PREFIX = "data:image/png;base64,"
+
+
+def image_from_data_uri(uri: str) -> torch.Tensor:
+    """The inverse of :func:`images_to_data_uris`: a PNG data URI as a [C, H, W] tensor in [-1, 1].
+
+    Grey PNGs (modes L, LA, 1) give C = 1 and colour ones C = 3 (alpha dropped). A palette
+    PNG (mode P) stores indices into its palette, not intensities: its pixels are read
+    through the palette, and it gives C = 1 when every pixel's colour is grey, else C = 3.
+    Anything that is not a PNG data URI is one :class:`ConfigError` line.
+    """
+    import binascii
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(uri, str) or not uri.startswith(PNG_URI_PREFIX):
+        raise ConfigError("the image is not a PNG data URI")
+    try:
+        picture = Image.open(io.BytesIO(base64.b64decode(uri[len(PNG_URI_PREFIX):], validate=True)))
+        picture.load()
+    except (binascii.Error, UnidentifiedImageError, OSError, ValueError):
+        raise ConfigError("the image's PNG data URI does not decode to a PNG") from None
+    if picture.mode == "P":
+        colours = np.asarray(picture.convert("RGB"), dtype=np.float32)
+        grey = bool((colours[..., 0] == colours[..., 1]).all() and (colours[..., 1] == colours[..., 2]).all())
+        pixels = colours[..., 0] if grey else colours
+    else:
+        pixels = np.asarray(picture.convert("L" if picture.mode in ("L", "LA", "1") else "RGB"), dtype=np.float32)
+    tensor = torch.from_numpy(pixels.copy())
+    tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+    return tensor / 127.5 - 1.0
 
 
 # ---------------------------------------------------------------------------

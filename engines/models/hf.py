@@ -29,6 +29,7 @@ import torch
 from engines.errors import ModelLoadError
 from engines.models import SCHEMES, LoadOptions
 from engines.models.base import Generation, SamplingParams, TextModel, checked_prefixes
+from engines.models.chat import has_chat_template, task_ids, text_ids
 from engines.models.kv import PrefixStore, RowKV, stack
 from engines.models.kv import row_kv as cut_row
 from engines.models.sampling import draw, entropy
@@ -115,24 +116,17 @@ class TransformersTextModel(TextModel):
         return self.max_positions
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return text_ids(self.tokenizer, text)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return has_chat_template(self.tokenizer)
 
     def encode_task(self, task: Task) -> list[int]:
-        if task.chat and self.has_chat_template:
-            text = self.tokenizer.apply_chat_template(task.messages(), tokenize=False, add_generation_prompt=True)
-            return self.encode(text)
-        ids = self.encode(task.prompt)
-        bos = self.tokenizer.bos_token_id
-        if getattr(self.tokenizer, "add_bos_token", False) and bos is not None:
-            ids = [bos, *ids]
-        return ids
+        return task_ids(self.tokenizer, task)
 
     # -- forward helpers -------------------------------------------------------------
 

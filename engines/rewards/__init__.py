@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from engines.errors import ConfigError
@@ -22,11 +23,13 @@ from engines.rewards.base import PairwiseReward, Reward, StepReward, WeightedSum
 
 @dataclass
 class RewardEnv:
-    """What a reward factory may use: the run's model and a loader for others."""
+    """What a reward factory may use: the run's model, a loader for others, and the folder of
+    learned rewards (``learned:NAME``; handed in by the caller, None: names are not resolved)."""
 
     model: Any = None
     load_model: Callable[..., Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    rewards_folder: Path | None = None
 
     def loader(self) -> Callable[..., Any]:
         if self.load_model is None:
@@ -75,8 +78,8 @@ def build_reward(spec: str, env: RewardEnv | None = None) -> Reward | PairwiseRe
     return factory.build(arg or None, env)
 
 
-def list_rewards() -> list[dict[str, Any]]:
-    """Every reward factory, then each learned reward in the data folder as ``learned:NAME``."""
+def list_rewards(rewards_folder: Path | None = None) -> list[dict[str, Any]]:
+    """Every reward factory, then each learned reward in ``rewards_folder`` as ``learned:NAME``."""
     from engines.rewards.learned import list_learned
 
     rows = [
@@ -90,7 +93,7 @@ def list_rewards() -> list[dict[str, Any]]:
         }
         for _, f in REWARDS.items()
     ]
-    for card in list_learned():
+    for card in list_learned(rewards_folder):
         metrics = card.get("metrics") or {}
         accuracy = (metrics.get("heldout") or {}).get("rate")
         rows.append(

@@ -6,7 +6,8 @@ or hub id (``rm:/path``, ``rm:hf:/path``), or reaches one on a server
 (``rm:openai:URL``, :mod:`engines.rewards.served`). The reward is the logit for
 ``num_labels == 1`` (the usual RM head), else logit[1] - logit[0]. The input
 is the (prompt, response) conversation under the tokenizer's chat template
-when it has one, else ``prompt + "\\n" + response``.
+when it has one, else ``prompt + "\\n" + response``
+(:func:`engines.models.chat.reward_model_text`, shared with ``rm:openai:``).
 
 ``pairwise:SPEC`` views the outcome reward SPEC as a pairwise one:
 P(a beats b) = σ((r_a - r_b)/τ) (:class:`ScalarAsPairwise`).
@@ -21,6 +22,7 @@ import torch
 
 from engines.errors import ConfigError, ModelLoadError
 from engines.models import LoadOptions
+from engines.models.chat import reward_model_text
 from engines.rewards import REWARDS, RewardEnv, RewardFactory, build_reward
 from engines.rewards.base import Reward, ScalarAsPairwise
 from engines.task import Task
@@ -63,10 +65,7 @@ class ClassifierReward(Reward):
         self.device = next(model.parameters()).device
 
     def _text(self, prompt: str, response: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return f"{prompt}\n{response}"
+        return reward_model_text(self.tokenizer, prompt, response)
 
     @torch.inference_mode()
     def score(self, task: Task, candidates: Sequence[str], *, usage: Cost | None = None) -> list[float]:

@@ -1,6 +1,7 @@
 """Rewards learned from human votes: a Bradley-Terry head on frozen features.
 
-A learned reward lives in a folder (``learned_home()/NAME`` by default):
+A learned reward lives in a folder (``REWARDS_FOLDER/NAME``; the caller hands in the rewards
+folder, ``RewardEnv.rewards_folder``: the app's is ``$SAMPLESCOPE_HOME/rewards``):
 
 - ``card.json``: what it is (kind, modality, base model, featuriser, head
   shape, votes used, date, metrics);
@@ -27,7 +28,6 @@ a folder path. This module reads folders only: it never touches the database.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,16 +49,6 @@ HEAD = "head.safetensors"
 IMAGE_BASES = ("embedded:digits", "clip:")
 
 
-def learned_home(env: dict[str, str] | None = None) -> Path:
-    """Where learned rewards are kept: ``$SAMPLESCOPE_HOME/rewards`` (the data folder's rule, see storage.db)."""
-    env = os.environ if env is None else env
-    if env.get("SAMPLESCOPE_HOME"):
-        home = Path(env["SAMPLESCOPE_HOME"]).expanduser()
-    else:
-        home = Path(env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")).expanduser() / "samplescope"
-    return home / "rewards"
-
-
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ConfigError(
@@ -67,21 +57,25 @@ def check_name(name: str) -> str:
     return name
 
 
-def reward_folder(name_or_path: str) -> Path:
-    """The folder of a learned reward: a name under :func:`learned_home`, or a folder path."""
+def reward_folder(name_or_path: str, home: Path | None) -> Path:
+    """The folder of a learned reward: a folder path, or a name under ``home`` (the caller's rewards
+    folder: the app hands in ``$SAMPLESCOPE_HOME/rewards``; engines never work out the data folder)."""
     path = Path(name_or_path).expanduser()
     if ("/" in name_or_path or name_or_path.startswith(".")) and path.is_dir():
         return path
-    return learned_home() / check_name(name_or_path)
+    check_name(name_or_path)
+    if home is None:
+        raise ConfigError(f"learned:{name_or_path} names a learned reward, but no rewards folder was given; "
+                          "pass its folder path instead")
+    return Path(home) / name_or_path
 
 
-def list_learned() -> list[dict[str, Any]]:
-    """The cards of every learned reward in :func:`learned_home`, by name."""
-    home = learned_home()
-    if not home.is_dir():
+def list_learned(home: Path | None) -> list[dict[str, Any]]:
+    """The cards of every learned reward in the rewards folder ``home``, by name (none without one)."""
+    if home is None or not Path(home).is_dir():
         return []
     out = []
-    for folder in sorted(home.iterdir()):
+    for folder in sorted(Path(home).iterdir()):
         card = folder / CARD
         if folder.is_dir() and card.is_file():
             try:
@@ -266,9 +260,9 @@ def read_card(folder: Path) -> dict[str, Any]:
         raise ModelLoadError(f"{card} is not valid JSON: {exc}") from None
 
 
-def load_learned(name_or_path: str, load_model: Callable[..., Any] | None = None) -> Reward:
-    """The reward stored in a learned-reward folder."""
-    folder = reward_folder(name_or_path)
+def load_learned(name_or_path: str, load_model: Callable[..., Any] | None = None, home: Path | None = None) -> Reward:
+    """The reward stored in a learned-reward folder (a path, or a name under the rewards folder ``home``)."""
+    folder = reward_folder(name_or_path, home)
     card = read_card(folder)
     name = f"learned:{name_or_path}"
     if card.get("kind") == "finetune":
@@ -286,7 +280,7 @@ def load_learned(name_or_path: str, load_model: Callable[..., Any] | None = None
 def _learned(arg: str | None, env: RewardEnv) -> Reward:
     if not arg:
         raise ConfigError("learned needs a name: learned:NAME (samplescope list rewards shows them)")
-    return load_learned(arg, env.loader())
+    return load_learned(arg, env.loader(), env.rewards_folder)
 
 
 REWARDS.add(

@@ -1,8 +1,8 @@
 """Reward models on an OpenAI-compatible server (vLLM's pooling and completions endpoints).
 
 - ``rm:openai:URL[#NAME]``: a sequence-classification reward model served by
-  vLLM with ``--runner pooling``. The input is built exactly as the
-  in-process ``rm:`` builds it (:class:`~engines.rewards.classifier.ClassifierReward`:
+  vLLM with ``--runner pooling``. The input is built by the function the
+  in-process ``rm:`` uses (:func:`engines.models.chat.reward_model_text`:
   the chat template when the tokenizer has one, else ``prompt + "\\n" +
   response``), tokenised with the served folder's tokenizer and sent as token
   ids to ``/classify`` with ``use_activation: false``, so the server returns
@@ -10,7 +10,8 @@
   logit[1] - logit[0], as in-process.
 - ``prm:openai:URL[#NAME]``: a Math-Shepherd process reward model (a causal LM
   read at step tags; Wang et al., 2024, arXiv:2312.08935) on a completions
-  server: the text with a tag after every step goes out once with
+  server: the text with a tag after every step
+  (:class:`~engines.rewards.shepherd.ShepherdFormat`, as in-process) goes out once with
   ``prompt_logprobs=K`` and the step's score is P(good)/(P(good)+P(bad)) from
   the top-K prompt log-probs after each tag. The tag and the two tokens come
   from ``prm:openai:URL#NAME?tag=...&good=...&bad=...`` or default to
@@ -28,9 +29,11 @@ from collections.abc import Sequence
 from urllib.parse import parse_qsl
 
 from engines.errors import ConfigError, EngineError
-from engines.models.served_client import EngineClient
-from engines.models.served_tokens import _local
+from engines.models.chat import reward_model_text
+from engines.models.served.client import EngineClient
+from engines.models.served.tokens import _local
 from engines.rewards.base import Reward, StepReward
+from engines.rewards.shepherd import ShepherdFormat
 from engines.task import Task
 from engines.trace import Cost
 
@@ -56,15 +59,10 @@ class ServedClassifierReward(Reward):
     def __init__(self, client: EngineClient, model: str, tokenizer, name: str) -> None:
         self.client, self.model, self.tokenizer, self.name = client, model, tokenizer, name
 
-    def _input(self, prompt: str, response: str):
-        if self.tokenizer is None:
-            return f"{prompt}\n{response}"
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        else:
-            text = f"{prompt}\n{response}"
-        return list(self.tokenizer(text)["input_ids"])
+    def _input(self, prompt: str, response: str) -> str | list[int]:
+        """The in-process ``rm:`` input (:func:`reward_model_text`): token ids where the tokenizer is here, else text."""
+        text = reward_model_text(self.tokenizer, prompt, response)
+        return text if self.tokenizer is None else list(self.tokenizer(text)["input_ids"])
 
     def score(self, task: Task, candidates: Sequence[str], *, usage: Cost | None = None) -> list[float]:
         inputs = [self._input(task.prompt, c) for c in candidates]
@@ -89,24 +87,14 @@ class ServedShepherdPRM(StepReward):
         if tokenizer is None:
             raise ConfigError("prm:openai needs the served model's tokenizer files on this machine")
         self.client, self.model, self.tokenizer, self.name, self.top_k = client, model, tokenizer, name, top_k
-        self.step_tag = step_tag
-        self.tag_id, self.good_id, self.bad_id = (self._single_id(t) for t in (step_tag, good, bad))
-
-    def _single_id(self, text: str) -> int:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = [i for i in ids if self.tokenizer.decode([i]).strip()] or ids
-        if len(ids) != 1:
-            raise ConfigError(f"PRM token {text!r} is not a single token of this tokenizer")
-        return ids[0]
+        self.format = ShepherdFormat(step_tag, good, bad)
+        self.tag_id, self.good_id, self.bad_id = self.format.token_ids(tokenizer)
 
     def score_steps(self, task: Task, candidates: Sequence[Sequence[str]], *, usage: Cost | None = None) -> list[list[float]]:
         def run(steps):
             if not steps:
                 return [], 0
-            if any(self.step_tag in s for s in steps):
-                raise ConfigError(f"a step contains the PRM's step tag {self.step_tag!r}; its scores would shift")
-            body_text = "".join(f"{s.strip()} {self.step_tag}\n" for s in steps)
-            ids = self.tokenizer(f"{task.prompt}\n{body_text}", add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(self.format.text(task.prompt, steps), add_special_tokens=False)["input_ids"]
             body = {"model": self.model, "prompt": ids, "max_tokens": 1, "temperature": 1.0,
                     "prompt_logprobs": self.top_k}
             data = self.client.post("/completions", body)
@@ -126,9 +114,7 @@ class ServedShepherdPRM(StepReward):
                                       "log-probs after a step tag; raise vLLM's --max-logprobs")
                 g, b = math.exp(top[self.good_id]), math.exp(top[self.bad_id])
                 scores.append(g / (g + b))
-            if len(scores) != len(steps):
-                raise ConfigError(f"the PRM found {len(scores)} step tags for {len(steps)} steps; a step contains the tag?")
-            return scores, int((data.get("usage") or {}).get("prompt_tokens") or 0)
+            return self.format.check_scores(scores, steps), int((data.get("usage") or {}).get("prompt_tokens") or 0)
 
         rows = self.client.map(run, list(candidates))
         if usage is not None:
@@ -150,8 +136,10 @@ def served_rm(rest: str, name: str) -> ServedClassifierReward:
 
 def served_prm(rest: str, name: str) -> ServedShepherdPRM:
     client, model, options, tokenizer = _connect(rest)
+    defaults = ShepherdFormat()
     return ServedShepherdPRM(
         client, model, tokenizer, name=name,
-        step_tag=options.get("tag", "ки"), good=options.get("good", "+"), bad=options.get("bad", "-"),
+        step_tag=options.get("tag", defaults.step_tag), good=options.get("good", defaults.good),
+        bad=options.get("bad", defaults.bad),
         top_k=int(options.get("top_k", 20)),
     )

@@ -10,7 +10,8 @@
   after every step, predicts a "good" or "bad" token; the step's score is
   P(good) / (P(good) + P(bad)) read at the tag positions. The tag and the two
   tokens are configurable (``prm:PATH`` uses Math-Shepherd's ``ки``, ``+``, ``-``
-  unless the model folder's ``prm.json`` says otherwise).
+  unless the model folder's ``prm.json`` says otherwise); the text format is
+  :class:`~engines.rewards.shepherd.ShepherdFormat`, shared with ``prm:openai:``.
 
 Step texts are passed as generated (with their trailing newline, if any).
 """
@@ -27,6 +28,7 @@ from engines.errors import ConfigError
 from engines.rewards import REWARDS, RewardEnv, RewardFactory, build_reward
 from engines.rewards.base import Reward, StepReward
 from engines.rewards.judge import _Judge
+from engines.rewards.shepherd import ShepherdFormat
 from engines.task import Task
 from engines.trace import Cost
 
@@ -93,25 +95,13 @@ class JudgeSteps(StepReward):
 
 
 class ShepherdPRM(StepReward):
-    """A causal-LM process reward model read at step tags (Math-Shepherd)."""
+    """A causal-LM process reward model read at step tags (Math-Shepherd; the format is :mod:`engines.rewards.shepherd`)."""
 
     def __init__(self, model, tokenizer, *, step_tag: str, good: str, bad: str, name: str) -> None:
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
-        self.step_tag = step_tag
-        self.tag_id = self._single_id(step_tag)
-        self.good_id, self.bad_id = self._single_id(good), self._single_id(bad)
+        self.format = ShepherdFormat(step_tag, good, bad)
+        self.tag_id, self.good_id, self.bad_id = self.format.token_ids(tokenizer)
         self.device = next(model.parameters()).device
-
-    def _single_id(self, text: str) -> int:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = [i for i in ids if self.tokenizer.decode([i]).strip()] or ids
-        if len(ids) != 1:
-            raise ConfigError(f"PRM token {text!r} is not a single token of this tokenizer")
-        return ids[0]
-
-    def _text(self, task: Task, steps: Sequence[str]) -> str:
-        body = "".join(f"{s.strip()} {self.step_tag}\n" for s in steps)
-        return f"{task.prompt}\n{body}"
 
     @torch.inference_mode()
     def score_steps(self, task: Task, candidates: Sequence[Sequence[str]], *, usage: Cost | None = None) -> list[list[float]]:
@@ -120,17 +110,14 @@ class ShepherdPRM(StepReward):
             if not steps:
                 out.append([])
                 continue
-            if any(self.step_tag in step for step in steps):
-                raise ConfigError(f"a step contains the PRM's step tag {self.step_tag!r}; its scores would shift")
-            ids = torch.tensor([self.tokenizer(self._text(task, steps), add_special_tokens=False)["input_ids"]], device=self.device)
+            text = self.format.text(task.prompt, steps)
+            ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]], device=self.device)
             logits = self.model(input_ids=ids).logits[0].float()
             pair = logits[:, [self.good_id, self.bad_id]].softmax(-1)[:, 0]
             scores = pair[ids[0] == self.tag_id].tolist()
             if usage is not None:
                 usage.add(reward_tokens=int(ids.shape[1]))
-            if len(scores) != len(steps):
-                raise ConfigError(f"the PRM found {len(scores)} step tags for {len(steps)} steps; a step contains the tag?")
-            out.append(scores)
+            out.append(self.format.check_scores(scores, steps))
         return out
 
 
@@ -145,7 +132,8 @@ def load_prm(path: str, name: str):
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"prm needs a local model folder, {path!r} is not one")
-    settings = {"step_tag": "ки", "good": "+", "bad": "-"}
+    defaults = ShepherdFormat()
+    settings = {"step_tag": defaults.step_tag, "good": defaults.good, "bad": defaults.bad}
     extra = folder / "prm.json"
     if extra.exists():
         settings.update(json.loads(extra.read_text()))

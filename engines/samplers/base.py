@@ -210,6 +210,10 @@ class Sampler(ABC):
     modalities: ClassVar[tuple[str, ...]] = ("text",)
     #: which reward protocol the sampler consumes: "outcome", "pairwise" or "step"
     reward_kind: ClassVar[str] = "outcome"
+    #: small named configurations, one per variant worth seeing (a few steps and particles,
+    #: a fraction of a second on the embedded digits model); the shared diffusion behaviour
+    #: suite runs every one, and a sampler for image models must declare at least one
+    examples: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: Config | None = None) -> None:
         config = config if config is not None else self.Config()
@@ -246,8 +250,8 @@ class Sampler(ABC):
     ) -> Iterator[Event]:
         """Yield the run's events; the last one is always ``done``."""
         self.check_inputs(task, model, reward)
-        if rng is None:
-            rng = torch.Generator().manual_seed(0)
+        if not isinstance(rng, torch.Generator):  # no silent seed: a run is reproducible only from the caller's
+            raise ConfigError(f"a run needs rng, a torch.Generator seeded with the run's seed; got {type(rng).__name__}")
         ctx = RunContext(task, model, reward, budget or Budget(), rng, cancel)
         return self._drive(ctx)
 

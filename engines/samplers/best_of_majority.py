@@ -20,7 +20,7 @@ from engines.config import param
 from engines.errors import ConfigError
 from engines.samplers import SAMPLERS
 from engines.samplers.base import RunContext, Sampler
-from engines.samplers.common import Candidate, VoteConfig, answer_key, draw_all, open_root, tally
+from engines.samplers.candidates import Candidate, VoteConfig, answer_key, draw_all, open_root, tally
 from engines.trace import Event, PruneEvent, SelectEvent
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from engines.config import param
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
-from engines.samplers.common import Candidate, argmax, draw_scored, open_root
+from engines.samplers.candidates import Candidate, argmax, draw_scored, open_root
 from engines.samplers.diffusion_common import (
     DiffusionConfig,
     ImageCandidate,
@@ -49,6 +49,7 @@ class BestOfN(Sampler):
     name = "best_of_n"
     Config = BestOfNConfig
     modalities = ("text", "image")
+    examples = {"best_of_n": {"n": 5, "steps": 5, "batch_size": 2}}
 
     def check_inputs(self, task: Task, model: Any, reward: Any) -> None:
         super().check_inputs(task, model, reward)

@@ -139,6 +139,10 @@ class TreeNode:
 class DiffusionTreeSampling(DiffusionSampler):
     name = "dts"
     Config = DTSConfig
+    examples = {
+        "dts": {"rollouts": 6, "steps": 5, "branching": 2, "samples": 2},
+        "dts_star": {"rollouts": 6, "steps": 5, "branching": 2, "mode": "search"},
+    }
 
     def steps(self, ctx: RunContext) -> Iterator[Event]:
         cfg = self.config

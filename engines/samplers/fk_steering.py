@@ -78,15 +78,14 @@ from engines.samplers.diffusion_common import (
     fit_particles,
     image_uris,
     preview_uris,
-    prunes,
     reward_gradient,
     reward_name,
     scores,
     state_nodes,
     take,
 )
-from engines.samplers.particles import effective_sample_size, log_mean_exp
-from engines.samplers.particles import resample as resample_indices
+from engines.samplers.particles import adaptive_resample, effective_sample_size, log_mean_exp
+from engines.samplers.particles import resample as resample_indices  # noqa: F401 (tests import it from here)
 from engines.trace import Event, ResampleEvent, SelectEvent
 
 
@@ -146,6 +145,13 @@ class FKSteeringConfig(DiffusionConfig):
 class FKSteering(DiffusionSampler):
     name = "fk_steering"
     Config = FKSteeringConfig
+    examples = {
+        "fk_max_systematic": {"particles": 4, "steps": 6, "resample_every": 2, "ess_threshold": 1.0},
+        "fk_difference_multinomial": {
+            "particles": 4, "steps": 6, "potential": "difference", "resampling": "multinomial", "pick": "sample",
+        },
+        "fk_sum_guided": {"particles": 3, "steps": 5, "potential": "sum", "guidance": 0.2},
+    }
 
     def needs_gradient(self) -> bool:
         return self.config.guidance > 0
@@ -201,31 +207,21 @@ class FKSteering(DiffusionSampler):
                 log_g, running = self._potential(r, running)
                 log_w += log_g
                 lineage += log_g
-                ess = effective_sample_size(log_w)
-                if cfg.ess_threshold >= 1 or ess < cfg.ess_threshold * n:
-                    log_evidence += log_mean_exp(log_w)
+                step_result = adaptive_resample(
+                    log_w, ids, step=i, threshold=cfg.ess_threshold, method=cfg.resampling, rng=ctx.rng,
+                    force=cfg.ess_threshold >= 1,
+                )
+                yield from step_result.events
+                if step_result.resampled:
+                    log_evidence += step_result.log_evidence
                     resamples += 1
-                    anc = resample_indices(log_w, cfg.resampling, ctx.rng)
-                    yield ResampleEvent(
-                        step=i, particles=ids, ancestors=anc.tolist(), log_weights=log_w.tolist(), ess=ess
-                    )
-                    survivors = set(anc.tolist())
-                    yield from prunes([ids[j] for j in range(n) if j not in survivors], "resampled away")
+                    anc = torch.tensor(step_result.ancestors, dtype=torch.int64)
                     dev = anc.to(x.device)
                     x, pred = x[dev], take(pred, dev)
                     grad = None if grad is None else grad[dev]
                     lineage, running = lineage[anc], running[anc]
                     log_w = self._weights_after_resampling(log_w, anc)
-                    parents = [ids[j] for j in anc.tolist()]
-                else:
-                    yield ResampleEvent(
-                        step=i,
-                        particles=ids,
-                        ancestors=list(range(n)),
-                        log_weights=log_w.tolist(),
-                        ess=ess,
-                        resampled=False,
-                    )
+                    parents = [ids[j] for j in step_result.ancestors]
             x, log_ratio = self._move(ctx, x, i, sched, pred, grad)
             log_w += log_ratio
         images = decode(ctx, x)

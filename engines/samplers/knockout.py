@@ -22,7 +22,7 @@ from engines.config import param
 from engines.rewards.base import Reward, ScalarAsPairwise
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
-from engines.samplers.common import Candidate, draw_scored, open_root
+from engines.samplers.candidates import Candidate, draw_scored, open_root
 from engines.trace import Event, MatchEvent, PruneEvent, SelectEvent
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from engines.samplers import SAMPLERS
 from engines.samplers.base import RunContext, Sampler
-from engines.samplers.common import Candidate, VoteConfig, answer_key, draw_all, open_root, tally
+from engines.samplers.candidates import Candidate, VoteConfig, answer_key, draw_all, open_root, tally
 from engines.trace import Event, SelectEvent
 
 

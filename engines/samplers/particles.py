@@ -10,7 +10,12 @@ tensor or a sequence, so callers never normalise by hand:
 - :func:`resample`: N ancestor indices drawn in proportion to the weights, by one of
   ``multinomial`` (N independent draws), ``stratified`` (one uniform in each of the N strata
   [k/N, (k+1)/N)) or ``systematic`` (one uniform shared by all strata) — Douc, Cappé &
-  Moulines, 2005, "Comparison of Resampling Schemes for Particle Filtering".
+  Moulines, 2005, "Comparison of Resampling Schemes for Particle Filtering";
+- :func:`adaptive_resample`: the resampling step SMC over steps and FK steering share —
+  resample when the ESS falls below a fraction of N (or when forced), add the log Ẑ
+  increment, and describe the step as trace events (the ``resample`` event, then a ``prune``
+  for every particle left without descendants). Resetting the weights stays with the
+  caller: it is part of each sampler's weight recursion.
 
 Inverse-CDF convention (stratified and systematic): ancestor i is chosen for a point u when
 C_{i-1} ≤ u < C_i, where C is the cumulative sum of the normalised weights, i.e.
@@ -22,10 +27,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from engines.errors import ConfigError
+from engines.trace import Event, PruneEvent, ResampleEvent
 
 RESAMPLING_METHODS = ("systematic", "stratified", "multinomial")
 
@@ -71,3 +78,50 @@ def resample(log_weights: torch.Tensor | Sequence[float], method: str, rng: torc
     cdf = torch.cumsum(w, dim=0)
     cdf[-1] = 1.0  # rounding must not leave u ≥ C_N
     return torch.searchsorted(cdf, u, right=True).clamp(max=n - 1)
+
+
+@dataclass(frozen=True)
+class ResampleStep:
+    """What :func:`adaptive_resample` did: ancestors (the identity when it did not resample)."""
+
+    resampled: bool
+    ancestors: list[int]
+    ess: float
+    log_evidence: float  # the log Ẑ increment: log-mean-exp of the weights when resampled, else 0
+    events: list[Event]
+
+
+def adaptive_resample(
+    log_weights: torch.Tensor | Sequence[float],
+    particle_ids: Sequence[str],
+    *,
+    step: int,
+    threshold: float,
+    method: str,
+    rng: torch.Generator | None,
+    force: bool = False,
+    allowed: bool = True,
+    prune_reason: str = "resampled away",
+) -> ResampleStep:
+    """Resample when ``force``, or when ``allowed`` and ESS < ``threshold``·N (adaptive resampling).
+
+    ``particle_ids[i]`` is particle i's node id; ids may repeat (finished particles that were
+    copied keep their node), and a node is pruned once, when no new particle descends from it.
+    """
+    weights = [float(v) for v in torch.as_tensor(log_weights, dtype=torch.float64).reshape(-1).tolist()]
+    n = len(weights)
+    if n != len(particle_ids):
+        raise ValueError(f"{n} weights for {len(particle_ids)} particles")
+    ess = effective_sample_size(weights)
+    ids = list(particle_ids)
+    if not (force or (allowed and ess < threshold * n)):
+        event = ResampleEvent(step=step, particles=ids, ancestors=list(range(n)), log_weights=weights, ess=ess,
+                              resampled=False)
+        return ResampleStep(False, list(range(n)), ess, 0.0, [event])
+    increment = log_mean_exp(weights)
+    ancestors = resample(weights, method, rng).tolist()
+    survivors = {ids[a] for a in ancestors}
+    gone = [node for node in dict.fromkeys(ids) if node not in survivors]
+    events: list[Event] = [ResampleEvent(step=step, particles=ids, ancestors=ancestors, log_weights=weights, ess=ess)]
+    events += [PruneEvent(node=node, reason=prune_reason) for node in gone]
+    return ResampleStep(True, ancestors, ess, increment, events)

@@ -45,7 +45,7 @@ from engines.config import param
 from engines.errors import BudgetExhausted, ConfigError
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
-from engines.samplers.common import open_root
+from engines.samplers.candidates import open_root
 from engines.trace import AcceptEvent, Event, NodeEvent, ScoreEvent, SelectEvent
 
 

@@ -28,7 +28,7 @@ from engines.errors import ConfigError
 from engines.rewards.base import sigmoid
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
-from engines.samplers.common import Candidate, draw_scored, open_root
+from engines.samplers.candidates import Candidate, draw_scored, open_root
 from engines.trace import Event, SelectEvent
 
 

@@ -46,7 +46,7 @@ from engines.config import param
 from engines.errors import ConfigError
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
-from engines.samplers.common import Candidate, draw_scored, open_root
+from engines.samplers.candidates import Candidate, draw_scored, open_root
 from engines.trace import AcceptEvent, Event, PruneEvent, SelectEvent
 
 

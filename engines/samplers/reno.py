@@ -95,6 +95,7 @@ def chi_norm_penalty(z: torch.Tensor) -> torch.Tensor:
 class ReNO(DiffusionSampler):
     name = "reno"
     Config = ReNOConfig
+    examples = {"reno": {"iterations": 3, "steps": 4, "particles": 2}}
 
     def needs_gradient(self) -> bool:
         return True

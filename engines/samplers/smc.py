@@ -63,13 +63,13 @@ from engines.samplers import SAMPLERS
 from engines.samplers.base import RunContext
 from engines.samplers.particles import (
     RESAMPLING_METHODS,
+    adaptive_resample,
     effective_sample_size,
     log_mean_exp,
     normalised_weights,
-    resample,
 )
 from engines.samplers.stepwise import Partial, StepConfig, StepSampler, expand, root_partial, score_last
-from engines.trace import Event, PruneEvent, ResampleEvent, SelectEvent
+from engines.trace import Event, ResampleEvent, SelectEvent
 
 CLIP = 1e-6
 
@@ -158,21 +158,17 @@ class SMC(StepSampler):
                 particles[i] = child
             if puri:
                 log_w = self.puri_log_weights(particles)
-            current = effective_sample_size(log_w)
-            ids = [p.id for p in particles]
-            due = puri or (current < cfg.ess_threshold * k and any(not p.done for p in particles))
-            if due:
-                log_evidence += log_mean_exp(log_w)
-                ancestors = resample(log_w, cfg.resampling, ctx.rng).tolist()
-                yield ResampleEvent(step=step, particles=ids, ancestors=ancestors, log_weights=list(log_w), ess=current)
-                survivors = {ids[a] for a in ancestors}
-                for gone in sorted(set(ids) - survivors, key=ids.index):
-                    yield PruneEvent(node=gone, reason=f"resampled away at step {step}")
-                particles = [particles[a] for a in ancestors]
-                log_w = self.reset(log_w, ancestors)
+            step_result = adaptive_resample(
+                log_w, [p.id for p in particles], step=step, threshold=cfg.ess_threshold, method=cfg.resampling,
+                rng=ctx.rng, force=puri, allowed=any(not p.done for p in particles),
+                prune_reason=f"resampled away at step {step}",
+            )
+            yield from step_result.events
+            if step_result.resampled:
+                log_evidence += step_result.log_evidence
+                particles = [particles[a] for a in step_result.ancestors]
+                log_w = self.reset(log_w, step_result.ancestors)
                 resamples += 1
-            else:
-                yield ResampleEvent(step=step, particles=ids, ancestors=list(range(k)), log_weights=list(log_w), ess=current, resampled=False)
             yield ctx.cost_event()
         log_evidence += log_mean_exp(log_w)
         final_ess = effective_sample_size(log_w)

@@ -75,6 +75,10 @@ class SVDDConfig(DiffusionConfig):
 class SVDD(DiffusionSampler):
     name = "svdd"
     Config = SVDDConfig
+    examples = {
+        "svdd": {"particles": 2, "candidates": 3, "steps": 5},
+        "svdd_soft": {"particles": 1, "candidates": 3, "steps": 5, "alpha": 0.1},
+    }
 
     @staticmethod
     def plan(m: int, stochastic: list[bool]) -> dict[str, int]:

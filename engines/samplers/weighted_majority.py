@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from engines.samplers import SAMPLERS
 from engines.samplers.base import RunContext, Sampler
-from engines.samplers.common import VoteConfig, draw_all, open_root, tally
+from engines.samplers.candidates import VoteConfig, draw_all, open_root, tally
 from engines.samplers.majority import pick_by_votes
 from engines.trace import Event, SelectEvent
 

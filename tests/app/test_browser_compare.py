@@ -111,8 +111,8 @@ def choose_set(page, name: str) -> None:
 
 
 def test_compare_drives_sweeps_with_a_tree_and_diffusion_samplers_and_the_report_opens_offline(browser, tmp_path):
-    from app.sweeps import cell_rows
     from app.ui.services import Services
+    from app.workflows.sweeps import cell_rows
 
     db = open_db(tmp_path / "compare.db")
     services = Services(db=db, default_model="toy:abc", device="cpu", update_interval=0.2)

@@ -7,9 +7,9 @@ import threading
 import gradio as gr
 import pytest
 
-from app.sweeps import cell_rows
 from app.ui.compare import CompareTab, engine_specs
 from app.ui.services import Services
+from app.workflows.sweeps import cell_rows
 
 DOWN = "http://127.0.0.1:1/v1"
 

@@ -156,36 +156,43 @@ def test_real_undecodable_argv_bytes_stdin_and_prompt_files(tmp_path, tiny_lm_di
 # -- the /sample API -------------------------------------------------------------------------------------------
 
 API_BAD = [
-    # model, reward, sampler, prompt, params, answer, seed
-    ("toy:abc", "length", "best_of_n", 42, {}, None, 0),
-    ("toy:abc", "length", "best_of_n", ["go"], {}, None, 0),
-    ("toy:abc", "length", "best_of_n", None, {}, None, 0),
-    ("toy:abc", "length", "best_of_n", "go", [1, 2], None, 0),
-    ("toy:abc", "length", "best_of_n", "go", "n=3", None, 0),
-    ("toy:abc", "length", "best_of_n", "go", {"n": "many"}, None, 0),
-    ("toy:abc", "length", "best_of_n", "go", {"n": 10**30}, None, 0),
-    ("toy:abc", "length", "best_of_n", "go", {"n": [3]}, None, 0),
-    ("toy:abc", "length", "best_of_n", "go", {"n": {"$gt": 1}}, None, 0),
-    ("toy:abc", "length", "best_of_n", "go", {"temperature": -1}, None, 0),
-    ("toy:abc", "length", "best_of_n", "go", {"bogus": 1}, None, 0),
-    ("toy:abc", "length", "best_of_n", "go", {}, None, -5),
-    ("toy:abc", "length", "best_of_n", "go", {}, None, 2**70),
-    ("toy:abc", "length", "best_of_n", "go", {}, None, 1.5),
-    ("toy:abc", "length", "best_of_n", "go", {}, None, "seven"),
-    ("toy:abc", "length", "best_of_n", "go", {}, None, True),
-    ("toy:abc", "length", "best_of_n", "\ud800", {}, None, 0),
-    ("toy:abc", "length", "best_of_n", "a\x00b", {}, None, 0),
-    ("toy:abc", "length", "best_of_n", "", {}, None, 0),
-    ("toy:" + "a" * 5000, "length", "best_of_n", "go", {}, None, 0),
-    ("toy:abc", "length", 7, "go", {}, None, 0),
-    ("toy:abc", ["length"], "best_of_n", "go", {}, None, 0),
-    ({"spec": "toy:abc"}, "length", "best_of_n", "go", {}, None, 0),
-    ("../../etc/passwd", "length", "best_of_n", "go", {}, None, 0),
-    ("hf:/nonexistent/folder", "length", "best_of_n", "go", {}, None, 0),
-    ("toy:abc", "regex:(", "best_of_n", "go", {}, None, 0),
-    ("toy:abc", "length", "cards", "go", {"n": 3}, None, 0),
-    ("toy:abc", "length", "<script>", "go", {}, None, 0),
-    ("toy:abc", "length", "best_of_n", "go", {}, {"answer": 1}, 0),
+    # model, reward, sampler, prompt, params, answer, seed, budget
+    ("toy:abc", "length", "best_of_n", 42, {}, None, 0, None),
+    ("toy:abc", "length", "best_of_n", ["go"], {}, None, 0, None),
+    ("toy:abc", "length", "best_of_n", None, {}, None, 0, None),
+    ("toy:abc", "length", "best_of_n", "go", [1, 2], None, 0, None),
+    ("toy:abc", "length", "best_of_n", "go", "n=3", None, 0, None),
+    ("toy:abc", "length", "best_of_n", "go", {"n": "many"}, None, 0, None),
+    ("toy:abc", "length", "best_of_n", "go", {"n": 10**30}, None, 0, None),
+    ("toy:abc", "length", "best_of_n", "go", {"n": [3]}, None, 0, None),
+    ("toy:abc", "length", "best_of_n", "go", {"n": {"$gt": 1}}, None, 0, None),
+    ("toy:abc", "length", "best_of_n", "go", {"temperature": -1}, None, 0, None),
+    ("toy:abc", "length", "best_of_n", "go", {"bogus": 1}, None, 0, None),
+    ("toy:abc", "length", "best_of_n", "go", {}, None, -5, None),
+    ("toy:abc", "length", "best_of_n", "go", {}, None, 2**70, None),
+    ("toy:abc", "length", "best_of_n", "go", {}, None, 1.5, None),
+    ("toy:abc", "length", "best_of_n", "go", {}, None, "seven", None),
+    ("toy:abc", "length", "best_of_n", "go", {}, None, True, None),
+    ("toy:abc", "length", "best_of_n", "\ud800", {}, None, 0, None),
+    ("toy:abc", "length", "best_of_n", "a\x00b", {}, None, 0, None),
+    ("toy:abc", "length", "best_of_n", "", {}, None, 0, None),
+    ("toy:" + "a" * 5000, "length", "best_of_n", "go", {}, None, 0, None),
+    ("toy:abc", "length", 7, "go", {}, None, 0, None),
+    ("toy:abc", ["length"], "best_of_n", "go", {}, None, 0, None),
+    ({"spec": "toy:abc"}, "length", "best_of_n", "go", {}, None, 0, None),
+    ("../../etc/passwd", "length", "best_of_n", "go", {}, None, 0, None),
+    ("hf:/nonexistent/folder", "length", "best_of_n", "go", {}, None, 0, None),
+    ("toy:abc", "regex:(", "best_of_n", "go", {}, None, 0, None),
+    ("toy:abc", "length", "cards", "go", {"n": 3}, None, 0, None),
+    ("toy:abc", "length", "<script>", "go", {}, None, 0, None),
+    ("toy:abc", "length", "best_of_n", "go", {}, {"answer": 1}, 0, None),
+    ("toy:abc", "length", "best_of_n", "go", {}, None, 0, {"generated_tokens": 2.5}),
+    ("toy:abc", "length", "best_of_n", "go", {}, None, 0, {"generated_tokens": -1}),
+    ("toy:abc", "length", "best_of_n", "go", {}, None, 0, {"generated_tokens": True}),
+    ("toy:abc", "length", "best_of_n", "go", {}, None, 0, {"tokens": 5}),
+    ("toy:abc", "length", "best_of_n", "go", {}, None, 0, {"wall_seconds": "nan"}),
+    ("toy:abc", "length", "best_of_n", "go", {}, None, 0, [1]),
+    ("toy:abc", "length", "best_of_n", "go", {}, None, 0, "generated_tokens=5"),
 ]
 
 
@@ -207,8 +214,8 @@ def _api_rng_cases(n: int) -> list[tuple]:
     values = [*ADVERSARIAL, None, 0, -1, 1.5, 10**20, [], {}, [None], {"a": None}, True]
     cases = []
     for _ in range(n):
-        case = ["toy:abc", "length", "best_of_n", "go", {"n": 2, "max_new_tokens": 2}, None, 0]
-        for slot in rng.sample(range(7), rng.randint(1, 3)):
+        case = ["toy:abc", "length", "best_of_n", "go", {"n": 2, "max_new_tokens": 2}, None, 0, None]
+        for slot in rng.sample(range(8), rng.randint(1, 3)):
             value = rng.choice(values)
             if slot == 4 and rng.random() < 0.6:
                 value = {rng.choice(["n", "temperature", "max_new_tokens", "bogus", str(value)[:20]]): value}

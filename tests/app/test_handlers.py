@@ -289,7 +289,7 @@ def _compare_run(compare, samplers, prompt_set="open", engines="toy:abc", reward
 
 
 def test_compare_runs_a_stored_sweep_with_a_point_per_sampler_and_size(services):
-    from app.sweeps import cell_rows
+    from app.workflows.sweeps import cell_rows
 
     with gr.Blocks():
         compare = CompareTab(services)
@@ -310,7 +310,7 @@ def test_compare_runs_a_stored_sweep_with_a_point_per_sampler_and_size(services)
 
 
 def test_compare_at_matched_budgets_keeps_each_cap_and_reopens(services):
-    from app.sweeps import cell_rows
+    from app.workflows.sweeps import cell_rows
 
     with gr.Blocks():
         compare = CompareTab(services)
@@ -352,7 +352,8 @@ def test_compare_uploads_a_prompt_set_and_refuses_a_bad_one(services, tmp_path):
     good.write_text('{"q": "say a"}\n{"q": "say b"}\n')
     added = compare.add_set(str(good), "mine", "q", "", "")
     assert added[compare.add_status].startswith("stored: 'mine', 2 prompts")
-    assert "mine" in added[compare.prompt_set].constructor_args["choices"] or True
+    dropdown = added[compare.prompt_set]  # the new set is offered and selected
+    assert "mine" in [value for _, value in dropdown.choices] and dropdown.value == "mine"
     updates = _compare_run(compare, ["best_of_n"], prompt_set="mine", sizes="1,2")
     assert updates[-1][compare.status] == "done: sweep 1, 4/4 cells"
     bad = tmp_path / "bad.jsonl"
@@ -413,7 +414,7 @@ def test_users_add_command_and_serve_refusing_an_empty_users_file(tmp_path, monk
 
 
 def test_compare_resumes_a_sweep_closed_mid_way(services):
-    from app.sweeps import cell_rows
+    from app.workflows.sweeps import cell_rows
 
     with gr.Blocks():
         compare = CompareTab(services)

@@ -93,8 +93,8 @@ def test_the_hostile_trace_has_every_view_and_a_payload_in_each_field(stored):
 
 
 def test_view_functions_render_no_live_markup(stored):
-    from app.ui import views
     from app.ui.panel import candidate_html, image_grid
+    from app.views import trace as views
 
     trace = stored[0].trace
     problems = []
@@ -159,8 +159,8 @@ def test_explore_status_lines_render_no_live_markup():
 
 
 def test_bad_images_never_reach_plotly_or_an_img():
-    from app.ui import views
-    from app.ui.render import image_tag, png_data_uri
+    from app.views import trace as views
+    from app.views.render import image_tag, png_data_uri
 
     for bad in BAD_IMAGES:
         assert png_data_uri(bad) is None and image_tag(bad) == ""

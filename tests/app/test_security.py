@@ -183,7 +183,7 @@ def test_a_cold_model_load_does_not_block_labelling_over_http(server):
         runner = PageSession(url)
         outcome = []
         sample = threading.Thread(target=lambda: outcome.append(runner.call(runner.dependency(api_name="sample"), [
-            "slowhttp:x", "length", "best_of_n", "go", {"n": 2, "max_new_tokens": 2}, None, 0])))
+            "slowhttp:x", "length", "best_of_n", "go", {"n": 2, "max_new_tokens": 2}, None, 0, None])))
         sample.start()
         assert loading.wait(30)
         page = PageSession(url)

@@ -27,7 +27,7 @@ def client(server):
 def test_the_api_lists_sample_with_its_parameters(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     params = [p["parameter_name"] for p in api["/sample"]["parameters"]]
-    assert params == ["model", "reward", "sampler", "prompt", "params", "answer", "seed"]
+    assert params == ["model", "reward", "sampler", "prompt", "params", "answer", "seed", "budget"]
 
 
 def test_sample_runs_best_of_n_and_stores_it(client, server):
@@ -56,6 +56,17 @@ def test_sample_defaults_to_best_of_n_on_the_given_model(client):
     assert result["sampler"] == "best_of_n" and len(result["candidates"]) == result["params"]["n"] == 8
 
 
+def test_sample_keeps_a_budget_as_the_cli_does(client, server):
+    from storage import load_run
+
+    result = client.predict("toy:abc", "length", "best_of_n", "go", {"n": 8, "max_new_tokens": 4}, None, 0,
+                            {"generated_tokens": 10.0}, api_name="/sample")
+    assert result["budget"] == {"generated_tokens": 10} and result["status"] == "budget"
+    assert 0 < result["cost"]["generated_tokens"] <= 10 and len(result["candidates"]) < 8
+    stored = server[1].read(lambda s: load_run(s, result["run_id"]))
+    assert stored.config["budget"] == {"generated_tokens": 10}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -65,6 +76,10 @@ def test_sample_defaults_to_best_of_n_on_the_given_model(client):
         (("toy:abc", "math", "best_of_n", "go", {}, None, 0), "reference answer"),
         (("nope:x", "length", "best_of_n", "go", {}, None, 0), "unknown model scheme"),
         (("toy:abc", "length", "best_of_n", "go", {}, None, -1), "seed must be a non-negative integer"),
+        (("toy:abc", "length", "best_of_n", "go", {}, None, 0, {"tokens": 5}), "unknown budget counter(s): tokens"),
+        (("toy:abc", "length", "best_of_n", "go", {}, None, 0, {"generated_tokens": 4.5}), "must be a whole number"),
+        (("toy:abc", "length", "best_of_n", "go", {}, None, 0, {"generated_tokens": -1}), "finite number >= 0"),
+        (("toy:abc", "length", "best_of_n", "go", {}, None, 0, [5]), "budget must be a JSON object"),
     ],
 )
 def test_a_bad_request_is_a_clean_one_line_error_and_stores_nothing(client, server, args, message):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from app.sweeps import cell_rows, load_plan, parse_arms, run_stored, start
+from app.workflows.sweeps import cell_rows, load_plan, parse_arms, run_stored, start
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -217,8 +217,8 @@ def test_a_sampler_that_cannot_use_its_reward_fails_before_anything_is_stored(db
 
 
 def test_a_sweep_report_escapes_prompts_picks_and_labels(db, tmp_path):
-    from app.report import report_html
-    from app.sweeps import add_prompt_set
+    from app.workflows.report import report_html
+    from app.workflows.sweeps import add_prompt_set
     from engines.prompts import load_prompt_file
     from tests.app.helpers import XSS_PAYLOADS
 

@@ -49,8 +49,8 @@ def test_training_drops_annotators_below_the_threshold(services, db):
 
 
 def test_label_tab_makes_uncertain_pairs_with_a_learned_reward(services, db):
-    from app.reward_training import run_training
     from app.ui.label import LabelTab, learned_strategies
+    from app.workflows.reward_training import run_training
     from tests.storage.storage_helpers import store_run
 
     fill(db, prompts=12, per_prompt=6)
@@ -64,8 +64,8 @@ def test_label_tab_makes_uncertain_pairs_with_a_learned_reward(services, db):
 
 
 def test_compare_runs_samplers_with_a_learned_reward(services, db):
-    from app.reward_training import run_training
     from app.ui.compare import CompareTab
+    from app.workflows.reward_training import run_training
 
     fill(db, prompts=12, per_prompt=6)
     run_training(db, "judge-me", base="toy:digits")

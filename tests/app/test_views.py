@@ -1,4 +1,4 @@
-"""The pure figure builders (app/ui/views.py) and the sanitiser (app/ui/render.py), on traces of toy runs."""
+"""The pure figure builders (app/views/trace.py) and the sanitiser (app/views/render.py), on traces of toy runs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from app.ui import views
 from app.ui.panel import candidate_html
-from app.ui.render import plain, verbatim
+from app.views import trace as views
+from app.views.render import plain, verbatim
 from engines.runner import RunRequest, execute
 from engines.trace import ResampleEvent, Trace
 from tests.app.helpers import XSS_IMG, XSS_LINK, XSS_PAYLOADS, XSS_RAW, XSS_SCRIPT, make_trace

@@ -114,7 +114,7 @@ def test_runs_stored_before_the_counters_still_load() -> None:
 
 
 def test_the_cost_table_shows_decodes_and_backward_passes() -> None:
-    from app.ui.views import cost_markdown
+    from app.views.trace import cost_markdown
 
     table = cost_markdown(Cost(nfe=10, decodes=4, backward_passes=2, backward_nfe=6).as_dict())
     assert "| decodes (VAE) | 4 |" in table

@@ -17,20 +17,9 @@ from engines.trace import Budget, DoneEvent, collect, event_to_dict
 
 TASK = Task(prompt="")
 
-CASES = {
-    "best_of_n": ("best_of_n", {"n": 5, "steps": 5, "batch_size": 2}),
-    "fk_max_systematic": ("fk_steering", {"particles": 4, "steps": 6, "resample_every": 2, "ess_threshold": 1.0}),
-    "fk_difference_multinomial": (
-        "fk_steering",
-        {"particles": 4, "steps": 6, "potential": "difference", "resampling": "multinomial", "pick": "sample"},
-    ),
-    "fk_sum_guided": ("fk_steering", {"particles": 3, "steps": 5, "potential": "sum", "guidance": 0.2}),
-    "svdd": ("svdd", {"particles": 2, "candidates": 3, "steps": 5}),
-    "svdd_soft": ("svdd", {"particles": 1, "candidates": 3, "steps": 5, "alpha": 0.1}),
-    "dts": ("dts", {"rollouts": 6, "steps": 5, "branching": 2, "samples": 2}),
-    "dts_star": ("dts", {"rollouts": 6, "steps": 5, "branching": 2, "mode": "search"}),
-    "reno": ("reno", {"iterations": 3, "steps": 4, "particles": 2}),
-}
+IMAGE_SAMPLERS = [name for name, cls in SAMPLERS.items() if "image" in cls.modalities]
+# the cases come from the registry: each image sampler's own small ``examples``, so a new one is run here
+CASES = {case: (name, params) for name in IMAGE_SAMPLERS for case, params in SAMPLERS.get(name).examples.items()}
 
 
 def run(name: str, params: dict, model, reward, seed: int = 0, budget: Budget | None = None):  # noqa: ANN001, ANN201
@@ -85,8 +74,18 @@ def test_respects_an_nfe_budget(case: str, digits_model, digit3) -> None:  # noq
     assert nothing.done.status == "budget" and nothing.done.cost["nfe"] <= 1 and not nothing.done.picks
 
 
+def test_every_image_sampler_declares_examples_that_build() -> None:
+    examples = [case for name in IMAGE_SAMPLERS for case in SAMPLERS.get(name).examples]
+    assert len(examples) == len(set(examples)) == len(CASES)  # case names are unique across samplers
+    for name in IMAGE_SAMPLERS:
+        assert SAMPLERS.get(name).examples, f"{name} declares no examples: the suite above would skip it"
+        for params in SAMPLERS.get(name).examples.values():
+            build_sampler(name, params)
+
+
 def test_every_diffusion_sampler_is_registered() -> None:
-    for name in ("best_of_n", "fk_steering", "svdd", "dts", "reno"):
+    assert {"best_of_n", "fk_steering", "svdd", "dts", "reno"} <= set(IMAGE_SAMPLERS)
+    for name in IMAGE_SAMPLERS:
         cls = SAMPLERS.get(name)
         assert "image" in cls.modalities and cls.Config.paper
         assert {"steps", "eta"} <= {spec.name for spec in cls.Config.specs()}

@@ -28,9 +28,9 @@ from engines.errors import EngineError, SamplescopeError
 from engines.models import load_model
 from engines.models.base import SamplingParams
 from engines.models.sampling import warp
-from engines.models.served import ServedTextModel
-from engines.models.served_client import parse_prometheus
-from engines.models.served_llamacpp import LlamaCppTextModel
+from engines.models.served import connect, parse_openai_spec
+from engines.models.served.client import parse_prometheus
+from engines.models.served.llamacpp import LlamaCppTextModel
 from engines.rewards.base import Reward
 from engines.task import Task
 from engines.trace import Cost, Trace
@@ -261,10 +261,8 @@ def test_context_overflow_and_refusals_are_one_line(served):
 
 
 def test_bad_model_name_is_one_line(llamacpp_url):
-    from engines.models.served import parse_openai_spec
-
     with pytest.raises(SamplescopeError) as info:
-        ServedTextModel.connect(*parse_openai_spec(f"{llamacpp_url}#nope"), retries=0)
+        connect(*parse_openai_spec(f"{llamacpp_url}#nope"), retries=0)
     assert "has no model 'nope'; it serves: smollm2" in str(info.value) and "\n" not in str(info.value)
 
 

@@ -1,7 +1,7 @@
 """The served backend against a real vLLM server (``-m vllm``; make test starts one on embedded:arith's policy).
 
 The server runs with ``--logprobs-mode processed_logprobs --no-enable-chunked-prefill``
-(see engines/models/served.py). Tolerance: the same fp32 weights in-process
+(see engines/models/served/openai_compatible.py). Tolerance: the same fp32 weights in-process
 and served agree on per-token log-probs within 1e-4 (absolute; different
 kernels and summation orders).
 """
@@ -16,7 +16,8 @@ import torch
 from engines.errors import EngineError, SamplescopeError
 from engines.models import load_model
 from engines.models.base import SamplingParams
-from engines.models.served import ServedTextModel
+from engines.models.served import connect, parse_openai_spec
+from engines.models.served.openai_compatible import ServedTextModel
 from engines.rewards.base import Reward
 from engines.task import Task
 from engines.trace import Cost, Trace
@@ -214,13 +215,11 @@ def test_entropy_segments_are_refused(served):
 )
 def test_bad_specs_give_one_line(vllm_url, spec, message):
     with pytest.raises(SamplescopeError) as info:
-        ServedTextModel.connect(*_split(spec.format(url=vllm_url)), retries=0)
+        connect(*_split(spec.format(url=vllm_url)), retries=0)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def _split(spec):
-    from engines.models.served import parse_openai_spec
-
     return parse_openai_spec(spec[len("openai:"):])
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engines.errors import EngineError
-from engines.models.served_client import EngineClient
+from engines.models.served.client import EngineClient
 from engines.trace import Cost
 
 TOL = 1e-4
@@ -23,8 +23,8 @@ TEXTS = ["Q: 3+4*5\n\n3+4*5=23", "Q: 1+1\n\n2", "Q: 9-8\n\n#1"]
 
 def scripted_model(handler, mode="processed"):
     from engines.models.arith import POLICY_DIR
-    from engines.models.served import ServedTextModel
-    from engines.models.served_tokens import LocalTokenizer, _local
+    from engines.models.served.openai_compatible import ServedTextModel
+    from engines.models.served.tokens import LocalTokenizer, _local
 
     tokenizer, vocab = _local(str(POLICY_DIR))
     engine = EngineClient("http://embed.test", transport=httpx.MockTransport(handler), backoff=0.0, retries=0)
@@ -66,7 +66,7 @@ def test_a_server_without_embeddings_is_one_line_naming_the_setting():
 
 def test_a_pooling_server_refuses_to_sample_in_one_line():
     from engines.models.base import SamplingParams
-    from engines.models.served import POOLING
+    from engines.models.served.openai_compatible import POOLING
 
     model = scripted_model(lambda request: httpx.Response(500), mode=POOLING)
     with pytest.raises(EngineError, match="is a pooling server .* not samples or log-probs"):

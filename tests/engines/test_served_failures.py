@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from engines.errors import EngineError
-from engines.models.served_client import EngineClient, EngineUnavailable, parse_prometheus
+from engines.models.served.client import EngineClient, EngineUnavailable, parse_prometheus
 
 # -- scripted answers (no server) ------------------------------------------------------
 
@@ -181,8 +181,8 @@ def test_a_bad_spec_is_one_line_and_stores_nothing(vllm_url, tmp_path, capsys):
 def raw_mode_model():
     """A ServedTextModel on a scripted raw-logprobs server answering every completion with '4*5' then eos."""
     from engines.models.arith import POLICY_DIR
-    from engines.models.served import RAW, ServedTextModel
-    from engines.models.served_tokens import LocalTokenizer, _local
+    from engines.models.served.openai_compatible import RAW, ServedTextModel
+    from engines.models.served.tokens import LocalTokenizer, _local
 
     def handler(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -227,7 +227,7 @@ def model_params(**kw):
 
 
 def test_llamacpp_entries_are_aligned_to_their_tokens_and_ambiguity_is_left_open():
-    from engines.models.served_llamacpp import _align
+    from engines.models.served.llamacpp import _align
 
     entry = lambda token, lp: {"id": token, "logprob": lp}  # noqa: E731
     assert _align([5, 6, 7], [entry(5, -1.0), entry(6, -2.0), entry(7, -3.0)]) == [-1.0, -2.0, -3.0]

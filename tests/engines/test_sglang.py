@@ -16,8 +16,8 @@ from engines.errors import EngineError, SamplescopeError
 from engines.models import load_model
 from engines.models.base import SamplingParams
 from engines.models.sampling import warp
-from engines.models.served import ServedTextModel, parse_openai_spec
-from engines.models.served_sglang import SGLangTextModel
+from engines.models.served import connect, parse_openai_spec
+from engines.models.served.sglang import SGLangTextModel
 from engines.task import Task
 from engines.trace import Cost
 from tests.engines import test_sampler_behaviour as suite
@@ -174,5 +174,5 @@ def test_context_overflow_and_bad_names_are_one_line(served, sglang_url):
     with pytest.raises(EngineError, match="context|longer|HTTP 400"):
         served._complete({"prompt": [5] * 300, "max_tokens": 4})
     with pytest.raises(SamplescopeError) as info:
-        ServedTextModel.connect(*parse_openai_spec(f"{sglang_url}#nope"), retries=0)
+        connect(*parse_openai_spec(f"{sglang_url}#nope"), retries=0)
     assert "has no model 'nope'; it serves: arith" in str(info.value) and "\n" not in str(info.value)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.reward_training import run_training
+from app.workflows.reward_training import run_training
 from engines.models import load_model
 from engines.models.diffusion import images_to_data_uris
 from engines.rewards import build_reward

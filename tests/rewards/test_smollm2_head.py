@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from app.reward_training import run_training
-from engines.rewards import build_reward
+from app.workflows.reward_training import run_training
+from app.workflows.store import rewards_home
+from engines.rewards import RewardEnv, build_reward
 from engines.rewards.bt_fit import FitConfig
 from engines.task import Task
 from storage import add_vote, make_comparisons
@@ -37,6 +38,6 @@ def test_a_head_on_smollm2_learns_which_replies_are_kind(db):
     card = run_training(db, "kind", config=FitConfig(curve=(1.0,))).card
     assert card["base"] == "embedded:smollm2" and card["head"]["input_dim"] == 576
     assert card["metrics"]["heldout"]["low"] > 0.6, card["metrics"]["heldout"]
-    reward = build_reward("learned:kind")
+    reward = build_reward("learned:kind", RewardEnv(rewards_folder=rewards_home()))
     good, bad = reward.score(Task(prompt="Say something about today."), ["Such a happy, lovely morning.", "A miserable, awful morning."])
     assert good > bad

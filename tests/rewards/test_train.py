@@ -7,10 +7,10 @@ import json
 import pytest
 
 from app.cli import main
-from app.reward_training import run_training
+from app.workflows.reward_training import run_training
+from app.workflows.store import rewards_home
 from engines.errors import ConfigError, SamplescopeError
-from engines.rewards import build_reward, list_rewards
-from engines.rewards.learned import learned_home
+from engines.rewards import RewardEnv, build_reward, list_rewards
 from engines.task import Task
 from tests.rewards.simulated import fill, hidden_reward
 from tests.storage.storage_helpers import dump
@@ -34,15 +34,15 @@ def test_300_votes_reach_the_annotators_ceiling(db):
     # the stored reward (distinct digits) is the baseline on the same votes
     assert set(metrics["baselines"]["by_reward"]) == {"distinct"}
     # the folder, and the reward it makes: it ranks by the hidden reward
-    folder = learned_home() / "sim"
+    folder = rewards_home() / "sim"
     assert json.loads((folder / "card.json").read_text())["base"] == "toy:digits"
     assert (folder / "head.safetensors").is_file()
-    reward = build_reward("learned:sim")
+    reward = build_reward("learned:sim", RewardEnv(rewards_folder=rewards_home()))
     texts = ["000000", "111111", "999999", "123456"]
     scores = reward.score(Task(prompt="prompt 0"), texts)
     order = sorted(texts, key=hidden_reward)
     assert sorted(texts, key=lambda t: scores[texts.index(t)]) == order
-    assert any(row["name"] == "learned:sim" for row in list_rewards())
+    assert any(row["name"] == "learned:sim" for row in list_rewards(rewards_home()))
 
 
 def test_random_votes_stay_at_chance(db):
@@ -59,7 +59,7 @@ def test_ties_count_as_half_wins_and_both_bad_is_left_out(db):
 
 def _refused(db, capsys, args, match):
     before = dump(db)
-    home = learned_home()
+    home = rewards_home()
     listing = sorted(home.iterdir()) if home.exists() else []
     assert main(["reward", "train", "--db", str(db.engine.url), *args]) == 2
     err = capsys.readouterr().err.strip()
@@ -94,12 +94,12 @@ def test_one_outcome_only_is_refused(db):
             db.write(lambda s, c=cid: add_vote(s, comparison_id=c, annotator="u", outcome="a", idempotency_key=f"k{c}"))
     with pytest.raises(ConfigError, match="same outcome"):
         run_training(db, "one", base="toy:digits")
-    assert not (learned_home() / "one").exists()
+    assert not (rewards_home() / "one").exists()
 
 
 def test_unknown_learned_reward_is_one_line():
     with pytest.raises(SamplescopeError, match="no learned reward"):
-        build_reward("learned:missing")
+        build_reward("learned:missing", RewardEnv(rewards_folder=rewards_home()))
 
 
 def test_cli_prints_accuracy_ceiling_and_baselines(db, capsys):
@@ -131,4 +131,13 @@ def test_learned_rewards_live_in_the_data_folder_storage_uses(monkeypatch, tmp_p
         monkeypatch.delenv("SAMPLESCOPE_HOME", raising=False)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        assert learned_home() == data_home() / "rewards"
+        assert rewards_home() == data_home() / "rewards"
+
+
+def test_engines_are_handed_the_rewards_folder(tmp_path):
+    """Engines never work out the data folder: a learned reward by name needs the folder handed in."""
+    with pytest.raises(ConfigError, match="no rewards folder was given"):
+        build_reward("learned:sim")
+    with pytest.raises(SamplescopeError, match=f"no learned reward at {tmp_path}"):
+        build_reward("learned:sim", RewardEnv(rewards_folder=tmp_path))
+    assert all(not row["name"].startswith("learned:") for row in list_rewards())

@@ -11,9 +11,9 @@ import pytest
 @pytest.mark.vllm
 def test_reward_train_on_served_embeddings_matches_the_in_process_base(db, capsys, vllm_embed_url):
     from app.cli import main
-    from app.reward_training import run_training
-    from engines.rewards import build_reward
-    from engines.rewards.learned import learned_home
+    from app.workflows.reward_training import run_training
+    from app.workflows.store import rewards_home
+    from engines.rewards import RewardEnv, build_reward
     from engines.task import Task
     from tests.rewards.simulated import fill
 
@@ -21,13 +21,13 @@ def test_reward_train_on_served_embeddings_matches_the_in_process_base(db, capsy
     base = f"openai:{vllm_embed_url}"
     assert main(["reward", "train", "--db", str(db.engine.url), "--name", "served", "--base", base]) == 0
     assert "held-out" in capsys.readouterr().out.lower()
-    card = json.loads((learned_home() / "served" / "card.json").read_text())
+    card = json.loads((rewards_home() / "served" / "card.json").read_text())
     assert card["base"] == base
     local = run_training(db, "local", base="embedded:arith").card
     # the same features (within 1e-4) give the same held-out verdicts
     assert card["metrics"]["heldout"]["n"] == local["metrics"]["heldout"]["n"]
     assert card["metrics"]["heldout"]["rate"] == pytest.approx(local["metrics"]["heldout"]["rate"], abs=0.02)
     texts = ["000000", "123456", "999999"]
-    served_scores = build_reward("learned:served").score(Task(prompt="prompt 0"), texts)
-    local_scores = build_reward("learned:local").score(Task(prompt="prompt 0"), texts)
+    served_scores = build_reward("learned:served", RewardEnv(rewards_folder=rewards_home())).score(Task(prompt="prompt 0"), texts)
+    local_scores = build_reward("learned:local", RewardEnv(rewards_folder=rewards_home())).score(Task(prompt="prompt 0"), texts)
     assert served_scores == pytest.approx(local_scores, abs=1e-3)

@@ -148,7 +148,7 @@ def test_writer_killed_mid_stream_loses_no_acknowledged_vote(db, db_url, rounds)
     assert count_votes(db) >= max(int(k.split("-")[1]) for k in acked) + 1
 
 
-def test_locked_writes_are_retried_then_reported(tmp_path):
+def test_locked_writes_are_retried_then_reported(tmp_path, monkeypatch):
     import sqlite3
 
     from storage import DatabaseBusy, RetryPolicy, start_session
@@ -167,12 +167,16 @@ def test_locked_writes_are_retried_then_reported(tmp_path):
         busy_timeout_ms=0,
         retry=RetryPolicy(attempts=50, base_delay_s=0.01, max_delay_s=0.05),
     )
-    timer = threading.Timer(0.1, lambda: holder.execute("COMMIT"))
-    started = time.perf_counter()
-    timer.start()
+    backoffs = []
+
+    def back_off(seconds: float) -> None:  # the other writer commits during our third back-off
+        backoffs.append(seconds)
+        if len(backoffs) == 3:
+            holder.execute("COMMIT")
+
+    monkeypatch.setattr("storage.db.time.sleep", back_off)
     assert db_patient.write(lambda s: start_session(s, "ada")) == 1
-    assert time.perf_counter() - started >= 0.09  # it waited for the lock: retried, not lucky
-    timer.join()
+    assert len(backoffs) == 3  # it waited for the lock: refused three times, retried, then through
     holder.close()
     db.close()
     db_patient.close()

@@ -72,7 +72,7 @@ def test_each_format_loads_the_right_rows(tmp_path, kind):
 
 
 def test_the_same_content_is_stored_once_and_found_by_name(tmp_path, db):
-    from app.sweeps import resolve_prompt_set
+    from app.workflows.sweeps import resolve_prompt_set
     from storage.prompt_sets import list_prompt_sets, save_prompt_set
 
     a = load_prompt_file(_write(tmp_path, "csv"), name="mine", prompt_col="question", answer_col="solution")
@@ -88,7 +88,7 @@ def test_the_same_content_is_stored_once_and_found_by_name(tmp_path, db):
 
 
 def test_builtin_sets_go_through_the_same_path(db):
-    from app.sweeps import resolve_prompt_set
+    from app.workflows.sweeps import resolve_prompt_set
 
     for name in ("open", "arith", "digits"):
         set_id, loaded = db.write(lambda s, n=name: resolve_prompt_set(s, n))

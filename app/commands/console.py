@@ -1,4 +1,5 @@
-"""Helpers shared by the CLI subcommands."""
+"""What the CLI subcommands share about their console: the ``--json`` flag, ``KEY=VALUE``
+arguments, and keeping library progress bars and warnings out of the output."""
 
 from __future__ import annotations
 

@@ -12,16 +12,20 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from app.workflows.store import rewards_home
 from engines.errors import ConfigError
+from engines.prompts import builtin_names, builtin_prompt_set
+from engines.samplers import SAMPLERS
 from engines.sweep import Arm, CellKey, CellResult, SweepPlan, preflight, run_sweep
+from storage.errors import NotFound
+from storage.models import PromptSet
+from storage.prompt_sets import find_prompt_set, list_prompt_sets, load_prompt_set, save_prompt_set
+from storage.sweeps import create_sweep, done_keys, load_sweep, record_cell, set_status, sweep_cells
 
 
 def resolve_prompt_set(session, name: str) -> tuple[int, Any]:
     """(stored id, set) for a stored set's name or a built-in one (a built-in is stored on first use,
     through the same checks as a file, so a sweep can point at it)."""
-    from engines.prompts import builtin_names, builtin_prompt_set
-    from storage.errors import NotFound
-    from storage.prompt_sets import find_prompt_set, list_prompt_sets, load_prompt_set, save_prompt_set
 
     row = find_prompt_set(session, name)
     if row is not None:
@@ -36,9 +40,6 @@ def resolve_prompt_set(session, name: str) -> tuple[int, Any]:
 
 def add_prompt_set(db, prompts) -> tuple[int, bool, str]:
     """Store a loaded prompt set (built-in names are reserved); (id, created, the stored name)."""
-    from engines.prompts import builtin_names
-    from storage.models import PromptSet
-    from storage.prompt_sets import save_prompt_set
 
     def write(session):
         set_id, created = save_prompt_set(session, prompts, reserved=tuple(builtin_names()))
@@ -50,7 +51,6 @@ def add_prompt_set(db, prompts) -> tuple[int, bool, str]:
 def parse_arms(samplers: Sequence[str] | str, common: dict[str, Any] | None = None, *,
                strings: bool = False) -> tuple[Arm, ...]:
     """``name`` or ``name@reward`` per sampler; ``common`` parameters go to every sampler whose config has them."""
-    from engines.samplers import SAMPLERS
 
     names = [s.strip() for s in (samplers.split(",") if isinstance(samplers, str) else samplers) if s.strip()]
     if not names:
@@ -90,14 +90,14 @@ def start(db, prompt_set: str, *, arms: tuple[Arm, ...], levels: tuple[float, ..
           size: int = 64, prompts: int | None = None, title: str | None = None, device: str = "auto",
           dtype: str = "fp32") -> tuple[int, SweepPlan]:
     """Check the plan (every cell's config), store it, return (sweep id, plan). Nothing is stored on bad input."""
-    from storage.sweeps import create_sweep
 
     def write(session):
         set_id, prompt_set_obj = resolve_prompt_set(session, prompt_set)
         tasks = prompt_set_obj.tasks[: prompts] if prompts else prompt_set_obj.tasks
         plan = SweepPlan(arms=arms, tasks=tasks, levels=levels, axis=axis, counter=counter, models=tuple(models),
                          evaluate=evaluate or None, seed=int(seed), size=int(size), set_model=prompt_set_obj.model,
-                         set_reward=prompt_set_obj.reward, device=device, dtype=dtype)
+                         set_reward=prompt_set_obj.reward, device=device, dtype=dtype,
+                         rewards_folder=str(rewards_home()))
         preflight(plan)  # models load here; a misfit raises before the sweep (or a built-in set) is stored
         return create_sweep(session, prompt_set_id=set_id, spec=plan.as_dict(), cells_planned=len(plan.cells()),
                             title=title), plan
@@ -106,12 +106,10 @@ def start(db, prompt_set: str, *, arms: tuple[Arm, ...], levels: tuple[float, ..
 
 
 def load_plan(db, sweep_id: int, *, device: str = "auto", dtype: str = "fp32") -> SweepPlan:
-    from storage.prompt_sets import load_prompt_set
-    from storage.sweeps import load_sweep
-
     def read(session):
         sweep, prompt_set = load_sweep(session, sweep_id)
-        return SweepPlan.from_dict(sweep.spec, load_prompt_set(session, prompt_set.id).tasks, device=device, dtype=dtype)
+        return SweepPlan.from_dict(sweep.spec, load_prompt_set(session, prompt_set.id).tasks, device=device, dtype=dtype,
+                                   rewards_folder=str(rewards_home()))
 
     return db.read(read)
 
@@ -120,7 +118,6 @@ def run_stored(db, sweep_id: int, plan: SweepPlan, *, workers: int = 4,
                cancel: threading.Event | None = None, slot=None) -> Iterator[CellResult]:
     """Run the cells of a stored sweep that are not stored yet, storing each as it finishes
     (``slot``: each cell holds one of the server's run slots, see :func:`engines.sweep.run_sweep`)."""
-    from storage.sweeps import done_keys, record_cell, set_status
 
     cancel = cancel or threading.Event()
     skip = {CellKey(*key) for key in db.read(lambda s: done_keys(s, sweep_id))}
@@ -138,6 +135,4 @@ def run_stored(db, sweep_id: int, plan: SweepPlan, *, workers: int = 4,
 
 
 def cell_rows(db, sweep_id: int) -> list[dict[str, Any]]:
-    from storage.sweeps import sweep_cells
-
     return db.read(lambda s: sweep_cells(s, sweep_id))

@@ -4,9 +4,9 @@ The file holds everything it shows: plotly.js itself (the copy the plotly packag
 ships, inlined in a ``<script>``, no CDN), each figure's JSON in a
 ``<script type="application/json">`` block (``<``, ``>`` and ``&`` written as JSON
 ``\\u`` escapes, so no string can close the block), the candidate images as PNG data
-URIs checked by :func:`app.ui.render.image_tag`, and the tables. Every model-written or
+URIs checked by :func:`app.views.render.image_tag`, and the tables. Every model-written or
 stored string reaches the page through ``html.escape`` (text) or
-:func:`app.ui.render.plain` (plot labels), never as markup. A Content-Security-Policy
+:func:`app.views.render.plain` (plot labels), never as markup. A Content-Security-Policy
 meta tag forbids any network fetch, so the file renders the same offline.
 
 A run report: header (sampler, model, reward, seed, status), config, cost, the
@@ -24,6 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from app.views.render import image_tag, plain
+from app.views.sweep import sweep_figure
+from app.views.trace import (
+    acceptance_figure,
+    bracket_figure,
+    cost_markdown,
+    particles_figure,
+    reward_figure,
+    tree_figure,
+)
+from engines.errors import ConfigError
+from engines.sweep_stats import all_pairs, points
+from storage import load_run
+from storage.sweeps import load_sweep, sweep_cells
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
        "font-src data:; connect-src 'none'")
@@ -87,8 +103,6 @@ class Page:
         self.parts.append(f'<div class="figure" id="figure-{k}"></div>')
 
     def render(self) -> str:
-        from plotly.offline import get_plotlyjs
-
         data = "".join(f'<script type="application/json" id="figure-data-{k}">{blob}</script>'
                        for k, blob in enumerate(self.figures))
         boot = (
@@ -110,16 +124,6 @@ class Page:
 
 
 def run_page(stored: Any) -> Page:
-    from app.ui.render import image_tag
-    from app.ui.views import (
-        acceptance_figure,
-        bracket_figure,
-        cost_markdown,
-        particles_figure,
-        reward_figure,
-        tree_figure,
-    )
-
     trace = stored.trace
     page = Page(f"samplescope run {stored.id}: {stored.sampler}")
     page.raw(_table(["sampler", "model", "reward", "seed", "status", "created"],
@@ -157,10 +161,6 @@ def run_page(stored: Any) -> Page:
 
 def sweep_page(sweep: Any, prompt_set: Any, cells: list[dict[str, Any]], examples: list[tuple[dict, Any]],
                counter: str = "generated_tokens") -> Page:
-    from app.ui.compare import sweep_figure
-    from app.ui.render import image_tag
-    from engines.sweep_stats import all_pairs, points
-
     spec = sweep.spec
     page = Page(f"samplescope sweep {sweep.id}: {', '.join(a['label'] for a in spec['arms'])}")
     pts = points(cells)
@@ -194,9 +194,6 @@ def sweep_page(sweep: Any, prompt_set: Any, cells: list[dict[str, Any]], example
             rows.append([cell["arm"], cell["level"], cell["prompt"], stored.prompt[:300], cell["quality"], text[:600],
                          Safe(shown)])
         page.raw(_table(["arm", "level", "prompt #", "prompt", "quality", "pick", "image"], rows))
-        from app.ui.render import plain
-        from app.ui.views import bracket_figure, particles_figure, tree_figure
-
         page.heading("Their searches")
         for cell, stored in examples:  # each arm's search at its largest level: tree, and bracket or particles
             where = plain(f"{cell['arm']} @ {cell['level']:g}, prompt {cell['prompt']}", 120)  # plotly titles take markup
@@ -210,7 +207,6 @@ def sweep_page(sweep: Any, prompt_set: Any, cells: list[dict[str, Any]], example
 
 def write_report(db: Any, target: str, out: str | Path) -> Path:
     """``run:ID``, ``sweep:ID`` or a bare run id -> the HTML file at ``out``."""
-    from engines.errors import ConfigError
 
     kind, _, ident = str(target).partition(":") if ":" in str(target) else ("run", "", str(target))
     if kind not in ("run", "sweep") or not ident.strip().isdigit():
@@ -223,11 +219,8 @@ def write_report(db: Any, target: str, out: str | Path) -> Path:
 
 
 def report_html(db: Any, kind: str, ident: int) -> str:
-    from storage import load_run
-
     if kind == "run":
         return run_page(db.read(lambda s: load_run(s, ident))).render()
-    from storage.sweeps import load_sweep, sweep_cells
 
     def read(session):
         sweep, prompt_set = load_sweep(session, ident)

@@ -3,7 +3,7 @@
 The Explore tab calls them on every throttled snapshot of a growing trace, the
 Runs tab on a replayed one; tests call them directly. Every figure sets a
 constant ``uirevision`` so a user's zoom survives live updates. Text from the
-model only reaches a figure through :func:`app.ui.render.plain` (escaped).
+model only reaches a figure through :func:`app.views.render.plain` (escaped).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from app.ui.render import image_tag, md_text, plain, png_data_uri
+from app.views.render import image_tag, md_text, plain, png_data_uri
 from engines.trace import Trace
 
 GREY = "#b8b8b8"

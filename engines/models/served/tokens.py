@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from engines.models.served_client import EngineClient, EngineError
+from engines.models.chat import task_ids, text_ids
+from engines.models.served.client import EngineClient, EngineError
 from engines.task import Task
 
 log = logging.getLogger("samplescope.served")
@@ -80,20 +81,13 @@ class LocalTokenizer:
         return self.tokenizer.eos_token_id
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return text_ids(self.tokenizer, text)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def encode_task(self, task: Task) -> list[int]:
-        if task.chat and getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(task.messages(), tokenize=False, add_generation_prompt=True)
-            return self.encode(text)
-        ids = self.encode(task.prompt)
-        bos = self.tokenizer.bos_token_id
-        if getattr(self.tokenizer, "add_bos_token", False) and bos is not None:
-            ids = [bos, *ids]
-        return ids
+        return task_ids(self.tokenizer, task)  # the same ids the in-process model makes
 
 
 def _local(root: str | None):

@@ -2,11 +2,11 @@
 
 Spec: ``openai:URL`` (the server's only model) or ``openai:URL#NAME``, e.g.
 ``openai:http://127.0.0.1:8000/v1#smollm2``. Tested against vLLM 0.32 (its CPU
-build, every feature below). Other servers are recognised at connect by
-``owned_by`` in ``/v1/models`` and get their own subclass, which says what it
-lacks: SGLang (:mod:`engines.models.served_sglang`, its ``/generate`` for
+build, every feature below). Other servers are recognised by
+:func:`engines.models.served.connect` from ``owned_by`` in ``/v1/models`` and get their own subclass, which says what it
+lacks: SGLang (:mod:`engines.models.served.sglang`, its ``/generate`` for
 log-probs with token ids) and llama.cpp's ``llama-server``
-(:mod:`engines.models.served_llamacpp`, its native ``/completion``).
+(:mod:`engines.models.served.llamacpp`, its native ``/completion``).
 Another server without vLLM's extensions (``logprob_token_ids``, ``prompt_logprobs``,
 ``return_token_ids``; token ids are also read from ``return_tokens_as_token_ids``)
 falls back or is refused in one line naming the missing field.
@@ -37,7 +37,7 @@ How each protocol call maps to requests
   asks for exactly the tokens a judge reads (``logprob_token_ids``).
 - ``embed``: ``/v1/embeddings`` of a vLLM pooling server started with
   ``--runner pooling --convert embed --pooler-config '{"pooling_type": "MEAN"}'``
-  (mean-pooled last hidden state, as in-process; :mod:`engines.models.served_embed`).
+  (mean-pooled last hidden state, as in-process; :mod:`engines.models.served.embed`).
   A pooling server has no ``/v1/completions``: connect notices (HTTP 404 on the
   probe) and sampling or scoring from it is one refusal line.
 - Tokenisation: the tokenizer files of the served folder (the server's
@@ -65,10 +65,10 @@ from typing import TypeVar
 
 import torch
 
-from engines.models import SCHEMES, LoadOptions
 from engines.models.base import Generation, SamplingParams, TextModel, checked_prefixes
-from engines.models.served_client import EngineClient, EngineError
-from engines.models.served_tokens import ServerTokenizer, load_tokenizer
+from engines.models.served.client import EngineClient, EngineError
+from engines.models.served.embed import embed_texts
+from engines.models.served.tokens import ServerTokenizer, load_tokenizer
 from engines.task import Task
 from engines.trace import Cost
 
@@ -115,30 +115,8 @@ class ServedTextModel(TextModel):
     # -- connecting ----------------------------------------------------------------
 
     @classmethod
-    def connect(cls, url: str, model: str | None = None, **client_options) -> ServedTextModel:
-        client = EngineClient(url, **client_options)
-        listed = client.models()
-        ids = [m.get("id") for m in listed]
-        if model is None:
-            if len(ids) != 1:
-                raise EngineError(
-                    f"the server at {client.root_url} serves {len(ids)} models ({', '.join(map(str, ids)) or 'none'}); "
-                    f"pick one with openai:{client.base_url}#NAME"
-                )
-            model = ids[0]
-        elif model not in ids:
-            raise EngineError(
-                f"the server at {client.root_url} has no model {model!r}; it serves: {', '.join(map(str, ids))}"
-            )
-        info = next(m for m in listed if m.get("id") == model)
-        if info.get("owned_by") == "llamacpp":
-            from engines.models.served_llamacpp import LlamaCppTextModel
-
-            return LlamaCppTextModel.from_server(client, model, info)
-        if info.get("owned_by") == "sglang":
-            from engines.models.served_sglang import SGLangTextModel
-
-            return SGLangTextModel.from_server(client, model, info)
+    def from_server(cls, client: EngineClient, model: str, info: dict) -> ServedTextModel:
+        """The model ``model`` (its ``/v1/models`` entry ``info``) on a vLLM or other OpenAI-compatible server."""
         tokenizer = load_tokenizer(client, model, info.get("root"))
         max_len = int(info.get("max_model_len") or 2048)
         self = cls(
@@ -448,9 +426,7 @@ class ServedTextModel(TextModel):
                                 advice="raise vLLM's --max-logprobs or use an in-process model")
 
     def embed(self, texts, *, usage: Cost | None = None) -> torch.Tensor:
-        """Mean-pooled last hidden states from the server's /v1/embeddings (see :mod:`engines.models.served_embed`)."""
-        from engines.models.served_embed import embed_texts
-
+        """Mean-pooled last hidden states from the server's /v1/embeddings (see :mod:`engines.models.served.embed`)."""
         return embed_texts(self, texts, usage=usage)
 
     def describe(self) -> dict:
@@ -476,17 +452,3 @@ def _top_logprobs(choice: dict, position: int) -> dict[int, float]:
         if token is not None:
             out[token] = float(value)
     return out
-
-
-def parse_openai_spec(rest: str) -> tuple[str, str | None]:
-    """``URL`` or ``URL#NAME`` -> (url, name or None)."""
-    url, _, name = rest.partition("#")
-    return url.strip(), (name.strip() or None)
-
-
-def _load_openai(rest: str, options: LoadOptions) -> ServedTextModel:
-    url, name = parse_openai_spec(rest)
-    return ServedTextModel.connect(url, name)
-
-
-SCHEMES.add("openai", _load_openai)

@@ -65,9 +65,9 @@ import torch
 from engines.errors import EngineError
 from engines.models.base import Generation, SamplingParams
 from engines.models.sampling import warp
-from engines.models.served import PROCESSED, ServedTextModel, _identity_warp
-from engines.models.served_client import EngineClient
-from engines.models.served_tokens import ServerTokenizer
+from engines.models.served.client import EngineClient
+from engines.models.served.openai_compatible import PROCESSED, ServedTextModel, _identity_warp
+from engines.models.served.tokens import ServerTokenizer
 from engines.task import Task
 from engines.trace import Cost
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from storage import Database, save_run
+from storage.db import data_home
+
 
 def open_database(url: str | None):
     """The database at ``url`` (else SAMPLESCOPE_DB, else the user data folder), migrated."""
-    from storage import Database
 
     return Database.open(url)
 
 
+def rewards_home() -> Path:
+    """Where learned rewards live: ``rewards`` in the data folder (``storage.db.data_home``'s rule, the
+    only one). Engines are handed this folder (``RunRequest.rewards_folder``, ``RewardEnv``)."""
+    return data_home() / "rewards"
+
+
 def save_request_run(db, request, trace) -> int:
     """Store a finished run made from a RunRequest; returns the run id."""
-    from storage import save_run
 
     config = dict(request.params)
     if request.budget.as_dict():

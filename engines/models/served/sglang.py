@@ -44,9 +44,9 @@ import torch
 
 from engines.errors import EngineError
 from engines.models.base import Generation, SamplingParams
-from engines.models.served import MAX_N_PER_REQUEST, RAW, ServedTextModel, _identity_warp
-from engines.models.served_client import EngineClient
-from engines.models.served_tokens import load_tokenizer
+from engines.models.served.client import EngineClient
+from engines.models.served.openai_compatible import MAX_N_PER_REQUEST, RAW, ServedTextModel, _identity_warp
+from engines.models.served.tokens import load_tokenizer
 from engines.trace import Cost
 
 log = logging.getLogger("samplescope.served")

@@ -29,22 +29,34 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from datasets import Dataset
+from sklearn.model_selection import GroupShuffleSplit
+from transformers import AutoTokenizer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+from trl import RewardConfig, RewardTrainer
 
-from app.reward_training import Trained, ceiling, select_votes, write_folder
+from app.workflows.reward_training import Trained, ceiling, select_votes, write_folder
+from app.workflows.store import rewards_home
 from engines.errors import ConfigError, ModelLoadError
+from engines.models.embedded import convert, converted_folder, smollm2_gguf
 from engines.rewards.bt_fit import MIN_VOTES, Accuracy, Progress
-from engines.rewards.learned import check_name, learned_home
+from engines.rewards.classifier import ClassifierReward
+from engines.rewards.learned import check_name
+from engines.task import Task
+from storage.quality import quality_summary
+from storage.records import vote_records
+from storage.stats import reward_agreement
 
 
 def base_folder(base: str | None) -> Path:
     base = (base or "embedded:smollm2").strip()
     if base == "embedded:smollm2":
-        from engines.models.embedded import convert, converted_folder, smollm2_gguf
-
         gguf = smollm2_gguf()
         folder = converted_folder(gguf)
         if not (folder / "config.json").exists():
@@ -73,10 +85,6 @@ def _rows(records: list[Any], chat: bool) -> list[dict[str, Any]]:
 
 def _fit(folder: Path, rows: list[dict[str, Any]], out: Path, epochs: int, seed: int, events: queue.Queue) -> Any:
     """Train with TRL's RewardTrainer; returns (model, tokenizer). Log lines go to ``events``."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
-    from trl import RewardConfig, RewardTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if tokenizer.pad_token is None:
@@ -94,7 +102,6 @@ def _fit(folder: Path, rows: list[dict[str, Any]], out: Path, epochs: int, seed:
     )
     trainer = RewardTrainer(model=str(folder), args=config, train_dataset=Dataset.from_list(rows),
                             processing_class=tokenizer, callbacks=[Report()])
-    from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # log lines go to the progress events, not stdout
     trainer.train()
@@ -142,16 +149,9 @@ def finetune_reward(
     seed: int = 0,
 ) -> Iterator[Progress | Trained]:
     """Fine-tune ``learned:NAME`` with TRL (see the module docstring); progress, then the summary."""
-    from sklearn.model_selection import GroupShuffleSplit
-
-    from engines.rewards.classifier import ClassifierReward
-    from engines.task import Task
-    from storage.quality import quality_summary
-    from storage.records import vote_records
-    from storage.stats import reward_agreement
 
     check_name(name)
-    folder = learned_home() / name
+    folder = rewards_home() / name
     if folder.exists():
         raise ConfigError(f"a learned reward named {name!r} exists already ({folder}); pick another name")
     if epochs < 1:
@@ -169,7 +169,6 @@ def finetune_reward(
     if len(set(groups.tolist())) < 2:
         raise ConfigError("the votes come from one group only; a held-out split needs at least two prompts (or annotators)")
     source = base_folder(base)
-    from transformers import AutoTokenizer
 
     chat = bool(getattr(AutoTokenizer.from_pretrained(str(source)), "chat_template", None))
     train_ix, test_ix = next(GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=seed).split(decisive, groups=groups))
@@ -212,7 +211,6 @@ def finetune_reward(
                 "annotator_ceiling": ceiling(usable),
             },
         }
-        from datetime import UTC, datetime
 
         card["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
 

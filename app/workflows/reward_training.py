@@ -20,13 +20,11 @@ other on comparisons several of them labelled (the ceiling a reward can reach).
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,16 +32,31 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.workflows.store import rewards_home
 from engines.errors import ConfigError
-from engines.rewards.bt_fit import FitConfig, PairData, Progress, TrainResult, check_trainable, train
+from engines.models.diffusion import image_from_data_uri
+from engines.rewards import RewardEnv, build_reward
+from engines.rewards.base import Reward
+from engines.rewards.bt_fit import (
+    Accuracy,
+    FitConfig,
+    PairData,
+    Progress,
+    TrainResult,
+    check_trainable,
+    train,
+)
 from engines.rewards.learned import (
     CARD,
     check_name,
     featuriser,
     image_base,
-    learned_home,
     save_head,
 )
+from engines.task import Task
+from storage.quality import quality_summary
+from storage.records import vote_records
+from storage.stats import reward_agreement
 
 FILTER_KEYS = ("annotator", "strategy", "model", "sampler", "reward", "prompt")
 OUTCOME_Y = {"a": 1.0, "b": 0.0, "tie": 0.5}
@@ -131,19 +144,6 @@ def select_votes(
     return usable, counts
 
 
-def decode_image(uri: str) -> torch.Tensor:
-    """A PNG data URI as a [C, H, W] tensor in [-1, 1]."""
-    from PIL import Image
-
-    if not uri or not uri.startswith("data:image/png;base64,"):
-        raise ConfigError("an image vote's candidate is not a PNG data URI")
-    image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
-    array = np.asarray(image.convert("L") if image.mode in ("L", "LA", "P", "1") else image.convert("RGB"), dtype=np.float32)
-    tensor = torch.from_numpy(array.copy())
-    tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
-    return tensor / 127.5 - 1
-
-
 def featurise(examples: Sequence[Example], features: Any, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of every example's two candidates (each distinct input computed once)."""
     keys: dict[tuple[str, str], int] = {}
@@ -155,7 +155,7 @@ def featurise(examples: Sequence[Example], features: Any, modality: str) -> tupl
         rows = [features([p for p, _ in items[i : i + 64]], [t for _, t in items[i : i + 64]]) for i in range(0, len(items), 64)]
     else:
         with torch.no_grad():
-            rows = [features(torch.stack([decode_image(u) for _, u in items[i : i + 64]])) for i in range(0, len(items), 64)]
+            rows = [features(torch.stack([image_from_data_uri(u) for _, u in items[i : i + 64]])) for i in range(0, len(items), 64)]
     table = torch.cat(rows).float()
     ia = [keys[(ex.prompt if modality == "text" else "", ex.a)] for ex in examples]
     ib = [keys[(ex.prompt if modality == "text" else "", ex.b)] for ex in examples]
@@ -164,7 +164,6 @@ def featurise(examples: Sequence[Example], features: Any, modality: str) -> tupl
 
 def ceiling(records: Sequence[Any]) -> dict[str, Any]:
     """How often two annotators agree on a comparison both voted decisively on (all pairs of votes)."""
-    from engines.rewards.bt_fit import Accuracy
 
     by_comparison: dict[int, list[str]] = {}
     for r in records:
@@ -175,7 +174,6 @@ def ceiling(records: Sequence[Any]) -> dict[str, Any]:
         a, b = outcomes.count("a"), outcomes.count("b")
         agree += a * (a - 1) // 2 + b * (b - 1) // 2
         pairs += len(outcomes) * (len(outcomes) - 1) // 2
-    from dataclasses import asdict
 
     return asdict(Accuracy.of(agree, pairs))
 
@@ -193,12 +191,9 @@ def train_reward(
     load_model: Callable[..., Any] | None = None,
 ) -> Iterator[Progress | Trained]:
     """Train ``learned:NAME`` on the stored votes (see the module docstring)."""
-    from storage.quality import quality_summary
-    from storage.records import vote_records
-    from storage.stats import reward_agreement
 
     check_name(name)
-    folder = learned_home() / name
+    folder = rewards_home() / name
     if folder.exists():
         raise ConfigError(f"a learned reward named {name!r} exists already ({folder}); pick another name")
     if group_by not in ("prompt", "annotator"):
@@ -290,11 +285,8 @@ def run_training(db: Any, name: str, **kwargs: Any) -> Trained:
 
 def reward_scorer(spec: str, load_model: Callable[..., Any] | None = None) -> Callable[[str, Sequence[tuple[str, str | None]]], list[float]]:
     """A ``storage.pairs`` scorer from a reward spec (``uncertain:NAME`` uses ``learned:NAME``)."""
-    from engines.rewards import RewardEnv, build_reward
-    from engines.rewards.base import Reward
-    from engines.task import Task
 
-    reward = build_reward(spec, RewardEnv(load_model=load_model))
+    reward = build_reward(spec, RewardEnv(load_model=load_model, rewards_folder=rewards_home()))
     if not isinstance(reward, Reward):
         raise ConfigError(f"{spec!r} is a {reward.kind} reward; uncertain pairs need an outcome reward")
 
@@ -302,7 +294,7 @@ def reward_scorer(spec: str, load_model: Callable[..., Any] | None = None) -> Ca
         if reward.modality == "image":
             if not all(image for _, image in contents):
                 raise ConfigError(f"{spec} scores images, and these candidates have none")
-            return reward.score(Task(prompt=prompt), torch.stack([decode_image(image) for _, image in contents]))
+            return reward.score(Task(prompt=prompt), torch.stack([image_from_data_uri(image) for _, image in contents]))
         return reward.score(Task(prompt=prompt), [text for text, _ in contents])
 
     return score
