@@ -108,6 +108,7 @@ class CompareTab:
                 self.go = gr.Button("Run sweep", variant="primary", elem_id="compare-run")
                 self.stop = gr.Button("Cancel", variant="stop", elem_id="compare-cancel")
             self.status = gr.Markdown(elem_id="compare-status")
+            self.rewards_line = gr.Markdown(elem_id="compare-rewards")  # which reward picks, which judges
             self.x_counter = gr.Dropdown(list(COST_FIELDS), value="generated_tokens", label="Plot against",
                                          elem_id="compare-x")
             self.plot = gr.Plot(label="Quality against compute", elem_id="compare-plot")
@@ -129,7 +130,7 @@ class CompareTab:
             self.current = gr.State(None)
         inputs = [self.samplers, self.prompt_set, self.engines, self.reward, self.evaluate, self.axis, self.sizes,
                   self.counter, self.budgets, self.prompts, self.tokens, self.workers, self.seed, self.x_counter]
-        outputs = [self.status, self.plot, self.table, self.pairs, self.token, self.current, self.stored]
+        outputs = [self.status, self.plot, self.table, self.pairs, self.token, self.current, self.stored, self.rewards_line]
         # no Gradio limit: each cell waits for one of services.runs' slots, in line with Explore and /sample
         self.go.click(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.resume.click(self.resume_sweep, [self.stored, self.workers, self.x_counter], outputs,
@@ -184,8 +185,8 @@ class CompareTab:
         except Exception as exc:
             yield {self.status: f"⚠ {error_message(exc)}"}
             return
-        yield {self.status: rewards_note(plan)}
-        yield from self._drive(sweep_id, plan, int(workers), x_counter, note=rewards_note(plan))
+        yield {self.rewards_line: rewards_note(plan)}
+        yield from self._drive(sweep_id, plan, int(workers), x_counter)
 
     def resume_sweep(self, sweep_id, workers, x_counter="generated_tokens"):
         from app.workflows.sweeps import load_plan
@@ -200,7 +201,7 @@ class CompareTab:
             return
         yield from self._drive(int(sweep_id), plan, int(workers), x_counter)
 
-    def _drive(self, sweep_id: int, plan, workers: int, x_counter: str, note: str = ""):
+    def _drive(self, sweep_id: int, plan, workers: int, x_counter: str):
         from app.workflows.sweeps import cell_rows, run_stored
 
         token, flag = self.services.start_run()
@@ -221,7 +222,7 @@ class CompareTab:
                 yield update
             word = "cancelled" if flag.is_set() else "done"
             yield {**self._views(sweep_id, x_counter), self.token: None,
-                   self.status: f"{word}: sweep {sweep_id}, {done}/{total} cells" + (f"  \n{note}" if note else ""),
+                   self.status: f"{word}: sweep {sweep_id}, {done}/{total} cells",
                    self.stored: gr.Dropdown(choices=sweep_choices(self.services), value=sweep_id)}
         except Exception as exc:
             yield {self.status: f"⚠ {error_message(exc)}", self.token: None}

@@ -353,5 +353,6 @@ def test_compare_names_the_steering_and_judging_rewards_and_calls_an_answer_key_
     page.locator("#compare-run").click()
     status = page.locator("#compare-status")
     expect(status).to_contain_text("done: sweep", timeout=WAIT_MS)
-    expect(status).to_contain_text("Picked by (steering): math · judged by: math")
-    expect(status).to_contain_text("math reads the answer key")
+    rewards = page.locator("#compare-rewards")
+    expect(rewards).to_contain_text("Picked by (steering): math · judged by: math")
+    expect(rewards).to_contain_text("math reads the answer key")
