@@ -39,7 +39,7 @@ _EXPORTS = {
     "storage.exports": ("export", "export_rows"),
     "storage.imports": ("ImportReport", "import_file", "import_rows"),
     "storage.models": ("OUTCOMES", "RATIONALE_MAX_CHARS"),
-    "storage.pairs": ("STRATEGIES", "compare_runs", "make_comparisons"),
+    "storage.pairs": ("CROSS_RUN", "STRATEGIES", "compare_runs", "cross_run_comparisons", "make_comparisons"),
     "storage.runs": ("RunSummary", "StoredCandidate", "StoredRun", "list_runs", "load_run", "save_run"),
     "storage.stats": ("summary",),
     "storage.votes": (
@@ -95,7 +95,9 @@ __all__ = [
     "VoteResult",
     "add_vote",
     "assign",
+    "CROSS_RUN",
     "compare_runs",
+    "cross_run_comparisons",
     "export",
     "export_rows",
     "import_file",

@@ -56,6 +56,13 @@ Label-quality comparisons (``storage.quality``; the policy is
   (the known answer is not a vote and adds no row); ``gold=False``
   (``--no-gold``) leaves them out, e.g. to keep them as a check set.
 
+Filters (``RecordFilter``; the Data tab's pickers, ``samplescope export
+--modality/--model/--sampler``): ``modality="text"`` keeps only comparisons of
+two texts, ``"image"`` only of two images, so a DPO or KTO file for a language
+model never carries image pairs with empty text; ``model`` and ``sampler`` keep
+the comparisons with that model (sampler) on at least one side, so a cross-run
+battle of two samplers stays in either sampler's export.
+
 Skips are never exported. Only each annotator's current vote counts. The file
 type follows the extension: ``.jsonl`` or ``.parquet``; files are written to a
 temporary name and renamed, so a crash never leaves half a file.
@@ -68,6 +75,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -297,13 +305,40 @@ def pickapic_rows(records: Sequence[VoteRecord], by: str = "sampler") -> list[di
     return rows
 
 
+MODALITIES = ("text", "image")
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """Which comparisons an export keeps (see the module docstring); None keeps all."""
+
+    modality: str | None = None
+    model: str | None = None
+    sampler: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.modality is not None and self.modality not in MODALITIES:
+            raise InvalidInput(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
+
+    def keeps(self, record: VoteRecord) -> bool:
+        sides = (record.a, record.b)
+        if self.modality is not None and any((s.image is not None) != (self.modality == "image") for s in sides):
+            return False
+        if self.model is not None and all(s.model != self.model for s in sides):
+            return False
+        return self.sampler is None or any(s.sampler == self.sampler for s in sides)
+
+
 def export_rows(
-    session: Session, fmt: str, *, by: str = "sampler", repeats: str = "original", gold: bool = True
+    session: Session, fmt: str, *, by: str = "sampler", repeats: str = "original", gold: bool = True,
+    only: RecordFilter | None = None,
 ) -> list[dict[str, Any]]:
-    """The rows of one export format, from the current votes (``repeats``/``gold``: see the module docstring)."""
+    """The rows of one export format, from the current votes (``repeats``/``gold``/``only``: see the module docstring)."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     records = training_records(vote_records(session), repeats=repeats, gold=gold)
+    if only is not None:
+        records = [r for r in records if only.keeps(r)]
     if fmt == "dpo":
         return _text_only(dpo_rows(records), fmt)
     if fmt == "kto":
@@ -383,10 +418,11 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 
 def export(
-    session: Session, fmt: str, path: str | Path, *, by: str = "sampler", repeats: str = "original", gold: bool = True
+    session: Session, fmt: str, path: str | Path, *, by: str = "sampler", repeats: str = "original", gold: bool = True,
+    only: RecordFilter | None = None,
 ) -> int:
     """Write one export format to ``path`` (.jsonl or .parquet); the number of rows."""
     file_kind(path)  # fail before the query on a bad name
-    rows = export_rows(session, fmt, by=by, repeats=repeats, gold=gold)
+    rows = export_rows(session, fmt, by=by, repeats=repeats, gold=gold, only=only)
     write_rows(rows, path, schema_for(fmt, rows))
     return len(rows)

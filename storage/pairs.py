@@ -30,6 +30,11 @@ uncertain:R    the ``count`` pairs where the learned reward R is least sure:
                pairs where they disagree come first as well.
 =============  ==================================================================
 
+Across runs (:func:`cross_run_comparisons`, strategy ``across_runs``): the picks
+of runs on the same prompt with different samplers or models, e.g. the cells of
+a Compare sweep. Only these pairs can rank samplers: a pair within one run has
+the same sampler and model on both sides.
+
 ``uncertain:R`` needs the rewards' values of the run's candidates; storage
 runs no model, so the caller passes a ``scorer`` (candidate contents -> R's
 values, and optionally ``other_scorer`` for q).
@@ -312,6 +317,17 @@ def make_comparisons(
     return ids
 
 
+def _representative(session: Session, run: Run) -> Candidate:
+    """A run's answer: its first picked candidate, else its highest-reward one."""
+    cands = session.scalars(select(Candidate).where(Candidate.run_id == run.id).order_by(Candidate.id)).all()
+    picked = [c for c in cands if c.picked]
+    scored = [c for c in cands if c.reward is not None]
+    choice = picked[0] if picked else (max(scored, key=lambda c: c.reward) if scored else None)
+    if choice is None:
+        raise InvalidInput(f"run {run.id} has no picked or rewarded candidate to compare")
+    return choice
+
+
 def compare_runs(
     session: Session,
     run_ids: Sequence[int],
@@ -333,17 +349,7 @@ def compare_runs(
         raise InvalidInput("compare_runs needs at least two existing run ids")
     if len({r.prompt_id for r in runs}) != 1:
         raise InvalidInput("compare_runs needs runs on the same prompt")
-    representatives = []
-    for run in runs:
-        cands = session.scalars(
-            select(Candidate).where(Candidate.run_id == run.id).order_by(Candidate.id)
-        ).all()
-        picked = [c for c in cands if c.picked]
-        scored = [c for c in cands if c.reward is not None]
-        choice = picked[0] if picked else (max(scored, key=lambda c: c.reward) if scored else None)
-        if choice is None:
-            raise InvalidInput(f"run {run.id} has no picked or rewarded candidate to compare")
-        representatives.append(choice)
+    representatives = [_representative(session, run) for run in runs]
     pairs = [
         (x.id, y.id)
         for x, y in itertools.combinations(representatives, 2)
@@ -352,6 +358,57 @@ def compare_runs(
     rng = random.Random(f"{seed}:runs:{','.join(map(str, run_ids))}")
     sides = draw_sides(rng, len(pairs))
     ids = store_pairs(session, runs[0].prompt_id, pairs, strategy="runs", sides=sides, blind=blind)
+    if assign_to:
+        assign(session, ids, assign_to)
+    return ids
+
+
+#: the pair source that answers "which sampler (or model) is better": picks of different runs on one prompt
+CROSS_RUN = "across_runs"
+
+
+def cross_run_comparisons(
+    session: Session,
+    run_ids: Sequence[int],
+    *,
+    seed: int = 0,
+    per_prompt: int = 6,
+    blind: bool = True,
+    assign_to: Sequence[str] = (),
+) -> list[int]:
+    """Blind comparisons between the picks of runs that share a prompt but differ in sampler or model.
+
+    ``run_ids`` are grouped by prompt; within a prompt, each (sampler, model) arm is
+    represented by its newest run's pick (:func:`_representative`), and every two arms
+    give one comparison, at most ``per_prompt`` per prompt (a seeded sample). Pairs of
+    one arm with itself are never made: they cannot say which sampler is better.
+    Runs without a pick or reward, and pairs with identical content, are left out.
+    Sides are drawn by the seeded rng (``comparisons.left_side``); strategy
+    ``across_runs``. These are the battles the Bradley-Terry ranking is fitted on.
+    """
+    from storage.votes import assign
+
+    _check_count(per_prompt, "per_prompt")
+    runs = [session.get(Run, int(rid)) for rid in dict.fromkeys(run_ids)]
+    missing = [rid for rid, run in zip(dict.fromkeys(run_ids), runs, strict=True) if run is None]
+    if missing:
+        raise InvalidInput(f"no run {missing[0]}")
+    by_prompt: dict[int, dict[tuple[str, str], Run]] = {}
+    for run in sorted(runs, key=lambda r: r.id):
+        by_prompt.setdefault(run.prompt_id, {})[(run.sampler, run.model)] = run  # the newest run of an arm wins
+    rng = random.Random(f"{seed}:{CROSS_RUN}:{','.join(map(str, sorted(r.id for r in runs)))}")
+    ids: list[int] = []
+    for prompt_id, arms in sorted(by_prompt.items()):
+        picks = []
+        for run in arms.values():
+            try:
+                picks.append(_representative(session, run))
+            except InvalidInput:
+                continue  # a run with nothing picked or scored has no answer to compare
+        pairs = [(x.id, y.id) for x, y in itertools.combinations(picks, 2) if (x.text, x.image) != (y.text, y.image)]
+        if len(pairs) > per_prompt:
+            pairs = rng.sample(pairs, per_prompt)
+        ids += store_pairs(session, prompt_id, pairs, strategy=CROSS_RUN, sides=draw_sides(rng, len(pairs)), blind=blind)
     if assign_to:
         assign(session, ids, assign_to)
     return ids

@@ -66,11 +66,12 @@ def _print_json(data: Any) -> None:
 
 @_storage_errors
 def cmd_export(args: argparse.Namespace) -> int:
-    from storage.exports import export, file_kind
+    from storage.exports import RecordFilter, export, file_kind
 
     file_kind(args.out)
+    only = RecordFilter(modality=args.modality, model=args.model, sampler=args.sampler)
     with _open(args) as db:
-        n = db.read(lambda s: export(s, args.format, args.out, by=args.by, repeats=args.repeats, gold=args.gold))
+        n = db.read(lambda s: export(s, args.format, args.out, by=args.by, repeats=args.repeats, gold=args.gold, only=only))
     print(f"wrote {n} {args.format} row{'s' if n != 1 else ''} to {args.out}")
     return 0
 
@@ -265,6 +266,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-gold", dest="gold", action="store_false",
         help="leave out gold pairs (default: exported with the annotators' votes, like any pair)",
     )
+    p.add_argument("--modality", choices=("text", "image"), default=None,
+                   help="only comparisons of two texts (or two images); default: both")
+    p.add_argument("--model", default=None, metavar="SPEC", help="only comparisons with this model on a side")
+    p.add_argument("--sampler", default=None, metavar="NAME", help="only comparisons with this sampler on a side")
     _add_db(p)
     p.set_defaults(func=cmd_export)
 

@@ -2,7 +2,8 @@
 
 Tabs: Explore (run a sampler live), Runs (stored runs, replay, ``/?run=ID``
 links), Label (blind pairwise votes), Data (statistics and exports), Compare
-(quality against compute). :func:`launch_options` gives what ``launch()``
+(quality against compute), Tour (one sample, best-of-N and a guided sampler on
+the same prompts, the picking and judging rewards named). :func:`launch_options` gives what ``launch()``
 needs besides the Blocks (CSS, the keyboard-shortcut script, auth).
 
 Only the documented API (:data:`PUBLIC_API`: ``/sample``) is an API endpoint;
@@ -26,6 +27,7 @@ from app.ui.explore import ExploreTab
 from app.ui.label import LabelTab, annotator_state
 from app.ui.runs import RunsTab
 from app.ui.services import Services
+from app.ui.tour import TourTab
 from app.views.render import md_text
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
@@ -41,6 +43,7 @@ def build_demo(services: Services) -> gr.Blocks:
             label = LabelTab(services, browser_id)
             data = DataTab(services)
             CompareTab(services)
+            TourTab(services)
 
         def on_load(browser_id, request: gr.Request):
             browser_id = label.ensure_identity(browser_id)

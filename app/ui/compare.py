@@ -32,6 +32,24 @@ def engine_specs(engines: Any) -> list[str]:
     return list(dict.fromkeys(str(m).strip() for m in items if str(m or "").strip()))
 
 
+def rewards_note(plan: Any) -> str:
+    """Which reward steers (picks) and which judges the sweep, in words; a steering reward that reads the
+    answer key is called what it is: an oracle, whose quality no deployable sampler can reach."""
+    from app.views.render import md_text
+    from engines.rewards import list_rewards
+
+    reads_answer = {row["name"] for row in list_rewards() if row.get("needs_answer")}
+    cells = plan.cells()
+    steering = sorted({plan.request(k).reward for k in cells[:200]})
+    judging = sorted({plan.evaluation_spec(plan.request(k)) for k in cells[:200]})
+    line = f"Picked by (steering): {', '.join(f'`{md_text(r)}`' for r in steering)} · judged by: {', '.join(f'`{md_text(r)}`' for r in judging)}"
+    oracles = [r for r in steering if r.split(":", 1)[0] in reads_answer]
+    if oracles:
+        line += (f"  \n⚠ {', '.join(md_text(r) for r in oracles)} reads the answer key: the samplers are steered by the "
+                 "answer itself (an oracle, pass@N). Set a steering reward that does not (e.g. arith_orm) to measure a sampler.")
+    return line
+
+
 def set_choices(services: Services) -> list[str]:
     from engines.prompts import builtin_names
     from storage.prompt_sets import list_prompt_sets
@@ -90,6 +108,7 @@ class CompareTab:
                 self.go = gr.Button("Run sweep", variant="primary", elem_id="compare-run")
                 self.stop = gr.Button("Cancel", variant="stop", elem_id="compare-cancel")
             self.status = gr.Markdown(elem_id="compare-status")
+            self.rewards_line = gr.Markdown(elem_id="compare-rewards")  # which reward picks, which judges
             self.x_counter = gr.Dropdown(list(COST_FIELDS), value="generated_tokens", label="Plot against",
                                          elem_id="compare-x")
             self.plot = gr.Plot(label="Quality against compute", elem_id="compare-plot")
@@ -111,7 +130,7 @@ class CompareTab:
             self.current = gr.State(None)
         inputs = [self.samplers, self.prompt_set, self.engines, self.reward, self.evaluate, self.axis, self.sizes,
                   self.counter, self.budgets, self.prompts, self.tokens, self.workers, self.seed, self.x_counter]
-        outputs = [self.status, self.plot, self.table, self.pairs, self.token, self.current, self.stored]
+        outputs = [self.status, self.plot, self.table, self.pairs, self.token, self.current, self.stored, self.rewards_line]
         # no Gradio limit: each cell waits for one of services.runs' slots, in line with Explore and /sample
         self.go.click(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.resume.click(self.resume_sweep, [self.stored, self.workers, self.x_counter], outputs,
@@ -166,6 +185,7 @@ class CompareTab:
         except Exception as exc:
             yield {self.status: f"⚠ {error_message(exc)}"}
             return
+        yield {self.rewards_line: rewards_note(plan)}
         yield from self._drive(sweep_id, plan, int(workers), x_counter)
 
     def resume_sweep(self, sweep_id, workers, x_counter="generated_tokens"):

@@ -1,4 +1,10 @@
-"""The Data tab: counts, agreement and rankings as charts, and the exports as downloads."""
+"""The Data tab: counts, agreement and rankings as charts, and the exports as downloads.
+
+Exports are filtered by modality (text pairs only, image pairs only), model and
+sampler (``storage.exports.RecordFilter``), so a DPO file for a language model
+carries no image comparison with empty text. The tab refreshes itself when it
+is opened: votes cast and runs stored in other tabs show without a reload.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from app.ui.services import Services, error_message
 from app.views.render import md_text, plain
 from app.views.trace import _layout, empty
 
+ALL = "(all)"
 FORMATS = [("DPO pairs (JSONL)", "dpo", ".jsonl"), ("DPO pairs (Parquet)", "dpo", ".parquet"),
            ("KTO rows (JSONL)", "kto", ".jsonl"), ("Battles (JSONL)", "battles", ".jsonl"),
            ("Image pairs, Pick-a-Pic (Parquet)", "pickapic", ".parquet")]
@@ -78,7 +85,7 @@ def annotator_markdown(stats: dict) -> str:
 class DataTab:
     def __init__(self, services: Services) -> None:
         self.services = services
-        with gr.Tab("Data", id="data"):
+        with gr.Tab("Data", id="data") as self.tab:
             with gr.Row():
                 self.by = gr.Radio(["sampler", "model"], value="sampler", label="Rank")
                 self.refresh = gr.Button("Refresh", scale=0, elem_id="data-refresh")
@@ -89,9 +96,14 @@ class DataTab:
             self.annotators = gr.Markdown(elem_id="data-annotators")
             gr.Markdown("### Exports")
             with gr.Row():
+                self.modality = gr.Radio([("text pairs", "text"), ("image pairs", "image"), ("both", ALL)], value="text",
+                                         label="Modality", elem_id="data-modality")
+                self.model = gr.Dropdown([ALL], value=ALL, label="Model (on a side)", elem_id="data-model")
+                self.sampler = gr.Dropdown([ALL], value=ALL, label="Sampler (on a side)", elem_id="data-sampler")
+            with gr.Row():
                 self.export_buttons = [gr.Button(label, elem_id=f"export-{fmt}{ext.replace('.', '-')}") for label, fmt, ext in FORMATS]
             self.file = gr.File(label="Download", interactive=False, elem_id="data-file")
-            self.note = gr.Markdown()
+            self.note = gr.Markdown(elem_id="data-note")
             from app.ui.train import TrainSection  # training and label quality live in their own module
 
             self.train = TrainSection(services)
@@ -99,8 +111,23 @@ class DataTab:
         self.refresh.click(self.stats, [self.by], outputs)
         self.by.change(self.stats, [self.by], outputs)
         self.refresh.click(self.train.refresh_quality, [], [self.train.quality])
+        self.tab.select(self.stats, [self.by], outputs, show_progress="hidden").then(
+            self.filter_choices, [], [self.model, self.sampler], show_progress="hidden")
+        filters = [self.by, self.modality, self.model, self.sampler]
         for button, (_, fmt, ext) in zip(self.export_buttons, FORMATS, strict=True):
-            button.click(lambda by, fmt=fmt, ext=ext: self.export(fmt, ext, by), [self.by], [self.file, self.note])
+            button.click(lambda by, modality, model, sampler, fmt=fmt, ext=ext: self.export(fmt, ext, by, modality, model, sampler),
+                         filters, [self.file, self.note])
+
+    def filter_choices(self) -> dict[Any, Any]:
+        """The models and samplers of the stored runs, for the export filters."""
+        from storage import list_runs
+
+        try:
+            runs = self.services.db.read(lambda s: list_runs(s, limit=1000))
+        except Exception as exc:
+            return {self.note: f"⚠ {md_text(error_message(exc), 600)}"}
+        return {self.model: gr.update(choices=[ALL, *sorted({r.model for r in runs})]),
+                self.sampler: gr.update(choices=[ALL, *sorted({r.sampler for r in runs})])}
 
     def stats(self, by: str = "sampler") -> dict[Any, Any]:
         from storage import summary
@@ -119,13 +146,21 @@ class DataTab:
             self.annotators: annotator_markdown(stats),
         }
 
-    def export(self, fmt: str, ext: str, by: str) -> dict[Any, Any]:
+    def export(self, fmt: str, ext: str, by: str, modality: str = ALL, model: str = ALL, sampler: str = ALL) -> dict[Any, Any]:
         from storage import export
+        from storage.exports import RecordFilter
 
+        def pick(value):
+            return None if value in (None, "", ALL) else value
+
+        if fmt == "pickapic":  # Pick-a-Pic rows are image pairs by definition
+            modality = "image"
         folder = Path(tempfile.mkdtemp(prefix="samplescope-export-"))
         path = folder / f"samplescope-{fmt}{ext}"
         try:
-            rows = self.services.db.read(lambda s: export(s, fmt, path, by=by))
+            only = RecordFilter(modality=pick(modality), model=pick(model), sampler=pick(sampler))
+            rows = self.services.db.read(lambda s: export(s, fmt, path, by=by, only=only))
         except Exception as exc:
             return {self.file: None, self.note: f"⚠ {md_text(error_message(exc), 600)}"}
-        return {self.file: str(path), self.note: f"{rows} rows written as {fmt} ({ext[1:]})"}
+        kept = ", ".join(md_text(v) for v in (pick(modality), pick(model), pick(sampler)) if v) or "all comparisons"
+        return {self.file: str(path), self.note: f"{rows} rows written as {fmt} ({ext[1:]}); kept: {kept}"}

@@ -114,13 +114,14 @@ class ExploreTab:
                         forms.reward_choices(), value="sentiment", allow_custom_value=True, label="Reward",
                         info="e.g. sentiment, math, length:20, regex:PATTERN, judge, rm:/path", elem_id="explore-reward",
                     )
+                    modality = forms.model_modality(services.default_model)  # the pickers offer what runs on the model
                     self.sampler = gr.Dropdown(
-                        [(cls.Config.label, name) for name, cls in samplers], value="best_of_n", label="Sampler", elem_id="explore-sampler",
+                        forms.sampler_choices(modality), value="best_of_n", label="Sampler", elem_id="explore-sampler",
                     )
-                    self.forms = forms.build_forms(samplers, "best_of_n", "explore")
-                    with gr.Row():
-                        self.seed = gr.Number(0, precision=0, label="Seed", minimum=0, elem_id="explore-seed")
-                        self.budget = gr.Number(0, precision=0, label="Token budget", info="0 = no cap", minimum=0)
+                    self.forms = forms.build_forms(samplers, "best_of_n", "explore", modality)
+                    with gr.Row():  # no minimum: request() refuses a negative value in words instead
+                        self.seed = gr.Number(0, precision=0, label="Seed", elem_id="explore-seed")
+                        self.budget = gr.Number(0, precision=0, label="Token budget", info="0 = no cap", elem_id="explore-budget")
                 with gr.Column(scale=2):
                     self.task = gr.Dropdown(forms.task_choices(), value=None, label="Built-in prompt", elem_id="explore-task")
                     self.prompt = gr.Textbox(lines=3, label="Prompt", placeholder="Write a prompt, or pick a built-in one", elem_id="explore-prompt")
@@ -150,17 +151,22 @@ class ExploreTab:
             trigger(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.cancel_button.click(self.cancel, [self.token], [self.status], concurrency_limit=None, show_progress="hidden")
         self.sampler.change(lambda s: forms.visibility(self.forms, s), [self.sampler], [f.group for f in self.forms])
+        self.model.change(lambda m, s: forms.fit_to_model(self.forms, self.sampler, m, s), [self.model, self.sampler],
+                          [self.sampler, *forms.form_outputs(self.forms)], show_progress="hidden")
         self.task.change(self.pick_task, [self.task], [self.prompt, self.answer, self.chat, self.model, self.reward])
+        # any change (typed, pasted, set by a link): a prompt that is not the task's own drops the task and its answer
+        self.prompt.change(self.detach_task, [self.task, self.prompt], [self.task, self.answer], show_progress="hidden")
         self.panel.table.select(self.show_candidate, [self.run_id], [self.panel.detail])
 
     # -- handlers ------------------------------------------------------------------
 
     def request(self, model, reward, sampler, prompt, answer, chat, seed, budget, values) -> RunRequest:
         params = forms.params_for(self.forms, sampler, list(values))
+        seed, budget = forms.whole_number("Seed", seed), forms.whole_number("Token budget", budget)
         return RunRequest.build(
             model=model, reward=reward, sampler=sampler, params=params, prompt=prompt or "",
-            answer=(answer or "").strip() or None, chat=bool(chat), seed=int(seed or 0),
-            budget={"generated_tokens": int(budget)} if budget else None,
+            answer=(answer or "").strip() or None, chat=bool(chat), seed=seed,
+            budget={"generated_tokens": budget} if budget else None,
             device=self.services.device, dtype=self.services.dtype, rewards_folder=rewards_home(),
         )
 
@@ -241,8 +247,8 @@ class ExploreTab:
         return "nothing is running"
 
     def pick_task(self, ref):
-        if not ref:
-            return {}
+        if not ref:  # an empty dict would read as one output value to Gradio
+            return {self.prompt: gr.update()}
         from engines.tasks import TASK_SETS, get_task
 
         task = get_task(ref)
@@ -254,6 +260,15 @@ class ExploreTab:
             self.model: task_set.model,
             self.reward: task.meta.get("reward", task_set.reward),
         }
+
+    def detach_task(self, ref, prompt):
+        """The built-in task's reference answer goes when its prompt is edited: it would score the new prompt wrongly."""
+        from engines.tasks import get_task
+
+        if not ref or (prompt or "") == get_task(ref).prompt:
+            return {self.answer: gr.update()}
+        return {self.task: None,
+                self.answer: gr.update(value="", placeholder=f"cleared: the prompt is no longer {ref}'s; type the new answer here")}
 
     def show_candidate(self, run_id, evt: gr.SelectData):
         if run_id is None:

@@ -1,8 +1,12 @@
 """The Label tab: blind pairwise preferences, stored through storage's rules.
 
-Pairs come from stored runs by one of storage's pair strategies. A comparison
-is shown blind (no rewards, no sampler or model names) with its sides as
-recorded at creation; the names and rewards are revealed once the vote is in.
+Pairs come from stored runs by one of storage's pair strategies, or across
+runs: the picks of runs on the same prompt with different samplers or models
+(e.g. a Compare sweep's cells), the only pairs whose votes say which sampler
+is better. A comparison is shown blind (no rewards, no sampler or model names)
+with its sides as recorded at creation, drawn at random. The names and rewards
+are revealed once the vote is in, in a closed "previous pair" box that names
+the pair it belongs to, so they never read as the next blind pair's.
 Buttons A, B, Tie, Both bad and Skip answer to the keys 1, 2, 3, 4 and s
 (static/keys.js). Each shown comparison carries an idempotency key, so a
 repeated click or a replayed request stores nothing new; every rule (the
@@ -19,7 +23,7 @@ from typing import Any
 import gradio as gr
 
 from app.ui.services import Services, error_message
-from app.views.render import image_tag, markdown, md_text
+from app.views.render import image_tag, md_text, verbatim
 
 CHOICES = [("A is better", "left", "1", "vote-a"), ("B is better", "right", "2", "vote-b"),
            ("Tie", "tie", "3", "vote-tie"), ("Both bad", "both_bad", "4", "vote-bad"), ("Skip", "skip", "s", "vote-skip")]
@@ -54,7 +58,15 @@ def annotator_state(secret: str | None = None) -> gr.BrowserState:
 def side_html(shown: Any) -> str:
     if shown.image:
         return image_tag(shown.image, 192)
-    return markdown(shown.text)
+    return verbatim(shown.text)
+
+
+def strategy_choices(strategies) -> list[tuple[str, str]]:
+    """The pair strategies as the picker offers them: across runs first (it ranks samplers), then within one run."""
+    from storage import CROSS_RUN
+
+    return ([("across runs: same prompt, different sampler or model (ranks samplers)", CROSS_RUN)]
+            + [(f"within a run: {name}", name) for name in strategies] + [(name, name) for name in learned_strategies()])
 
 
 def learned_strategies() -> list[str]:
@@ -72,13 +84,14 @@ class LabelTab:
 
         self.services = services
         self.browser_id = browser_id if browser_id is not None else annotator_state()
-        with gr.Tab("Label", id="label", elem_id="label-panel"):
+        with gr.Tab("Label", id="label", elem_id="label-panel") as self.tab:
             self.who = gr.Markdown(elem_id="label-who")
             with gr.Accordion("Make pairs from stored runs", open=False):
                 with gr.Row():
                     self.pair_runs = gr.Textbox(label="Run ids", placeholder="e.g. 3, 5 (empty: the 20 newest runs)", scale=2)
-                    self.strategy = gr.Dropdown(list(STRATEGIES) + learned_strategies(), value="max_min",
-                                                label="Pair strategy", scale=1, allow_custom_value=True)
+                    self.sweep = gr.Dropdown([], value=None, label="or a Compare sweep's runs", scale=1, elem_id="label-sweep")
+                    self.strategy = gr.Dropdown(strategy_choices(STRATEGIES), value="max_min",
+                                                label="Pair strategy", scale=1, allow_custom_value=True, elem_id="label-strategy")
                     self.count = gr.Number(1, precision=0, minimum=1, label="Pairs per run (random)", scale=1)
                     self.make = gr.Button("Make pairs", scale=0, elem_id="label-make")
                 self.made = gr.Markdown(elem_id="label-made")
@@ -94,18 +107,24 @@ class LabelTab:
             self.rationale = gr.Textbox(label="Rationale (optional)", lines=2, max_length=2000, elem_id="label-rationale")
             with gr.Row():
                 self.buttons = [gr.Button(f"{text} ({key})", elem_id=elem) for text, _, key, elem in CHOICES]
-            self.reveal = gr.Markdown(elem_id="label-reveal")
+            self.stored = gr.Markdown(elem_id="label-stored")
+            # closed, and naming its own pair: the last pair's identities never sit under the next blind pair
+            with gr.Accordion("Previous pair, revealed", open=False, elem_id="label-reveal-box"):
+                self.reveal = gr.Markdown(elem_id="label-reveal")
             # states live inside the Tab: a State directly under gr.Tabs makes Gradio 6.31 draw duplicate tab buttons
             self.current = gr.State(None)  # {comparison_id, key, shown_at}
         shown = [self.who, self.progress, self.prompt, self.left, self.right, self.current, self.rationale]
         for button, (_, choice, _, _) in zip(self.buttons, CHOICES, strict=True):
             button.click(
-                self._voter(choice), [self.current, self.rationale, self.browser_id], [self.reveal, *shown],
+                self._voter(choice), [self.current, self.rationale, self.browser_id], [self.stored, self.reveal, *shown],
                 concurrency_limit=8, concurrency_id="votes", show_progress="hidden", trigger_mode="once",
             )
-        self.make.click(self.make_pairs, [self.pair_runs, self.strategy, self.count], [self.made]).then(
+        self.make.click(self.make_pairs, [self.pair_runs, self.strategy, self.count, self.sweep], [self.made]).then(
             self.next, [self.browser_id], shown
         )
+        # what other tabs stored since (runs, sweeps, pairs) shows when the tab is opened, without a reload
+        self.tab.select(self.sweeps, [], [self.sweep], show_progress="hidden").then(
+            self.next, [self.browser_id], shown, show_progress="hidden")
 
     # -- handlers --------------------------------------------------------------------
 
@@ -126,7 +145,7 @@ class LabelTab:
             return {**base, self.prompt: "<p><em>No pairs left for you. Make pairs from stored runs above.</em></p>",
                     self.left: "", self.right: "", self.current: None}
         state = {"comparison_id": shown.comparison_id, "key": uuid.uuid4().hex, "shown_at": shown.shown_at.isoformat()}
-        return {**base, self.prompt: "<p><strong>Prompt</strong></p>" + markdown(shown.prompt),
+        return {**base, self.prompt: "<p><strong>Prompt</strong></p>" + verbatim(shown.prompt),
                 self.left: side_html(shown.left), self.right: side_html(shown.right), self.current: state}
 
     def _voter(self, choice: str):
@@ -139,7 +158,7 @@ class LabelTab:
         from storage import add_vote, present
 
         if not current:
-            return {self.reveal: "Nothing to vote on.", **self.next(browser_id, request)}
+            return {self.stored: "Nothing to vote on.", **self.next(browser_id, request)}
         try:
             who = annotator_name(self.services, request, browser_id)
             comparison_id = int(current["comparison_id"])
@@ -155,19 +174,37 @@ class LabelTab:
 
             shown, result = self.services.db.write(write)
         except Exception as exc:
-            return {self.reveal: f"⚠ vote not stored: {md_text(error_message(exc), 600)}"}
-        return {self.reveal: reveal_markdown(shown, choice, result.created), **self.next(browser_id, request)}
+            return {self.stored: f"⚠ vote not stored: {md_text(error_message(exc), 600)}"}
+        said = "" if result.created else " (already stored: nothing new was written)"
+        return {self.stored: f"Vote stored{said}. The pair it was on is revealed under *Previous pair*.",
+                self.reveal: reveal_markdown(shown, choice, result.created), **self.next(browser_id, request)}
 
-    def make_pairs(self, run_ids, strategy, count) -> str:
-        from storage import list_runs, make_comparisons
+    def sweeps(self) -> dict[Any, Any]:
+        from storage.sweeps import list_sweeps
+
+        try:
+            choices = [(s.label(), s.id) for s in self.services.db.read(list_sweeps)]
+        except Exception as exc:
+            gr.Warning(md_text(error_message(exc), 200))
+            return {self.sweep: gr.update()}
+        return {self.sweep: gr.update(choices=choices)}
+
+    def make_pairs(self, run_ids, strategy, count, sweep=None) -> str:
+        from storage import CROSS_RUN, cross_run_comparisons, list_runs, make_comparisons
 
         try:
             ids = [int(x) for x in (run_ids or "").replace(",", " ").split()]
         except ValueError:
             return "⚠ run ids must be numbers, separated by commas or spaces"
         try:
+            if not ids and sweep not in (None, ""):
+                ids = self.services.db.read(lambda s: sweep_run_ids(s, int(sweep)))
             if not ids:
                 ids = [r.id for r in self.services.db.read(lambda s: list_runs(s, limit=20))]
+            if strategy == CROSS_RUN:
+                made = self.services.db.write(lambda s: len(cross_run_comparisons(s, ids)))
+                return (f"made {made} comparison(s) across {len(ids)} run(s)" if made else
+                        f"⚠ no pairs: none of these {len(ids)} run(s) share a prompt with a run of another sampler or model")
             scorer = None
             if (strategy or "").startswith("uncertain:"):  # the learned reward scores the candidates
                 from app.workflows.reward_training import reward_scorer
@@ -181,11 +218,24 @@ class LabelTab:
         return f"made {made} comparison(s) from {len(ids)} run(s)"
 
 
+def sweep_run_ids(session, sweep_id: int) -> list[int]:
+    """The runs a Compare sweep stored, one per finished cell."""
+    from sqlalchemy import select
+
+    from storage.models import SweepCell
+    from storage.sweeps import load_sweep
+
+    load_sweep(session, sweep_id)  # a one-line NotFound for an unknown sweep
+    return list(session.scalars(select(SweepCell.run_id).where(SweepCell.sweep_id == sweep_id).order_by(SweepCell.id)))
+
+
 def reveal_markdown(shown: Any, choice: str, created: bool) -> str:
+    """Who was behind the pair just voted on, named as that pair (its number and prompt), not as the next one."""
     def side(name: str, s: Any) -> str:
         reward = "-" if s.reward is None else md_text(f"{s.reward:.4g}")
         return f"**{name}**: run {md_text(s.run_id)}, {md_text(s.sampler)} on {md_text(s.model)}, reward {reward}"
 
     said = {"left": "A", "right": "B", "tie": "a tie", "both_bad": "both bad", "skip": "skip"}[choice]
     again = "" if created else " (already stored: nothing new was written)"
-    return f"Your vote: **{said}**{again}.  \n{side('A', shown.left)}  \n{side('B', shown.right)}"
+    return (f"Your vote: **{said}**{again}, on pair {md_text(shown.comparison_id)} (prompt “{md_text(shown.prompt, 80)}”).  \n"
+            f"{side('A', shown.left)}  \n{side('B', shown.right)}")

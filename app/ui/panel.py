@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from app.views import trace as views
-from app.views.render import image_tag, markdown, text
+from app.views.render import image_tag, text, verbatim
 from engines.trace import Trace
 
 
@@ -68,14 +68,14 @@ class ViewPanel:
 
 
 def candidate_html(trace: Trace, node_id: str | None) -> str:
-    """A candidate's full text as sanitised Markdown (or its image), with its rewards."""
+    """A candidate's full text, verbatim (or its image), with its rewards."""
     if node_id is None or node_id not in trace.nodes:
         return "<p><em>Pick a candidate in the table to read it here.</em></p>"
     node = trace.nodes[node_id]
     rewards = trace.scores.get(node_id, {})
     head = ", ".join(f"{text(name)} = {_number(value)}" for name, value in rewards.items()) or "no reward"
     picked = " — <strong>picked</strong>" if node_id in trace.selected else ""
-    body = image_tag(node.image, 128) if node.image else markdown(trace.full_text(node_id))
+    body = image_tag(node.image, 128) if node.image else verbatim(trace.full_text(node_id))
     return f"<p><code>{text(node_id)}</code>{picked}<br><small>{head}</small></p>{body}"
 
 

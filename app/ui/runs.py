@@ -2,7 +2,8 @@
 
 Opening a run replays its stored events into the same views Explore uses, in
 a few quick steps so the tree can be seen growing. ``/?run=ID`` opens a run
-directly (see :func:`app.ui.build_demo`).
+directly (see :func:`app.ui.build_demo`). The list refreshes when the tab is
+opened, so a run stored in Explore or Compare shows without a reload.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ HEADERS = ["id", "created", "sampler", "model", "reward", "status", "candidates"
 class RunsTab:
     def __init__(self, services: Services) -> None:
         self.services = services
-        with gr.Tab("Runs", id="runs"):
+        with gr.Tab("Runs", id="runs") as self.tab:
             with gr.Row():
                 self.sampler = gr.Dropdown([ALL], value=ALL, label="Sampler", allow_custom_value=True)
                 self.model = gr.Dropdown([ALL], value=ALL, label="Model", allow_custom_value=True)
@@ -48,6 +49,7 @@ class RunsTab:
         filters = [self.sampler, self.model, self.reward]
         listing = [self.table, self.sampler, self.model, self.reward]
         self.refresh.click(self.list, filters, listing)
+        self.tab.select(self.list, filters, listing, show_progress="hidden")
         for f in filters:
             f.input(self.list, filters, listing)
         self.open.click(self.replay, [self.run_id], [self.header, self.opened, *self.panel.outputs])

@@ -1,11 +1,11 @@
 """Untrusted model output, made safe to show.
 
-Model text is rendered as Markdown on the server with raw HTML disabled
-(markdown-it-py, ``html=False``: a ``<script>`` in a candidate becomes the
-literal text ``&lt;script&gt;``), then passed through an allow-list sanitiser
-(nh3, Rust's ammonia) that keeps formatting tags only and links only with
-http, https or mailto schemes. Nothing a model writes can add an element
-with an event handler, a ``javascript:`` URL, or a script.
+Model text is shown verbatim: :func:`verbatim` escapes it and wraps it in a
+``<pre>`` that keeps its whitespace and line breaks, so ``12*4=48`` reads
+``12*4=48`` (not "124=48" in italics) and ``#### 667`` stays four hashes and a
+number. Nothing a model writes is interpreted, neither as Markdown nor as HTML:
+a ``<script>`` in a candidate is the literal text ``&lt;script&gt;``.
+Annotators judge exactly what the model wrote.
 
 Plot hover text goes through :func:`plain`, which escapes it so plotly shows
 it literally. Every other stored string (ids, names, annotators, statuses,
@@ -20,29 +20,13 @@ from __future__ import annotations
 import html
 import re
 
-import nh3
-from markdown_it import MarkdownIt
 
-_MD = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
+def verbatim(text: str | None) -> str:
+    """Untrusted model text as an escaped ``<pre class="model-text">`` block: exactly what was written.
 
-_TAGS = {
-    "p", "br", "hr", "em", "strong", "code", "pre", "blockquote", "ul", "ol", "li",
-    "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td", "del",
-}
-_ATTRIBUTES = {"a": {"href", "title"}, "th": {"align"}, "td": {"align"}, "ol": {"start"}}
-
-
-def markdown(text: str) -> str:
-    """Sanitised HTML for untrusted Markdown text."""
-    rendered = _MD.render(text or "")
-    return nh3.clean(
-        rendered,
-        tags=_TAGS,
-        attributes=_ATTRIBUTES,
-        url_schemes={"http", "https", "mailto"},
-        link_rel="noopener noreferrer nofollow",
-        strip_comments=True,
-    )
+    static/app.css styles ``.model-text`` (pre-wrap: long lines wrap, every space and line break stays).
+    """
+    return f'<pre class="model-text">{html.escape(text or "", quote=True)}</pre>'
 
 
 def plain(text: str, limit: int = 400) -> str:
@@ -58,8 +42,9 @@ def text(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-# what could make an element, a link, an image or a table cell of stored text; emphasis is left alone (harmless)
-_MD_SPECIAL = re.compile(r"([\\`\[\]<&|])")
+# what could make an element, a link, an image, a table cell or emphasis of stored text: "12*4=48" must not lose
+# its star to an <em>. Underscores need no escape: inside a word (best_of_n) CommonMark never reads them as emphasis.
+_MD_SPECIAL = re.compile(r"([\\`\[\]<&|*~])")
 
 
 def md_text(value: object, limit: int = 200) -> str:

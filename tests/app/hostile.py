@@ -48,7 +48,7 @@ _TAGS = {
 _ATTRS = {
     "a": {"href", "title", "rel"}, "th": {"align", "style"}, "td": {"align", "style"}, "ol": {"start"},
     "img": {"src", "width", "height", "style", "title", "alt"}, "figure": {"style"}, "div": {"style"},
-    "span": {"class"},
+    "span": {"class"}, "pre": {"class"},  # <pre class="model-text">: model text, verbatim (app.views.render.verbatim)
 }
 #: the CSS properties the app's own elements use (no position, z-index, background, url(...))
 _STYLE_PROPERTIES = {"margin", "display", "text-align", "border", "padding", "image-rendering", "overflow-x"}

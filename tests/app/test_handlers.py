@@ -65,13 +65,13 @@ def test_explore_run_streams_live_updates_then_stores_the_run(explore, services,
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"n": 0}, "n must be >= 1"),
-        ({"n": 2.5}, "N must be an integer"),
+        ({"n": 0}, "N must be at least 1, got 0"),  # the field's label, not the config's name
+        ({"n": 2.5}, "N must be a whole number"),
         ({"prompt": "   "}, "the prompt is empty"),
         ({"sampler": "nope"}, "unknown sampler"),
         ({"model": "nope:x"}, "unknown model scheme"),
         ({"reward": "regex:("}, "invalid regex"),
-        ({"budget": -1}, "budget generated_tokens"),
+        ({"budget": -1}, "Token budget must be at least 0, got -1"),
     ],
 )
 def test_explore_bad_input_is_one_line_in_the_status_and_nothing_is_stored(explore, services, db, change, message):
@@ -107,7 +107,7 @@ def test_a_built_in_prompt_fills_the_form(explore):
     filled = explore.pick_task("open:9")
     assert filled[explore.prompt].startswith("Write a sentence that mentions the sun")
     assert filled[explore.reward] == "keywords:sun,sea" and filled[explore.model] == "embedded:smollm2"
-    assert explore.pick_task(None) == {}
+    assert list(explore.pick_task(None)) == [explore.prompt] and explore.pick_task(None)[explore.prompt] == gr.update()  # nothing changes
 
 
 def test_every_sampler_has_a_form_and_only_the_chosen_one_shows(explore):
@@ -171,7 +171,7 @@ def test_label_vote_flow_is_blind_stored_once_and_revealed(label, db):
     current = shown[label.current]
 
     out = label.vote("left", current, "clearer", token)
-    assert out[label.reveal].startswith("Your vote: **A**.") and "secret_sampler on secret-model" in out[label.reveal]
+    assert out[label.reveal].startswith("Your vote: **A**, on pair ") and "secret_sampler on secret-model" in out[label.reveal]
     assert out[label.progress] == "1 done, 2 to go" and out[label.current]["comparison_id"] != current["comparison_id"]
     cid = current["comparison_id"]
     (vote,) = db.read(lambda s: vote_history(s, cid, guest))
@@ -181,7 +181,7 @@ def test_label_vote_flow_is_blind_stored_once_and_revealed(label, db):
     assert "already stored: nothing new was written" in again[label.reveal] and counts(db)["votes"] == 1
     # the same state with another answer is refused, not stored as a second vote
     other = label.vote("right", current, "clearer", token)
-    assert other[label.reveal].startswith("⚠ vote not stored: idempotency key") and counts(db)["votes"] == 1
+    assert other[label.stored].startswith("⚠ vote not stored: idempotency key") and counts(db)["votes"] == 1
 
 
 def test_a_label_vote_costs_a_bounded_number_of_statements(label, db):
@@ -203,7 +203,7 @@ def test_a_label_vote_costs_a_bounded_number_of_statements(label, db):
         out = label.vote("right", first[label.current], "", token)
     finally:
         event.remove(db.engine, "before_cursor_execute", count)
-    assert out[label.reveal].startswith("Your vote: **B**.") and out[label.progress] == "2 done, 1 to go"
+    assert out[label.reveal].startswith("Your vote: **B**, on pair ") and out[label.progress] == "2 done, 1 to go"
     assert len(statements) <= 14, "\n".join(statements)
 
 
@@ -225,9 +225,9 @@ def test_a_bad_vote_is_an_error_and_stores_nothing(label, db, current, browser_i
     if browser_id == "issued":
         browser_id = label.ensure_identity(None)
     out = label.vote("left", state, "", browser_id)
-    assert out[label.reveal].startswith("⚠ vote not stored") and message in out[label.reveal]
-    assert "internal error" not in out[label.reveal] and counts(db)["votes"] == 0
-    assert label.vote("left", None, "", label.ensure_identity(None))[label.reveal] == "Nothing to vote on."
+    assert out[label.stored].startswith("⚠ vote not stored") and message in out[label.stored]  # in sight, not in the closed box
+    assert "internal error" not in out[label.stored] and counts(db)["votes"] == 0
+    assert label.vote("left", None, "", label.ensure_identity(None))[label.stored] == "Nothing to vote on."
 
 
 def test_make_pairs_reports_bad_input(label, db):

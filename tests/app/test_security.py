@@ -55,14 +55,14 @@ def test_a_vote_with_a_made_up_or_forged_guest_id_is_refused_over_http(server):
     out = page.call(load, [None])
     token = next(v for v in out if isinstance(v, str) and v.startswith("guest-") and "." in v)
     vote = page.dependency(elem_id="vote-a")
-    reveal = vote["outputs"].index(page.component_id("label-reveal"))
+    reveal = vote["outputs"].index(page.component_id("label-stored"))  # the line under the buttons: stored or why not
     before = votes(db)
     for forged in ("guest-1", "ada", token.split(".")[0], token[:-1] + ("0" if token[-1] != "0" else "1"), None, 7, ["x"]):
         result = page.call(vote, [None, "", forged])
         assert str(result[reveal]).startswith("⚠ vote not stored") and "guest id" in str(result[reveal]), forged
     assert votes(db) == before
     result = page.call(vote, [None, "", token])  # the page's own token: stored as that guest
-    assert str(result[reveal]).startswith("Your vote") and votes(db) == before + 1
+    assert str(result[reveal]).startswith("Vote stored") and votes(db) == before + 1
 
 
 def test_page_load_replaces_a_client_chosen_id_with_a_signed_one(server):
@@ -191,8 +191,8 @@ def test_a_cold_model_load_does_not_block_labelling_over_http(server):
         token = next(v for v in page.call(load, [None]) if isinstance(v, str) and v.startswith("guest-"))
         vote = page.dependency(elem_id="vote-b")
         result = page.call(vote, [None, "", token])
-        reveal = result[vote["outputs"].index(page.component_id("label-reveal"))]
-        assert str(reveal).startswith("Your vote") and sample.is_alive() and not release.is_set()
+        stored = result[vote["outputs"].index(page.component_id("label-stored"))]
+        assert str(stored).startswith("Vote stored") and sample.is_alive() and not release.is_set()
         release.set()
         sample.join(60)
         assert outcome and outcome[0][0]["status"] == "ok"

@@ -9,7 +9,7 @@ import pytest
 
 from app.ui.panel import candidate_html
 from app.views import trace as views
-from app.views.render import markdown, plain
+from app.views.render import plain, verbatim
 from engines.runner import RunRequest, execute
 from engines.trace import ResampleEvent, Trace
 from tests.app.helpers import XSS_IMG, XSS_LINK, XSS_PAYLOADS, XSS_RAW, XSS_SCRIPT, make_trace
@@ -185,36 +185,34 @@ def elements(html: str) -> list[tuple[str, dict[str, str | None]]]:
 
 
 @pytest.mark.parametrize("payload", [*XSS_PAYLOADS, " ".join(XSS_PAYLOADS)])
-def test_markdown_neutralises_active_content(payload):
-    html = markdown(f"Before.\n\n{payload}\n\nAfter.")
+def test_verbatim_neutralises_active_content(payload):
+    html = verbatim(f"Before.\n\n{payload}\n\nAfter.")
     built = elements(html)
-    assert {tag for tag, _ in built} <= {"p"}
-    assert all(not attrs for _, attrs in built)  # no event handler, style, src or href at all
+    assert [tag for tag, _ in built] == ["pre"]  # our one element; nothing the model wrote is an element
     assert "Before." in html and "After." in html
 
 
-def test_markdown_shows_the_payload_as_text():
-    assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in markdown(XSS_SCRIPT)
-    assert "&lt;img src=x onerror=" in markdown(XSS_IMG)
-    assert "[x](javascript:window.__xss=1)" in markdown(XSS_LINK)
-    assert "&lt;div" in markdown(XSS_RAW) and "raw html" in markdown(XSS_RAW)
-    # an HTML block written by hand does not sneak past either
-    assert "<a" not in markdown('<a href="javascript:alert(1)">click</a>')
-    assert 'href="javascript' not in markdown("[y](JaVaScRiPt:alert(1)) <javascript:alert(1)>")
+def test_verbatim_shows_the_payload_as_text():
+    assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in verbatim(XSS_SCRIPT)
+    assert "&lt;img src=x onerror=" in verbatim(XSS_IMG)
+    assert "[x](javascript:window.__xss=1)" in verbatim(XSS_LINK)
+    assert "&lt;div" in verbatim(XSS_RAW) and "raw html" in verbatim(XSS_RAW)
+    assert "<a" not in verbatim('<a href="javascript:alert(1)">click</a>')
 
 
-def test_markdown_keeps_ordinary_formatting():
-    html = markdown("# Title\n\n**bold** and *em* and `code`\n\n- one\n- two\n\n[site](https://example.org)\n\n"
-                    "| a | b |\n|---|---|\n| 1 | 2 |\n\n```\nx = 1\n```")
-    for tag in ("<h1>", "<strong>bold</strong>", "<em>em</em>", "<code>code</code>", "<li>one</li>", "<table>", "<pre>"):
-        assert tag in html
-    assert 'href="https://example.org"' in html and 'rel="noopener noreferrer nofollow"' in html
+def test_verbatim_interprets_no_markdown():
+    written = "#### 667\n\n12*4=48 and *em* and `code`\n- one\n  two"
+    html = verbatim(written)
+    for tag in ("<h4>", "<em>", "<code>", "<li>"):
+        assert tag not in html
+    inner = html[html.index(">") + 1 : html.rindex("</pre>")]
+    assert inner.replace("&#x27;", "'").replace("&quot;", '"') == written  # every character and line break kept
 
 
 def test_candidate_detail_is_sanitised_and_names_the_pick():
     trace = make_trace([" ".join(XSS_PAYLOADS), "b"], [0.7, 0.2], pick=0)
     html = candidate_html(trace, "n0")
     assert "<code>n0</code> — <strong>picked</strong>" in html and "toy = 0.7" in html
-    assert {tag for tag, _ in elements(html)} == {"p", "code", "br", "small", "strong"}
-    assert not any(attrs for _, attrs in elements(html))
+    assert {tag for tag, _ in elements(html)} == {"p", "code", "br", "small", "strong", "pre"}
+    assert [attrs for _, attrs in elements(html) if attrs] == [{"class": "model-text"}]  # the verbatim block's, no other
     assert "Pick a candidate" in candidate_html(trace, "nope")

@@ -153,3 +153,13 @@ def test_export_and_stats_take_the_repeat_and_gold_policies(cli, url, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         cli("export", "--format", "dpo", "--out", str(out_file), "--db", url, "--repeats", "twice")
     assert exit_.value.code == 2
+
+
+def test_export_filters_by_modality_model_and_sampler(cli, url, tmp_path):
+    out_file = tmp_path / "f.jsonl"
+    for flags, rows in ((("--modality", "text"), 2), (("--modality", "image"), 0), (("--model", "m2"), 2),
+                        (("--sampler", "smc"), 2), (("--sampler", "knockout"), 0)):
+        code, out, _ = cli("export", "--format", "dpo", "--out", str(out_file), *flags, "--db", url)
+        assert code == 0 and out.strip() == f"wrote {rows} dpo row{'s' if rows != 1 else ''} to {out_file}", flags
+    with pytest.raises(SystemExit):  # argparse refuses an unknown modality with its one-line usage error
+        cli("export", "--format", "dpo", "--out", str(out_file), "--modality", "audio", "--db", url)

@@ -211,3 +211,43 @@ def test_bad_files_and_names(db, tmp_path):
         db.read(lambda s: export(s, "sft", tmp_path / "out.jsonl"))
     with pytest.raises(FileNotFoundError):
         db.write(lambda s: import_file(s, tmp_path / "missing.jsonl"))
+
+
+def test_exports_filter_by_modality_model_and_sampler(db, labelled):
+    from engines.trace import DoneEvent, NodeEvent, SelectEvent, Trace
+    from storage import cross_run_comparisons, save_run
+    from storage.exports import RecordFilter
+
+    def image_run(sampler: str, shade: int) -> int:
+        import base64
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.new("L", (8, 8), color=shade).save(buffer, format="PNG")
+        png = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        trace = Trace([NodeEvent(id="root", parent=None, text=""), NodeEvent(id="x", parent="root", depth=1, image=png, final=True),
+                       SelectEvent(nodes=["x"]), DoneEvent(picks=["x"], candidates=["x"], cost={})])
+        return db.write(lambda s: save_run(s, trace=trace, task={"prompt": "digit:3"}, model="digits", reward="digit:3",
+                                           sampler=sampler, config={}, seed=0))
+
+    runs = [image_run("best_of_n", 40), image_run("fk_steering", 200)]
+    (image_pair,) = db.write(lambda s: cross_run_comparisons(s, runs))
+    cast(db, image_pair, "ada", "a")
+
+    def rows(fmt="dpo", **only):
+        return db.read(lambda s: export_rows(s, fmt, only=RecordFilter(**only)))
+
+    everything = rows()
+    assert len(everything) == 5 and any(r["chosen_image"] for r in everything)  # the image pair mixed in, empty text
+    text = rows(modality="text")
+    assert len(text) == 4 and all(r["chosen"] for r in text) and "chosen_image" not in text[0]  # a text-only file
+    assert [r["comparison_id"] for r in rows(modality="image")] == [image_pair]
+    assert {r["comparison_id"] for r in rows(model="m2")} == {labelled[3]}  # m2 on one side of the cross-run pair
+    assert {r["comparison_id"] for r in rows(sampler="smc")} == {labelled[3]}
+    assert {r["comparison_id"] for r in rows(sampler="fk_steering")} == {image_pair}
+    assert rows(sampler="nobody") == []
+    assert {r["outcome"] for r in rows("kto", modality="text")} >= {"a", "tie", "both_bad"}
+    with pytest.raises(InvalidInput, match="modality must be one of text, image"):
+        RecordFilter(modality="audio")

@@ -126,3 +126,38 @@ def test_compare_runs_pairs_the_picks_of_runs_on_one_prompt(db):
     other = store_run(db, ["d"], [1.0], prompt="another prompt")
     with pytest.raises(InvalidInput, match="same prompt"):
         db.write(lambda s: compare_runs(s, [r1, other]))
+
+
+def test_cross_run_pairs_pit_different_samplers_on_one_prompt_and_never_an_arm_against_itself(db):
+    from storage import CROSS_RUN, cross_run_comparisons, present
+
+    best = store_run(db, ["a1", "a2"], [1.0, 2.0], sampler="best_of_n", picks=[1])
+    best_again = store_run(db, ["a3"], [0.5], sampler="best_of_n")  # the same arm: its newest run stands for it
+    smc = store_run(db, ["b1", "b2"], [1.0, 2.0], sampler="smc", picks=[0])
+    other_model = store_run(db, ["c1"], [0.0], sampler="smc", model="other-model")
+    elsewhere = store_run(db, ["d1"], [1.0], sampler="knockout", prompt="another prompt")  # alone on its prompt
+    ids = db.write(lambda s: cross_run_comparisons(s, [best, best_again, smc, other_model, elsewhere]))
+    assert len(ids) == 3  # three arms on the prompt: best_of_n, smc, smc on other-model
+    shown = [db.read(lambda s, i=i: present(s, i)) for i in ids]
+    arms = [{(x.sampler, x.model) for x in (p.left, p.right)} for p in shown]
+    assert all(len(a) == 2 for a in arms)  # never one arm against itself
+    texts = {x.text for p in shown for x in (p.left, p.right)}
+    assert texts == {"a3", "b1", "c1"}  # the newest best_of_n run's pick, smc's pick, the other model's only candidate
+    rows = db.read(lambda s: [s.get(Comparison, i) for i in ids])
+    assert {r.strategy for r in rows} == {CROSS_RUN} and all(r.blind for r in rows)
+    # the sides are drawn, seeded: the same call again reuses the same comparisons unchanged
+    assert db.write(lambda s: cross_run_comparisons(s, [best, best_again, smc, other_model, elsewhere])) == ids
+    with pytest.raises(InvalidInput, match="no run 999"):
+        db.write(lambda s: cross_run_comparisons(s, [best, 999]))
+
+
+def test_cross_run_sides_are_random_not_always_the_first_run_on_the_left(db):
+    from storage import cross_run_comparisons
+
+    lefts = []
+    for k in range(16):
+        a = store_run(db, [f"x{k}"], [1.0], sampler="best_of_n", prompt=f"p{k}")
+        b = store_run(db, [f"y{k}"], [1.0], sampler="smc", prompt=f"p{k}")
+        (cid,) = db.write(lambda s, a=a, b=b: cross_run_comparisons(s, [a, b]))
+        lefts.append(db.read(lambda s, cid=cid: s.get(Comparison, cid).left_side))
+    assert set(lefts) == {"a", "b"}
