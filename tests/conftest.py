@@ -11,7 +11,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One torch thread, here and in the processes the tests start (OMP_NUM_THREADS): most tests run tiny tensors, where a
+# second OpenMP thread only adds a barrier, and on a busy machine (the services starting beside the suite, other jobs)
+# that barrier waits for a core. Measured on the 2-core AVX2 machine under load: log_softmax of a 6x4 tensor 3-11 ms
+# with 2 threads, 2 us with 1; SmolLM2 best-of-4 x 16 tokens 0.2-0.4 tok/s with 2 threads, 2.8-3.5 tok/s with 1.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
