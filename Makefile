@@ -34,9 +34,10 @@ system-deps:
 run: install
 	$(VENV)/bin/samplescope serve
 
-# the whole suite, with the services its tests use (PostgreSQL, real vLLM servers; .ci/with-services)
+# the whole suite, with the services its tests use (PostgreSQL, real vLLM and llama.cpp servers; .ci/with-services
+# starts the servers in the background and the tests that need them run last); the slowest tests are listed
 test: install system-deps
-	bash .ci/with-services $(PY) -m pytest -q
+	bash .ci/with-services $(PY) -m pytest -q --durations=25
 
 test-fast: install
 	$(PY) -m pytest -q -m "not model and not browser and not slow"

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One torch thread, here and in the processes the tests start (OMP_NUM_THREADS): most tests run tiny tensors, where a
+# second OpenMP thread only adds a barrier, and on a busy machine (the services starting beside the suite, other jobs)
+# that barrier waits for a core. Measured on the 2-core AVX2 machine under load: log_softmax of a 6x4 tensor 3-11 ms
+# with 2 threads, 2 us with 1; SmolLM2 best-of-4 x 16 tokens 0.2-0.4 tok/s with 2 threads, 2.8-3.5 tok/s with 1.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -40,10 +47,54 @@ def smollm2():
     return load_model("embedded:smollm2")
 
 
+# -- services that start while the suite runs ---------------------------------------------------------------------
+# .ci/with-services starts PostgreSQL before the suite and vLLM and llama.cpp in the background (their installs, build
+# and warm-up take minutes), naming a folder in SAMPLESCOPE_TEST_SERVICES: NAME.pending while service NAME is on its
+# way, then NAME.env (its SAMPLESCOPE_TEST_* variables, one VAR=VALUE a line, written whole) once it is up or has given
+# up, and NAME.log (its diagnostics). The tests that need a service run last (pytest_collection_modifyitems) and wait
+# for its file, so the rest of the suite runs while the servers start.
+SERVICE_MARKERS = ("vllm", "llamacpp")  # markers named as the services, in the order their tests run
+SERVICE_WAIT_S = 1800  # vLLM's install, three servers' warm-up, llama.cpp's build, on a busy 2-core machine
+_services_ready: dict[str, float] = {}  # service -> seconds the first test that needed it waited
+
+
+def _services_folder() -> Path | None:
+    folder = os.environ.get("SAMPLESCOPE_TEST_SERVICES")
+    return Path(folder) if folder else None
+
+
+def _await_service(name: str) -> None:
+    """Wait for background service ``name`` (if one is on its way) and take its variables into the environment."""
+    folder = _services_folder()
+    if folder is None or name in _services_ready or not (folder / f"{name}.pending").exists():
+        return
+    started = time.monotonic()
+    done = folder / f"{name}.env"
+    while not done.exists() and time.monotonic() - started < SERVICE_WAIT_S:
+        time.sleep(1)
+    _services_ready[name] = time.monotonic() - started
+    if done.exists():
+        for line in done.read_text().splitlines():
+            variable, _, value = line.partition("=")
+            if variable.startswith("SAMPLESCOPE_TEST_") and value:
+                os.environ[variable] = value
+
+
+def _service_of(variable: str) -> str | None:
+    return next((name for name in SERVICE_MARKERS if variable.startswith(f"SAMPLESCOPE_TEST_{name.upper()}")), None)
+
+
 def _server_url(variable: str, what: str, how: str = "make test starts one") -> str:
     """The URL (``http://HOST:PORT/v1``) in ``variable``; the test is skipped, saying so, without it."""
+    service = _service_of(variable)
+    if service:
+        _await_service(service)
     url = os.environ.get(variable)
     if not url:
+        folder = _services_folder()
+        log = folder / f"{service}.log" if folder and service else None
+        if log is not None and log.exists():
+            how = f"it did not start: see {log}"
         pytest.skip(f"no {what}: set {variable}=http://HOST:PORT/v1 ({how})")
     return url
 
@@ -86,9 +137,39 @@ def sglang_url():
                        "none; scripts/sglang_cpu/run install && scripts/sglang_cpu/run serve")
 
 
+def _service_rank(item: pytest.Item) -> int:
+    return next((rank for rank, name in enumerate(SERVICE_MARKERS, 1) if item.get_closest_marker(name)), 0)
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
             if "cuda" in item.keywords:
                 item.add_marker(skip)
+    if _services_folder() is not None:  # the servers are starting: their tests last, in collection order otherwise
+        items.sort(key=_service_rank)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A service's tests (also those that read its files, as llama.cpp's own-server test) wait for it first."""
+    for name in SERVICE_MARKERS:
+        if item.get_closest_marker(name):
+            _await_service(name)
+
+
+def pytest_terminal_summary(terminalreporter):
+    folder = _services_folder()
+    if folder is None:
+        return
+    for name in SERVICE_MARKERS:
+        if (folder / f"{name}.pending").exists():
+            waited = _services_ready.get(name)
+            state = "not needed" if waited is None else f"its tests waited {waited:.0f} s for it"
+            up = "up" if any(line for line in _read(folder / f"{name}.env").splitlines()) else "NOT up"
+            terminalreporter.write_line(f"services: {name} {up} ({state}; log {folder / f'{name}.log'})")
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
