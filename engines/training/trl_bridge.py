@@ -42,7 +42,8 @@ What maps exactly (on-policy: ``num_iterations=1``, one optimiser step per gener
 - RAFT's SFT step: A = 1 on kept samples gives -grad log pi at ratio 1, the SFT gradient.
 
 So the first update's policy gradient equals the lab's ``batch_loss`` gradient on the same
-batch (tests/training/test_trl_bridge.py checks it on the arith policy).
+batch, in float32 (``bf16=False``; TRL's default bf16 autocast rounds it, about 1.5% on arith);
+tests/training/test_trl_bridge.py checks it on the arith policy.
 
 What does not map:
 
