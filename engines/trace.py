@@ -10,6 +10,10 @@ its events back into a fresh ``Trace``.
 Events and whole traces serialise to JSON and back without loss
 (``event_to_dict`` / ``event_from_dict``, ``Trace.to_json`` / ``Trace.from_json``).
 
+Training runs (engines.training) add three kinds: ``group`` (one prompt's rollouts, kept or
+dropped and by which rule), ``update`` (an optimiser step's metrics) and ``eval``
+(held-out accuracy); storage keeps them like any other event.
+
 Cost accounting lives here too: :class:`Cost` counts generated tokens,
 prefill tokens, model calls, reward calls, reward tokens, diffusion network
 evaluations (NFE), latent decodes (VAE decoder passes, one per image), backward

@@ -150,9 +150,12 @@ def train(
         if reference is not None:
             reference.load_state_dict(state["reference"])
         step, spent = state["step"], state["spent"]
-        stored = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+        # lines past the checkpoint's count were written by a checkpoint that never completed
+        stored = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()][: state["events"]]
+        events_file.write_text("".join(json.dumps(d) + "\n" for d in stored))
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
+        events_file.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
         config_file.write_text(json.dumps({"config": config.as_dict(), "strategy_params": strategy_params or {}}, indent=2))
     budget = Allowance(
         config.samples, config.tokens, config.seconds, cancel=cancel,
@@ -173,7 +176,11 @@ def train(
             metrics["accuracy_greedy"] = accuracy(policy, eval_tasks, reward, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
         return EvalEvent(step=at, metrics=metrics)
 
+    written = len(stored)
+
     def checkpoint() -> None:
+        nonlocal written
+        written += len(pending)
         state = {
             "policy": policy.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -181,6 +188,7 @@ def train(
             "step": step,
             "spent": budget.as_dict(),
             "reference": reference.state_dict() if reference is not None else None,
+            "events": written,
         }
         torch.save(state, state_file.with_suffix(".tmp"))
         with events_file.open("a") as fh:
@@ -193,7 +201,8 @@ def train(
         yield event_from_dict(data)
     if not resume and eval_tasks:
         yield emit(evaluate(0))
-    status, message, last_eval = "ok", "", None
+    evals_so_far = [d["step"] for d in stored if d.get("kind") == "eval"]
+    status, message, last_eval = "ok", "", evals_so_far[-1] if evals_so_far else None
     try:
         while config.max_updates is None or step < config.max_updates:
             strategy.step = step

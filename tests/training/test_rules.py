@@ -80,9 +80,9 @@ def _toy_run(name, *, cancel=None, resume=False, updates=4, strategy="grpo"):
 
 
 def _comparable(events):
+    """The events without their wall-clock parts (update timings, spend in seconds)."""
     out = []
     for e in events:
-        d = Trace([]).__class__  # noqa: F841 (keeps the import used by readers)
         row = e.__dict__.copy()
         if e.kind in ("update", "done"):
             row.pop("metrics", None)
@@ -110,6 +110,16 @@ def test_same_seed_same_run_and_resume_after_cancel_matches():
     resumed, policy_c = _toy_run("c", resume=True)
     assert _comparable(resumed) == _comparable(events_a)
     assert torch.equal(policy_c.theta, policy_a.theta)
+
+
+def test_resume_ignores_events_of_a_checkpoint_that_never_completed():
+    events_a, policy_a = _toy_run("full")
+    _toy_run("crashed", updates=2)
+    with (training_home() / "crashed" / "events.jsonl").open("a") as fh:  # a crash between the two writes
+        fh.write(json.dumps({"kind": "update", "step": 3, "metrics": {}}) + "\n")
+    resumed, policy = _toy_run("crashed", resume=True)
+    assert _comparable(resumed) == _comparable(events_a)
+    assert torch.equal(policy.theta, policy_a.theta)
 
 
 def test_trace_with_training_events_round_trips():
@@ -165,3 +175,19 @@ def test_cli_trains_arith_and_the_result_is_a_model_spec(capsys):
     assert main(["train", "--name", "tiny", "--strategy", "rloo", "--resume", "--budget", "samples=12", "--json"]) == 0
     resumed = json.loads(capsys.readouterr().out)
     assert resumed["samples"] == 12 and resumed["updates"] == 3
+
+
+def test_training_trace_is_stored_and_replays(tmp_path):
+    from storage import Database, load_run, save_run
+
+    events, _ = _toy_run("stored", updates=2)
+    trace = Trace(events)
+    with Database(f"sqlite:///{tmp_path / 'runs.db'}") as db:
+        db.upgrade()
+        run_id = db.write(
+            lambda s: save_run(s, trace=trace, task={"prompt": "p0"}, model="toy:tree", reward="leaf",
+                               sampler="train:grpo", config={"strategy": "grpo"}, seed=0, source="train")
+        )
+        stored = db.read(lambda s: load_run(s, run_id))
+    assert stored.trace.to_list() == trace.to_list()
+    assert [g.kept for g in stored.trace.groups] == [g.kept for g in trace.groups]

@@ -53,8 +53,12 @@ class ReinforceAdaConfig(StrategyConfig):
 def group_composition(right: int, wrong: int, size: int) -> tuple[int, int]:
     """(#right, #wrong) a retired prompt keeps: half and half, topped up from the larger side."""
     keep_right = min(size // 2, right)
-    keep_wrong = min(size - keep_right, wrong)
-    short = size - keep_right - keep_wrong
+    return _top_up(right, wrong, keep_right, min(size - keep_right, wrong), size)
+
+
+def _top_up(right: int, wrong: int, keep_right: int, keep_wrong: int, take: int) -> tuple[int, int]:
+    """Fill a group short of ``take`` from the right samples first, else from the wrong ones (the code's order)."""
+    short = take - keep_right - keep_wrong
     if short > 0 and right > keep_right:
         keep_right += min(right - keep_right, short)
     elif short > 0 and wrong > keep_wrong:
@@ -71,13 +75,7 @@ def fallback_composition(right: int, wrong: int, size: int, variant: str) -> tup
     else:
         target_right = size // 2
     target_wrong = take - target_right if variant == "positive" else size - target_right
-    keep_right, keep_wrong = min(right, target_right), min(wrong, target_wrong)
-    short = take - keep_right - keep_wrong
-    if short > 0 and right > keep_right:
-        keep_right += min(right - keep_right, short)
-    elif short > 0 and wrong > keep_wrong:
-        keep_wrong += min(wrong - keep_wrong, short)
-    return keep_right, keep_wrong
+    return _top_up(right, wrong, min(right, target_right), min(wrong, target_wrong), take)
 
 
 @STRATEGIES.register("reinforce_ada")
