@@ -339,6 +339,58 @@ class StrategyBridge:
         return [e for e in self.events if isinstance(e, GroupEvent)]
 
 
+def train_with_trl(config: Any, strategy_params: dict[str, Any] | None, *, run_dir: Any, generation: str = "lab") -> dict[str, Any]:
+    """``samplescope train --trainer trl``: a lab training config run by ``GRPOTrainer`` through the bridge.
+
+    The budget becomes ``max_steps``: ``max_updates``, else ``samples // (prompts_per_batch x G)``
+    (strategies that over-sample, such as dynamic_sampling, spend more; the result reports the
+    spend). Held-out T=1 accuracy (the exact reward) before and after; the policy is saved
+    in ``run_dir/policy`` and loads as ``hf:`` spec. No resume: TRL's checkpoints are its own.
+    """
+    from pathlib import Path
+
+    from engines.training.loop import accuracy
+    from engines.training.policy import load_policy
+    from engines.training.prompts import load_prompts
+    from engines.training.rewards import training_reward
+
+    policy = load_policy(config.policy, device="cuda" if torch.cuda.is_available() else "cpu")
+    reward = training_reward(config.reward, config.reward_control)
+    bridge = StrategyBridge(config.strategy, strategy_params, tasks=load_prompts(config.prompts), reward=reward,
+                            seed=config.seed, generation=generation)
+    cfg = bridge.strategy.config
+    steps = config.max_updates or (config.samples // (cfg.prompts_per_batch * cfg.group_size) if config.samples else 0)
+    if not steps:
+        raise ConfigError("--trainer trl needs a budget of updates=N or samples=N (at least one batch)")
+    eval_tasks = load_prompts(config.eval_prompts)[: config.eval_size] if config.eval_every else []
+
+    def held_out() -> float | None:
+        if not eval_tasks:
+            return None
+        policy.model.eval()
+        return accuracy(policy, eval_tasks, reward, temperature=1.0, max_new_tokens=cfg.max_new_tokens, seed=config.seed + 1_000_003)
+
+    before = held_out()
+    run_dir = Path(run_dir)
+    args = bridge.grpo_config(
+        str(run_dir / "trl"), learning_rate=config.learning_rate, max_steps=steps, beta=config.kl_coef,
+        epsilon=config.clip_eps if config.clip_eps is not None else 0.2, max_grad_norm=config.max_grad_norm,
+        use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(), save_strategy="no", logging_steps=1,
+        disable_tqdm=True,
+    )
+    StrategyGRPOTrainer = _trainer_class()  # noqa: N806
+    trainer = StrategyGRPOTrainer(policy.model, bridge, args=args, processing_class=policy.tokenizer)
+    trainer.train()
+    after = held_out()
+    policy.save(run_dir / "policy")
+    return {
+        "trainer": "trl", "updates": trainer.state.global_step, **bridge.budget.as_dict(),
+        "accuracy_t1_before": before, "accuracy_t1_after": after, "eval_n": len(eval_tasks),
+        "groups_kept": sum(b.groups_kept for b in bridge.batches), "groups_drawn": sum(b.groups_drawn for b in bridge.batches),
+        "policy_spec": f"hf:{run_dir / 'policy'}",
+    }
+
+
 def _trainer_class():
     from trl import GRPOTrainer
 
