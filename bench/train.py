@@ -196,17 +196,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     quick = args.quick
-    size = {"prompts_per_batch": 4 if quick else 8, "group_size": 4 if quick else 8, "max_new_tokens": 48 if quick else 96}
+    size = {"prompts_per_batch": 4 if quick else 8, "group_size": 4 if quick else 8, "max_new_tokens": 32 if quick else 96}
     seeds = args.seeds or (2 if quick else 3)
-    samples = args.samples or (256 if quick else 4096)
-    eval_every, eval_size = (4, 60) if quick else (4, 200)
+    samples = args.samples or (48 if quick else 4096)
+    eval_every, eval_size = (3, 30) if quick else (4, 200)
 
     result: dict = {"quick": quick, "size": size}
-    result["throughput"] = throughput(size["prompts_per_batch"] * 2, size["group_size"], size["max_new_tokens"], 2 if quick else 3)
+    result["throughput"] = throughput(size["prompts_per_batch"] * 2, size["group_size"], size["max_new_tokens"], 1 if quick else 3)
     t = result["throughput"]
     print(f"rollout throughput ({t['groups']}): lab {t['lab']['tokens_per_s']:.0f} tok/s, "
           f"TRL GRPOTrainer {t['trl']['tokens_per_s']:.0f} tok/s, ratio {t['ratio']:.2f} (goal >= 1.0)", flush=True)
-    result["update"] = update_cost(size["prompts_per_batch"], size["group_size"], size["max_new_tokens"], 2 if quick else 3)
+    result["update"] = update_cost(size["prompts_per_batch"], size["group_size"], size["max_new_tokens"], 1 if quick else 3)
     u = result["update"]
     print(f"per update step ({size['prompts_per_batch']}x{size['group_size']}): lab rollout {u['lab_rollout_s']:.2f} s + "
           f"update {u['lab_update_s']:.2f} s = {u['lab_step_s']:.2f} s; TRL GRPOTrainer step {u['trl_step_s']:.2f} s; "
