@@ -168,7 +168,7 @@ def accuracy_curves(strategies: list[str], seeds: int, samples: int, eval_every:
                 runs.append({"seed": seed, "points": points, "seconds": time.perf_counter() - t0})
         out[name] = {"runs": runs, **_summary(runs)}
     reference = out.get("grpo", {}).get("final_mean")
-    for name, data in out.items():
+    for data in out.values():
         if reference is not None and "mean_curve" in data:
             reached = [s for s, acc, _ in data["mean_curve"] if acc >= reference]
             data["samples_to_grpo_final"] = reached[0] if reached else None

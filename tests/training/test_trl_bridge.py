@@ -60,7 +60,7 @@ def _lab_grads(batch):
 def _close(a, b, rtol=2e-3):
     """Relative L2 distance of two gradients (lists in parameter order) under ``rtol``."""
     assert [x.shape for x in a] == [y.shape for y in b]
-    num = sum(float((x - y).pow(2).sum()) for x, y in zip(a, b)) ** 0.5
+    num = sum(float((x - y).pow(2).sum()) for x, y in zip(a, b, strict=True)) ** 0.5
     den = sum(float(y.pow(2).sum()) for y in b) ** 0.5
     return num <= rtol * den, num / max(den, 1e-30)
 
