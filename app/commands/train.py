@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from engines.training.loop import train
 
     config, params = build_config(args)
-    build_strategy(config.strategy, params, strings=not args.resume)  # bad parameters: one line, before any work
-    strategy_params = params if args.resume else build_strategy(config.strategy, params, strings=True).config.as_dict()
+    # bad parameters get their one line here, before any work; the typed values are what the run stores
+    strategy_params = build_strategy(config.strategy, params, strings=not args.resume).config.as_dict()
     if getattr(args, "trainer", "lab") == "trl":
         return _run_trl(args, config, strategy_params)
     bar = _Bar(config, enabled=not args.json and sys.stderr.isatty())

@@ -191,3 +191,23 @@ def test_training_trace_is_stored_and_replays(tmp_path):
         stored = db.read(lambda s: load_run(s, run_id))
     assert stored.trace.to_list() == trace.to_list()
     assert [g.kept for g in stored.trace.groups] == [g.kept for g in trace.groups]
+
+
+@pytest.mark.parametrize("strategy", ["grpo", "reinforce_ada", "raft"])
+def test_toy_training_follows_the_reward_control(strategy):
+    """Exact reward: P(right) rises on both prompts; inverted: it falls below 60% of where it was;
+    random: it moves less than under the exact reward."""
+    from tests.training.test_estimators import success
+
+    moves, start = {}, success(_setup()[0]).detach()
+    for control in ("exact", "inverted", "random"):
+        policy, pool, reward = _setup(control=control)
+        before = success(policy).detach()
+        config = TrainConfig(name=f"toy-{strategy}-{control}", strategy=strategy, max_updates=40, eval_every=0, learning_rate=0.05)
+        events = list(train(config, {"prompts_per_batch": 2, "group_size": 8}, policy=policy, reward=reward, prompts=list(pool.tasks)))
+        assert events[-1].status == "ok"
+        moves[control] = success(policy).detach() - before
+    assert bool((moves["exact"] > 0.2).all()), moves
+    if strategy != "raft":  # RAFT keeps the samples the inverted reward scores 1: the wrong ones
+        assert bool((start + moves["inverted"] < 0.6 * start).all()), (start, moves)
+    assert bool((moves["random"].abs() < moves["exact"]).all()), moves
