@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", action="append", default=[], metavar="KIND=CAP", help="samples=N, tokens=N, seconds=S or updates=N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the named run from its last checkpoint")
+    p.add_argument("--trainer", choices=("lab", "trl"), default="lab",
+                   help="lab: the lab's loop (default); trl: the same strategy inside TRL's GRPOTrainer (engines.training.trl_bridge)")
     add_json(p)
     p.set_defaults(func=run)
 
@@ -94,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     config, params = build_config(args)
     # bad parameters get their one line here, before any work; the typed values are what the run stores
     strategy_params = build_strategy(config.strategy, params, strings=not args.resume).config.as_dict()
+    if getattr(args, "trainer", "lab") == "trl":
+        return _run_trl(args, config, strategy_params)
     bar = _Bar(config, enabled=not args.json and sys.stderr.isatty())
     evals: list[dict[str, Any]] = []
     done = None
@@ -117,6 +121,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"held-out {key}: {first[key]:.3f} -> {last[key]:.3f} on {last['n']} prompts")
     if "policy_spec" in done.metrics:
         print(f"trained policy: {done.metrics['policy_spec']}")
+    return 0
+
+
+def _run_trl(args: argparse.Namespace, config: Any, strategy_params: dict[str, Any]) -> int:
+    from engines.training.loop import training_home
+    from engines.training.trl_bridge import train_with_trl
+
+    if args.resume:
+        raise ValueError("--resume is for the lab's trainer; TRL keeps its own checkpoints")
+    result = train_with_trl(config, strategy_params, run_dir=training_home() / config.name)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{config.strategy} under TRL GRPOTrainer: {result['updates']} updates, {result['samples']} samples, "
+          f"{result['groups_kept']}/{result['groups_drawn']} groups kept")
+    if result["accuracy_t1_before"] is not None:
+        print(f"held-out accuracy_t1: {result['accuracy_t1_before']:.3f} -> {result['accuracy_t1_after']:.3f} on {result['eval_n']} prompts")
+    print(f"trained policy: {result['policy_spec']}")
     return 0
 
 

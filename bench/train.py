@@ -1,0 +1,231 @@
+"""Training-time sampling on the arith policy: generation speed, update cost, accuracy against samples.
+
+One command, three parts, all on the embedded arith policy (engines/assets/arith/policy):
+
+1. Rollout throughput: the lab's generation (``HFPolicy.rollout``: batched, KV-cached,
+   seeded) against TRL's ``GRPOTrainer`` generating the same groups (``_generate``: its
+   transformers ``generate`` path, tokenising and decoding included): B prompts x G samples,
+   generated tokens per second, medians of interleaved repeats. Goal: ratio >= 1.0.
+2. Update cost: seconds per update step (the lab's ``apply_update`` and a real TRL
+   ``GRPOTrainer`` step through engines.training.trl_bridge, generation excluded where TRL
+   reports it apart) and peak memory (process peak RSS on CPU; peak CUDA memory on a GPU).
+3. Held-out T=1 accuracy against samples spent for ``grpo``, ``dynamic_sampling``,
+   ``reinforce_ada``, ``raft`` (and ``tree_rpo`` when registered) over seeds, through the
+   lab's training loop (engines.training.loop.train), each run under the same sample budget;
+   the mean and its spread over seeds at every evaluation, and the first sample count at
+   which each strategy reaches GRPO's final accuracy.
+
+    python -m bench.train [--quick] [--seeds N] [--samples N]      (samplescope bench train --quick)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import interleaved, median, save
+
+STRATEGIES = ("grpo", "dynamic_sampling", "reinforce_ada", "raft", "tree_rpo")
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process so far: CUDA's allocator peak on a GPU, else peak RSS."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _trl_trainer(policy, tasks, prompts_per_batch, group_size, max_new_tokens, out_dir, strategy="grpo"):
+    from engines.training.rewards import training_reward
+    from engines.training.trl_bridge import StrategyBridge, StrategyGRPOTrainer
+
+    bridge = StrategyBridge(
+        strategy, {"prompts_per_batch": prompts_per_batch, "group_size": group_size, "max_new_tokens": max_new_tokens},
+        tasks=tasks, reward=training_reward("math"),
+    )
+    args = bridge.grpo_config(
+        out_dir, learning_rate=1e-4, max_steps=1, use_cpu=not torch.cuda.is_available(), bf16=False,
+        save_strategy="no", disable_tqdm=True, logging_steps=1,
+    )
+    return bridge, StrategyGRPOTrainer(policy.model, bridge, args=args, processing_class=policy.tokenizer)
+
+
+def throughput(prompts_per_batch: int, group_size: int, max_new_tokens: int, repeats: int) -> dict:
+    """Generated tokens/s of the lab's rollout and of TRL's own generation, on the same B x G groups."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from engines.training.policy import load_policy
+    from engines.training.prompts import load_prompts
+
+    policy = load_policy("embedded:arith")
+    tasks = load_prompts(f"arith-train:medium:{prompts_per_batch}")
+    flat = [t.prompt for t in tasks for _ in range(group_size)]
+    with tempfile.TemporaryDirectory() as out:
+        args = GRPOConfig(
+            output_dir=out, num_generations=group_size, per_device_train_batch_size=len(flat), temperature=1.0,
+            max_completion_length=max_new_tokens, use_cpu=not torch.cuda.is_available(), bf16=False, report_to="none",
+        )
+        from datasets import Dataset
+
+        trainer = GRPOTrainer(policy.model, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
+                              train_dataset=Dataset.from_dict({"prompt": flat[::group_size]}), processing_class=policy.tokenizer)
+        trainer.model.train()  # TRL's _generate reads the mode; as in a training step
+        counts: dict[str, int] = {}
+
+        def lab():
+            rollouts = policy.rollout(flat, temperature=1.0, max_new_tokens=max_new_tokens, rng=torch.Generator().manual_seed(0))
+            counts["lab"] = sum(r.tokens for r in rollouts)
+
+        def trl():
+            _, completion_ids, *_ = trainer._generate(flat)
+            counts["trl"] = sum(len(c) for c in completion_ids)
+
+        lab(), trl()  # warm-up
+        times = interleaved({"lab": lab, "trl": trl}, repeats)
+    out = {name: {"seconds": median(t), "tokens": counts[name], "tokens_per_s": counts[name] / median(t)} for name, t in times.items()}
+    out["ratio"] = out["lab"]["tokens_per_s"] / out["trl"]["tokens_per_s"]
+    out["groups"] = f"{prompts_per_batch} prompts x {group_size} samples, max {max_new_tokens} new tokens, T=1"
+    return out
+
+
+def update_cost(prompts_per_batch: int, group_size: int, max_new_tokens: int, steps: int) -> dict:
+    """Seconds per update step: the lab's update on a GRPO batch, and a real TRL GRPOTrainer step."""
+    from engines.training import build_strategy
+    from engines.training.base import Allowance, PromptPool
+    from engines.training.policy import load_policy
+    from engines.training.prompts import load_prompts
+    from engines.training.rewards import training_reward
+    from engines.training.update import apply_update
+
+    policy = load_policy("embedded:arith")
+    tasks = load_prompts("arith-train:medium:256")
+    params = {"prompts_per_batch": prompts_per_batch, "group_size": group_size, "max_new_tokens": max_new_tokens}
+    strategy = build_strategy("grpo", params)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    rng = torch.Generator().manual_seed(0)
+    lab_update, lab_rollout = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        batch = _drain(strategy.collect(policy, PromptPool(tuple(tasks)), training_reward("math"), Allowance(), rng))
+        t1 = time.perf_counter()
+        apply_update(policy, optimizer, batch)
+        lab_rollout.append(t1 - t0)
+        lab_update.append(time.perf_counter() - t1)
+    lab_peak = peak_memory_mb()
+    with tempfile.TemporaryDirectory() as out:
+        _, trainer = _trl_trainer(load_policy("embedded:arith"), tasks, prompts_per_batch, group_size, max_new_tokens, out)
+        trainer.args.max_steps = steps
+        t0 = time.perf_counter()
+        trainer.train()
+        trl_total = (time.perf_counter() - t0) / steps
+    return {
+        "lab_update_s": median(lab_update),
+        "lab_rollout_s": median(lab_rollout),
+        "lab_step_s": median(lab_update) + median(lab_rollout),
+        "trl_step_s": trl_total,
+        "peak_memory_mb_after_lab": lab_peak,
+        "peak_memory_mb": peak_memory_mb(),
+        "memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "process_peak_rss",
+    }
+
+
+def _drain(generator):
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
+def accuracy_curves(strategies: list[str], seeds: int, samples: int, eval_every: int, eval_size: int, params: dict) -> dict:
+    """Held-out T=1 accuracy against samples spent, per strategy, over seeds (the lab's loop)."""
+    from engines.training import STRATEGIES as REGISTRY
+    from engines.training.loop import TrainConfig, train
+
+    out: dict[str, dict] = {}
+    for name in strategies:
+        if name not in REGISTRY:
+            out[name] = {"skipped": "not registered on this branch"}
+            continue
+        runs = []
+        for seed in range(seeds):
+            config = TrainConfig.from_dict({
+                "name": f"bench-{name}-{seed}", "strategy": name, "samples": samples, "seed": seed,
+                "eval_every": eval_every, "eval_size": eval_size, "eval_greedy": False, "learning_rate": 3e-4,
+                "checkpoint_every": 10_000,
+            })
+            with tempfile.TemporaryDirectory() as run_dir:
+                t0 = time.perf_counter()
+                points = [(e.metrics["samples"], e.metrics["accuracy_t1"]) for e in train(config, params, run_dir=Path(run_dir))
+                          if e.kind == "eval"]
+                runs.append({"seed": seed, "points": points, "seconds": time.perf_counter() - t0})
+        out[name] = {"runs": runs, **_summary(runs)}
+    reference = out.get("grpo", {}).get("final_mean")
+    for data in out.values():
+        if reference is not None and "mean_curve" in data:
+            reached = [s for s, acc, _ in data["mean_curve"] if acc >= reference]
+            data["samples_to_grpo_final"] = reached[0] if reached else None
+    return out
+
+
+def _summary(runs: list[dict]) -> dict:
+    """Mean and standard error over seeds at each evaluation index (runs evaluate at matching points)."""
+    depth = min(len(r["points"]) for r in runs)
+    curve = []
+    for i in range(depth):
+        accs = [r["points"][i][1] for r in runs]
+        spent = statistics.fmean(r["points"][i][0] for r in runs)
+        se = statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else float("nan")
+        curve.append((round(spent), statistics.fmean(accs), se))
+    return {"mean_curve": curve, "final_mean": curve[-1][1], "final_se": curve[-1][2]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes that finish in minutes on 2 CPU cores")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--samples", type=int, default=None, help="sample budget per training run")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    quick = args.quick
+    size = {"prompts_per_batch": 4 if quick else 8, "group_size": 4 if quick else 8, "max_new_tokens": 32 if quick else 96}
+    seeds = args.seeds or (2 if quick else 3)
+    samples = args.samples or (48 if quick else 4096)
+    eval_every, eval_size = (3, 30) if quick else (4, 200)
+
+    result: dict = {"quick": quick, "size": size}
+    result["throughput"] = throughput(size["prompts_per_batch"] * 2, size["group_size"], size["max_new_tokens"], 1 if quick else 3)
+    t = result["throughput"]
+    print(f"rollout throughput ({t['groups']}): lab {t['lab']['tokens_per_s']:.0f} tok/s, "
+          f"TRL GRPOTrainer {t['trl']['tokens_per_s']:.0f} tok/s, ratio {t['ratio']:.2f} (goal >= 1.0)", flush=True)
+    result["update"] = update_cost(size["prompts_per_batch"], size["group_size"], size["max_new_tokens"], 1 if quick else 3)
+    u = result["update"]
+    print(f"per update step ({size['prompts_per_batch']}x{size['group_size']}): lab rollout {u['lab_rollout_s']:.2f} s + "
+          f"update {u['lab_update_s']:.2f} s = {u['lab_step_s']:.2f} s; TRL GRPOTrainer step {u['trl_step_s']:.2f} s; "
+          f"peak memory {u['peak_memory_mb']:.0f} MB ({u['memory_kind']})", flush=True)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    curves = accuracy_curves(strategies, seeds, samples, eval_every, eval_size, size)
+    result["accuracy"] = {"seeds": seeds, "samples": samples, "eval_size": eval_size, "strategies": curves}
+    print(f"held-out T=1 accuracy ({eval_size} arith-fresh prompts) against samples, {seeds} seeds, budget {samples}:")
+    for name, data in curves.items():
+        if "skipped" in data:
+            print(f"  {name:<17} skipped: {data['skipped']}")
+            continue
+        curve = "  ".join(f"{s}:{a:.3f}" for s, a, _ in data["mean_curve"])
+        print(f"  {name:<17} {curve}   final {data['final_mean']:.3f} ± {data['final_se']:.3f} (se); "
+              f"reaches GRPO's final at {data.get('samples_to_grpo_final')}", flush=True)
+    path = save("train_quick" if quick else "train", result)
+    print(f"  -> {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
