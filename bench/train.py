@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import interleaved, median, save
+from bench.measure import interleaved, median, save
 
 STRATEGIES = ("grpo", "dynamic_sampling", "reinforce_ada", "raft", "tree_rpo")
 

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_trl(args: argparse.Namespace, config: Any, strategy_params: dict[str, Any]) -> int:
-    from engines.training.loop import training_home
+    from app.workflows.store import training_home
     from engines.training.trl_bridge import train_with_trl
 
     if args.resume:
