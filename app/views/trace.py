@@ -149,9 +149,13 @@ def pairwise_only_note(trace: Trace) -> str | None:
     (a knockout judged match by match: no candidate has a score of its own); None otherwise."""
     if not trace.matches or trace.scores:
         return None
+    return f"{_judge(trace, 'pairwise reward')}: no per-candidate score; see the bracket (matches won per candidate in the table)"
+
+
+def _judge(trace: Trace, unnamed: str) -> str:
+    """The pairwise reward the matches name (escaped), or ``unnamed`` for traces stored before they did."""
     name = next((m.reward for m in trace.matches if m.reward), "")
-    judge = f"pairwise reward {plain(name, 80)}" if name else "pairwise reward"
-    return f"{judge}: no per-candidate score; see the bracket (matches won per candidate in the table)"
+    return f"pairwise reward {plain(name, 80)}" if name else unnamed
 
 
 def reward_figure(trace: Trace, title: str = "Reward distribution", k: float = 2.0) -> go.Figure:
@@ -204,8 +208,7 @@ def bracket_figure(trace: Trace, title: str = "Knockout bracket") -> go.Figure:
         return empty(title, "no matches in this run")
     fig = go.Figure()
     rewards = {i: trace.reward(i) for i in trace.nodes}
-    name = next((m.reward for m in trace.matches if m.reward), "")
-    judge = f"pairwise reward {plain(name, 80)}" if name else "the run's pairwise reward"
+    judge = _judge(trace, "the run's pairwise reward")
 
     def with_reward(node: str) -> str:
         return "" if rewards.get(node) is None else f" (reward {rewards[node]:.3g})"
