@@ -208,7 +208,7 @@ class ResampleEvent:
 
 @dataclass(frozen=True, kw_only=True)
 class MatchEvent:
-    """One game of a tournament: P(a beats b) and the winner."""
+    """One game of a tournament: P(a beats b) under the pairwise reward named ``reward``, and the winner."""
 
     kind: Literal["match"] = field(default="match", init=False)
     round: int
@@ -216,6 +216,7 @@ class MatchEvent:
     b: str | None
     p_a: float
     winner: str
+    reward: str = ""  # empty in traces stored before matches named their judge
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -73,7 +73,8 @@ def candidate_html(trace: Trace, node_id: str | None) -> str:
         return "<p><em>Pick a candidate in the table to read it here.</em></p>"
     node = trace.nodes[node_id]
     rewards = trace.scores.get(node_id, {})
-    head = ", ".join(f"{text(name)} = {_number(value)}" for name, value in rewards.items()) or "no reward"
+    head = ", ".join(f"{text(name)} = {_number(value)}" for name, value in rewards.items())
+    head = head or views.pairwise_only_note(trace) or "no reward"  # the note is escaped already
     picked = " — <strong>picked</strong>" if node_id in trace.selected else ""
     body = image_tag(node.image, 128) if node.image else verbatim(trace.full_text(node_id))
     return f"<p><code>{text(node_id)}</code>{picked}<br><small>{head}</small></p>{body}"

@@ -144,10 +144,24 @@ def tree_figure(trace: Trace, title: str = "Candidate tree") -> go.Figure:
 # -- the reward distribution ------------------------------------------------------------
 
 
+def pairwise_only_note(trace: Trace) -> str | None:
+    """What to say where a per-candidate reward would go when the run's only reward was pairwise
+    (a knockout judged match by match: no candidate has a score of its own); None otherwise."""
+    if not trace.matches or trace.scores:
+        return None
+    return f"{_judge(trace, 'pairwise reward')}: no per-candidate score; see the bracket (matches won per candidate in the table)"
+
+
+def _judge(trace: Trace, unnamed: str) -> str:
+    """The pairwise reward the matches name (escaped), or ``unnamed`` for traces stored before they did."""
+    name = next((m.reward for m in trace.matches if m.reward), "")
+    return f"pairwise reward {plain(name, 80)}" if name else unnamed
+
+
 def reward_figure(trace: Trace, title: str = "Reward distribution", k: float = 2.0) -> go.Figure:
     table = [row for row in trace.reward_table() if row["reward"] is not None]
     if not table:
-        return empty(title)
+        return empty(title, pairwise_only_note(trace) or "nothing yet")
     values = [row["reward"] for row in table]
     fig = go.Figure()
     fig.add_trace(go.Histogram(x=values, nbinsx=min(30, max(5, len(values) // 2)), marker={"color": "#8fb3d9"}, hoverinfo="skip"))
@@ -175,12 +189,30 @@ def reward_figure(trace: Trace, title: str = "Reward distribution", k: float = 2
 # -- the knockout bracket ------------------------------------------------------------------
 
 
+def match_records(trace: Trace) -> dict[str, tuple[int, int]]:
+    """Each player's (matches won, last round played); a bye is no match won."""
+    records: dict[str, tuple[int, int]] = {}
+    for m in trace.matches:
+        for player in (m.a, m.b):
+            if player is not None:
+                won, _ = records.get(player, (0, 0))
+                records[player] = (won + (m.b is not None and m.winner == player), m.round)
+    return records
+
+
 def bracket_figure(trace: Trace, title: str = "Knockout bracket") -> go.Figure:
+    """One point per match, labelled ``P(a beats b)=p → winner`` (the winner in bold); the title
+    names the pairwise reward that gave P."""
     rounds = trace.bracket()
     if not rounds:
         return empty(title, "no matches in this run")
     fig = go.Figure()
     rewards = {i: trace.reward(i) for i in trace.nodes}
+    judge = _judge(trace, "the run's pairwise reward")
+
+    def with_reward(node: str) -> str:
+        return "" if rewards.get(node) is None else f" (reward {rewards[node]:.3g})"
+
     xs, ys, texts, colours, hovers = [], [], [], [], []
     for col, matches in enumerate(rounds):
         gap = 2 ** col
@@ -188,19 +220,19 @@ def bracket_figure(trace: Trace, title: str = "Knockout bracket") -> go.Figure:
             y = -(row * gap * 2 + gap)
             a, b, winner = plain(m.a, 40), plain(m.b or "", 40), plain(m.winner, 40)
             if m.b is None:
-                label = f"{a} (bye)"
+                label = f"{a} (bye) → <b>{winner}</b>"
             else:
-                label = f"{a} vs {b}: P={m.p_a:.2f} → {winner}"
+                label = f"P({a} beats {b})={m.p_a:.2f} → <b>{winner}</b>"
             xs.append(col)
             ys.append(y)
             texts.append(label)
             colours.append(PICK if trace.selected and m.winner == trace.selected[0] else "#1f77b4")
             a_text, b_text = trace.full_text(m.a), trace.full_text(m.b) if m.b else ""
             hovers.append(
-                f"<b>round {plain(str(m.round), 20)}</b><br>A {a}: {plain(a_text, 150)}<br>"
-                + (f"B {b}: {plain(b_text, 150)}<br>P(A beats B) = {m.p_a:.3f}<br>" if m.b else "bye<br>")
+                f"<b>round {plain(str(m.round), 20)}</b><br>A {a}{with_reward(m.a)}: {plain(a_text, 150)}<br>"
+                + (f"B {b}{with_reward(m.b)}: {plain(b_text, 150)}<br>P(A beats B) = {m.p_a:.3f} under {judge}<br>"
+                   if m.b else "bye<br>")
                 + f"winner {winner}"
-                + (f" (reward {rewards[m.winner]:.3g})" if rewards.get(m.winner) is not None else "")
             )
     fig.add_trace(
         go.Scatter(
@@ -212,7 +244,7 @@ def bracket_figure(trace: Trace, title: str = "Knockout bracket") -> go.Figure:
                      range=[-0.2, len(rounds) + 0.6])
     fig.update_yaxes(visible=False)
     height = max(260, 28 * len(rounds[0]) * 2 + 80)
-    return _layout(fig, title, height=min(height, 900))
+    return _layout(fig, f"{title}: P(a beats b) from {judge}, winner in bold", height=min(height, 900))
 
 
 # -- particles (SMC, FK steering) -------------------------------------------------------------
@@ -334,16 +366,23 @@ def cost_markdown(cost: dict[str, float], status: str | None = None) -> str:
 
 
 def candidate_rows(trace: Trace) -> list[list[Any]]:
-    """Rows for the candidates table: pick mark, id, reward, tokens, state, text (plain, never HTML)."""
+    """Rows for the candidates table: pick mark, id, reward, tokens, state, text (plain, never HTML).
+    In a tournament the state also counts the matches each candidate won (its only number when
+    the reward was purely pairwise)."""
+    records = match_records(trace)
     out = []
     for row in trace.reward_table():
+        state = row["pruned"] or ""
+        if row["id"] in records:
+            won, last = records[row["id"]]
+            state = "; ".join(filter(None, [state, f"{won} match{'es' if won != 1 else ''} won, to round {last}"]))
         out.append(
             [
                 "★" if row["picked"] else "",
                 row["id"],
                 None if row["reward"] is None else round(row["reward"], 4),
                 row["tokens"],
-                row["pruned"] or "",
+                state,
                 " ".join((row["text"] or ("[image]" if row["image"] else "")).split())[:500],
             ]
         )

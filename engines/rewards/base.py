@@ -168,8 +168,16 @@ class ScalarAsPairwise(PairwiseReward):
         return self._memo[key]
 
     def compare(self, task: Task, a: Any, b: Any, *, usage: Cost | None = None) -> float:
-        ra, rb = self._value(task, a, usage), self._value(task, b, usage)
-        return sigmoid((ra - rb) / self.tau)
+        return self.p_beats(self._value(task, a, usage), self._value(task, b, usage))
+
+    def p_beats(self, r_a: float, r_b: float) -> float:
+        """P(a beats b) from the two scalar rewards."""
+        return sigmoid((r_a - r_b) / self.tau)
+
+    def score(self, task: Task, candidates: Sequence[Any], *, usage: Cost | None = None) -> list[float]:
+        """The scalar reward this view compares by, one batched call (a tournament that scores its
+        players once can show and meter those scores, then play every match from them)."""
+        return self.reward.score(task, candidates, usage=usage)
 
     def check_task(self, task: Task) -> None:
         self.reward.check_task(task)

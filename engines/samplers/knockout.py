@@ -10,6 +10,12 @@ the other candidates get byes, so every later round is full.
 Any outcome reward works too, through its Bradley-Terry view
 P(a beats b) = σ((r_a - r_b)/τ). With ``stochastic`` set the winner is drawn
 with probability P(a beats b) instead of taken as the likelier one.
+
+A reward with a scalar behind it (an outcome reward, ``pairwise:REWARD``)
+scores each player once, as it is drawn (N metered reward calls, ``score``
+events for the histogram and the table), and every match is played from those
+scores. A purely pairwise judge has no per-candidate score: each of its N - 1
+matches is one metered call, and the bracket is the only record of it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from engines.rewards.base import Reward, ScalarAsPairwise
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
 from engines.samplers.candidates import Candidate, draw_scored, open_root
-from engines.trace import Event, MatchEvent, PruneEvent, SelectEvent
+from engines.trace import Event, MatchEvent, PruneEvent, ScoreEvent, SelectEvent
 
 
 class KnockoutConfig(GenerationConfig):
@@ -52,9 +58,16 @@ class Knockout(Sampler):
         cfg: KnockoutConfig = self.config  # type: ignore[assignment]
         prefix, root = open_root(ctx)
         yield root
+        scalar = ctx.reward if isinstance(ctx.reward, ScalarAsPairwise) else None
         found: list[Candidate] = []
         while len(found) < cfg.n:
-            found += yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(found)), cfg, score=False)
+            batch = yield from draw_scored(ctx, prefix, min(cfg.batch_size, cfg.n - len(found)), cfg, score=False)
+            if scalar is not None:
+                for cand, value in zip(batch, ctx.score([c.text for c in batch]), strict=True):
+                    cand.reward = value
+                    yield ScoreEvent(node=cand.id, reward=scalar.reward.name, value=value)
+                yield ctx.cost_event()
+            found += batch
         order = torch.randperm(len(found), generator=ctx.rng).tolist()
         alive = [found[i] for i in order]
         round_no = 0
@@ -64,16 +77,19 @@ class Knockout(Sampler):
             playing = 2 * (len(alive) - full) if len(alive) != full else len(alive)
             byes, players = alive[playing:], alive[:playing]
             pairs = [(players[i], players[i + 1]) for i in range(0, len(players), 2)]
-            probs = ctx.compare([(a.text, b.text) for a, b in pairs])
+            if scalar is not None:  # the players' scores are in hand: no further reward call
+                probs = [scalar.p_beats(a.reward, b.reward) for a, b in pairs]
+            else:
+                probs = ctx.compare([(a.text, b.text) for a, b in pairs])
             winners = []
             for (a, b), p_a in zip(pairs, probs, strict=True):
                 a_wins = float(torch.rand((), generator=ctx.rng)) < p_a if cfg.stochastic else p_a >= 0.5
                 winner, loser = (a, b) if a_wins else (b, a)
                 winners.append(winner)
-                yield MatchEvent(round=round_no, a=a.id, b=b.id, p_a=p_a, winner=winner.id)
+                yield MatchEvent(round=round_no, a=a.id, b=b.id, p_a=p_a, winner=winner.id, reward=ctx.reward.name)
                 yield PruneEvent(node=loser.id, reason=f"lost in round {round_no}")
             for bye in byes:
-                yield MatchEvent(round=round_no, a=bye.id, b=None, p_a=1.0, winner=bye.id)
+                yield MatchEvent(round=round_no, a=bye.id, b=None, p_a=1.0, winner=bye.id, reward=ctx.reward.name)
             alive = winners + byes
             yield ctx.cost_event()
         ctx.metrics.update(rounds=round_no, matches=len(found) - 1)
@@ -85,4 +101,4 @@ class Knockout(Sampler):
         for m in trace.matches:
             if m.b is not None:
                 wins[m.winner] = wins.get(m.winner, 0) + 1
-        return [max(wins, key=lambda k: wins[k])] if wins else []
+        return [max(wins, key=lambda k: wins[k])] if wins else super().fallback_picks(trace)

@@ -98,9 +98,9 @@ def test_bracket_has_one_point_per_match_and_the_final_winner_in_red():
     assert len(points.x) == len(trace.matches) > 0
     assert sorted(set(points.x)) == list(range(len(trace.bracket())))  # rounds as columns
     played = [t for t in points.text if "bye" not in t]
-    assert all(" vs " in t and "P=" in t and "→" in t for t in played)
+    assert all(t.startswith("P(") and " beats " in t and "→" in t for t in played)
     final = len(points.x) - 1
-    assert points.text[final].endswith(trace.selected[0]) and points.marker.color[final] == views.PICK
+    assert points.text[final].endswith(f"<b>{trace.selected[0]}</b>") and points.marker.color[final] == views.PICK
     assert fig.layout.uirevision == "keep"
 
 
