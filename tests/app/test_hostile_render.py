@@ -153,7 +153,7 @@ def test_explore_status_lines_render_no_live_markup():
     from engines.runner import RunRequest
 
     request = RunRequest.build(model="toy:abc", reward="length", prompt="go")
-    problems = live_markdown(progress_text(hostile_trace(), request, finished=True), "progress")
+    problems = live_markdown(progress_text(hostile_trace(), request, 0.0, finished=True), "progress")
     problems += live_markdown(error_markdown(HOSTILE[0] + HOSTILE[3]), "error")
     assert not problems, "\n".join(problems)
 
