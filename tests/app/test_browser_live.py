@@ -138,9 +138,11 @@ def test_the_final_page_equals_the_runs_replay_of_the_same_run(page, server, tas
         assert settled_state(replay, "runs", expected=final) == final, f"run {run_id}"
 
 
-def test_a_diffusion_run_spends_a_small_share_of_its_time_drawing(page, server):
-    """FK steering on digits: the throttle keeps drawing under its share of the run (it used to redraw
-    on every event once a draw outlasted the interval: minutes of drawing for seconds of sampling)."""
+def test_a_diffusion_run_draws_live_through_the_throttle(page, server):
+    """FK steering on digits draws live through the render throttle and finishes. The throttle's share
+    rule (drawing under a fifth of the run; it used to redraw on every event once a draw outlasted the
+    interval) is checked on a fake clock in test_render_throttle.py: a share of wall time measured on
+    a shared machine is no test, and `bench browser` reports page-done / sampler wall instead."""
     from app.ui import explore
 
     url, services = server
@@ -161,8 +163,8 @@ def test_a_diffusion_run_spends_a_small_share_of_its_time_drawing(page, server):
         run_id_of(page)
     finally:
         explore.RenderThrottle.drawn = original
-    assert len(shares) >= 2  # it did draw live
-    assert shares[-1] <= 0.35  # share 0.2 by design, plus the first draw before any cost was known
+    assert len(shares) >= 2  # it did draw live, through the throttle's account
+    expect(page.locator("#explore-status")).to_contain_text("ok", timeout=WAIT_MS)
 
 
 def test_progress_moves_inside_one_batch_and_run_shows_the_live_views(page, server):
