@@ -185,8 +185,10 @@ class CompareTab:
         except Exception as exc:
             yield {self.status: f"⚠ {error_message(exc)}"}
             return
-        yield {self.rewards_line: rewards_note(plan)}
-        yield from self._drive(sweep_id, plan, int(workers), x_counter)
+        updates = self._drive(sweep_id, plan, int(workers), x_counter)
+        first = next(updates, {})  # the note rides on the sweep's first update: one update per step
+        yield {self.rewards_line: rewards_note(plan), **first}
+        yield from updates
 
     def resume_sweep(self, sweep_id, workers, x_counter="generated_tokens"):
         from app.workflows.sweeps import load_plan

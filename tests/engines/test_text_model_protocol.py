@@ -103,7 +103,8 @@ def test_greedy_starts_with_the_most_likely_next_token(backend):
     row = model.next_token_logprobs([prompt])[0]
     assert row.ndim == 1 and torch.isfinite(row).any()
     assert first.token_ids[0] == int(torch.argmax(row))
-    assert float(torch.logsumexp(row[torch.isfinite(row)], dim=0)) <= 1e-4  # a (possibly truncated) distribution
+    # a (possibly truncated) distribution; 5e-4: llama.cpp normalises in float32 over 49,152 tokens (tests/engines/test_llamacpp.py)
+    assert float(torch.logsumexp(row[torch.isfinite(row)], dim=0)) <= 5e-4
 
 
 def test_score_gives_one_log_prob_per_continuation_token(backend):

@@ -15,7 +15,7 @@ from storage import Database, add_vote, compare_runs
 @pytest.fixture
 def cli(monkeypatch, capsys):
     # only our module: the branch may lack the other command modules
-    monkeypatch.setattr(app.cli, "COMMAND_MODULES", ("data",))
+    monkeypatch.setattr(app.cli, "COMMAND_MODULES", ("app.commands.data",))
 
     def run(*argv):
         code = app.cli.main(list(argv))
