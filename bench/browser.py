@@ -100,6 +100,20 @@ def choose(page, elem_id: str, label: str) -> None:
     page.get_by_role("option", name=re.compile(rf"^{re.escape(label)}( —.*)?$")).first.click()
 
 
+def choose_task(page, task: str) -> None:
+    """Pick a built-in prompt and let the page settle: the task sets the model, and the model's change
+    then replaces the sampler list (a second round trip). Opening the sampler list while that update
+    is in flight makes Gradio's dropdown read a list that was just replaced (a page error), so wait for
+    the model to show the task's model and for that update to land."""
+    choose(page, "explore-task", task)
+    model = page.locator("#explore-model input")
+    for _ in range(600):  # up to a minute
+        if task.split(":")[0] in model.input_value():
+            break
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(2000)  # the model's change handler (sampler list, form fields) lands after this
+
+
 def type_value(page, elem_id: str, value: str) -> None:
     box = page.locator(f"#{elem_id} input")
     box.click()
@@ -126,7 +140,7 @@ def set_up(page, url: str, scenario: dict) -> None:
     page.goto(url)
     page.wait_for_selector("#explore-run")
     if scenario.get("task"):
-        choose(page, "explore-task", scenario["task"])
+        choose_task(page, scenario["task"])
         page.wait_for_function("document.querySelector('#explore-prompt textarea').value !== ''")
     else:
         page.locator("#explore-prompt textarea").fill(scenario["prompt"])

@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from bench.browser import choose, set_number, type_value
+from bench.browser import choose, choose_task, set_number, type_value
 from tests.app.helpers import launched, open_db
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
@@ -110,7 +110,7 @@ def test_the_final_page_equals_the_runs_replay_of_the_same_run(page, server, tas
     """Seeded runs one after another in one page, as a user tries seeds; each final page against its replay."""
     url, services = server
     page.goto(url)
-    choose(page, "explore-task", task)
+    choose_task(page, task)
     expect(page.locator("#explore-prompt textarea")).not_to_have_value("")
     if reward:
         type_value(page, "explore-reward", reward)
@@ -154,7 +154,7 @@ def test_a_diffusion_run_draws_live_through_the_throttle(page, server):
         shares.append(self.spent / max(self.clock() - self.created, 1e-9))
 
     page.goto(url)
-    choose(page, "explore-task", "digits:3")
+    choose_task(page, "digits:3")
     choose(page, "explore-sampler", "Feynman-Kac steering")
     set_number(page, "explore-fk_steering-particles", 16)
     try:
