@@ -17,10 +17,7 @@ before anything starts.
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -31,6 +28,7 @@ from app.ui.services import Services, error_message
 from app.views import rollouts as views
 from app.views.render import md_text
 from engines.errors import ConfigError
+from engines.runner import on_thread
 
 
 def prompt_choices() -> list[str]:
@@ -39,46 +37,6 @@ def prompt_choices() -> list[str]:
     from engines.tasks.arith import LEVELS
 
     return ["arith-train", *(f"arith-train:{level}" for level in LEVELS if level != "medium"), *(n for n, _ in TASK_SETS.items())]
-
-
-def on_thread(events: Callable[[], Iterator[Any]], cancel: threading.Event, poll: float = 0.5) -> Iterator[Any]:
-    """``events()`` iterated on a worker thread: its items as they come, ``None`` after ``poll`` quiet seconds.
-
-    Its errors are raised here; closing this generator early (the page went away) sets ``cancel``.
-    """
-    items: queue.Queue = queue.Queue()
-    end = object()
-
-    def work() -> None:
-        try:
-            for item in events():
-                items.put(item)
-        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, raised there)
-            items.put(_Failure(exc))
-        items.put(end)
-
-    worker = threading.Thread(target=work, name="samplescope-train", daemon=True)
-    worker.start()
-    try:
-        while True:
-            try:
-                item = items.get(timeout=poll)
-            except queue.Empty:
-                yield None
-                continue
-            if item is end:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-    finally:
-        if worker.is_alive():
-            cancel.set()
-
-
-class _Failure:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
 
 
 class RolloutsTab:
@@ -210,8 +168,11 @@ class RolloutsTab:
                    self.grid: views.batch_grid(view), self.curves: views.curves(view)}
             throttle = RenderThrottle(self.services.update_interval)
             changed = False
-            run = lambda: train(config, params, resume=resume, cancel=flag, runs_folder=training_home())  # noqa: E731
-            for event in on_thread(run, flag):
+
+            def run(put):  # on the worker thread; train() has no side channel to put into
+                return train(config, params, resume=resume, cancel=flag, runs_folder=training_home())
+
+            for event in on_thread(run, flag, name="samplescope-train"):
                 if event is not None:
                     changed = view.add(event) or changed
                 if view.done is not None or not throttle.due():
