@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,27 +232,49 @@ def live(
     (loading, bad input) are raised here. Closing this generator early (the viewer went away) sets
     ``cancel``, so the worker stops within one decode step instead of running on unseen.
     """
-    import queue
     import time
 
-    items: queue.Queue = queue.Queue()
     last = [0.0]
 
-    def report(cost: Cost) -> None:
-        now = time.monotonic()
-        if now - last[0] >= progress_every:
-            last[0] = now
-            items.put(CostEvent(cost=cost.as_dict()))
+    def events(put: Callable[[Any], None]) -> Iterator[Event]:
+        def report(cost: Cost) -> None:
+            now = time.monotonic()
+            if now - last[0] >= progress_every:
+                last[0] = now
+                put(CostEvent(cost=cost.as_dict()))
+
+        return stream(request, cancel, report)
+
+    return on_thread(events, cancel, poll=poll, name="samplescope-run")
+
+
+def on_thread(
+    produce: Callable[[Callable[[Any], None]], Iterable[Any]],
+    cancel: threading.Event,
+    *,
+    poll: float = 0.5,
+    name: str = "samplescope-worker",
+) -> Iterator[Any]:
+    """Iterate ``produce(put)`` on a worker thread; yield its items (and any it ``put``s) as they come.
+
+    ``None`` is yielded when nothing came for ``poll`` seconds (so a viewer can refresh its clock);
+    the worker's errors are raised here; closing this generator early (the viewer went away) sets
+    ``cancel``, so a worker that checks it stops instead of running on unseen.
+    """
+    import queue
+
+    items: queue.Queue = queue.Queue()
+    end = object()
 
     def work() -> None:
         try:
-            for event in stream(request, cancel, report):
-                items.put(event)
+            for item in produce(items.put):
+                items.put(item)
         except BaseException as exc:  # noqa: BLE001 (handed to the consumer, raised there)
             items.put(_Failure(exc))
-        items.put(_END)
+        items.put(end)
 
-    worker = threading.Thread(target=work, name="samplescope-run", daemon=True)
+    worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
     try:
         while True:
@@ -261,7 +283,7 @@ def live(
             except queue.Empty:
                 yield None
                 continue
-            if item is _END:
+            if item is end:
                 return
             if isinstance(item, _Failure):
                 raise item.error
@@ -274,9 +296,6 @@ def live(
 class _Failure:
     def __init__(self, error: BaseException) -> None:
         self.error = error
-
-
-_END = object()
 
 
 def execute(

@@ -2,8 +2,8 @@
 
 Tabs: Explore (run a sampler live), Runs (stored runs, replay, ``/?run=ID``
 links), Label (blind pairwise votes), Data (statistics and exports), Compare
-(quality against compute), Tour (one sample, best-of-N and a guided sampler on
-the same prompts, the picking and judging rewards named). :func:`launch_options` gives what ``launch()``
+(quality against compute), Train (RL) (a rollout strategy trained live), Tour
+(one sample, best-of-N and a guided sampler on the same prompts, the picking and judging rewards named). :func:`launch_options` gives what ``launch()``
 needs besides the Blocks (CSS, the keyboard-shortcut script, auth).
 
 Only the documented API (:data:`PUBLIC_API`: ``/sample``) is an API endpoint;
@@ -25,6 +25,7 @@ from app.ui.compare import CompareTab
 from app.ui.data import DataTab
 from app.ui.explore import ExploreTab
 from app.ui.label import LabelTab, annotator_state
+from app.ui.rollouts import RolloutsTab
 from app.ui.runs import RunsTab
 from app.ui.services import Services
 from app.ui.tour import TourTab
@@ -43,6 +44,7 @@ def build_demo(services: Services) -> gr.Blocks:
             label = LabelTab(services, browser_id)
             data = DataTab(services)
             CompareTab(services)
+            RolloutsTab(services)
             TourTab(services)
 
         def on_load(browser_id, request: gr.Request):

@@ -1,0 +1,149 @@
+"""Pictures of a training run (engines.training.loop): pure functions from its events to plotly figures.
+
+:class:`TrainingView` folds the run's events (sample ``node``s, ``group``s, ``update``s,
+``eval``s, ``done``) into what the Train (RL) tab draws: the latest batch as a prompts x
+samples grid coloured by reward (:func:`batch_grid`; a dropped group greyed and labelled
+with the rule that dropped it, each row with its own sample count, since Reinforce-Ada
+draws unequal counts), the curves of held-out accuracy, KL, loss and samples spent
+(:func:`curves`) and a one-line status (:func:`status_line`). Prompt text reaches a figure
+only through :func:`app.views.render.plain` (escaped), other strings through ``md_text``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from app.views.render import md_text, plain
+from app.views.trace import GREY, _layout, empty
+from engines.trace import Event, GroupEvent
+
+REWARD_SCALE = "RdYlGn"
+
+
+@dataclass
+class TrainingView:
+    """What the tab shows of a run, folded from its events (stored ones replayed on resume included)."""
+
+    texts: dict[str, str] = field(default_factory=dict)  # node id -> its text (a prompt for a root)
+    groups: list[GroupEvent] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)  # metrics, with "step"
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    done: Any = None
+
+    def add(self, event: Event) -> bool:
+        """Fold one event in; True when it changes a figure (a sample's score alone does not)."""
+        kind = event.kind
+        if kind == "node":
+            if event.parent is None:
+                self.texts[event.id] = event.text
+            return False
+        if kind == "group":
+            self.groups.append(event)
+        elif kind == "update":
+            self.updates.append({"step": event.step, **event.metrics})
+        elif kind == "eval":
+            self.evals.append({"step": event.step, **event.metrics})
+        elif kind == "done":
+            self.done = event
+        else:
+            return False
+        return True
+
+    def batch(self) -> list[GroupEvent]:
+        """The groups of the newest batch (the one being drawn, or the last one trained on)."""
+        if not self.groups:
+            return []
+        step = self.groups[-1].step
+        return [g for g in self.groups if g.step == step]
+
+
+def _row_label(view: TrainingView, group: GroupEvent) -> str:
+    prompt = " ".join(view.texts.get(group.prompt, group.prompt).split())
+    return f"{plain(prompt, 40)} (n={len(group.rewards)})"
+
+
+def batch_grid(view: TrainingView, title: str = "Batch: prompts x samples, coloured by reward") -> go.Figure:
+    """The newest batch as a heatmap: one row per prompt group, one cell per sample.
+
+    Kept groups are coloured by reward; a dropped group's cells are grey and its row names the
+    rule that dropped it. Rows have as many cells as the group drew (shorter rows end blank).
+    """
+    groups = view.batch()
+    if not groups:
+        return empty(title, "no batch drawn yet")
+    width = max(len(g.rewards) for g in groups)
+    rows = [f"{i + 1}. {_row_label(view, g)}" for i, g in enumerate(groups)]
+    kept_z, dropped_z, hover = [], [], []
+    for g in groups:
+        cells = list(g.rewards) + [None] * (width - len(g.rewards))
+        kept_z.append(cells if g.kept else [None] * width)
+        dropped_z.append([None] * width if g.kept else [1.0] * len(g.rewards) + [None] * (width - len(g.rewards)))
+        hover.append([
+            f"sample {j + 1}: reward {v:.3g}" + (f", advantage {g.advantages[j]:.3g}" if j < len(g.advantages) else "")
+            + ("" if g.kept else f"<br>dropped: {plain(g.rule or 'dropped', 80)}")
+            if v is not None else "" for j, v in enumerate(cells)
+        ])
+    samples = [f"s{j + 1}" for j in range(width)]
+    rewards = [v for g in groups for v in g.rewards]
+    low, high = min(rewards), max(rewards)
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    fig = go.Figure()
+    fig.add_trace(go.Heatmap(
+        z=kept_z, x=samples, y=rows, text=hover, hoverinfo="text", name="kept", colorscale=REWARD_SCALE,
+        zmin=low, zmax=high, xgap=2, ygap=2, colorbar={"title": {"text": "reward"}},
+    ))
+    fig.add_trace(go.Heatmap(
+        z=dropped_z, x=samples, y=rows, text=hover, hoverinfo="text", name="dropped",
+        colorscale=[[0, GREY], [1, GREY]], zmin=0, zmax=1, showscale=False, xgap=2, ygap=2,
+    ))
+    for row, g in zip(rows, groups, strict=True):
+        if not g.kept:
+            fig.add_annotation(x=samples[-1], y=row, xanchor="left", xshift=18, showarrow=False,
+                               text=f"dropped: {plain(g.rule or 'dropped', 60)}", font={"color": "#666", "size": 11})
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(type="category")
+    kept = sum(g.kept for g in groups)
+    _layout(fig, f"{title} — update {groups[0].step + 1}: {kept}/{len(groups)} groups kept", height=max(220, 60 + 28 * len(groups)))
+    return fig.update_layout(margin={"r": 180})  # room for the rule of a dropped row
+
+
+#: (panel title, series: (legend name, event list, metric key)), in the order of the 2x2 grid
+PANELS = (
+    ("Held-out accuracy", (("greedy", "evals", "accuracy_greedy"), ("T=1", "evals", "accuracy_t1"))),
+    ("KL to the initial policy", (("KL", "updates", "kl"),)),
+    ("Loss", (("loss", "updates", "loss"),)),
+    ("Samples spent", (("samples", "updates", "spent_samples"),)),
+)
+
+
+def curves(view: TrainingView, title: str = "Training curves (x: update)") -> go.Figure:
+    """Held-out accuracy (greedy and T=1) from ``eval`` events; KL, loss and samples spent from ``update`` events."""
+    if not view.updates and not view.evals:
+        return empty(title, "no update yet")
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[0] for p in PANELS], vertical_spacing=0.18)
+    for index, (_, series) in enumerate(PANELS):
+        row, col = index // 2 + 1, index % 2 + 1
+        for name, source, key in series:
+            points = [(m["step"], m[key]) for m in getattr(view, source) if m.get(key) is not None]
+            if points:
+                fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=name,
+                                         mode="lines+markers"), row=row, col=col)
+    return _layout(fig, title, height=520, showlegend=True)
+
+
+def status_line(view: TrainingView, elapsed: float, running: bool) -> str:
+    """Samples and tokens spent, updates done, elapsed time; the outcome once done (Markdown, escaped)."""
+    spent = view.updates[-1] if view.updates else {}
+    samples, tokens = spent.get("spent_samples", 0), spent.get("spent_tokens", 0)
+    if view.done is not None:
+        samples, tokens = view.done.metrics.get("samples", samples), view.done.metrics.get("tokens", tokens)
+    text = f"{len(view.updates)} updates, {samples:,} samples, {tokens:,} tokens; {elapsed:.1f} s"
+    if running or view.done is None:
+        return f"running… {text}"
+    note = f" — {md_text(view.done.message, 300)}" if view.done.message else ""
+    return f"**{md_text(view.done.status)}**: {text}{note}"

@@ -1,0 +1,74 @@
+"""The Train (RL) tab's figures (app.views.rollouts), from hand-made training events."""
+
+from __future__ import annotations
+
+from app.views import rollouts as views
+from engines.trace import DoneEvent, EvalEvent, GroupEvent, NodeEvent, ScoreEvent, UpdateEvent
+
+
+def fold(events) -> views.TrainingView:
+    view = views.TrainingView()
+    for event in events:
+        view.add(event)
+    return view
+
+
+def batch_events(step: int = 0):
+    return [
+        NodeEvent(id="b0.g0", parent=None, text="What is 2+<b>3</b>?"),
+        NodeEvent(id="b0.g1", parent=None, text="What is 4*5?"),
+        ScoreEvent(node="b0.g0.s0", reward="math", value=1.0),
+        GroupEvent(step=step, prompt="b0.g0", nodes=["a", "b", "c"], rewards=[1.0, 0.0, 1.0], advantages=[0.5, -1.0, 0.5]),
+        GroupEvent(step=step, prompt="b0.g1", nodes=["d", "e"], rewards=[0.0, 0.0], kept=False, rule="all_wrong"),
+    ]
+
+
+def test_grid_greys_a_dropped_group_names_its_rule_and_counts_each_row():
+    fig = views.batch_grid(fold(batch_events()))
+    kept, dropped = fig.data
+    assert kept.name == "kept" and dropped.name == "dropped"
+    # the kept group is coloured by its rewards; the dropped one only in the grey layer
+    assert list(kept.z[0]) == [1.0, 0.0, 1.0] and all(v is None for v in kept.z[1])
+    assert all(v is None for v in dropped.z[0]) and list(dropped.z[1]) == [1.0, 1.0, None]
+    assert {c for c in dropped.colorscale[0][1:] + dropped.colorscale[1][1:]} == {views.GREY}
+    notes = [a.text for a in fig.layout.annotations]
+    assert notes == ["dropped: all_wrong"]
+    rows = list(kept.y)
+    assert "(n=3)" in rows[0] and "(n=2)" in rows[1]  # unequal counts per prompt
+    assert "&lt;b&gt;3&lt;/b&gt;" in rows[0] and "<b>" not in rows[0]  # prompt text escaped
+    assert "1/2 groups kept" in fig.layout.title.text
+
+
+def test_grid_shows_only_the_newest_batch():
+    events = batch_events(0) + [GroupEvent(step=1, prompt="b0.g1", nodes=["x"], rewards=[1.0])]
+    fig = views.batch_grid(fold(events))
+    assert len(fig.data[0].y) == 1 and not fig.layout.annotations
+
+
+def test_curves_read_update_and_eval_events():
+    events = [
+        EvalEvent(step=0, metrics={"accuracy_t1": 0.25, "accuracy_greedy": 0.5, "n": 4}),
+        UpdateEvent(step=1, metrics={"loss": -0.1, "kl": 0.01, "spent_samples": 4, "spent_tokens": 40}),
+        EvalEvent(step=1, metrics={"accuracy_t1": 0.5, "accuracy_greedy": 0.75, "n": 4}),
+        UpdateEvent(step=2, metrics={"loss": -0.2, "kl": 0.03, "spent_samples": 8, "spent_tokens": 90}),
+    ]
+    view = fold(events)
+    series = {trace.name: (list(trace.x), list(trace.y)) for trace in views.curves(view).data}
+    assert series["greedy"] == ([0, 1], [0.5, 0.75])
+    assert series["T=1"] == ([0, 1], [0.25, 0.5])
+    assert series["KL"] == ([1, 2], [0.01, 0.03])
+    assert series["loss"] == ([1, 2], [-0.1, -0.2])
+    assert series["samples"] == ([1, 2], [4, 8])
+    assert views.status_line(view, 3.0, running=True).startswith("running… 2 updates, 8 samples, 90 tokens")
+
+
+def test_status_line_escapes_the_done_message():
+    view = fold([DoneEvent(picks=[], candidates=[], status="cancelled", message="<script>x</script>",
+                           metrics={"samples": 4, "tokens": 30}, cost={})])
+    line = views.status_line(view, 1.0, running=False)
+    assert "<script>" not in line and "4 samples, 30 tokens" in line and "cancelled" in line
+
+
+def test_empty_run_has_placeholder_figures():
+    view = views.TrainingView()
+    assert views.batch_grid(view).data == () and views.curves(view).data == ()
