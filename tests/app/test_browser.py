@@ -171,7 +171,7 @@ def test_a_run_link_opens_the_runs_tab_and_replays_it(page, server):
     shoot(page, "runs")
     open_tab(page, "Label")
     open_tab(page, "Runs")
-    expect(page.locator("[role=tablist] [role=tab]")).to_have_text(["Explore", "Runs", "Label", "Data", "Compare", "Tour"])
+    expect(page.locator("[role=tablist] [role=tab]")).to_have_text(["Explore", "Runs", "Label", "Data", "Compare", "Train (RL)", "Tour"])
 
     page.goto(f"{url}?run=abc")
     expect(page.locator("#runs-header")).to_contain_text("no run 'abc'")
