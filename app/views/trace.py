@@ -218,7 +218,7 @@ def bracket_figure(trace: Trace, title: str = "Knockout bracket") -> go.Figure:
         gap = 2 ** col
         for row, m in enumerate(matches):
             y = -(row * gap * 2 + gap)
-            a, b, winner = plain(m.a, 40), plain(m.b or "", 40), plain(m.winner, 40)
+            a, b, winner = plain(m.a, 40), plain(m.b or "", 40), plain(m.winner, 40)  # escaped: node ids reach the page
             if m.b is None:
                 label = f"{a} (bye) → <b>{winner}</b>"
             else:
