@@ -37,11 +37,13 @@ def _load_all() -> None:
         knockout,
         majority,
         mcts,
+        mini_n,
         power_mcmc,
         preference_pairs,
         rejection,
         reno,
         smc,
+        soft_best_of_k,
         svdd,
         weighted_majority,
     )
