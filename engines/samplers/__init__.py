@@ -30,6 +30,7 @@ def _load_all() -> None:
         best_of_majority,
         best_of_n,
         cards,
+        deepconf,
         dts,
         dvts,
         early_rejection,
