@@ -35,6 +35,7 @@ def _load_all() -> None:
         dvts,
         early_rejection,
         fk_steering,
+        genselect,
         knockout,
         majority,
         mcts,
