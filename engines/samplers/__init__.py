@@ -32,6 +32,7 @@ def _load_all() -> None:
         cards,
         deepconf,
         dts,
+        dual_phase,
         dvts,
         early_rejection,
         fk_steering,

@@ -108,3 +108,77 @@ def test_soft_best_of_k_pick_follows_the_softmax_law(temperature):
     assert chi_square_p(picks, law, runs) > ALPHA
     hard = soft_pick_law(values, k, 1e-6)  # best-of-k: the law of the maximum
     assert chi_square_p(picks, hard, runs) < ALPHA
+
+
+class OracleSuccess:
+    """A step reward that knows the toy exactly: P(the finished text has at least two 'a' | the prefix so far)."""
+
+    def __new__(cls, model):
+        from engines.rewards.base import StepReward
+
+        p = model.distribution()
+
+        class _Oracle(StepReward):
+            name = "oracle_success"
+
+            def score_steps(self, task, candidates, *, usage=None):
+                out = []
+                for steps in candidates:
+                    row = []
+                    for k in range(len(steps)):
+                        prefix = "".join(steps[: k + 1])
+                        mass = {x: q for x, q in p.items() if x.startswith(prefix)}
+                        row.append(sum(q for x, q in mass.items() if x.count("a") >= 2) / sum(mass.values()))
+                    out.append(row)
+                return out
+
+        return _Oracle()
+
+
+def replay_dual_phase(trace, k: int, cap: int, batch: int, tau: float) -> None:
+    """Recompute every decision from the trace's children and scores by the rule, and compare."""
+    children: dict[str, list[str]] = defaultdict(list)
+    for node in trace.nodes.values():
+        if node.parent is not None:
+            children[node.parent].append(node.id)
+    scores = {e.node: e.value for e in trace.events if e.kind == "score"}
+    saved, parent, spent, pruned = 0, "root", [], {e.node for e in trace.events if e.kind == "prune"}
+    while children.get(parent):
+        kids = children[parent]
+        allowed = min(k + saved, cap)
+        values = [scores[c] for c in kids]
+        used = allowed
+        for end in range(batch, allowed + batch, batch):
+            if max(values[: min(end, allowed)]) >= tau:
+                used = min(end, allowed)
+                break
+        assert len(kids) == used, f"step {len(spent) + 1}: drew {len(kids)}, the rule draws {used}"
+        best = kids[values.index(max(values))]
+        assert [c for c in kids if c not in pruned] == [best]
+        saved = allowed - used
+        spent.append(used)
+        parent = best
+    assert trace.done.picks == [parent] and trace.nodes[parent].final
+    assert trace.done.metrics["samples_per_step"] == spent
+
+
+@pytest.mark.parametrize(("k", "cap", "batch", "tau"), [(2, 6, 1, 0.3), (3, 5, 2, 0.3), (1, 1, 1, 0.5), (4, 12, 3, 0.4)])
+def test_dual_phase_decisions_equal_the_rule_replayed_on_an_oracle(k, cap, batch, tau):
+    from engines.rewards.base import StepReward
+
+    model = load_model("toy:abc")
+    reward = OracleSuccess(model)
+    assert isinstance(reward, StepReward)
+    sampler = build_sampler("dual_phase", {"samples_per_step": k, "max_per_step": cap, "batch": batch, "confidence": tau,
+                                           "step": "tokens", "max_new_tokens": 1, "max_steps": 8})
+    early = grown = 0
+    for seed in range(12):
+        trace = collect(sampler.run(TASK, model, reward, rng=torch.Generator().manual_seed(seed)))
+        replay_dual_phase(trace, k, cap, batch, tau)
+        spent = trace.done.metrics["samples_per_step"]
+        early += trace.done.metrics["confident_steps"]
+        grown += any(s > k for s in spent)
+        assert sum(spent) == trace.done.cost["reward_calls"]  # one step-reward call per sample
+    assert early > 0
+    if cap > k:
+        assert grown > 0  # saved samples were spent on a later step
