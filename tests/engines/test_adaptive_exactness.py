@@ -135,8 +135,9 @@ class OracleSuccess:
         return _Oracle()
 
 
-def replay_dual_phase(trace, k: int, cap: int, batch: int, tau: float) -> None:
-    """Recompute every decision from the trace's children and scores by the rule, and compare."""
+def replay_dual_phase(trace, k: int, cap: int, batch: int, tau: float, carry: bool = True) -> None:
+    """Recompute every decision from the trace's children and scores by the rule, and compare
+    (``carry`` False: the wrong rule that forgets what earlier steps saved)."""
     children: dict[str, list[str]] = defaultdict(list)
     for node in trace.nodes.values():
         if node.parent is not None:
@@ -155,7 +156,7 @@ def replay_dual_phase(trace, k: int, cap: int, batch: int, tau: float) -> None:
         assert len(kids) == used, f"step {len(spent) + 1}: drew {len(kids)}, the rule draws {used}"
         best = kids[values.index(max(values))]
         assert [c for c in kids if c not in pruned] == [best]
-        saved = allowed - used
+        saved = allowed - used if carry else 0
         spent.append(used)
         parent = best
     assert trace.done.picks == [parent] and trace.nodes[parent].final
@@ -171,14 +172,18 @@ def test_dual_phase_decisions_equal_the_rule_replayed_on_an_oracle(k, cap, batch
     assert isinstance(reward, StepReward)
     sampler = build_sampler("dual_phase", {"samples_per_step": k, "max_per_step": cap, "batch": batch, "confidence": tau,
                                            "step": "tokens", "max_new_tokens": 1, "max_steps": 8})
-    early = grown = 0
+    early = grown = wrong = 0
     for seed in range(12):
         trace = collect(sampler.run(TASK, model, reward, rng=torch.Generator().manual_seed(seed)))
         replay_dual_phase(trace, k, cap, batch, tau)
+        try:
+            replay_dual_phase(trace, k, cap, batch, tau, carry=False)
+        except AssertionError:
+            wrong += 1
         spent = trace.done.metrics["samples_per_step"]
         early += trace.done.metrics["confident_steps"]
         grown += any(s > k for s in spent)
         assert sum(spent) == trace.done.cost["reward_calls"]  # one step-reward call per sample
     assert early > 0
     if cap > k:
-        assert grown > 0  # saved samples were spent on a later step
+        assert grown > 0 and wrong > 0  # saved samples were spent on a later step: the rule without carry fails
