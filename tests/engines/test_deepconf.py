@@ -144,3 +144,36 @@ def test_a_model_without_confidences_is_refused():
 
     with pytest.raises(ConfigError, match="token confidences"):
         build_sampler("deepconf").run(TASK, Served(load_model("toy:abc")), CountA(), rng=torch.Generator())
+
+
+def test_sampling_params_refuse_a_confidence_stop_without_confidences():
+    from engines.models.base import SamplingParams
+
+    with pytest.raises(ValueError, match="stop_confidence needs confidence_top_k"):
+        SamplingParams(stop_confidence=1.0)
+    with pytest.raises(ValueError, match="confidence_window"):
+        SamplingParams(confidence_top_k=5, confidence_window=0)
+
+
+def test_the_transformers_loop_reports_and_stops_on_the_same_confidences():
+    """embedded:arith (the transformers loop): the confidences it reports equal -mean(top-k) of
+    next_token_logprobs on every prefix, and its stop falls on the first window below the bar."""
+    from engines.models.base import SamplingParams
+    from engines.prompts import builtin_prompt_set
+
+    model, k, window = load_model("embedded:arith"), 5, 4
+    prompt = model.encode_task(builtin_prompt_set("arith").tasks[0])
+    free = model.sample([prompt], SamplingParams(max_new_tokens=40, confidence_top_k=k), n=3,
+                        rng=torch.Generator().manual_seed(0))[0]
+    for gen in free:
+        rows = model.next_token_logprobs([prompt + gen.token_ids[:t] for t in range(len(gen.token_ids))])
+        brute = [-float(row.topk(k).values.mean()) for row in rows]
+        assert gen.meta["confidence"] == pytest.approx(brute, abs=1e-3)
+    confs = free[0].meta["confidence"]
+    means = [sum(confs[t - window : t]) / window for t in range(window, len(confs))]
+    bar = sorted(means)[len(means) // 2]  # a bar the first trace crosses somewhere
+    first = next(t for t in range(window, len(confs)) if sum(confs[t - window : t]) / window < bar)
+    stopped = model.sample([prompt], SamplingParams(max_new_tokens=40, confidence_top_k=k, stop_confidence=bar,
+                                                    confidence_window=window), n=3, rng=torch.Generator().manual_seed(0))[0]
+    assert stopped[0].finish_reason == "confidence" and len(stopped[0].token_ids) == first
+    assert stopped[0].token_ids == free[0].token_ids[:first]
