@@ -36,13 +36,14 @@ with ``--quick``).
 from __future__ import annotations
 
 import argparse
-import json
 import time
+from functools import partial
 from typing import Any
 
 import torch
 
-from bench.measure import RESULTS, accuracy_summary, machine, save
+from bench.measure import accuracy_summary
+from bench.scaling_steps import markdown, publish
 
 FLAT = {"max_new_tokens": 80, "temperature": 1.0}
 LINE = {"step": "newline", "max_new_tokens": 16, "max_steps": 8, "temperature": 1.0}
@@ -142,27 +143,6 @@ def findings(s: dict[str, dict[str, dict[str, float]]], sizes: list[int]) -> lis
     return out
 
 
-def markdown(result: dict[str, Any], command: str) -> str:
-    s, sizes = result["summary"], result["sizes"]
-    lines = [
-        "# Adaptive compute and soft selection at matched token budgets (reasoning lab)",
-        "",
-        f"`{command}`: {result['problems']} problems of `arith`, `embedded:arith` at T=1, seed {result['seed']};",
-        f"{result['machine_line']}; {result['seconds']:.0f} s. Cells: accuracy of the pick ± one standard error",
-        "(mean generated tokens per problem, mean reward calls). K is the budget; adaptive methods spend less.",
-        "",
-        "| method | " + " | ".join(f"K={k}" for k in sizes) + " |",
-        "|---|" + "---|" * len(sizes),
-    ]
-    for method, per in s.items():
-        cells = [f"{per[str(k)]['accuracy']:.2f} ± {per[str(k)]['se']:.2f} ({per[str(k)]['tokens']:.0f} tok, "
-                 f"{per[str(k)]['reward_calls']:.0f} rc)" for k in sizes]
-        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
-    lines += ["", "What the numbers say about the papers' claims:", ""] + [f"- {f}" for f in result["findings"]]
-    lines += ["", f"![accuracy against generated tokens]({result['name']}.png)", ""]
-    return "\n".join(lines)
-
-
 def plot(result: dict[str, Any], path) -> None:
     import matplotlib
 
@@ -211,22 +191,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     result = run_benchmark(problems, sizes, args.seed, log=(lambda line: None) if args.json else print, workers=args.workers)
     result["seconds"] = time.perf_counter() - started
-    info = machine()
-    result["machine_line"] = f"{info['processor']}, {info['threads']} torch thread(s), torch {info['torch']}"
     result["name"] = "scaling_adaptive_quick" if args.quick else "scaling_adaptive"
     result["findings"] = findings(result["summary"], sizes)
     command = "samplescope bench scaling --part adaptive" + (" --quick" if args.quick else f" --problems {problems}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{result['name']}.md").write_text(markdown(result, command))
-    plot(result, RESULTS / f"{result['name']}.png")
-    path = save(result["name"], result)
-    if args.json:
-        print(json.dumps({"summary": result["summary"], "findings": result["findings"]}, indent=2))
-    else:
-        print("\n".join(result["findings"]))
-        print(f"wrote {path} in {result['seconds']:.0f} s")
-    return result
-
+    page = partial(markdown, title="Adaptive compute and soft selection at matched token budgets (reasoning lab)",
+                   note=" K is the budget; adaptive methods spend less.", labels=LABELS)
+    return publish(result, command, page, plot, args.json)
 
 if __name__ == "__main__":
     main()

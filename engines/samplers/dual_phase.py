@@ -32,7 +32,15 @@ from engines.config import param
 from engines.errors import ConfigError
 from engines.samplers import SAMPLERS
 from engines.samplers.base import RunContext
-from engines.samplers.stepwise import Partial, StepConfig, StepSampler, expand, prune, root_partial, score_last
+from engines.samplers.stepwise import (
+    Partial,
+    StepConfig,
+    StepSampler,
+    expand,
+    prune,
+    root_partial,
+    score_last,
+)
 from engines.trace import Event, SelectEvent
 
 

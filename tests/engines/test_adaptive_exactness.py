@@ -39,7 +39,7 @@ def reward_law(model, reward) -> dict[float, float]:
 def stopping_law(success: float, mini_n: int, rounds: int) -> dict[int, float]:
     """P(R = l): rounds clear independently with π = 1 - (1 - s)^m; the last round ends the run anyway."""
     pi = 1.0 - (1.0 - success) ** mini_n
-    law = {l: (1 - pi) ** (l - 1) * pi for l in range(1, rounds)}
+    law = {r: (1 - pi) ** (r - 1) * pi for r in range(1, rounds)}
     law[rounds] = (1 - pi) ** (rounds - 1)
     return law
 
@@ -51,7 +51,7 @@ def test_mini_n_stopping_round_and_expected_cost_are_exact():
     law = stopping_law(s, m, n // m)
     p = model.distribution()
     tokens_per_candidate = sum(p[x] * (len(x) + 1) for x in p)  # the end token is generated too
-    expected_tokens = m * sum(l * q for l, q in law.items()) * tokens_per_candidate
+    expected_tokens = m * sum(r * q for r, q in law.items()) * tokens_per_candidate
     sampler = build_sampler("mini_n", {"n": n, "mini_n": m, "threshold": tau, "max_new_tokens": 8})
     gen = torch.Generator().manual_seed(7)
     rounds, tokens = Counter(), []
