@@ -41,6 +41,7 @@ def _load_all() -> None:
         majority,
         mcts,
         mini_n,
+        q_probe,
         power_mcmc,
         preference_pairs,
         rejection,

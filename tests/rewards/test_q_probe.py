@@ -154,3 +154,58 @@ def test_bad_probe_input_is_one_line_and_stores_nothing(capsys, change, message)
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
     assert not rewards_home().exists() or not any(rewards_home().iterdir())
+
+
+def toy_probe(model, weights):
+    """A Q-probe on the toy model's bag-of-characters embedding, with set weights (a LearnedTextReward as
+    `samplescope reward probe` stores it)."""
+    from engines.rewards.learned import BTHead, LearnedTextReward, TextFeatures
+
+    head = BTHead(len(weights))
+    with torch.no_grad():
+        head.net.weight.copy_(torch.tensor([weights]))
+        head.net.bias.zero_()
+    card = {"trained_by": "q_probe", "base": model.name, "kind": "head"}
+    return LearnedTextReward(head.eval(), TextFeatures(model, model.name), "learned:toy-probe", card)
+
+
+def test_the_q_probe_sampler_picks_by_the_exact_soft_pick_law():
+    """On the enumerable toy (toy:ab2, 7 continuations), 3,000 seeded q_probe runs with k = 3: the picks fit
+    soft_pick_law(p, Q, k, beta) by chi-square; a sampler that picked the argmax of Q would not."""
+    from scipy.stats import chisquare
+
+    from engines.models import load_model
+    from engines.samplers import build_sampler
+    from engines.task import Task
+    from engines.trace import collect
+
+    model = load_model("toy:ab2")
+    probe = toy_probe(model, [1.0, -0.5])  # Q = #a - 0.5 #b
+    p = model.distribution()
+    total = sum(p.values())  # float32 tables: the law sums to 1 within 1e-7
+    p = {t: v / total for t, v in p.items()}
+    texts = sorted(p)
+    q = probe.score(Task(prompt="x"), texts)
+    k, beta, runs = 3, 0.8, 3000
+    sampler = build_sampler("q_probe", {"n": k, "selection_temperature": beta, "max_new_tokens": 2})
+    picks = {t: 0 for t in texts}
+    for seed in range(runs):
+        trace = collect(sampler.run(Task(prompt="x"), model, probe, rng=torch.Generator().manual_seed(seed)))
+        picks[trace.nodes[trace.done.picks[0]].text] += 1
+    law = soft_pick_law([p[t] for t in texts], q, k, beta)
+    observed = [picks[t] for t in texts]
+    assert chisquare(observed, [runs * x for x in law]).pvalue > 1e-3
+    greedy = soft_pick_law([p[t] for t in texts], q, k, 0.0)  # the argmax of Q: a wrong variant
+    smoothed = [(g + 1e-6) / (1 + 1e-6 * len(greedy)) for g in greedy]
+    assert chisquare(observed, [runs * x for x in smoothed]).pvalue < 1e-6
+
+
+def test_a_probe_fit_on_another_model_is_refused_in_one_line():
+    from engines.models import load_model
+    from engines.samplers import build_sampler
+    from engines.task import Task
+
+    probe = toy_probe(load_model("toy:ab2"), [1.0, -0.5])
+    with pytest.raises(ConfigError, match="embeddings of 'toy:ab2'; this run's model is 'toy:abc'"):
+        list(build_sampler("q_probe", {"n": 2}).run(Task(prompt="x"), load_model("toy:abc"), probe,
+                                                    rng=torch.Generator().manual_seed(0)))
