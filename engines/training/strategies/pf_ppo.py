@@ -128,7 +128,7 @@ class PFPPO(RolloutStrategy):
             group.advantages = mean_baseline(group.rewards, std=cfg.scale_by_std)
             kept = set(filtered_indices(group.rewards, chosen, rng))
             group.kept = [i in kept for i in range(len(group.rewards))]
-            group.meta.update(filter=chosen, r2=r2)
+            group.meta.update(filter=chosen, r2=r2, kept_indices=sorted(kept))
             event = self.group_event(group)
             if len(kept) < len(group.rewards):
                 event.meta["dropped_rule"] = f"{chosen} filter"
