@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 
 import numpy as np
 import pytest
 import torch
 
-from engines.errors import Cancelled
 from engines.task import Task
 from engines.training import build_strategy
 from engines.training.base import Allowance, PromptPool, Rollout
