@@ -11,18 +11,9 @@ from engines.errors import Cancelled
 from engines.training import build_strategy
 from engines.training.base import Allowance
 from tests.training.test_estimators import _setup
+from tests.training.test_tree_strategies import run
 
 LR = 0.5
-
-
-def run(strategy, policy, pool, reward, budget, seed):
-    generator = strategy.collect(policy, pool, reward, budget, torch.Generator().manual_seed(seed))
-    events = []
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 def leaf_logprob(theta: torch.Tensor, prompt: int, text: str) -> torch.Tensor:

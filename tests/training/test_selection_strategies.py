@@ -29,17 +29,8 @@ from tests.training.test_estimators import (
     pattern_coefficient,
     success,
 )
+from tests.training.test_tree_strategies import run
 from tests.training.toy import LeafReward
-
-
-def run(strategy, policy, pool, reward, budget, seed):
-    generator = strategy.collect(policy, pool, reward, budget, torch.Generator().manual_seed(seed))
-    events = []
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 def groups_of(events):

@@ -28,7 +28,8 @@ from engines.training.loop import TrainConfig, train
 from engines.training.rewards import TrainingReward
 from tests.training import test_bcpg_gradient as lines
 from tests.training.test_estimators import RIGHT
-from tests.training.test_tree_strategies import TREE_PARAMS, PrefixTreePolicy, _theta
+from tests.training.test_rules import _comparable
+from tests.training.test_tree_strategies import TREE_PARAMS, PrefixTreePolicy, _theta, run
 from tests.training.toy import LeafReward
 
 NAMES = sorted(STRATEGIES)
@@ -70,16 +71,6 @@ def fresh(name):
     return configure(build_strategy(name, params)), policy, pool, reward
 
 
-def collect(strategy, policy, pool, reward, budget, seed):
-    generator = strategy.collect(policy, pool, reward, budget, torch.Generator().manual_seed(seed))
-    events = []
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            return events, stop.value
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_config_carries_ui_metadata_and_the_module_cites_the_paper(name):
     cls = STRATEGIES.get(name)
@@ -92,11 +83,11 @@ def test_config_carries_ui_metadata_and_the_module_cites_the_paper(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_batch(name):
-    first = collect(*fresh(name), Allowance(samples=1000), 3)
-    second = collect(*fresh(name), Allowance(samples=1000), 3)
+    first = run(*fresh(name), Allowance(samples=1000), 3)
+    second = run(*fresh(name), Allowance(samples=1000), 3)
     assert first[0] == second[0]
     assert first[1].advantages == second[1].advantages and first[1].token_weights == second[1].token_weights
-    other = collect(*fresh(name), Allowance(samples=1000), 4)
+    other = run(*fresh(name), Allowance(samples=1000), 4)
     assert other[0] != first[0]
 
 
@@ -109,7 +100,7 @@ def test_budget_is_never_passed_and_every_draw_is_counted(name, caps):
     for step in range(200):
         strategy.step = step
         try:
-            more, batch = collect(strategy, policy, pool, reward, budget, step)
+            more, batch = run(strategy, policy, pool, reward, budget, step)
         except BudgetExhausted:
             break
         events += more
@@ -131,13 +122,13 @@ def test_cancel_stops_before_drawing(name):
     cancel.set()
     budget = Allowance(samples=100, cancel=cancel)
     with pytest.raises(Cancelled):
-        collect(strategy, policy, pool, reward, budget, 0)
+        run(strategy, policy, pool, reward, budget, 0)
     assert budget.spent_samples == 0
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_events_round_trip_through_json(name):
-    events, _ = collect(*fresh(name), Allowance(samples=1000), 0)
+    events, _ = run(*fresh(name), Allowance(samples=1000), 0)
     trace = Trace(events)
     again = Trace.from_json(trace.to_json())
     assert again.to_list() == trace.to_list()
@@ -163,17 +154,6 @@ def _run(name, run_name, monkeypatch, *, cancel=None, resume=False, stop_after=N
         if stop_after is not None and event.kind == "update" and event.step == stop_after:
             cancel.set()
     return events, policy
-
-
-def _comparable(events):
-    out = []
-    for e in events:
-        row = e.__dict__.copy()
-        if e.kind in ("update", "done"):
-            row.pop("metrics", None)
-            row.pop("cost", None)
-        out.append((e.kind, json.dumps(row, sort_keys=True, default=str)))
-    return out
 
 
 @pytest.mark.parametrize("name", NAMES)
