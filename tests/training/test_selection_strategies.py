@@ -277,3 +277,19 @@ def test_pf_ppo_fixed_filters_keep_what_their_rule_says():
                 for i in kept:  # the batch holds the kept samples in order, with their group advantages
                     assert next(rows) == pytest.approx((g.rewards[i], g.advantages[i]))
             assert next(rows, None) is None
+
+
+@pytest.mark.parametrize("rule", ["best_worst", "best_of_n"])
+def test_pf_ppo_fixed_filter_gradient_matches_its_closed_form(rule):
+    policy, pool, reward = _setup()
+    G, M = 4, 2
+    strategy = build_strategy("pf_ppo", {"aggregation": "sample_sum", "prompts_per_batch": 2, "group_size": G, "filter": rule})
+    p = success(policy).detach().tolist()
+    if rule == "best_worst":
+        coeff = [sum(binom(k, G, pj) * pattern_coefficient(1, 2, pj, *grpo_advantages(k, G)) for k in range(1, G)) / (2 * M) for pj in p]
+    else:
+        coeff = [sum(binom(k, G, pj) * grpo_advantages(k, G)[0] / pj for k in range(1, G)) / M for pj in p]
+    exact = exact_direction(policy, coeff)
+    assert_matches(estimates(strategy, policy, pool, reward, SEEDS), exact)
+    keep_all = build_strategy("pf_ppo", {"aggregation": "sample_sum", "prompts_per_batch": 2, "group_size": G, "filter": "keep_all"})
+    assert_differs(estimates(keep_all, policy, pool, reward, 2 * SEEDS), exact)  # wrong variant: no filtration

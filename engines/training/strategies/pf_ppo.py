@@ -28,6 +28,15 @@ paper does offline) keeps a run resumable from any checkpoint exactly.
 Advantages: critic-free, A_i = r_i - mean(r) over *all* N samples of the prompt (divided
 by their std when ``scale_by_std``), then the filter keeps some of them; the dropped ones
 get the rule ``<filter> filter`` in the group event's meta.
+
+Expected update with a fixed filter, binary rewards, group std, ``sample_sum``, M prompts
+drawn uniformly (A+(k), A-(k): GRPO's advantages of a right and a wrong sample in a group
+with k of N right; a right sample kept by "best" is distributed as p(x | right))::
+
+    best_worst:  E[g] = (1/(2M)) sum_j sum_{0<k<N} Binom(k; N, p_j) (A+(k)/p_j - A-(k)/(1-p_j)) grad p_j
+    best_of_n:   E[g] = (1/M)    sum_j sum_{0<k<N} Binom(k; N, p_j) A+(k)/p_j grad p_j
+
+(tests/training check both against the toy).
 """
 
 from __future__ import annotations
