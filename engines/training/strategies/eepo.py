@@ -10,12 +10,17 @@ exactly and the update trains the *original* policy on the whole group.
 Rules here:
 
 1. Per prompt, G samples: the first ceil(G/2) from pi, the rest from pi' (``first_half``).
-2. The unlearning step is one plain gradient-ascent step on the first-half samples'
-   negative log-likelihood (mean over their tokens), with its own small learning rate
-   ``unlearn_lr``: theta' = theta + lr * grad NLL. It uses no optimiser state, so the
-   run's optimiser is untouched. With ``entropy_gate`` set it is triggered only when the
-   first half's mean token entropy is below the gate (the paper gates unlearning on
-   entropy; off by default).
+2. The unlearning step is one gradient-ascent step on the first-half samples' negative
+   log-likelihood (mean over their tokens), with its own small learning rate
+   ``unlearn_lr``. ``unlearn_step="adam"`` (default) takes the first step a fresh Adam
+   optimiser would take, theta' = theta + lr * g / (|g| + 1e-8), g = grad NLL: every
+   weight moves by about lr, as a single step of an LLM trainer's Adam does, so a small
+   lr (1e-4 here, the arith lab's training rate) has an effect whatever the gradient's
+   scale; ``"sgd"`` takes theta' = theta + lr * g (needs a much larger lr: measured on
+   arith, SGD at 1e-3 left the second half's samples almost unchanged). No optimiser
+   state is kept, so the run's optimiser is untouched. With ``entropy_gate`` set the step
+   is triggered only when the first half's mean token entropy is below the gate (the
+   paper gates unlearning on entropy; off by default).
 3. The weights are restored bit for bit (a copy taken before the step; restored even
    when the draw is cancelled or runs out of budget).
 4. Advantages are GRPO's over the whole group (mean / std of all G rewards).
@@ -56,6 +61,8 @@ class EEPOConfig(StrategyConfig):
 
     unlearn_lr: float = param(1e-4, label="Unlearning learning rate", min=0.0, max=10.0,
                               help="One gradient-ascent step on the first half's NLL.")
+    unlearn_step: str = param("adam", label="Unlearning step", choices=("adam", "sgd"),
+                              help="adam: a fresh Adam's first step (lr x sign of the gradient); sgd: lr x gradient.")
     entropy_gate: float | None = param(None, label="Unlearn only below entropy", min=0.0, max=100.0,
                                        help="Empty: always; else only when the first half's mean token entropy is below this.")
     scale_by_std: bool = param(True, label="Divide by group std")
@@ -70,8 +77,9 @@ def first_half(group_size: int) -> int:
     return (group_size + 1) // 2
 
 
-def unlearning_step(policy, rollouts, lr: float) -> tuple[float, float]:
-    """theta <- theta + lr * grad(mean token NLL of ``rollouts``); returns (NLL, mean entropy) before the step."""
+def unlearning_step(policy, rollouts, lr: float, kind: str = "adam") -> tuple[float, float]:
+    """One ascent step on the mean token NLL of ``rollouts`` (``kind``: see the module docstring);
+    returns (NLL, mean entropy) before the step."""
     params = [p for p in policy.parameters() if p.requires_grad]
     logps, entropies, mask = policy.token_logprobs(rollouts)
     mask = mask.to(logps.device)
@@ -81,7 +89,7 @@ def unlearning_step(policy, rollouts, lr: float) -> tuple[float, float]:
     with torch.no_grad():
         for p, g in zip(params, grads, strict=True):
             if g is not None:
-                p.add_(g, alpha=lr)
+                p.add_(g / (g.abs() + 1e-8) if kind == "adam" else g, alpha=lr)
     return float(nll.detach()), float((entropies.to(mask.device) * mask).sum() / tokens)
 
 
@@ -127,7 +135,7 @@ class EEPO(RolloutStrategy):
             entropy = float((entropies * mask).sum() / mask.sum().clamp(min=1))
             if entropy >= cfg.entropy_gate:
                 return None, entropy
-        return unlearning_step(policy, rollouts, cfg.unlearn_lr)
+        return unlearning_step(policy, rollouts, cfg.unlearn_lr, cfg.unlearn_step)
 
     @staticmethod
     def _rescore_second_half(policy, groups: list[Group], first: int) -> None:
