@@ -16,8 +16,10 @@ Rules here:
    optimiser would take, theta' = theta + lr * g / (|g| + 1e-8), g = grad NLL: every
    weight moves by about lr, as a single step of an LLM trainer's Adam does, so a small
    lr (1e-4 here, the arith lab's training rate) has an effect whatever the gradient's
-   scale; ``"sgd"`` takes theta' = theta + lr * g (needs a much larger lr: measured on
-   arith, SGD at 1e-3 left the second half's samples almost unchanged). No optimiser
+   scale; ``"sgd"`` takes theta' = theta + lr * g (needs a much larger lr). Measured on
+   the arith policy (16 prompts x 8 samples, 64 tokens, 3 seeds): the share of second-half
+   samples that repeat a first-half sample of their prompt is 42.2% without unlearning,
+   41.7% after an SGD step at lr 1e-3 and 27.6% after the Adam-style step at 1e-4. No optimiser
    state is kept, so the run's optimiser is untouched. With ``entropy_gate`` set the step
    is triggered only when the first half's mean token entropy is below the gate (the
    paper gates unlearning on entropy; off by default).
