@@ -179,11 +179,10 @@ def choose_pairs(plan: PairPlan, texts: list[str], rewards: list[float], task: T
 
 def _readers(specs: Sequence[str]) -> list[Any]:
     """The filter's rewards, built before any sampling (an unknown spec is one line, nothing drawn)."""
+    from app.workflows.store import rewards_home
     from engines.models import load_model
     from engines.rewards import RewardEnv, build_reward
     from engines.rewards.base import Reward
-
-    from app.workflows.store import rewards_home
 
     readers = []
     for spec in specs:

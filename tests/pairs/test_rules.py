@@ -11,7 +11,16 @@ import torch
 
 from engines.models import load_model
 from engines.pairs import PairError
-from engines.pairs.grid import CELLS, POINT_NAMES, SWEET_SPOT, grid_pair, grid_pairs, parse_cell, point_indices, point_values
+from engines.pairs.grid import (
+    CELLS,
+    POINT_NAMES,
+    SWEET_SPOT,
+    grid_pair,
+    grid_pairs,
+    parse_cell,
+    point_indices,
+    point_values,
+)
 from engines.pairs.mcpo import cd_kernel_step, kernel_weights, mcpo_pair
 from engines.pairs.rules import arith_checks, arith_pass_rate, pass_rate_pairs, temporal_pair
 from tests.engines.test_exactness import ALPHA, TASK, chi_square_p, tilted
@@ -150,3 +159,22 @@ def test_rules_are_reproducible_for_a_seed():
     a = [mcpo_pair(rewards, gen) for gen in [torch.Generator().manual_seed(5)] for _ in range(20)]
     b = [mcpo_pair(rewards, gen) for gen in [torch.Generator().manual_seed(5)] for _ in range(20)]
     assert a == b
+
+
+def test_the_preference_pairs_sampler_offers_grid_cells_and_mcpo():
+    from engines.errors import ConfigError
+    from engines.samplers import build_sampler
+    from engines.trace import Budget, collect
+    from tests.engines.toys import CountA as Graded
+
+    model = load_model("toy:abc")
+    for params, strategy in (({"strategy": "grid", "chosen_point": "mu+sigma", "rejected_point": "mu-sigma"}, "grid:mu+sigma/mu-sigma"),
+                             ({"strategy": "mcpo", "beta": 0.5}, "mcpo")):
+        sampler = build_sampler("preference_pairs", {"n": 16, "temperature": 1.5, **params})
+        trace = collect(sampler.run(TASK, model, Graded(), Budget(), torch.Generator().manual_seed(4)))
+        assert trace.done.metrics["strategy"] == strategy
+        if trace.selected:
+            chosen, rejected = trace.selected
+            assert trace.reward(chosen) > trace.reward(rejected)
+    with pytest.raises(ConfigError, match="above"):
+        build_sampler("preference_pairs", {"strategy": "grid", "chosen_point": "min", "rejected_point": "max"})
