@@ -124,7 +124,8 @@ class PairBuild:
                 "rows": [p.__dict__ for p in self.kept]}
 
 
-def _draw(model_spec: str, reward_spec: str, task: Task, plan: PairPlan, seed: int, parts_cache: dict) -> tuple[Any, Any]:
+def _draw(model_spec: str, reward_spec: str, task: Task, plan: PairPlan, seed: int, parts_cache: dict,
+          device: str = "auto", dtype: str = "fp32") -> tuple[Any, Any]:
     """(request, trace) of best-of-N on one prompt: every candidate scored."""
     from engines.runner import RunRequest, load_parts, stream_parts
     from engines.trace import Trace
@@ -135,7 +136,7 @@ def _draw(model_spec: str, reward_spec: str, task: Task, plan: PairPlan, seed: i
     from app.workflows.store import rewards_home
 
     request = RunRequest.build(model=model_spec, reward=reward_spec, sampler="best_of_n", params=params, task=task,
-                               seed=seed, rewards_folder=rewards_home())
+                               seed=seed, rewards_folder=rewards_home(), device=device, dtype=dtype)
     if model_spec not in parts_cache:
         parts_cache[model_spec] = load_parts(request)
     trace = Trace()
@@ -194,7 +195,7 @@ def _readers(specs: Sequence[str]) -> list[Any]:
 
 
 def build_pairs(plan: PairPlan, *, db: Any = None, out: str | Path | None = None,
-                progress: Callable[[int, int], None] | None = None) -> PairBuild:
+                progress: Callable[[int, int], None] | None = None, device: str = "auto", dtype: str = "fp32") -> PairBuild:
     """Sample, score, pick, filter; store the runs and kept pairs in ``db`` and write ``out`` if given."""
     import numpy as np
     import torch
@@ -209,12 +210,12 @@ def build_pairs(plan: PairPlan, *, db: Any = None, out: str | Path | None = None
     prompts: list[PromptPairs] = []
     for index, task in enumerate(plan.tasks):
         seed = plan.seed * 1_000_003 + index
-        request, trace = _draw(plan.model, plan.reward, task, plan, seed, parts)
+        request, trace = _draw(plan.model, plan.reward, task, plan, seed, parts, device, dtype)
         texts, rewards, nodes = _rows(trace)
         entry = PromptPairs(task, texts, rewards, nodes, [], {"later": (request, trace)})
         early_rewards = None
         if plan.rule == "temporal":
-            early_request, early_trace = _draw(plan.earlier_model, plan.reward, task, plan, seed, parts)
+            early_request, early_trace = _draw(plan.earlier_model, plan.reward, task, plan, seed, parts, device, dtype)
             entry.earlier = _rows(early_trace)
             entry.traces["earlier"] = (early_request, early_trace)
             early_rewards = entry.earlier[1]
