@@ -28,7 +28,6 @@ Means over S seeds with 95% t-intervals. Writes ``bench/results/pairs.json`` and
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ class World:
 
 
 def make_world(seed: int, *, prompts: int = 400, per_prompt: int = 16, dim: int = 16, test_prompts: int = 60,
-               scale: float = 3.0, noise: float = 1.0, members: int = 5, shift: float = 0.5, checks: int = 10) -> World:
+               scale: float = 2.0, noise: float = 1.0, members: int = 5, shift: float = 0.5, checks: int = 10) -> World:
     rng = np.random.default_rng(seed)
     w = rng.normal(size=dim)
     w *= scale / np.linalg.norm(w)
@@ -188,14 +187,14 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.measure import RESULTS, save
+    from bench.measure import publish
 
     parser = argparse.ArgumentParser(prog="samplescope bench pairs", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds, budgets 50,100, fewer rules")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--budgets", default="50,100,200", help="labels spent, comma-separated")
-    parser.add_argument("--noise", type=float, default=1.0, help="the reward model's noise s (r* has scale 3)")
+    parser.add_argument("--noise", type=float, default=1.0, help="the reward model's noise s (r* has scale 2)")
     args = parser.parse_args(argv)
     try:
         budgets = [int(b) for b in args.budgets.split(",")]
@@ -230,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     result = {"setup": {"seeds": args.seeds, "budgets": budgets, "noise": args.noise, "rules": list(rules),
                         "filters": list(FILTERS)}, "ceiling": statistics.fmean(ceilings), "cells": summary}
     name = "pairs_quick" if args.quick else "pairs"
-    save(name, result)
     header = "| rule | filter | " + " | ".join(f"{b} labels: accuracy (kept, label agreement)" for b in budgets) + " |"
     lines = [header, "|---|---|" + "---:|" * len(budgets)]
     for key, by_budget in summary.items():
@@ -241,14 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(f"{c['accuracy']:.3f} ± {c['accuracy_ci']:.3f} ({c['kept']:.0f}, {c['label_agreement']:.2f})")
         lines.append(f"| `{rule}` | {filt} | " + " | ".join(parts) + " |")
     table = "\n".join(lines)
-    (RESULTS / f"{name}.md").write_text(
-        f"Pair rules and filters, {args.seeds} seeds, reward-model noise {args.noise}, annotator ceiling "
-        f"{result['ceiling']:.3f} (mean ± 95% t-interval half-width)\n\n{table}\n")
-    if args.json:
-        print(json.dumps(result, default=float))
-    else:
-        print(f"annotator ceiling on held-out votes: {result['ceiling']:.3f}")
-        print(table)
+    publish(name, result, f"Pair rules and filters, {args.seeds} seeds, reward-model noise {args.noise}, annotator ceiling "
+            f"{result['ceiling']:.3f} (mean ± 95% t-interval half-width)", table, args.json)
     return 0
 
 

@@ -123,3 +123,20 @@ def test_acecoder_pairs_on_arith_come_from_the_exact_checks():
             assert rates[pair.chosen] >= 0.8 and rates[pair.chosen] - rates[pair.rejected] >= 0.4 - 1e-9
             assert rates[pair.rejected] > 0
     assert result.pairs  # the arith policy solves some problems and half-solves others
+
+
+def test_stored_pairs_must_name_stored_candidates_of_one_prompt(tmp_path):
+    from storage.errors import InvalidInput
+    from storage.pairs import store_built_pairs
+
+    db = _db(tmp_path)
+    plan = PairPlan(model="toy:abc", reward=GRADED, rule="max_min", tasks=TASKS[:2], n=6)
+    result = build_pairs(plan, db=db)
+    run_a, run_b = result.run_ids
+    node_a, node_b = result.prompts[0].node_ids[0], result.prompts[1].node_ids[0]
+    before = db.check().counts["comparisons"]
+    with pytest.raises(InvalidInput, match="same prompt"):
+        db.write(lambda s: store_built_pairs(s, [((run_a, node_a), (run_b, node_b))], strategy="max_min"))
+    with pytest.raises(InvalidInput, match="no stored candidate"):
+        db.write(lambda s: store_built_pairs(s, [((run_a, node_a), (run_a, "n999"))], strategy="max_min"))
+    assert db.check().counts["comparisons"] == before
