@@ -5,7 +5,7 @@
     samplescope pairs --prompt "Describe a cat." --rule mcpo --beta 0.5 --n 8
     samplescope pairs --prompts arith --rule temporal --earlier embedded:arith --model hf:/path/to/rl-policy
     samplescope pairs --prompts arith --rule acecoder --n 16              # pass rates over the exact checks
-    samplescope pairs --prompts arith --rule max_min --filter strength --readings arith_orm,arith_prm:last
+    samplescope pairs --prompts arith --rule max_min --reward arith_orm --filter strength --readings arith_orm,math
 
 The runs are stored and the kept pairs become comparisons (strategy = the rule) for the Label tab
 and ``samplescope export``; ``--no-save`` stores nothing, ``--out FILE.jsonl`` writes TRL
