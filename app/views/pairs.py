@@ -65,7 +65,7 @@ def pair_figure(rewards: Sequence[float], texts: Sequence[str], pairs: Sequence[
         ))
     fig.update_xaxes(title="reward")
     fig.update_yaxes(title="candidates / pairs")
-    return _layout(fig, title, height=max(320, 200 + 18 * len(pairs)), bargap=0.05)
+    return _layout(fig, title, height=max(320, 200 + 18 * len(pairs)), bargap=0.05, showlegend=bool(pairs))
 
 
 def grid_cells_figure(rewards: Sequence[float], title: str = "Sweet-spot grid: reward margin of each cell") -> go.Figure:
