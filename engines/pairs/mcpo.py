@@ -7,7 +7,7 @@ gradient of log Z by contrastive divergence: a short Markov chain started at the
 completion, whose kernel leaves p invariant. The chain's sample is the rejected completion, so
 negatives are drawn in proportion to exp(r): *hard* negatives, close in reward to the preferred.
 
-The kernel (one step), in the paper's notation and here:
+The kernel (one step):
 
 ==================  ================================  ===========================================
 paper               code                              meaning
@@ -19,11 +19,13 @@ z ~ Cat(w)          :func:`cd_kernel_step`            w_l = exp(r(y_l)/beta) / s
 y' = y_z            the return value                  the new state (z = 0: the chain stays)
 ==================  ================================  ===========================================
 
-The current state is part of the categorical draw: that is what makes the kernel a Markov chain
-with invariant law p (a conditional importance-sampling kernel: if y_0 ~ p and y_1..L ~ pi_ref,
-then y_z ~ p). Leaving y_0 out (plain self-normalised resampling of the proposals) does not
-keep p invariant for finite L; ``tests/engines/test_pairs_mcpo.py`` checks both by chi-square on
-an enumerable toy, the second as the wrong variant that must fail.
+What we could check of the paper (its abstract and summaries; no public code was found) fixes
+the rule as "the MC kernel from CD, sampling hard negatives w.r.t. the reward", not whether the
+preferred itself enters the categorical draw. We put it in: that is what makes the step a Markov
+kernel whose invariant law is p (the conditional importance-sampling kernel: if y_0 ~ p and
+y_1..L ~ pi_ref, then y_z ~ p), the property CD needs. Leaving y_0 out (plain self-normalised
+resampling of the proposals) does not keep p invariant for finite L; ``tests/pairs/test_rules.py``
+checks both by chi-square on an enumerable toy, the second as the wrong variant that must fail.
 
 As a pair rule (:func:`mcpo_pair`): the preferred is the highest-reward candidate of a prompt,
 the proposals are the other candidates (the model's own samples, i.e. pi_ref is the sampling
