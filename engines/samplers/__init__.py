@@ -39,6 +39,7 @@ def _load_all() -> None:
         mcts,
         power_mcmc,
         preference_pairs,
+        psi_sampler,
         rejection,
         reno,
         smc,
