@@ -37,6 +37,7 @@ def _load_all() -> None:
         knockout,
         majority,
         mcts,
+        minority_guidance,
         power_mcmc,
         preference_pairs,
         psi_sampler,
