@@ -34,6 +34,7 @@ def _load_all() -> None:
         dvts,
         early_rejection,
         fk_steering,
+        fmtt,
         knockout,
         majority,
         mcts,
