@@ -61,7 +61,7 @@ last stretch's reward change and the final ESS stays high; it is the default.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Literal
 
 import torch
@@ -178,14 +178,12 @@ class FKSteering(DiffusionSampler):
         total = len(sched)
         scheduled = set(self.potential_steps(total))
         std = [sched.std(i, cfg.eta) for i in range(total)]
-        n = fit_particles(ctx, cfg.particles, **self.plan(total, std))
+        n = self._affordable_particles(ctx, total, std)
         if n < 1:
             raise BudgetExhausted("budget exhausted: not even one particle fits the nfe / reward / decode budget")
         rname = reward_name(ctx)
-        x = model.initial_noise(n, ctx.rng)
+        x, running, lineage = yield from self._initial_particles(ctx, n, sched)
         log_w = torch.zeros(n, dtype=torch.float64)
-        lineage = torch.zeros(n, dtype=torch.float64)
-        running = self._initial_running(n)
         parents: list[str | None] = [None] * n
         log_evidence, resamples = 0.0, 0
         for i in range(total):
@@ -245,6 +243,20 @@ class FKSteering(DiffusionSampler):
         yield SelectEvent(nodes=[final_ids[index]], reason=f"{cfg.pick} of {n} particles (final ESS {ess:.1f})")
 
     # -- the pieces of the weight recursion (one place each, so a test can swap one for a wrong one) --
+
+    def _affordable_particles(self, ctx: RunContext, total: int, std: list[float]) -> int:
+        """How many particles the budgets allow for a chain of ``total`` steps."""
+        return fit_particles(ctx, self.config.particles, **self.plan(total, std))
+
+    def _initial_particles(
+        self, ctx: RunContext, n: int, sched  # noqa: ANN001
+    ) -> Generator[Event, None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(x_T, the running statistic before the first potential, the log-tilt the particles were
+        drawn with): Gaussian noise, untilted. A generator, so that a sampler drawing x_T with work
+        of its own (Ψ-Sampler's MCMC) yields that work's events; the final potential divides the
+        initial tilt out along with the intermediate potentials, as it belongs to the lineage."""
+        yield from ()
+        return ctx.model.initial_noise(n, ctx.rng), self._initial_running(n), torch.zeros(n, dtype=torch.float64)
 
     def _initial_running(self, n: int) -> torch.Tensor:
         """The running statistic before the first potential: −∞ for max, 0 for sum / difference."""
