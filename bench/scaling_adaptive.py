@@ -151,15 +151,16 @@ def plot(result: dict[str, Any], path) -> None:
 
     s, sizes = result["summary"], result["sizes"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    colours = {m: plt.cm.tab20(i / len(METHODS)) for i, m in enumerate(METHODS)}  # 11 curves: one colour each
     for method in METHODS:
         rows = [s[method][str(k)] for k in sizes]
         style = "--" if method.startswith(("bon", "majority")) else "-"
         axes[0].errorbar([r["tokens"] for r in rows], [r["accuracy"] for r in rows], yerr=[r["se"] for r in rows],
-                         fmt=style, marker="o", capsize=2, label=LABELS[method])
+                         fmt=style, marker="o", capsize=2, label=LABELS[method], color=colours[method])
     for method in ("bon_oracle", "bon_orm", "soft_exact", "soft_orm"):
         rows = [s[method][str(k)] for k in sizes]
         axes[1].errorbar(sizes, [r["accuracy"] for r in rows], yerr=[r["se"] for r in rows], marker="o", capsize=2,
-                         label=LABELS[method])
+                         label=LABELS[method], color=colours[method])
     axes[0].set_xlabel("generated tokens per problem")
     axes[0].set_title("accuracy against generated tokens")
     axes[1].set_xlabel("k (samples)")

@@ -84,12 +84,15 @@ class ModelJudge:
         text = PROMPT.format(count=len(candidates), problem=task.prompt, solutions=solutions)
         return self.model.encode_task(Task(prompt=text, system=SYSTEM))
 
+    def check_room(self, prompt_tokens: int, count: int) -> None:
+        room = self.model.context_length
+        if room is not None and prompt_tokens + self.params.max_new_tokens > room:
+            raise ConfigError(f"the judge {self.model.name!r} holds {room} tokens; a window of {count} candidates "
+                              f"needs {prompt_tokens} + {self.params.max_new_tokens}: use a smaller window or a longer-context judge")
+
     def judge(self, task: Task, candidates: Sequence[str], usage: Cost) -> str:
         ids = self.prompt_ids(task, candidates)
-        room = self.model.context_length
-        if room is not None and len(ids) + self.params.max_new_tokens > room:
-            raise ConfigError(f"the judge {self.model.name!r} holds {room} tokens; a window of {len(candidates)} candidates "
-                              f"needs {len(ids)} + {self.params.max_new_tokens}: use a smaller window or a longer-context judge")
+        self.check_room(len(ids), len(candidates))
         spent = Cost()
         (gen,) = self.model.sample([ids], self.params, n=1, rng=self.rng, usage=spent)[0]
         usage.add(reward_tokens=spent.prefill_tokens + spent.cached_prompt_tokens + spent.generated_tokens,
@@ -119,14 +122,24 @@ class GenSelect(Sampler):
         super().__init__(config)
         self._judge = judge
 
-    def judge_for(self, ctx: RunContext) -> ListwiseJudge:
-        if self._judge is not None:
-            return self._judge
+    def check_inputs(self, task: Task, model: Any, reward: Any) -> None:
+        """Also refuse, before any work, a judge whose context cannot hold a full window of
+        candidates of up to ``max_new_tokens`` each (counted in the judge's own prompt tokens
+        plus the policy's token cap: a worst case, as the tokenizers may differ)."""
+        super().check_inputs(task, model, reward)
+        if self._judge is None:
+            cfg: GenSelectConfig = self.config  # type: ignore[assignment]
+            judge = self.model_judge(model, None)
+            judge.check_room(len(judge.prompt_ids(task, [""] * cfg.window)) + cfg.window * cfg.max_new_tokens, cfg.window)
+
+    def model_judge(self, model: Any, rng: Any) -> ModelJudge:
         cfg: GenSelectConfig = self.config  # type: ignore[assignment]
         from engines.models import load_model
 
-        model = load_model(cfg.judge) if cfg.judge else ctx.model
-        return ModelJudge(model, cfg.judge_tokens, cfg.judge_temperature, ctx.rng)
+        return ModelJudge(load_model(cfg.judge) if cfg.judge else model, cfg.judge_tokens, cfg.judge_temperature, rng)
+
+    def judge_for(self, ctx: RunContext) -> ListwiseJudge:
+        return self._judge if self._judge is not None else self.model_judge(ctx.model, ctx.rng)
 
     def steps(self, ctx: RunContext) -> Iterator[Event]:
         cfg: GenSelectConfig = self.config  # type: ignore[assignment]

@@ -18,7 +18,7 @@ from engines.errors import ConfigError
 from engines.models import load_model
 from engines.samplers.genselect import GenSelect, GenSelectConfig, parse_choice
 from engines.task import Task
-from engines.trace import Budget, Trace, collect
+from engines.trace import Budget, Cost, Trace, collect
 from tests.engines.toys import CountA
 
 TASK = Task(prompt="toy")
@@ -158,9 +158,13 @@ def test_a_judge_too_small_for_the_window_is_refused_in_one_line():
     from engines.rewards import build_reward
 
     task = builtin_prompt_set("arith").tasks[0]
+    model = load_model("embedded:arith")
     sampler = GenSelect(GenSelectConfig(n=4, window=4, max_new_tokens=60, judge_tokens=24))
-    with pytest.raises(ConfigError, match="holds 256 tokens; a window of 4"):
-        collect(sampler.run(task, load_model("embedded:arith"), build_reward("math"), rng=torch.Generator().manual_seed(0)))
+    with pytest.raises(ConfigError, match="holds 256 tokens; a window of 4"):  # refused before any work
+        sampler.run(task, model, build_reward("math"), rng=torch.Generator().manual_seed(0))
+    judge = sampler.model_judge(model, None)  # and at the window itself, had the check passed
+    with pytest.raises(ConfigError, match="holds 256 tokens; a window of 2"):
+        judge.judge(task, ["1+1=2\n#### 2", "#### 3"], Cost())
 
 
 @pytest.mark.llamacpp
