@@ -33,7 +33,12 @@ from engines.errors import BudgetExhausted, Cancelled, ConfigError
 from engines.task import Task
 from engines.trace import DoneEvent, EvalEvent, Event, UpdateEvent, event_from_dict
 from engines.training.diffusion import SCHEMES, build_scheme
-from engines.training.diffusion.base import DiffusionAllowance, DiffusionPolicy, DiffusionScheme, SchemeContext
+from engines.training.diffusion.base import (
+    DiffusionAllowance,
+    DiffusionPolicy,
+    DiffusionScheme,
+    SchemeContext,
+)
 from engines.training.loop import NAME_CHARS
 from engines.training.run_folder import RunFolder
 
