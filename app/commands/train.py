@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="RL-train a policy with a rollout strategy",
         description="Train a policy with a training-time rollout strategy (grpo, rloo, raft, reinforce_rej, "
         "dynamic_sampling, reinforce_ada, psr, nsr, w_reinforce) on a prompt set, under a sample, token or "
-        "time budget; checkpoints in the data folder; the result loads as a model spec.",
+        "time budget; or fine-tune a diffusion model (--policy embedded:digits, --strategy dpok, draft, draft_k, "
+        "draft_lv; budgets samples, nfe, backward_nfe, backward_passes, seconds, updates); checkpoints in the data "
+        "folder; the result loads as a model spec.",
     )
     p.add_argument("--name", default=None, help="run name (folder under $SAMPLESCOPE_HOME/training; default STRATEGY-seedSEED)")
     p.add_argument("--policy", default="embedded:arith", help="embedded:arith or hf:FOLDER (default embedded:arith)")
@@ -89,10 +91,13 @@ def build_config(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
+    from app.commands.train_diffusion import is_diffusion_run, run_diffusion
     from app.workflows.store import training_home
     from engines.training import build_strategy
     from engines.training.loop import train
 
+    if is_diffusion_run(args):  # diffusion models and schemes: app.commands.train_diffusion
+        return run_diffusion(args)
     config, params = build_config(args)
     # bad parameters get their one line here, before any work; the typed values are what the run stores
     strategy_params = build_strategy(config.strategy, params, strings=not args.resume).config.as_dict()

@@ -224,6 +224,8 @@ class DiffusionScheme(ABC):
 
     def check_inputs(self, policy: DiffusionPolicy, reward: Any) -> None:
         """One-line errors when the reward cannot read the policy's samples (before any work)."""
+        if getattr(reward, "modality", "image") != "image":
+            raise ConfigError(f"reward {getattr(reward, 'name', reward)!r} scores {reward.modality}, but {policy.name} makes images")
         check = getattr(reward, "check_image_shape", None)
         if check is not None:
             check(tuple(policy.image_shape))
