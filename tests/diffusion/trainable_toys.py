@@ -17,6 +17,12 @@ from engines.models.gaussian_mixture import GaussianMixture, GaussianMixtureDiff
 
 
 class _Trainable(GaussianMixtureDiffusion):
+    def __init__(self, mixture: GaussianMixture, *, spacing: str = "leading", **kwargs) -> None:
+        super().__init__(mixture, **kwargs)
+        if spacing != "leading":  # "trailing": the chain starts at t = T - 1 and its last noisy step is not near t = 0
+            self.scheduler = type(self.scheduler).from_config(self.scheduler.config, timestep_spacing=spacing)
+            self._schedules.clear()
+
     def parameters(self):
         return list(self.module.parameters())
 
