@@ -28,25 +28,13 @@ def is_diffusion_run(args: argparse.Namespace) -> bool:
     return args.strategy in SCHEMES or policy in ("digits", "embedded:digits") or policy.startswith("diffusers:")
 
 
-def _budget(items: list[str]) -> dict[str, str]:
-    raw = parse_pairs(items, "--budget")
-    unknown = sorted(set(raw) - set(BUDGET_KEYS))
-    if unknown:
-        raise ValueError(f"unknown budget {', '.join(unknown)}; use {', '.join(BUDGET_KEYS)}")
-    return {BUDGET_KEYS[k]: v for k, v in raw.items()}
-
-
 def build_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any], bool]:
-    from app.workflows.store import training_home
+    from app.commands.train import parse_budget, stored_settings
     from engines.training.diffusion.loop import DiffusionTrainConfig
 
-    budget = _budget(args.budget)
+    budget = parse_budget(args.budget, BUDGET_KEYS)
     if args.resume:
-        name = args.name or f"{args.strategy}-seed{args.seed}"
-        stored = training_home() / name / "run.json"
-        if not stored.exists():
-            raise ValueError(f"nothing to resume: no run {name!r} in {training_home()}")
-        data = json.loads(stored.read_text())
+        data = stored_settings(args)
         config = DiffusionTrainConfig.from_dict(data["config"])
         if budget:  # new caps replace the stored ones
             caps = DiffusionTrainConfig.from_strings({**budget, "scheme": config.scheme})

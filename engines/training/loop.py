@@ -36,7 +36,7 @@ from engines.trace import DoneEvent, EvalEvent, Event, UpdateEvent, event_from_d
 from engines.training import STRATEGIES, build_strategy
 from engines.training.base import Allowance, Policy, PromptPool
 from engines.training.rewards import CONTROLS, TrainingReward
-from engines.training.run_folder import RunFolder
+from engines.training.run_folder import RunFolder, recorded
 from engines.training.update import apply_update
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -102,12 +102,8 @@ def train(
 ) -> Iterator[Event]:
     """Run (or resume) a training run; see the module docstring. Bad input raises before any event."""
     strategy = build_strategy(config.strategy, strategy_params)
-    if run_dir is None:
-        if runs_folder is None:
-            raise ConfigError("a training run needs a folder for its checkpoints (runs_folder or run_dir)")
-        run_dir = Path(runs_folder) / config.name
-    folder = RunFolder(run_dir, config.name)
-    folder.check(resume=resume)
+    folder = RunFolder.locate(config.name, runs_folder=runs_folder, run_dir=run_dir, resume=resume)
+    run_dir = folder.run_dir
     if policy is None:
         from engines.training.policy import load_policy
 
@@ -180,7 +176,7 @@ def train(
     try:
         while config.max_updates is None or step < config.max_updates:
             strategy.step = step
-            batch = yield from _collect(strategy, policy, pool, reward, budget, rng, emit)
+            batch = yield from recorded(strategy.collect(policy, pool, reward, budget, rng), emit)
             if not batch.samples_drawn:
                 raise BudgetExhausted("budget exhausted before a batch could be drawn")
             t0 = time.perf_counter()
@@ -218,13 +214,3 @@ def train(
         cost={"generated_tokens": budget.spent_tokens, "reward_calls": budget.spent_samples, "wall_seconds": budget.spent_seconds},
     )
 
-
-def _collect(strategy, policy, pool, reward, budget, rng, emit):
-    """The strategy's batch, with every event it yields recorded for the checkpoint."""
-    generator = strategy.collect(policy, pool, reward, budget, rng)
-    while True:
-        try:
-            event = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        yield emit(event)

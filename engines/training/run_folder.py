@@ -18,7 +18,7 @@ The text loop (:mod:`engines.training.loop`) and the diffusion loop
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,17 @@ from engines.trace import Event, event_to_dict
 
 
 class RunFolder:
+    @classmethod
+    def locate(cls, name: str, *, runs_folder: Path | None, run_dir: Path | None, resume: bool) -> RunFolder:
+        """The run's folder (``run_dir``, else ``runs_folder/name``), checked for ``resume`` (:meth:`check`)."""
+        if run_dir is None:
+            if runs_folder is None:
+                raise ConfigError("a training run needs a folder for its checkpoints (runs_folder or run_dir)")
+            run_dir = Path(runs_folder) / name
+        folder = cls(run_dir, name)
+        folder.check(resume=resume)
+        return folder
+
     def __init__(self, run_dir: Path, name: str) -> None:
         self.run_dir = Path(run_dir)
         self.name = name
@@ -71,3 +82,14 @@ class RunFolder:
             for event in events:
                 fh.write(json.dumps(event_to_dict(event)) + "\n")
         tmp.replace(self.state_file)  # the checkpoint counts once its events are written
+
+
+def recorded(generator: Generator[Event, None, Any], emit: Callable[[Event], Event]) -> Generator[Event, None, Any]:
+    """Yield ``generator``'s events through ``emit`` (which keeps them for the next checkpoint)
+    and return its return value: a strategy's batch, a scheme's loss."""
+    while True:
+        try:
+            event = next(generator)
+        except StopIteration as stop:
+            return stop.value
+        yield emit(event)

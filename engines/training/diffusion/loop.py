@@ -40,7 +40,7 @@ from engines.training.diffusion.base import (
     SchemeContext,
 )
 from engines.training.loop import NAME_CHARS
-from engines.training.run_folder import RunFolder
+from engines.training.run_folder import RunFolder, recorded
 
 EVAL_SEED_OFFSET = 1_000_003
 BUDGET_FIELDS = ("samples", "nfe", "backward_nfe", "backward_passes", "seconds", "max_updates")
@@ -115,12 +115,8 @@ def train_diffusion(
 ) -> Iterator[Event]:
     """Run (or resume) a diffusion training run; see the module docstring. Bad input raises before any event."""
     scheme = build_scheme(config.scheme, scheme_params)
-    if run_dir is None:
-        if runs_folder is None:
-            raise ConfigError("a training run needs a folder for its checkpoints (runs_folder or run_dir)")
-        run_dir = Path(runs_folder) / config.name
-    folder = RunFolder(run_dir, config.name)
-    folder.check(resume=resume)
+    folder = RunFolder.locate(config.name, runs_folder=runs_folder, run_dir=run_dir, resume=resume)
+    run_dir = folder.run_dir
     if policy is None:
         from engines.training.diffusion.policy import load_diffusion_policy
 
@@ -174,7 +170,7 @@ def train_diffusion(
                 raise BudgetExhausted("budget exhausted: no room for another batch")
             budget.check()
             ctx = SchemeContext(policy=policy, reward=reward, budget=budget, rng=rng, reference=reference, step=step)
-            loss, metrics = yield from _drain(scheme.loss(ctx, n), emit)
+            loss, metrics = yield from recorded(scheme.loss(ctx, n), emit)
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -206,12 +202,3 @@ def train_diffusion(
                     cost={"nfe": budget.spent["nfe"], "backward_nfe": budget.spent["backward_nfe"],
                           "backward_passes": budget.spent["backward_passes"], "wall_seconds": budget.spent_seconds})
 
-
-def _drain(generator, emit):
-    """The scheme's (loss, metrics), with every event it yields recorded for the checkpoint."""
-    while True:
-        try:
-            event = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        yield emit(event)
