@@ -180,6 +180,15 @@ class SchemeConfig(Config):
         help="Comma-separated η, one per step, noisiest first (e.g. 0,0,1,0: one stochastic step); overrides η.",
         advanced=True,
     )
+    noise_floor: float = param(
+        0.01,
+        label="Noise floor",
+        min=0.0,
+        max=1.0,
+        help="Steps whose σ at η would be below this run deterministically (η = 0): a step with tiny σ "
+        "has log-prob gradients and KL of order 1/σ² that swamp the others (not applied to eta_steps).",
+        advanced=True,
+    )
     reward_weight: float = param(1.0, label="Reward weight (α)", min=0.0, max=1e6, help="Multiplies the reward in the objective.")
 
     def validate(self) -> None:
@@ -187,9 +196,12 @@ class SchemeConfig(Config):
             parse_eta_steps(self.eta_steps)
 
     def eta_schedule(self, sched: Schedule) -> Eta:
-        """η of every step: ``eta_steps`` (its length checked against the schedule) or ``eta``."""
+        """η of every step: ``eta_steps`` as given (its length checked against the schedule), or
+        ``eta`` on every step whose σ reaches ``noise_floor`` and 0 on the others."""
         if not self.eta_steps.strip():
-            return self.eta
+            if self.noise_floor <= 0:
+                return self.eta
+            return tuple(self.eta if sched.std(i, self.eta) >= self.noise_floor else 0.0 for i in range(len(sched)))
         etas = parse_eta_steps(self.eta_steps)
         if len(etas) != len(sched):
             raise ConfigError(f"eta_steps has {len(etas)} values for a {len(sched)}-step chain")
