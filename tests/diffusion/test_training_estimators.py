@@ -126,6 +126,13 @@ def test_deterministic_steps_have_no_density_and_a_chain_without_noise_is_refuse
     assert sched.stochastic(one_step_eta(sched)) == tuple(i == J for i in range(STEPS))
     with pytest.raises(ValueError, match="one value per step"):
         sched.std(0, [1.0, 1.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        sched.std(0, -0.5)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for i in range(STEPS):  # a per-step schedule of equal values is the scalar η, step by step
+        per_step = shift_toy.step(x, i, sched, pred, eta=[0.5] * STEPS, noise=noise)
+        scalar = shift_toy.step(x, i, sched, pred, eta=0.5, noise=noise)
+        assert per_step.std == scalar.std and torch.equal(per_step.sample, scalar.sample)
     with pytest.raises(ConfigError, match="at least one stochastic step"):
         build_scheme("dpok", {"eta": 0.0}).check_inputs(shift_toy, coordinate_reward)
     with pytest.raises(ConfigError, match="3 values for a 8-step chain"):
