@@ -19,6 +19,7 @@ import torch
 from app.workflows.store import training_home
 from engines.errors import ConfigError, SamplescopeError
 from engines.models.gaussian_mixture import GaussianMixture
+from engines.trace import Trace
 from engines.training.diffusion.base import DiffusionAllowance
 from engines.training.diffusion.loop import DiffusionTrainConfig, train_diffusion
 from tests.diffusion.conftest import CoordinateReward
@@ -67,6 +68,8 @@ def test_same_seed_same_run_and_cancel_then_resume_matches():
     assert torch.equal(policy_a.theta, policy_b.theta) and policy_a.theta.abs().sum() > 0
     assert events_a[-1].status == "ok" and events_a[-1].metrics["updates"] == 4
     assert [e.step for e in events_a if e.kind == "eval"] == [0, 2, 4]
+    again = Trace.from_json(Trace(events_a).to_json())  # what storage writes and a replay reads back
+    assert again.to_list() == Trace(events_a).to_list() and len(again.groups) == 4
 
     cancelled, _ = _toy_run("c", cancel_at=2)
     assert cancelled[-1].status == "cancelled"
