@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="RL-train a policy with a rollout strategy",
         description="Train a policy with a training-time rollout strategy (`samplescope list strategies` lists "
         "every registered one, with its parameters) on a prompt set, under a sample, token or time budget; or "
-        "fine-tune a diffusion model (--policy embedded:digits, --strategy dpok, draft, draft_k or draft_lv; budgets "
+        "fine-tune a diffusion model (--policy embedded:digits, --strategy SCHEME from `samplescope list schemes`; budgets "
         "samples, nfe, backward_nfe, backward_passes, seconds, updates); checkpoints in the data folder; the result "
         "loads as a model spec.",
     )

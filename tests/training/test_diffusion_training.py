@@ -115,6 +115,16 @@ def test_bad_input_is_one_line_and_stores_nothing():
     assert not training_home().exists() or not any(training_home().iterdir())
 
 
+def test_cli_lists_the_diffusion_schemes(capsys):
+    from app.cli import main
+    from engines.training.diffusion import SCHEMES
+
+    assert main(["list", "schemes", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in rows] == list(SCHEMES) == ["dpok", "draft", "draft_k", "draft_lv"]
+    assert all(row["paper"] and row["params"] for row in rows)
+
+
 @pytest.fixture()
 def one_thread():
     before = torch.get_num_threads()
