@@ -1,4 +1,4 @@
-"""``samplescope list``: what can be picked (samplers, rollout strategies, rewards, models, task sets)."""
+"""``samplescope list``: what can be picked (samplers, rollout strategies, diffusion rollout schemes, rewards, models, task sets)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from app.commands.console import add_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list samplers, rollout strategies, rewards, models or task sets", description="List what can be picked.")
-    p.add_argument("what", choices=("samplers", "strategies", "rewards", "models", "tasks"))
+    p = sub.add_parser("list", help="list samplers, rollout strategies, diffusion schemes, rewards, models or task sets", description="List what can be picked.")
+    p.add_argument("what", choices=("samplers", "strategies", "schemes", "rewards", "models", "tasks"))
     add_json(p)
     p.set_defaults(func=run)
 
@@ -47,6 +47,14 @@ def rows(what: str) -> list[dict]:
              "params": _params(cls.Config)}
             for name, cls in STRATEGIES.items()
         ]
+    if what == "schemes":
+        from engines.training.diffusion import SCHEMES
+
+        return [
+            {"name": name, "label": cls.Config.label, "paper": cls.Config.paper, "summary": cls.Config.summary,
+             "params": _params(cls.Config)}
+            for name, cls in SCHEMES.items()
+        ]
     if what == "rewards":
         from app.workflows.store import rewards_home
         from engines.rewards import list_rewards
@@ -70,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(data, ensure_ascii=False, default=str))
         return 0
     for row in data:
-        if args.what in ("samplers", "strategies"):
+        if args.what in ("samplers", "strategies", "schemes"):
             print(f"{row['name']:<20} {row['label']} — {row['summary']}")
             print(f"{'':<20} paper: {row['paper']}")
             print(f"{'':<20} params: " + ", ".join(f"{p['name']}={p['default']}" for p in row["params"]))

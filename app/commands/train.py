@@ -26,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="RL-train a policy with a rollout strategy",
         description="Train a policy with a training-time rollout strategy (`samplescope list strategies` lists "
-        "every registered one, with its parameters) on a prompt set, under a sample, token or "
-        "time budget; checkpoints in the data folder; the result loads as a model spec.",
+        "every registered one, with its parameters) on a prompt set, under a sample, token or time budget; or "
+        "fine-tune a diffusion model (--policy embedded:digits, --strategy SCHEME from `samplescope list schemes`; budgets "
+        "samples, nfe, backward_nfe, backward_passes, seconds, updates); checkpoints in the data folder; the result "
+        "loads as a model spec.",
     )
     p.add_argument("--name", default=None, help="run name (folder under $SAMPLESCOPE_HOME/training; default STRATEGY-seedSEED)")
     p.add_argument("--policy", default="embedded:arith", help="embedded:arith or hf:FOLDER (default embedded:arith)")
@@ -48,25 +50,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _budget(items: list[str]) -> dict[str, str]:
+def parse_budget(items: list[str], keys: dict[str, str] = BUDGET_KEYS) -> dict[str, str]:
+    """``--budget KIND=CAP`` pairs as config fields (``keys`` maps each KIND to its field)."""
     raw = parse_pairs(items, "--budget")
-    unknown = sorted(set(raw) - set(BUDGET_KEYS))
+    unknown = sorted(set(raw) - set(keys))
     if unknown:
-        raise ValueError(f"unknown budget {', '.join(unknown)}; use samples, tokens, seconds or updates")
-    return {BUDGET_KEYS[k]: v for k, v in raw.items()}
+        names = list(keys)
+        raise ValueError(f"unknown budget {', '.join(unknown)}; use {', '.join(names[:-1])} or {names[-1]}")
+    return {keys[k]: v for k, v in raw.items()}
+
+
+def stored_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the named run was started with (its run.json), for ``--resume``."""
+    from app.workflows.store import training_home
+
+    name = args.name or f"{args.strategy}-seed{args.seed}"
+    stored = training_home() / name / "run.json"
+    if not stored.exists():
+        raise ValueError(f"nothing to resume: no run {name!r} in {training_home()}")
+    return json.loads(stored.read_text())
 
 
 def build_config(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
-    from app.workflows.store import training_home
     from engines.training.loop import TrainConfig
 
-    budget = _budget(args.budget)
+    budget = parse_budget(args.budget)
     if args.resume:
-        name = args.name or f"{args.strategy}-seed{args.seed}"
-        stored = training_home() / name / "run.json"
-        if not stored.exists():
-            raise ValueError(f"nothing to resume: no run {name!r} in {training_home()}")
-        data = json.loads(stored.read_text())
+        data = stored_settings(args)
         config = TrainConfig.from_dict(data["config"])
         if budget:  # new caps replace the stored ones
             caps = TrainConfig.from_strings(budget)
@@ -89,10 +99,13 @@ def build_config(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
+    from app.commands.train_diffusion import is_diffusion_run, run_diffusion
     from app.workflows.store import training_home
     from engines.training import build_strategy
     from engines.training.loop import train
 
+    if is_diffusion_run(args):  # diffusion models and schemes: app.commands.train_diffusion
+        return run_diffusion(args)
     config, params = build_config(args)
     # bad parameters get their one line here, before any work; the typed values are what the run stores
     strategy_params = build_strategy(config.strategy, params, strings=not args.resume).config.as_dict()

@@ -13,7 +13,10 @@ optimisation) can weigh, resample, branch or differentiate at every step:
   metered as ``nfe`` into a ``usage`` :class:`Cost`;
 - :meth:`~DiffusionModel.step` -- x_{t-1} from x_t and a prediction (no network
   call), with the Gaussian transition it sampled from, and
-  :func:`transition_log_prob` for log N(x_{t-1}; μ, σ²I);
+  :func:`transition_log_prob` (or :meth:`Transition.log_prob`) for
+  log N(x_{t-1}; μ, σ²I). η is one number for every step or a per-step schedule
+  (one value per inference step, :data:`Eta`); a step with σ = 0 (η = 0, or the
+  last step onto ᾱ = 1) is deterministic and has no transition density;
 - :meth:`~DiffusionModel.decode` -- x0 (pixels or latents) to images in
   [-1, 1] (``decoder_passes`` says what one image costs: 0 in pixel space,
   one VAE pass for latent models; samplers meter it as ``decodes``); :meth:`~DiffusionModel.preview` a cheap look at an intermediate x̂0;
@@ -50,6 +53,7 @@ import base64
 import io
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -59,6 +63,9 @@ import torch
 from engines.errors import ConfigError, ModelLoadError
 from engines.task import Task
 from engines.trace import Cost
+
+#: the step noise: one η for every step, or one per inference step (noisiest first)
+Eta = float | Sequence[float]
 
 
 @dataclass(frozen=True)
@@ -76,13 +83,30 @@ class Schedule:
     def __len__(self) -> int:
         return len(self.timesteps)
 
-    def std(self, step: int, eta: float) -> float:
+    def eta_at(self, step: int, eta: Eta) -> float:
+        """η of step ``step``: the number itself, or entry ``step`` of a per-step schedule."""
+        if isinstance(eta, (int, float)):
+            value = float(eta)
+        else:
+            if len(eta) != len(self):
+                raise ValueError(f"a per-step η needs one value per step ({len(self)}), got {len(eta)}")
+            value = float(eta[step])
+        if not value >= 0:  # also refuses NaN
+            raise ValueError(f"η must be >= 0, got {value}")
+        return value
+
+    def std(self, step: int, eta: Eta) -> float:
         """σ_t(η) of step ``step`` (0 when the step is deterministic)."""
+        eta = self.eta_at(step, eta)
         a, a_prev = self.alpha_bars[step], self.alpha_bars_prev[step]
         if eta == 0 or a_prev >= 1.0:
             # ᾱ_prev = 1 (the last step of a schedule ending at t = 0) has σ = 0: x_{t-1} = x̂0.
             return 0.0
         return eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(max(1 - a / a_prev, 0.0))
+
+    def stochastic(self, eta: Eta) -> tuple[bool, ...]:
+        """Which steps draw noise (σ > 0) under ``eta``: the only ones with a transition log-prob."""
+        return tuple(self.std(i, eta) > 0 for i in range(len(self)))
 
 
 @dataclass(frozen=True)
@@ -100,6 +124,15 @@ class Transition:
     sample: torch.Tensor
     mean: torch.Tensor
     std: float
+
+    @property
+    def stochastic(self) -> bool:
+        return self.std > 0
+
+    def log_prob(self, x_prev: torch.Tensor | None = None) -> torch.Tensor:
+        """log N(x_prev; mean, σ²I) per particle (of this step's own sample when ``x_prev`` is None);
+        differentiable in ``mean``. A deterministic step has no density: ValueError."""
+        return transition_log_prob(self.sample if x_prev is None else x_prev, self.mean, self.std)
 
 
 def transition_log_prob(x_prev: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
@@ -213,11 +246,12 @@ class DiffusionModel(ABC):
         schedule: Schedule,
         pred: Prediction,
         *,
-        eta: float = 1.0,
+        eta: Eta = 1.0,
         rng: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
     ) -> Transition:
-        """x_{t-1} ~ N(mean, σ²I) by the generalised DDIM update (see the module table)."""
+        """x_{t-1} ~ N(mean, σ²I) by the generalised DDIM update (see the module table);
+        ``eta`` is one η or a per-step schedule (:meth:`Schedule.eta_at`)."""
         if not 0 <= step < len(schedule):
             raise ValueError(f"step {step} is outside a {len(schedule)}-step schedule")
         a_prev = schedule.alpha_bars_prev[step]

@@ -10,9 +10,10 @@ then one ``done`` event whose metrics name the trained policy's model spec
 
 Determinism: every draw comes from one ``torch.Generator`` seeded from ``config.seed``
 (evaluation has its own, fixed, generator); nothing is seeded globally. Checkpoints:
-the run folder (``<runs folder>/<name>``; the app hands engines the folder, ``app.workflows.store.training_home()``) holds
-``state.pt`` (weights, optimiser, generator state, spend) and ``events.jsonl`` (the events
-up to that checkpoint), written after every ``checkpoint_every`` updates; ``resume=True``
+the run folder (``<runs folder>/<name>``; the app hands engines the folder, ``app.workflows.store.training_home()``;
+:class:`~engines.training.run_folder.RunFolder`) holds ``state.pt`` (weights, optimiser,
+generator state, spend) and ``events.jsonl`` (the events up to that checkpoint), written
+after every ``checkpoint_every`` updates; ``resume=True``
 replays the stored events and continues from the checkpoint, exactly as the
 uninterrupted run would. Budgets: samples, tokens and wall seconds (``Allowance``); a
 cancel ``threading.Event`` stops the run at the next draw.
@@ -20,7 +21,6 @@ cancel ``threading.Event`` stops the run at the next draw.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -32,10 +32,11 @@ import torch
 from engines.config import Config, param
 from engines.errors import BudgetExhausted, Cancelled, ConfigError
 from engines.task import Task
-from engines.trace import DoneEvent, EvalEvent, Event, UpdateEvent, event_from_dict, event_to_dict
+from engines.trace import DoneEvent, EvalEvent, Event, UpdateEvent, event_from_dict
 from engines.training import STRATEGIES, build_strategy
 from engines.training.base import Allowance, Policy, PromptPool
 from engines.training.rewards import CONTROLS, TrainingReward
+from engines.training.run_folder import RunFolder, recorded
 from engines.training.update import apply_update
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -101,15 +102,8 @@ def train(
 ) -> Iterator[Event]:
     """Run (or resume) a training run; see the module docstring. Bad input raises before any event."""
     strategy = build_strategy(config.strategy, strategy_params)
-    if run_dir is None:
-        if runs_folder is None:
-            raise ConfigError("a training run needs a folder for its checkpoints (runs_folder or run_dir)")
-        run_dir = Path(runs_folder) / config.name
-    state_file, events_file, config_file = run_dir / "state.pt", run_dir / "events.jsonl", run_dir / "run.json"
-    if resume and not state_file.exists():
-        raise ConfigError(f"nothing to resume: no checkpoint in {run_dir}")
-    if not resume and state_file.exists():
-        raise ConfigError(f"run {config.name!r} exists in {run_dir}; pass --resume or another --name")
+    folder = RunFolder.locate(config.name, runs_folder=runs_folder, run_dir=run_dir, resume=resume)
+    run_dir = folder.run_dir
     if policy is None:
         from engines.training.policy import load_policy
 
@@ -134,22 +128,14 @@ def train(
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
     rng = torch.Generator().manual_seed(config.seed)
     step, spent = 0, {"samples": 0, "tokens": 0, "seconds": 0.0}
-    stored: list[dict[str, Any]] = []
-    if resume:
-        state = torch.load(state_file, weights_only=False)
+    state, stored = folder.open(resume=resume, settings={"config": config.as_dict(), "strategy_params": strategy_params or {}})
+    if state is not None:
         policy.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
         rng.set_state(state["rng"])
         if reference is not None:
             reference.load_state_dict(state["reference"])
         step, spent = state["step"], state["spent"]
-        # lines past the checkpoint's count were written by a checkpoint that never completed
-        stored = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()][: state["events"]]
-        events_file.write_text("".join(json.dumps(d) + "\n" for d in stored))
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        events_file.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
-        config_file.write_text(json.dumps({"config": config.as_dict(), "strategy_params": strategy_params or {}}, indent=2))
     budget = Allowance(
         config.samples, config.tokens, config.seconds, cancel=cancel,
         spent_samples=spent["samples"], spent_tokens=spent["tokens"], spent_seconds=spent["seconds"],
@@ -169,11 +155,7 @@ def train(
             metrics["accuracy_greedy"] = accuracy(policy, eval_tasks, reward, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
         return EvalEvent(step=at, metrics=metrics)
 
-    written = len(stored)
-
     def checkpoint() -> None:
-        nonlocal written
-        written += len(pending)
         state = {
             "policy": policy.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -181,13 +163,8 @@ def train(
             "step": step,
             "spent": budget.as_dict(),
             "reference": reference.state_dict() if reference is not None else None,
-            "events": written,
         }
-        torch.save(state, state_file.with_suffix(".tmp"))
-        with events_file.open("a") as fh:
-            for event in pending:
-                fh.write(json.dumps(event_to_dict(event)) + "\n")
-        state_file.with_suffix(".tmp").replace(state_file)  # the checkpoint counts once its events are written
+        folder.checkpoint(state, pending)
         pending.clear()
 
     for data in stored:
@@ -199,7 +176,7 @@ def train(
     try:
         while config.max_updates is None or step < config.max_updates:
             strategy.step = step
-            batch = yield from _collect(strategy, policy, pool, reward, budget, rng, emit)
+            batch = yield from recorded(strategy.collect(policy, pool, reward, budget, rng), emit)
             if not batch.samples_drawn:
                 raise BudgetExhausted("budget exhausted before a batch could be drawn")
             t0 = time.perf_counter()
@@ -237,13 +214,3 @@ def train(
         cost={"generated_tokens": budget.spent_tokens, "reward_calls": budget.spent_samples, "wall_seconds": budget.spent_seconds},
     )
 
-
-def _collect(strategy, policy, pool, reward, budget, rng, emit):
-    """The strategy's batch, with every event it yields recorded for the checkpoint."""
-    generator = strategy.collect(policy, pool, reward, budget, rng)
-    while True:
-        try:
-            event = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        yield emit(event)

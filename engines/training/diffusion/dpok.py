@@ -1,0 +1,145 @@
+"""DPOK: policy gradient over the denoising MDP with KL regularisation to the pretrained model.
+
+Fan, Watkins, Du, Liu, Ryu, Boutilier, Abbeel, Ghavamzadeh, Lee & Lee, "DPOK: Reinforcement
+Learning for Fine-tuning Text-to-Image Diffusion Models" (NeurIPS 2023, arXiv:2305.16381);
+its KL-free case (``kl_coef = 0``) is DDPO's score-function estimator, DDPO_SF (Black,
+Janner, Du, Kostrikov & Levine, "Training Diffusion Models with Reinforcement Learning",
+ICLR 2024, arXiv:2305.13301).
+
+The reverse chain is an MDP whose action at step t is x_{t-1} ~ p_θ(x_{t-1} | x_t) =
+N(μ_θ(x_t), σ_t²I); the reward α·r(x_0) comes at the end. The objective is
+
+    J(θ) = E_θ[α·r(x_0)] − β·Σ_t E_θ[KL(p_θ(·|x_t) ‖ p_pre(·|x_t))]
+
+and the per-step KL of two Gaussians with the same σ_t is ‖μ_θ − μ_pre‖² / (2σ_t²). By the
+chain rule of KL the sum is KL(p_θ ‖ p_pre) over whole chains (both start from N(0, I)), so
+J's maximiser has the terminal law p_pre(x_0)·exp(α·r(x_0)/β)/Z when x_0 and x_T are
+(nearly) independent under p_pre (a memoryless schedule: DDPM steps down from ᾱ_T ≈ 0).
+
+The loss, per batch of N chains with stochastic steps S (the only steps with a
+log-prob term; a deterministic step, σ = 0, has none and its θ-dependence is not credited)::
+
+    loss = −(1/N) Σ_i Σ_{t∈S} A_{i,t} · log p_θ(x^i_{t-1} | x^i_t)  +  β·(1/N) Σ_i Σ_{t∈S} KL_{i,t}
+
+with ``A`` the return minus a baseline (:func:`baseline_advantages`). The return at step t
+depends on ``kl_credit``:
+
+- ``path``: α·r_i − β·Σ_{s∈S after t} KL_{i,s} (detached). Then the loss's gradient is an
+  unbiased estimate of ∇J: the KL term's gradient at the visited states plus the score-function
+  term for how step t moves the states the later KL terms are taken at.
+- ``dpok``: α·r_i, as DPOK's Algorithm 1 / eq. (8) writes it (the KL gradient taken at the
+  visited states only; the states' own dependence on θ is dropped).
+
+On-policy: one gradient step per batch of fresh chains (ratio 1), so DDPO's importance
+ratio and clipping (several inner epochs on one batch) are not implemented here.
+
+| code | paper (DPOK) | meaning |
+|---|---|---|
+| ``reward_weight`` | α | weight of the reward |
+| ``kl_coef`` | β | weight of the KL to the pretrained model |
+| ``log_prob`` | log p_θ(x_{t-1}|x_t) | the step's Gaussian density (the model's own step code) |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from engines.config import param
+from engines.errors import ConfigError
+from engines.models.diffusion import Eta, Prediction, Schedule, Transition
+from engines.training.diffusion import SCHEMES
+from engines.training.diffusion.base import (
+    BASELINES,
+    DiffusionPolicy,
+    DiffusionScheme,
+    SchemeConfig,
+    SchemeContext,
+    baseline_advantages,
+    batch_events,
+)
+
+
+class DPOKConfig(SchemeConfig):
+    label = "DPOK (policy gradient + KL)"
+    paper = "Fan et al. 2023, DPOK: Reinforcement Learning for Fine-tuning Text-to-Image Diffusion Models"
+    summary = "Score-function gradient over the stochastic denoising steps, KL to the pretrained model; β = 0 is DDPO."
+
+    kl_coef: float = param(0.01, label="KL coefficient (β)", min=0.0, max=1e6, help="0: DDPO's KL-free estimator.")
+    kl_credit: str = param(
+        "path",
+        label="KL credit",
+        choices=("path", "dpok"),
+        help="path: exact gradient of E[αr] − β·KL (later steps' KL in each step's return); dpok: the paper's estimator.",
+        advanced=True,
+    )
+    baseline: str = param("loo", label="Baseline", choices=BASELINES, help="none, leave-one-out (unbiased) or DDPO's mean/std.")
+
+
+@SCHEMES.register("dpok")
+class DPOK(DiffusionScheme):
+    name = "dpok"
+    Config = DPOKConfig
+    needs_reference = True
+
+    def check_inputs(self, policy: DiffusionPolicy, reward: Any) -> None:
+        super().check_inputs(policy, reward)
+        sched = policy.schedule(self.config.steps)
+        if not any(sched.stochastic(self.config.eta_schedule(sched))):
+            raise ConfigError("dpok needs at least one stochastic step (η > 0 on a step with σ > 0)")
+        if self.config.baseline != "none" and self.config.batch_size < 2:
+            raise ConfigError(f"baseline {self.config.baseline!r} needs batch_size >= 2")
+
+    def plan(self, sched: Schedule) -> dict[str, int]:
+        stochastic = sum(sched.stochastic(self.config.eta_schedule(sched)))
+        reference = stochastic if self.config.kl_coef > 0 else 0
+        return {"nfe": len(sched) + reference, "backward_nfe": stochastic, "backward_passes": 0}
+
+    def transition(
+        self, policy: DiffusionPolicy, x: torch.Tensor, i: int, sched: Schedule, pred: Prediction, eta: Eta, rng: torch.Generator
+    ) -> Transition:
+        """The step's transition (drawn with ``rng``); its ``log_prob`` is the term the estimator credits."""
+        return policy.step(x, i, sched, pred, eta=eta, rng=rng)
+
+    def loss(self, ctx: SchemeContext, n: int):
+        cfg = self.config
+        policy = ctx.policy
+        sched = policy.schedule(cfg.steps)
+        eta = cfg.eta_schedule(sched)
+        stochastic = sched.stochastic(eta)
+        use_kl = cfg.kl_coef > 0
+        x = policy.initial_noise(n, ctx.rng)
+        log_probs, kls = [], []
+        for i in range(len(sched)):
+            pred = ctx.denoise(policy, x, i, sched, grad=stochastic[i])
+            with torch.set_grad_enabled(stochastic[i]):
+                trans = self.transition(policy, x, i, sched, pred, eta, ctx.rng)
+                if stochastic[i]:
+                    sample = trans.sample.detach()
+                    log_probs.append(trans.log_prob(sample))
+                    if use_kl:
+                        ref_pred = ctx.denoise(ctx.reference, x, i, sched)
+                        ref_mean = ctx.reference.step(x, i, sched, ref_pred, eta=eta, noise=torch.zeros_like(x)).mean
+                        kls.append(((trans.mean - ref_mean.detach()) ** 2).flatten(1).sum(1) / (2 * trans.std**2))
+            x = trans.sample.detach()
+        ctx.budget.spend(samples=n)
+        images = policy.decode(x)
+        rewards = ctx.score(images)
+        logp = torch.stack(log_probs, dim=1)  # [N, S], stochastic steps in chain order
+        kl = torch.stack(kls, dim=1) if kls else torch.zeros_like(logp)
+        returns = cfg.reward_weight * rewards.to(logp.dtype)[:, None].expand_as(logp)
+        if use_kl and cfg.kl_credit == "path":
+            later = kl.detach().flip(1).cumsum(1).flip(1) - kl.detach()  # Σ over the stochastic steps after t
+            returns = returns - cfg.kl_coef * later
+        advantages = baseline_advantages(returns, cfg.baseline).detach()
+        loss = -(advantages * logp).sum(1).mean() + cfg.kl_coef * kl.sum(1).mean()
+        yield from batch_events(ctx, images, rewards.tolist(), advantages[:, 0].tolist(), stochastic=stochastic,
+                                meta={"step_advantages": advantages.mean(0).tolist()})
+        metrics = {
+            "loss": float(loss.detach()),
+            "reward_mean": float(rewards.mean()),
+            "kl": float(kl.detach().sum(1).mean()),
+            "logprob_terms": logp.shape[1],
+        }
+        return loss, metrics
