@@ -7,6 +7,11 @@ the spend, and the trained policy's model spec (``hf:FOLDER``: sample from it wi
 ``samplescope sample --model hf:FOLDER ...``). ``--resume`` continues a run from its last
 checkpoint with its stored settings (a new ``--budget`` raises its caps); ``--json`` prints
 one JSON object.
+
+``--rollouts-only`` runs the rollout side without updates on any text model, served ones
+included (``--policy openai:URL``): what the strategy keeps and drops, and at what sample and
+token cost (engines.training.rollouts_only); it stores nothing. A training run asked of a
+policy that cannot be trained (a served one) is refused in one line, before anything is stored.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "time budget; checkpoints in the data folder; the result loads as a model spec.",
     )
     p.add_argument("--name", default=None, help="run name (folder under $SAMPLESCOPE_HOME/training; default STRATEGY-seedSEED)")
-    p.add_argument("--policy", default="embedded:arith", help="embedded:arith or hf:FOLDER (default embedded:arith)")
+    p.add_argument("--policy", default="embedded:arith",
+                   help="embedded:arith or hf:FOLDER (default embedded:arith); with --rollouts-only any text model spec, "
+                   "e.g. openai:URL")
     p.add_argument("--prompts", default="arith-train", help="arith-train[:LEVEL[:N]], a task set name or a .jsonl file")
     p.add_argument("--eval-prompts", default="arith-fresh", help="held-out prompts (default arith-fresh: 200 unseen problems)")
     p.add_argument("--reward", default="math", help="outcome reward spec (default math)")
@@ -44,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the named run from its last checkpoint")
     p.add_argument("--trainer", choices=("lab", "trl"), default="lab",
                    help="lab: the lab's loop (default); trl: the same strategy inside TRL's GRPOTrainer (engines.training.trl_bridge)")
+    p.add_argument("--rollouts-only", action="store_true",
+                   help="draw and filter rollouts without updates (any text model, served ones included): "
+                   "what the strategy keeps, at what sample cost; stores nothing")
     add_json(p)
     p.set_defaults(func=run)
 
@@ -92,10 +102,14 @@ def run(args: argparse.Namespace) -> int:
     from app.workflows.store import training_home
     from engines.training import build_strategy
     from engines.training.loop import train
+    from engines.training.rollout_policy import check_trainable
 
     config, params = build_config(args)
     # bad parameters get their one line here, before any work; the typed values are what the run stores
     strategy_params = build_strategy(config.strategy, params, strings=not args.resume).config.as_dict()
+    if args.rollouts_only:
+        return _run_rollouts_only(args, config, strategy_params)
+    check_trainable(config.policy)
     if getattr(args, "trainer", "lab") == "trl":
         return _run_trl(args, config, strategy_params)
     bar = _Bar(config, enabled=not args.json and sys.stderr.isatty())
@@ -139,6 +153,33 @@ def _run_trl(args: argparse.Namespace, config: Any, strategy_params: dict[str, A
     if result["accuracy_t1_before"] is not None:
         print(f"held-out accuracy_t1: {result['accuracy_t1_before']:.3f} -> {result['accuracy_t1_after']:.3f} on {result['eval_n']} prompts")
     print(f"trained policy: {result['policy_spec']}")
+    return 0
+
+
+def _run_rollouts_only(args: argparse.Namespace, config: Any, strategy_params: dict[str, Any]) -> int:
+    from engines.training.rollouts_only import rollouts_only
+
+    if args.resume or args.trainer != "lab":
+        raise ValueError("--rollouts-only stores no checkpoint and runs no trainer: drop --resume / --trainer")
+    done = None
+    for event in rollouts_only(config, strategy_params):
+        if event.kind == "done":
+            done = event
+    m = done.metrics
+    result = {"status": done.status, "message": done.message, **m}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    share = f"{m['kept_share']:.1%}" if m["kept_share"] is not None else "-"
+    print(f"{config.strategy} on {m['policy']} (rollouts only, no updates): {m['batches']} batches, {m['samples']} samples, "
+          f"{m['tokens']} tokens, {m['seconds']:.1f} s ({done.status}{': ' + done.message if done.message else ''})")
+    print(f"kept {m['groups_kept']}/{m['groups_drawn']} groups, {m['samples_kept']}/{m['samples_drawn']} samples ({share})"
+          + (f"; {m['samples_per_kept_sample']:.2f} samples and {m['tokens_per_kept_sample']:.1f} tokens per kept sample"
+             if m["samples_kept"] else ""))
+    if m["drop_rules"]:
+        print("dropped groups by rule: " + ", ".join(f"{rule} {n}" for rule, n in sorted(m["drop_rules"].items())))
+    if m["reward_mean"] is not None:
+        print(f"mean reward of the samples drawn: {m['reward_mean']:.3f}")
     return 0
 
 
