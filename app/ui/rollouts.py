@@ -12,6 +12,12 @@ Cancel raises the run's flag: the loop stops at its next draw and its last check
 stays in the data folder; Resume continues the named run from it (``resume=True``), with
 the run's stored settings and the budget in the page. Bad input is refused with one line
 before anything starts.
+
+"Rollouts only" runs the strategy's rollout side without updates
+(:func:`engines.training.rollouts_only.rollouts_only`) on any text model, served ones
+included (``openai:URL``): the same batch grid, and instead of training curves the share
+of samples each batch kept and the groups dropped by each rule; it stores nothing. A
+policy that cannot be trained without that box ticked is refused in one line.
 """
 
 from __future__ import annotations
@@ -52,7 +58,11 @@ class RolloutsTab:
                 with gr.Column(scale=1, min_width=320):
                     self.name = gr.Textbox("run-1", label="Run name", info="letters, digits, '.', '_' or '-'", elem_id="rl-name")
                     self.policy = gr.Dropdown(["embedded:arith"], value="embedded:arith", allow_custom_value=True,
-                                              label="Policy", info="embedded:arith or hf:FOLDER", elem_id="rl-policy")
+                                              label="Policy", info="embedded:arith or hf:FOLDER; rollouts only: any text "
+                                              "model, e.g. openai:URL", elem_id="rl-policy")
+                    self.rollouts_only = gr.Checkbox(False, label="Rollouts only (no updates)", elem_id="rl-rollouts-only",
+                                                     info="what the strategy keeps from this model, at what sample cost; "
+                                                     "served models too; stores nothing")
                     self.prompts = gr.Dropdown(prompt_choices(), value="arith-train", allow_custom_value=True,
                                                label="Training prompts", info="arith-train[:LEVEL[:N]], a task set or a .jsonl file",
                                                elem_id="rl-prompts")
@@ -83,7 +93,8 @@ class RolloutsTab:
 
     def _wire(self) -> None:
         inputs = [self.name, self.policy, self.prompts, self.control, self.strategy, self.budget, self.eval_every,
-                  self.eval_size, self.learning_rate, self.kl_coef, self.seed, *forms.all_inputs(self.forms)]
+                  self.eval_size, self.learning_rate, self.kl_coef, self.seed, self.rollouts_only,
+                  *forms.all_inputs(self.forms)]
         outputs = [self.status, self.grid, self.curves, self.token]
         self.start_button.click(self.start, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.resume_button.click(self.resume, inputs, outputs, concurrency_limit=None, show_progress="hidden")
@@ -93,10 +104,14 @@ class RolloutsTab:
     # -- handlers ------------------------------------------------------------------
 
     def settings(self, name, policy, prompts, control, strategy, budget, eval_every, eval_size, learning_rate,
-                 kl_coef, seed, values, *, resume: bool = False):
+                 kl_coef, seed, rollouts_only, values, *, resume: bool = False):
         """(TrainConfig, strategy params) from the page's values; ConfigError in the page's words otherwise.
 
         Resume takes the run's stored settings (its run.json) and only the budget from the page."""
+        from engines.training.rollout_policy import check_trainable
+
+        if resume and rollouts_only:
+            raise ConfigError("a rollout-only run stores no checkpoint to resume: untick Rollouts only or press Start")
         from app.workflows.store import training_home
         from engines.training import STRATEGIES
         from engines.training.loop import TrainConfig
@@ -134,6 +149,9 @@ class RolloutsTab:
         from engines.training.prompts import load_prompts
 
         load_prompts(config.prompts)  # a prompt set that does not exist is refused here, not on the worker
+        if rollouts_only:
+            return config, params
+        check_trainable(config.policy)
         if (training_home() / config.name / "state.pt").exists():
             raise ConfigError(f"run {config.name!r} exists; press Resume or give another run name")
         return config, params
@@ -147,10 +165,12 @@ class RolloutsTab:
     def _run(self, args, *, resume: bool, request: gr.Request | None):
         from app.workflows.store import training_home
         from engines.training.loop import train
+        from engines.training.rollouts_only import rollouts_only
 
         clicked = time.monotonic()
+        only = bool(args[11])
         try:
-            config, params = self.settings(*args[:11], args[11:], resume=resume)
+            config, params = self.settings(*args[:12], args[12:], resume=resume)
             ticket = self.services.runs.enter()
         except Exception as exc:  # bad input: one line in the page, nothing starts
             yield {self.status: error_markdown(error_message(exc))}
@@ -164,12 +184,15 @@ class RolloutsTab:
                     return
                 yield {self.status: f"waiting for a free slot: {self.services.runs.position(ticket)} in line",
                        self.token: token}
+            curves = views.rollout_curves if only else views.curves
             yield {self.status: f"{'resuming' if resume else 'starting'} {md_text(config.name)}…", self.token: token,
-                   self.grid: views.batch_grid(view), self.curves: views.curves(view)}
+                   self.grid: views.batch_grid(view), self.curves: curves(view)}
             throttle = RenderThrottle(self.services.update_interval)
             changed = False
 
             def run(put):  # on the worker thread; train() has no side channel to put into
+                if only:
+                    return rollouts_only(config, params, cancel=flag)
                 return train(config, params, resume=resume, cancel=flag, runs_folder=training_home())
 
             for event in on_thread(run, flag, name="samplescope-train"):
@@ -180,7 +203,7 @@ class RolloutsTab:
                 started = time.monotonic()
                 update: dict[Any, Any] = {self.status: views.status_line(view, started - clicked, running=True)}
                 if changed:
-                    update.update({self.grid: views.batch_grid(view), self.curves: views.curves(view)})
+                    update.update({self.grid: views.batch_grid(view), self.curves: curves(view)})
                     changed = False
                 yield update
                 throttle.drawn(started)
@@ -193,9 +216,9 @@ class RolloutsTab:
             self.services.runs.leave(ticket)
             self.services.finish(token)
         status = views.status_line(view, time.monotonic() - clicked, running=False)
-        if view.done.status == "cancelled":
+        if view.done.status == "cancelled" and not only:
             status += " — the last checkpoint is kept: Resume continues this run"
-        yield {self.status: status, self.grid: views.batch_grid(view), self.curves: views.curves(view), self.token: None}
+        yield {self.status: status, self.grid: views.batch_grid(view), self.curves: curves(view), self.token: None}
 
     def cancel(self, token):
         if self.services.cancel(token):

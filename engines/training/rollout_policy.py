@@ -43,8 +43,8 @@ def check_trainable(spec: str) -> None:
     if not trainable_spec(spec):
         raise ConfigError(
             f"policy {spec!r} cannot be trained here: training needs an in-process transformers causal LM "
-            "(embedded:arith or hf:FOLDER); use the rollout-only option (--rollouts-only) to see what each "
-            "strategy would keep from it"
+            "(embedded:arith or hf:FOLDER); run its rollouts without updates (--rollouts-only, or Rollouts only in the "
+            "Train tab) to see what each strategy would keep from it"
         )
 
 

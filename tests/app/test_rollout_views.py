@@ -72,3 +72,26 @@ def test_status_line_escapes_the_done_message():
 def test_empty_run_has_placeholder_figures():
     view = views.TrainingView()
     assert views.batch_grid(view).data == () and views.curves(view).data == ()
+
+
+def test_rollout_only_run_draws_kept_share_and_drop_rules_and_says_no_updates():
+    from engines.trace import CostEvent
+
+    events = batch_events(0) + [
+        CostEvent(cost={"batch": 1, "samples": 5, "tokens": 50, "batch_samples_drawn": 5, "batch_samples_kept": 3,
+                        "batch_kept_share": 0.6}),
+        GroupEvent(step=1, prompt="b0.g0", nodes=["x", "y"], rewards=[1.0, 1.0], kept=False, rule="all_right"),
+        CostEvent(cost={"batch": 2, "samples": 7, "tokens": 66, "batch_samples_drawn": 2, "batch_samples_kept": 0,
+                        "batch_kept_share": 0.0}),
+        DoneEvent(picks=[], candidates=[], cost={}, status="budget", metrics={"mode": "rollouts_only", "samples": 7, "tokens": 66}),
+    ]
+    view = fold(events)
+    assert view.rollouts_only and not view.updates
+    fig = views.rollout_curves(view)
+    series = {trace.name: (list(trace.x), list(trace.y)) for trace in fig.data}
+    assert series["batch"] == ([5, 7], [0.6, 0.0])
+    assert series["all so far"] == ([5, 7], [0.6, 3 / 7])
+    assert dict(zip(*series["dropped groups"], strict=True)) == {"all_wrong": 1, "all_right": 1}
+    line = views.status_line(view, 1.0, running=False)
+    assert "2 batches (rollouts only, no updates), 7 samples, 66 tokens, kept 3/7 samples (43%)" in line
+    assert views.rollout_curves(views.TrainingView()).layout.annotations[0].text == "no batch drawn yet"
