@@ -189,7 +189,14 @@ def _typed_common(strategies: list[str], params: dict[str, str]) -> dict[str, An
 
 def _run_comparison(args: argparse.Namespace, config: Any, params: dict[str, str]) -> int:
     from app.workflows.store import training_home
-    from engines.training.compare import CellDone, StrategyComparison, comparison_dir, final_points, run_comparison, stored_cells
+    from engines.training.compare import (
+        CellDone,
+        StrategyComparison,
+        comparison_dir,
+        final_points,
+        run_comparison,
+        stored_cells,
+    )
     from engines.training.rollout_policy import check_trainable
 
     if args.resume or args.rollouts_only or args.trainer != "lab":

@@ -31,7 +31,6 @@ from engines.models.base import SamplingParams
 from engines.training.base import Rollout
 
 
-
 def trainable_spec(spec: str) -> bool:
     """Whether ``spec`` names a policy the lab can train in process."""
     spec = (spec or "").strip()
