@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 
-from engines.errors import BudgetExhausted, Cancelled
+from engines.errors import BudgetExhausted, Cancelled, ConfigError
 from engines.task import Task
 from engines.trace import CostEvent, DoneEvent, Event, GroupEvent
 from engines.training import build_strategy
 from engines.training.base import Allowance, Policy, PromptPool
 from engines.training.rewards import TrainingReward
+from engines.training.tree import TreeStrategy
 
 
 def kept_summary(groups: Iterable[GroupEvent]) -> dict[str, Any]:
@@ -79,6 +80,10 @@ def rollouts_only(
 
         prompts = load_prompts(config.prompts)
     pool = PromptPool(tuple(prompts))
+    if isinstance(strategy, TreeStrategy) and not getattr(policy, "trainable", False):
+        raise ConfigError(f"{config.strategy} grows rollout trees from token prefixes of an in-process policy; "
+                          f"{getattr(policy, 'name', config.policy)} gives whole responses only: pick a strategy that "
+                          "draws whole responses")
     budget = Allowance(config.samples, config.tokens, config.seconds, cancel=cancel)
     rng = torch.Generator().manual_seed(config.seed)
     groups: list[GroupEvent] = []

@@ -100,6 +100,13 @@ def test_training_refuses_a_served_policy_in_one_line_and_rollouts_only_names_th
     assert _nothing_stored()
     with pytest.raises(ConfigError, match="empty"):
         list(rollouts_only(TrainConfig(samples=8), PARAMS, policy=policy, reward=reward, prompts=[]))
+    from engines.models import load_model
+
+    served_like = TextModelPolicy(load_model("toy:abc"), name="toy:abc")
+    for tree in ("tree_rpo", "tree_rl"):  # refused before any event: they branch from token prefixes in process
+        with pytest.raises(ConfigError, match="grows rollout trees"):
+            next(rollouts_only(TrainConfig(strategy=tree, samples=8), policy=served_like, reward=reward,
+                               prompts=list(pool.tasks)))
 
 
 def test_cli_refuses_to_train_a_served_policy_and_stores_nothing(capsys):
