@@ -32,6 +32,8 @@ def comparison_figure(curves: list[dict[str, Any]], title: str = "Strategies at 
         return empty(title, "no finished run yet")
     fig = make_subplots(rows=2, cols=2, subplot_titles=[label for _, label in METRICS.values()], vertical_spacing=0.16)
     strategies = list(dict.fromkeys(p["strategy"] for p in curves))
+    drawn: set[str] = set()  # metrics with a curve
+    listed: set[str] = set()  # strategies in the legend (once each)
     for k, strategy in enumerate(strategies):
         colour = PALETTE[k % len(PALETTE)]
         for index, metric in enumerate(METRICS):
@@ -39,19 +41,32 @@ def comparison_figure(curves: list[dict[str, Any]], title: str = "Strategies at 
             points = [p for p in curves if p["strategy"] == strategy and p["metric"] == metric]
             if not points:
                 continue
+            drawn.add(metric)
             x = [p["samples"] for p in points]
             name = plain(strategy, 40)
-            fig.add_trace(go.Scatter(x=x + x[::-1], y=[p["ci_high"] for p in points] + [p["ci_low"] for p in points][::-1],
-                                     fill="toself", fillcolor=_band_colour(colour), line={"width": 0}, hoverinfo="skip",
-                                     showlegend=False, name=f"{name} 95% CI", legendgroup=name), row=row, col=col)
+            step = {"width": 0, "shape": "hv"}  # a value holds until the next measurement, as the mean's line
+            fig.add_trace(go.Scatter(x=x, y=[p["ci_high"] for p in points], mode="lines", line=step, hoverinfo="skip",
+                                     showlegend=False, legendgroup=name), row=row, col=col)
+            fig.add_trace(go.Scatter(x=x, y=[p["ci_low"] for p in points], mode="lines", line=step, fill="tonexty",
+                                     fillcolor=_band_colour(colour), hoverinfo="skip", showlegend=False,
+                                     name=f"{name} 95% CI", legendgroup=name), row=row, col=col)
             fig.add_trace(go.Scatter(
                 x=x, y=[p["mean"] for p in points], mode="lines+markers", line={"color": colour, "shape": "hv"},
-                name=name, legendgroup=name, showlegend=index == 0,
+                name=name, legendgroup=name, showlegend=strategy not in listed,
                 hovertext=[f"{name}: {p['mean']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}] at {p['samples']:g} samples, "
                            f"{p['seeds']} seeds" for p in points], hoverinfo="text",
             ), row=row, col=col)
+            listed.add(strategy)
+    for index, metric in enumerate(METRICS):
+        if metric not in drawn:  # e.g. KL, measured only when the runs keep a reference (kl_coef > 0)
+            # in paper coordinates: plotly.js misplaces "xN domain" references of an axis with no trace
+            suffix = "" if index == 0 else str(index + 1)
+            x_domain, y_domain = fig.layout[f"xaxis{suffix}"].domain, fig.layout[f"yaxis{suffix}"].domain
+            fig.add_annotation(xref="paper", yref="paper", x=sum(x_domain) / 2, y=sum(y_domain) / 2, showarrow=False,
+                               text="not measured in these runs", font={"color": "#888"})
     fig.update_xaxes(title="samples spent")
-    return _layout(fig, title, height=620, showlegend=True)
+    _layout(fig, title, height=640, showlegend=True)
+    return fig.update_layout(margin={"t": 90})
 
 
 def final_rows(finals: list[dict[str, Any]]) -> list[list[Any]]:
