@@ -98,6 +98,9 @@ class TextModelPolicy:
     def extend(self, *args: Any, **kwargs: Any) -> list[Rollout]:
         raise ConfigError(f"tree rollouts branch from token prefixes of an in-process policy; {self.name} is rollout-only")
 
+    def parameters(self):
+        raise ConfigError(f"this strategy changes the policy's weights, which {self.name} (rollout-only) does not expose")
+
     def token_logprobs(self, rollouts: Sequence[Rollout]):
         raise ConfigError(f"this strategy reads the policy's per-token entropies, which {self.name} (rollout-only) does not give")
 

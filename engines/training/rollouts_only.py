@@ -32,6 +32,9 @@ from engines.training.base import Allowance, Policy, PromptPool
 from engines.training.rewards import TrainingReward
 from engines.training.tree import TreeStrategy
 
+#: strategies whose rollouts need the policy's weights in process, and why (tree strategies: every TreeStrategy)
+NEEDS_WEIGHTS = {"eepo": "takes an unlearning step on the policy's weights between its two half-groups"}
+
 
 def kept_summary(groups: Iterable[GroupEvent]) -> dict[str, Any]:
     """Groups and samples drawn and kept, the kept share of samples, the groups dropped by each rule and
@@ -80,10 +83,13 @@ def rollouts_only(
 
         prompts = load_prompts(config.prompts)
     pool = PromptPool(tuple(prompts))
-    if isinstance(strategy, TreeStrategy) and not getattr(policy, "trainable", False):
-        raise ConfigError(f"{config.strategy} grows rollout trees from token prefixes of an in-process policy; "
-                          f"{getattr(policy, 'name', config.policy)} gives whole responses only: pick a strategy that "
-                          "draws whole responses")
+    if not getattr(policy, "trainable", False):
+        name = getattr(policy, "name", config.policy)
+        if isinstance(strategy, TreeStrategy):
+            raise ConfigError(f"{config.strategy} grows rollout trees from token prefixes of an in-process policy; "
+                              f"{name} gives whole responses only: pick a strategy that draws whole responses")
+        if config.strategy in NEEDS_WEIGHTS:
+            raise ConfigError(f"{config.strategy} {NEEDS_WEIGHTS[config.strategy]}; {name} is rollout-only")
     budget = Allowance(config.samples, config.tokens, config.seconds, cancel=cancel)
     rng = torch.Generator().manual_seed(config.seed)
     groups: list[GroupEvent] = []
