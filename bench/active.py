@@ -32,7 +32,6 @@ Writes ``bench/results/active.json``, ``active.md`` and ``active.png``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.measure import RESULTS, save
+from bench.measure import RESULTS, publish
 from engines.rewards.bt_fit import FitConfig, PairData, correct_count, fit_head
 from storage.pairs import pair_priority
 
@@ -187,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     name = "active_quick" if args.quick else "active"
     result = {"setup": {k: v for k, v in vars(args).items() if k != "json"}, "ceiling": statistics.fmean(ceilings),
               "curves": summary}
-    save(name, result)
     plot(summary, result["ceiling"], RESULTS / f"{name}.png")
     lines = ["| labels | random: accuracy | uncertain: accuracy | random: hidden order | uncertain: hidden order |",
              "|---:|---:|---:|---:|---:|"]
@@ -195,13 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['labels']} | {r['accuracy']:.3f} ± {r['accuracy_se']:.3f} | {u['accuracy']:.3f} ± {u['accuracy_se']:.3f} "
                      f"| {r['truth_agreement']:.3f} | {u['truth_agreement']:.3f} |")
     table = "\n".join(lines)
-    (RESULTS / f"{name}.md").write_text(
-        f"Active labelling, {args.seeds} seeds, D={args.dim}, ceiling {result['ceiling']:.3f} (mean ± s.e.)\n\n{table}\n")
-    if args.json:
-        print(json.dumps(result, default=float))
-    else:
-        print(f"annotator ceiling on held-out votes: {result['ceiling']:.3f}")
-        print(table)
+    publish(name, result, f"Active labelling, {args.seeds} seeds, D={args.dim}, ceiling {result['ceiling']:.3f} (mean ± s.e.)",
+            table, args.json)
     return 0
 
 

@@ -101,17 +101,14 @@ def choose(page, elem_id: str, label: str) -> None:
 
 
 def choose_task(page, task: str) -> None:
-    """Pick a built-in prompt and let the page settle: the task sets the model, and the model's change
-    then replaces the sampler list (a second round trip). Opening the sampler list while that update
-    is in flight makes Gradio's dropdown read a list that was just replaced (a page error), so wait for
-    the model to show the task's model and for that update to land."""
+    """Pick a built-in prompt and wait until the model shows the task's model: the task pick's one update
+    sets the prompt, the model and that model's sampler list and forms together."""
     choose(page, "explore-task", task)
     model = page.locator("#explore-model input")
     for _ in range(600):  # up to a minute
         if task.split(":")[0] in model.input_value():
             break
         page.wait_for_timeout(100)
-    page.wait_for_timeout(2000)  # the model's change handler (sampler list, form fields) lands after this
 
 
 def type_value(page, elem_id: str, value: str) -> None:

@@ -57,3 +57,15 @@ def accuracy_summary(rows: list[dict], means: tuple[str, ...]) -> dict[str, floa
     out = {"accuracy": acc, "se": math.sqrt(acc * (1 - acc) / len(rows))}
     out.update({key: statistics.fmean(r[key] for r in rows) for key in means})
     return out
+
+
+def publish(name: str, result: dict, heading: str, table: str, as_json: bool) -> None:
+    """Save ``result`` as ``NAME.json``, the Markdown table as ``NAME.md`` under a heading, and print
+    either the JSON or the ceiling line and the table (the simulated-annotator benchmarks share this)."""
+    save(name, result)
+    (RESULTS / f"{name}.md").write_text(f"{heading}\n\n{table}\n")
+    if as_json:
+        print(json.dumps(result, default=float))
+    else:
+        print(f"annotator ceiling on held-out votes: {result['ceiling']:.3f}")
+        print(table)

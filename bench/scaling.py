@@ -1,6 +1,6 @@
 """Test-time scaling on the reasoning lab: accuracy against N and against generated tokens.
 
-    samplescope bench scaling [--quick] [--json] [--problems P] [--max-n 64] [--part flat|steps|all]
+    samplescope bench scaling [--quick] [--json] [--problems P] [--max-n 64] [--part flat|steps|adaptive|all]
     python -m bench.scaling ...
 
 On the first P problems of the ``arith`` task set (the default level) with
@@ -218,9 +218,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of progress lines")
     parser.add_argument("--workers", type=int, default=1,
                         help="cells in flight at once (the cells, and so the numbers, do not depend on it)")
-    parser.add_argument("--part", choices=("flat", "steps", "all"), default="all",
-                        help="flat samplers against N, step-level samplers at matched tokens (bench/scaling_steps.py), or both")
+    parser.add_argument("--part", choices=("flat", "steps", "adaptive", "all"), default="all",
+                        help="flat samplers against N, step-level samplers at matched tokens (bench/scaling_steps.py), "
+                             "both, or adaptive-compute and soft-selection samplers (bench/scaling_adaptive.py)")
     args = parser.parse_args(argv)
+    if args.part == "adaptive":
+        from bench import scaling_adaptive
+
+        forwarded = ["--seed", str(args.seed), "--threads", str(args.threads), "--workers", str(args.workers)]
+        return scaling_adaptive.main(forwarded + (["--quick"] if args.quick else []) + (["--json"] if args.json else []))
     if args.part != "flat":
         from bench import scaling_steps
 

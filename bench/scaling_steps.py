@@ -165,14 +165,17 @@ def findings(s: dict[str, dict[str, dict[str, float]]], sizes: list[int]) -> lis
     return out
 
 
-def markdown(result: dict[str, Any], command: str) -> str:
-    s, sizes = result["summary"], result["sizes"]
+def markdown(result: dict[str, Any], command: str, *, title: str = "Step-level samplers at matched token budgets (reasoning lab)",
+             note: str = "", labels: dict[str, str] | None = None) -> str:
+    """The results page: the command and machine, one row per method (accuracy, tokens, reward calls
+    at every K), the findings and the plot. bench/scaling_adaptive.py writes its page with it too."""
+    s, sizes, labels = result["summary"], result["sizes"], labels or LABELS
     lines = [
-        "# Step-level samplers at matched token budgets (reasoning lab)",
+        f"# {title}",
         "",
         f"`{command}`: {result['problems']} problems of `arith`, `embedded:arith` at T=1, seed {result['seed']};",
         f"{result['machine_line']}; {result['seconds']:.0f} s. Cells: accuracy of the pick ± one standard error",
-        "(mean generated tokens per problem, mean reward calls).",
+        f"(mean generated tokens per problem, mean reward calls).{note}",
         "",
         "| method | " + " | ".join(f"K={k}" for k in sizes) + " |",
         "|---|" + "---|" * len(sizes),
@@ -180,7 +183,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
     for method, per in s.items():
         cells = [f"{per[str(k)]['accuracy']:.2f} ± {per[str(k)]['se']:.2f} ({per[str(k)]['tokens']:.0f} tok, "
                  f"{per[str(k)]['reward_calls']:.0f} rc)" for k in sizes]
-        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labels[method]} | " + " | ".join(cells) + " |")
     lines += ["", "What the numbers say about the papers' claims:", ""] + [f"- {f}" for f in result["findings"]]
     lines += ["", f"![accuracy against generated tokens]({result['name']}.png)", ""]
     return "\n".join(lines)
@@ -228,16 +231,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     result = run_benchmark(problems, sizes, args.seed, log=(lambda line: None) if args.json else print, workers=args.workers)
     result["seconds"] = time.perf_counter() - started
-    info = machine()
-    result["machine_line"] = f"{info['processor']}, {info['threads']} torch thread(s), torch {info['torch']}"
     result["name"] = "scaling_steps_quick" if args.quick else "scaling_steps"
     result["findings"] = findings(result["summary"], sizes)
     command = "samplescope bench scaling --part steps" + (" --quick" if args.quick else f" --problems {problems}")
+    return publish(result, command, markdown, plot, args.json)
+
+
+def publish(result: dict[str, Any], command: str, page, draw, as_json: bool) -> dict[str, Any]:
+    """Write ``result['name']``.md (``page(result, command)``), .png (``draw(result, path)``) and .json;
+    print the findings (bench/scaling_adaptive.py publishes through it too)."""
+    info = machine()
+    result["machine_line"] = f"{info['processor']}, {info['threads']} torch thread(s), torch {info['torch']}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{result['name']}.md").write_text(markdown(result, command))
-    plot(result, RESULTS / f"{result['name']}.png")
+    (RESULTS / f"{result['name']}.md").write_text(page(result, command))
+    draw(result, RESULTS / f"{result['name']}.png")
     path = save(result["name"], result)
-    if args.json:
+    if as_json:
         print(json.dumps({"summary": result["summary"], "findings": result["findings"]}, indent=2))
     else:
         print("\n".join(result["findings"]))

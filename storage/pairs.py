@@ -412,3 +412,46 @@ def cross_run_comparisons(
     if assign_to:
         assign(session, ids, assign_to)
     return ids
+
+
+#: a candidate of a stored run, by the run and the trace's node id
+NodeRef = tuple[int, str]
+
+
+def store_built_pairs(
+    session: Session,
+    pairs: Sequence[tuple[NodeRef, NodeRef]],
+    *,
+    strategy: str,
+    seed: int = 0,
+    blind: bool = True,
+) -> list[int]:
+    """Comparisons for training pairs a rule built (``engines.pairs``): (chosen, rejected) each named by
+    (run id, node id), possibly from two runs on one prompt (temporal pairs); their ids.
+
+    The chosen side is candidate A; the left side is drawn by the seeded rng as for every strategy.
+    Every candidate must be stored and both of a pair on the same prompt; nothing is written otherwise.
+    """
+    if not strategy or len(strategy) > 64:
+        raise InvalidInput(f"a pair strategy name has 1 to 64 characters, got {strategy!r}"[:200])
+    refs = {ref for pair in pairs for ref in pair}
+    rows: dict[NodeRef, Candidate] = {}
+    for run_id in {r for r, _ in refs}:
+        for cand in session.scalars(select(Candidate).where(Candidate.run_id == run_id)):
+            rows[(run_id, cand.node_id)] = cand
+    prompts = dict(session.execute(select(Run.id, Run.prompt_id).where(Run.id.in_({r for r, _ in refs}))).tuples().all())
+    ids_pairs, prompt_ids = [], []
+    for chosen, rejected in pairs:
+        for ref in (chosen, rejected):
+            if ref not in rows:
+                raise InvalidInput(f"run {ref[0]} has no stored candidate {ref[1]!r}")
+        if prompts[chosen[0]] != prompts[rejected[0]]:
+            raise InvalidInput(f"a pair's two candidates must answer the same prompt (runs {chosen[0]} and {rejected[0]})")
+        ids_pairs.append((rows[chosen].id, rows[rejected].id))
+        prompt_ids.append(prompts[chosen[0]])
+    rng = random.Random(f"{seed}:{strategy}:{','.join(f'{a}-{b}' for a, b in ids_pairs)}")
+    sides = draw_sides(rng, len(ids_pairs))
+    out: list[int] = []
+    for pair, left, prompt_id in zip(ids_pairs, sides, prompt_ids, strict=True):
+        out += store_pairs(session, prompt_id, [pair], strategy=strategy, sides=[left], blind=blind)
+    return out

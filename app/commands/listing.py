@@ -1,4 +1,4 @@
-"""``samplescope list``: what can be picked (samplers, rewards, models, task sets)."""
+"""``samplescope list``: what can be picked (samplers, rollout strategies, rewards, models, task sets)."""
 
 from __future__ import annotations
 
@@ -9,34 +9,44 @@ from app.commands.console import add_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list samplers, rewards, models or task sets", description="List what can be picked.")
-    p.add_argument("what", choices=("samplers", "rewards", "models", "tasks"))
+    p = sub.add_parser("list", help="list samplers, rollout strategies, rewards, models or task sets", description="List what can be picked.")
+    p.add_argument("what", choices=("samplers", "strategies", "rewards", "models", "tasks"))
     add_json(p)
     p.set_defaults(func=run)
+
+
+def _params(config) -> list[dict]:
+    return [
+        {"name": s.name, "type": s.type, "default": s.default, "min": s.min, "max": s.max,
+         "choices": list(s.choices) if s.choices else None, "help": s.help}
+        for s in config.specs()
+    ]
 
 
 def rows(what: str) -> list[dict]:
     if what == "samplers":
         from engines.samplers import SAMPLERS
 
-        out = []
-        for name, cls in SAMPLERS.items():
-            out.append(
-                {
-                    "name": name,
-                    "label": cls.Config.label,
-                    "modalities": list(cls.modalities),
-                    "reward_kind": cls.reward_kind,
-                    "paper": cls.Config.paper,
-                    "summary": cls.Config.summary,
-                    "params": [
-                        {"name": s.name, "type": s.type, "default": s.default, "min": s.min, "max": s.max,
-                         "choices": list(s.choices) if s.choices else None, "help": s.help}
-                        for s in cls.Config.specs()
-                    ],
-                }
-            )
-        return out
+        return [
+            {
+                "name": name,
+                "label": cls.Config.label,
+                "modalities": list(cls.modalities),
+                "reward_kind": cls.reward_kind,
+                "paper": cls.Config.paper,
+                "summary": cls.Config.summary,
+                "params": _params(cls.Config),
+            }
+            for name, cls in SAMPLERS.items()
+        ]
+    if what == "strategies":
+        from engines.training import STRATEGIES
+
+        return [
+            {"name": name, "label": cls.Config.label, "paper": cls.Config.paper, "summary": cls.Config.summary,
+             "params": _params(cls.Config)}
+            for name, cls in STRATEGIES.items()
+        ]
     if what == "rewards":
         from app.workflows.store import rewards_home
         from engines.rewards import list_rewards
@@ -60,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(data, ensure_ascii=False, default=str))
         return 0
     for row in data:
-        if args.what == "samplers":
+        if args.what in ("samplers", "strategies"):
             print(f"{row['name']:<20} {row['label']} — {row['summary']}")
             print(f"{'':<20} paper: {row['paper']}")
             print(f"{'':<20} params: " + ", ".join(f"{p['name']}={p['default']}" for p in row["params"]))

@@ -162,6 +162,38 @@ def cmd_overlap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Train a Q-probe on the policy's own samples (app.workflows.q_probe), with progress on stderr."""
+    quiet_libraries()
+    from app.workflows.q_probe import ProbeProgress, train_probe
+    from engines.rewards.q_probe import ProbeFit
+
+    fit = ProbeFit(loss=args.loss, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    show = not args.json and sys.stderr.isatty()
+    trained = None
+    for item in train_probe(args.name, model=args.model, prompts=args.prompts, reward=args.reward,
+                            heldout=args.heldout, k=args.k, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, fit=fit):
+        if isinstance(item, ProbeProgress):
+            if show:
+                loss = f" loss {item.loss:+.4f}" if item.loss is not None else ""
+                print(f"\r{item.stage} {int(100 * item.fraction_done):3d}%{loss}   ", end="", file=sys.stderr)
+        else:
+            trained = item
+    if show:
+        print(file=sys.stderr)
+    if args.json:
+        _print_json({"folder": str(trained.folder), **trained.card})
+        return 0
+    print(f"trained learned:{trained.name} (Q-probe, {args.loss} loss) on {args.model}'s embeddings")
+    for split, m in trained.card["metrics"].items():
+        print(f"{split}: {m['prompts']} prompts x k={m['k']}: one sample {_fmt(m['one_sample'])}, "
+              f"probe soft pick {_fmt(m['probe_soft_pick'])}, probe argmax {_fmt(m['probe_argmax_pick'])}, "
+              f"oracle best of k {_fmt(m['oracle_pick'])} (mean {args.reward})")
+    print(f"stored in {trained.folder}; pick with it: --sampler q_probe --reward learned:{trained.name}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("reward", help="train a reward on the votes; choose pairs; label quality")
     sub = group.add_subparsers(dest="reward_command", metavar="ACTION", parser_class=type(group))
@@ -183,6 +215,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_db(p)
     add_json(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("probe", help="train a Q-probe (learned:NAME) on a policy's own samples and a reward")
+    p.add_argument("--name", required=True, help="the probe's name (letters, digits, . _ -)")
+    p.add_argument("--model", required=True, help="the policy: its samples and its embeddings (e.g. embedded:arith)")
+    p.add_argument("--prompts", required=True, help="training prompts: arith-train:medium:64, a task set or a .jsonl")
+    p.add_argument("--reward", required=True, help="the outcome reward that labels the samples (e.g. math)")
+    p.add_argument("--heldout", help="held-out prompts to measure the pick on (e.g. arith-fresh:medium:64)")
+    p.add_argument("--k", type=int, default=8, help="samples per prompt")
+    p.add_argument("--loss", choices=("pg", "mse", "ce"), default="pg", help="policy gradient or reward modelling")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--epochs", type=int, default=300, help="full-batch AdamW steps")
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--seed", type=int, default=0)
+    add_json(p)
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("pairs", help="store the pairs a learned reward is least sure about")
     p.add_argument("--run", type=int, action="append", required=True, help="run id (repeatable)")

@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="RL-train a policy with a rollout strategy",
-        description="Train a policy with a training-time rollout strategy (grpo, rloo, raft, reinforce_rej, "
-        "dynamic_sampling, reinforce_ada, psr, nsr, w_reinforce) on a prompt set, under a sample, token or "
+        description="Train a policy with a training-time rollout strategy (`samplescope list strategies` lists "
+        "every registered one, with its parameters) on a prompt set, under a sample, token or "
         "time budget; checkpoints in the data folder; the result loads as a model spec.",
     )
     p.add_argument("--name", default=None, help="run name (folder under $SAMPLESCOPE_HOME/training; default STRATEGY-seedSEED)")
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-prompts", default="arith-fresh", help="held-out prompts (default arith-fresh: 200 unseen problems)")
     p.add_argument("--reward", default="math", help="outcome reward spec (default math)")
     p.add_argument("--reward-control", default="exact", help="exact, random, inverted or gated_step")
-    p.add_argument("--strategy", default="grpo", help="rollout strategy (default grpo)")
+    p.add_argument("--strategy", default="grpo", help="rollout strategy (default grpo; see `samplescope list strategies`)")
     p.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE", help="strategy parameter")
     p.add_argument("--train-set", dest="train_params", action="append", default=[], metavar="KEY=VALUE",
                    help="training parameter: learning_rate, kl_coef, clip_eps, eval_every, eval_size, ...")

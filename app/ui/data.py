@@ -104,8 +104,10 @@ class DataTab:
                 self.export_buttons = [gr.Button(label, elem_id=f"export-{fmt}{ext.replace('.', '-')}") for label, fmt, ext in FORMATS]
             self.file = gr.File(label="Download", interactive=False, elem_id="data-file")
             self.note = gr.Markdown(elem_id="data-note")
+            from app.ui.pairs import PairsSection  # building training pairs lives in its own module
             from app.ui.train import TrainSection  # training and label quality live in their own module
 
+            self.pairs = PairsSection(services)
             self.train = TrainSection(services)
         outputs = [self.counts, self.ranking, self.agreement, self.annotators]
         self.refresh.click(self.stats, [self.by], outputs)

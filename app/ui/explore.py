@@ -151,9 +151,14 @@ class ExploreTab:
             trigger(self.run, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.cancel_button.click(self.cancel, [self.token], [self.status], concurrency_limit=None, show_progress="hidden")
         self.sampler.change(lambda s: forms.visibility(self.forms, s), [self.sampler], [f.group for f in self.forms])
-        self.model.change(lambda m, s: forms.fit_to_model(self.forms, self.sampler, m, s), [self.model, self.sampler],
-                          [self.sampler, *forms.form_outputs(self.forms)], show_progress="hidden")
-        self.task.change(self.pick_task, [self.task], [self.prompt, self.answer, self.chat, self.model, self.reward])
+        # The sampler list follows the model in the same update that sets the model: a user's pick (.input),
+        # or the task pick below. A second round trip after a programmatic model change would replace the
+        # sampler list while the user may already have it open, which Gradio's dropdown reports as a page error.
+        fitted = [self.sampler, *forms.form_outputs(self.forms)]
+        self.model.input(lambda m, s: forms.fit_to_model(self.forms, self.sampler, m, s), [self.model, self.sampler],
+                         fitted, show_progress="hidden")
+        self.task.change(self.pick_task, [self.task, self.sampler],
+                         [self.prompt, self.answer, self.chat, self.model, self.reward, *fitted])
         # any change (typed, pasted, set by a link): a prompt that is not the task's own drops the task and its answer
         self.prompt.change(self.detach_task, [self.task, self.prompt], [self.task, self.answer], show_progress="hidden")
         self.panel.table.select(self.show_candidate, [self.run_id], [self.panel.detail])
@@ -246,7 +251,8 @@ class ExploreTab:
             return "cancelling… (the model stops at its next decode step)"
         return "nothing is running"
 
-    def pick_task(self, ref):
+    def pick_task(self, ref, sampler):
+        """The task's prompt, answer, model and reward, and the sampler list and forms of that model, in one update."""
         if not ref:  # an empty dict would read as one output value to Gradio
             return {self.prompt: gr.update()}
         from engines.tasks import TASK_SETS, get_task
@@ -259,6 +265,7 @@ class ExploreTab:
             self.chat: task.chat,
             self.model: task_set.model,
             self.reward: task.meta.get("reward", task_set.reward),
+            **forms.fit_to_model(self.forms, self.sampler, task_set.model, sampler),
         }
 
     def detach_task(self, ref, prompt):

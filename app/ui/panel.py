@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from app.views import trace as views
+from app.views.pairs import trace_pairs_figure
 from app.views.render import image_tag, text, verbatim
 from engines.trace import Trace
 
@@ -51,7 +52,7 @@ class ViewPanel:
         rows = views.candidate_rows(trace)
         updates: dict[Any, Any] = {
             self.tree: views.tree_figure(trace),
-            self.rewards: views.reward_figure(trace),
+            self.rewards: trace_pairs_figure(trace),  # a preference pair's run draws the pair on the grid
             self.bracket: gr.update(value=views.bracket_figure(trace), visible=bool(trace.matches)),
             self.particles: gr.update(value=views.particles_figure(trace), visible=bool(trace.resamples)),
             self.acceptance: gr.update(value=views.acceptance_figure(trace), visible=bool(trace.accepts)),

@@ -29,6 +29,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from app.views.pairs import trace_pairs_figure
 from app.views.render import image_tag, plain
 from app.views.strategy_compare import FINAL_HEADERS, comparison_figure, final_rows
 from app.views.sweep import sweep_figure
@@ -37,7 +38,6 @@ from app.views.trace import (
     bracket_figure,
     cost_markdown,
     particles_figure,
-    reward_figure,
     tree_figure,
 )
 from engines.errors import ConfigError
@@ -141,7 +141,7 @@ def run_page(stored: Any) -> Page:
     page.raw(_table(["cost", ""], [[a.strip(), b.strip()] for a, b in cost_rows]))
     page.heading("The search")
     page.figure(tree_figure(trace))
-    page.figure(reward_figure(trace))
+    page.figure(trace_pairs_figure(trace))  # the ordinary reward figure, or a preference pair drawn on the grid
     if trace.matches:
         page.figure(bracket_figure(trace))
     if trace.resamples:

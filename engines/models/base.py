@@ -44,6 +44,13 @@ class SamplingParams:
     entropy_min_tokens: int = 1
     #: keep each finished row's KV cache for later extension (tree search, SMC, MCMC)
     keep_cache: bool = False
+    #: DeepConf's token confidence, -mean of the top-k base log-probs at each drawn token, in
+    #: ``Generation.meta["confidence"]`` (0: not computed)
+    confidence_top_k: int = 0
+    #: DeepConf's online stop: end a row once the mean confidence of its last ``confidence_window``
+    #: tokens falls below this (the token that crossed it is kept; finish reason ``confidence``)
+    stop_confidence: float | None = None
+    confidence_window: int = 2048
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -60,6 +67,10 @@ class SamplingParams:
             raise ValueError(f"stop_entropy must be > 0, got {self.stop_entropy}")
         if self.entropy_min_tokens < 1:
             raise ValueError("entropy_min_tokens must be >= 1")
+        if self.confidence_top_k < 0 or self.confidence_window < 1:
+            raise ValueError("confidence_top_k must be >= 0 and confidence_window >= 1")
+        if self.stop_confidence is not None and not self.confidence_top_k:
+            raise ValueError("stop_confidence needs confidence_top_k > 0")
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float]
     sample_logprobs: list[float]
-    finish_reason: Literal["eos", "stop", "length", "entropy"]
+    finish_reason: Literal["eos", "stop", "length", "entropy", "confidence"]
     stop: str | None = None
     prefix_tokens: int = 0
     meta: dict = field(default_factory=dict)
@@ -108,6 +119,9 @@ class TextModel(ABC):
 
     modality: Literal["text"] = "text"
     name: str = "text-model"
+    #: whether ``sample`` honours ``confidence_top_k`` / ``stop_confidence`` (DeepConf); served
+    #: models decode on the server, which has no such stop
+    confidence_stop: bool = False
 
     # -- tokens ----------------------------------------------------------------
 

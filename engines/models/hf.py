@@ -34,7 +34,7 @@ from engines.models.base import Generation, SamplingParams, TextModel, checked_p
 from engines.models.chat import has_chat_template, task_ids, text_ids
 from engines.models.kv import PrefixStore, RowKV, stack
 from engines.models.kv import row_kv as cut_row
-from engines.models.sampling import draw, entropy
+from engines.models.sampling import confidence_stops, draw, entropy, token_confidence
 from engines.models.watch import decode_step
 from engines.task import Task
 from engines.trace import Cost
@@ -42,6 +42,8 @@ from engines.trace import Cost
 
 class TransformersTextModel(TextModel):
     """A causal LM and its tokenizer, with a prefix KV store."""
+
+    confidence_stop = True
 
     def __init__(
         self,
@@ -219,6 +221,7 @@ class TransformersTextModel(TextModel):
                     if live is None:
                         return
                     owners, state, logits, mask, last_pos = live
+            step_conf = token_confidence(logits, params.confidence_top_k).tolist() if params.confidence_top_k else None
             if step < params.min_new_tokens and self._eos_ids:
                 logits = logits.clone()
                 logits[:, list(self._eos_ids)] = float("-inf")
@@ -232,6 +235,8 @@ class TransformersTextModel(TextModel):
                 st.ids.append(token)
                 st.lp.append(lp)
                 st.slp.append(slp)
+                if step_conf is not None:
+                    st.conf.append(step_conf[r])
                 if token in self._eos_ids:
                     st.reason = "eos"
                 elif params.stop:
@@ -239,6 +244,8 @@ class TransformersTextModel(TextModel):
                     hit = next((s for s in params.stop if s in tail), None)
                     if hit is not None:
                         st.reason, st.stop = "stop", hit
+                if st.reason is None and confidence_stops(st.conf, params):
+                    st.reason = "confidence"
                 if st.reason is None and step == params.max_new_tokens - 1:
                     st.reason = "length"
                 if st.reason is not None:
@@ -292,6 +299,7 @@ class TransformersTextModel(TextModel):
                 finish_reason=st.reason,
                 stop=st.stop,
                 prefix_tokens=len(prefixes[i]),
+                meta={"confidence": st.conf} if st.conf else {},
             )
 
     # -- scoring -----------------------------------------------------------------------
@@ -362,10 +370,11 @@ class TransformersTextModel(TextModel):
 
 
 class _RowState:
-    __slots__ = ("ids", "lp", "slp", "reason", "stop")
+    __slots__ = ("ids", "lp", "slp", "conf", "reason", "stop")
 
     def __init__(self) -> None:
         self.ids: list[int] = []
+        self.conf: list[float] = []  # DeepConf token confidences, when asked for
         self.lp: list[float] = []
         self.slp: list[float] = []
         self.reason: str | None = None

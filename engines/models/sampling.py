@@ -51,3 +51,23 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of the base next-token distribution of each row."""
     logp = logits.float().log_softmax(-1)
     return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+
+
+def token_confidence(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """DeepConf's token confidence of each row (Fu et al. 2025, arXiv:2508.15260, eq. 2):
+    C = -(1/k) Σ_{j≤k} log P(j), the k most likely tokens under the base distribution
+    (temperature 1). Tokens of probability 0 (masked vocabularies) are left out, so
+    k is at most the number of possible tokens."""
+    logp = logits.float().log_softmax(-1)
+    top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1).values
+    finite = torch.isfinite(top)
+    return -(top.nan_to_num(neginf=0.0) * finite).sum(-1) / finite.sum(-1).clamp(min=1)
+
+
+def confidence_stops(confidences: list[float], params: SamplingParams) -> bool:
+    """Whether DeepConf's online rule ends a row now: its window of the last
+    ``confidence_window`` token confidences is full and their mean is below ``stop_confidence``."""
+    window = params.confidence_window
+    if params.stop_confidence is None or len(confidences) < window:
+        return False
+    return sum(confidences[-window:]) / window < params.stop_confidence

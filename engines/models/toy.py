@@ -24,7 +24,7 @@ import torch
 from engines.errors import ConfigError
 from engines.models import SCHEMES, LoadOptions
 from engines.models.base import Generation, SamplingParams, TextModel
-from engines.models.sampling import draw, entropy
+from engines.models.sampling import confidence_stops, draw, entropy, token_confidence
 from engines.task import Task
 from engines.trace import Cost
 
@@ -34,6 +34,8 @@ EOS = "</s>"
 
 class ToyModel(TextModel):
     """An enumerable LM over ``alphabet`` with horizon ``horizon``."""
+
+    confidence_stop = True
 
     def __init__(self, alphabet: str, horizon: int, *, seed: int = 0, scale: float = 1.5, name: str = "toy") -> None:
         if len(set(alphabet)) != len(alphabet) or not alphabet:
@@ -122,6 +124,8 @@ class ToyModel(TextModel):
         generated: list[list[int]] = [[] for _ in rows]
         lps: list[list[float]] = [[] for _ in rows]
         slps: list[list[float]] = [[] for _ in rows]
+        confs: list[list[float]] = [[] for _ in rows]
+        meta = lambda r: {"confidence": confs[r]} if params.confidence_top_k else {}  # noqa: E731
         live = list(range(len(rows)))
         for step in range(params.max_new_tokens):
             logits = torch.stack([self.logits(rows[r] + generated[r]) for r in live])
@@ -131,13 +135,14 @@ class ToyModel(TextModel):
                     r = live[k]
                     done[r] = Generation(
                         text=self.decode(generated[r]), token_ids=generated[r], logprobs=lps[r],
-                        sample_logprobs=slps[r], finish_reason="entropy", prefix_tokens=len(rows[r]),
+                        sample_logprobs=slps[r], finish_reason="entropy", prefix_tokens=len(rows[r]), meta=meta(r),
                     )
                 keep = [k for k, h in enumerate(high.tolist()) if not h]
                 live = [live[k] for k in keep]
                 if not live:
                     break
                 logits = logits[keep]
+            step_conf = token_confidence(logits, params.confidence_top_k).tolist() if params.confidence_top_k else None
             if step < params.min_new_tokens:
                 logits = logits.clone()
                 logits[:, self.eos_id] = float("-inf")
@@ -150,6 +155,8 @@ class ToyModel(TextModel):
                 generated[r].append(token)
                 lps[r].append(float(base[k]))
                 slps[r].append(float(sample_lp[k]))
+                if step_conf is not None:
+                    confs[r].append(step_conf[k])
                 reason, stop = None, None
                 if token == self.eos_id:
                     reason = "eos"
@@ -157,6 +164,8 @@ class ToyModel(TextModel):
                     text = self.decode(generated[r])
                     stop = next((s for s in params.stop if text.endswith(s)), None)
                     reason = "stop" if stop else None
+                if reason is None and confidence_stops(confs[r], params):
+                    reason = "confidence"
                 if reason is None and step == params.max_new_tokens - 1:
                     reason = "length"
                 if reason is None:
@@ -170,6 +179,7 @@ class ToyModel(TextModel):
                     finish_reason=reason,
                     stop=stop,
                     prefix_tokens=len(rows[r]),
+                    meta=meta(r),
                 )
             live = still
             if not live:

@@ -28,8 +28,12 @@ def _load_all() -> None:
     # Imported for their registration side effect, one module per strategy.
     from engines.training.strategies import (  # noqa: F401
         bcpg_nsa,
+        d3s,
         dynamic_sampling,
+        eepo,
         grpo,
+        lspo,
+        pf_ppo,
         polarity,
         raft,
         reinforce_ada,

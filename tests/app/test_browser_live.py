@@ -253,3 +253,18 @@ def test_closing_the_page_stops_its_run(browser, server):
     finally:
         model.sample = original
     assert calls[-1] < N * LONG / 4
+
+
+def test_a_sampler_picked_right_after_a_task_lands_without_a_page_error(page, server):
+    """Picking a task and at once opening the sampler list: the list the task's model needs arrives in the
+    task pick's own update, so no later update replaces the list under the user's hand (Gradio's dropdown
+    threw a page error when that happened, checked by the page fixture), and the pick stands."""
+    url, _ = server
+    page.goto(url)
+    for task, sampler in (("digits:3", "Feynman-Kac steering"), ("arith:0", "Beam search (PRM)"),
+                          ("digits:5", "SVDD (soft value-based decoding)")):
+        choose(page, "explore-task", task)
+        choose(page, "explore-sampler", sampler)  # no wait for the model's update
+        page.wait_for_timeout(1500)
+        expect(page.locator("#explore-sampler input")).to_have_value(sampler)
+        expect(page.locator("#explore-model input")).to_have_value(re.compile(task.split(":")[0]))

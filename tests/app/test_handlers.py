@@ -104,10 +104,31 @@ def test_cancel_stops_the_run_and_stores_what_it_did(explore, services, db):
 
 
 def test_a_built_in_prompt_fills_the_form(explore):
-    filled = explore.pick_task("open:9")
+    filled = explore.pick_task("open:9", "best_of_n")
     assert filled[explore.prompt].startswith("Write a sentence that mentions the sun")
     assert filled[explore.reward] == "keywords:sun,sea" and filled[explore.model] == "embedded:smollm2"
-    assert list(explore.pick_task(None)) == [explore.prompt] and explore.pick_task(None)[explore.prompt] == gr.update()  # nothing changes
+    nothing = explore.pick_task(None, "best_of_n")
+    assert list(nothing) == [explore.prompt] and nothing[explore.prompt] == gr.update()  # nothing changes
+
+
+def test_a_task_pick_sends_its_models_sampler_list_in_the_same_update(explore):
+    """The sampler list follows the task's model in the task pick's own update (no second round trip that
+    could replace the list while the user has it open): a diffusion task offers diffusion samplers only."""
+    from app.ui import forms
+    from engines.tasks import TASK_SETS
+
+    filled = explore.pick_task("digits:3", "best_of_n")
+    picker = filled[explore.sampler]
+    names = [name for _, name in picker["choices"]]
+    modality = forms.model_modality(TASK_SETS.get("digits").model)
+    assert modality != forms.model_modality("embedded:smollm2")
+    assert names and names == [name for _, name in forms.sampler_choices(modality)
+                               if any(f.name == name for f in explore.forms)]
+    assert "best_of_n" not in names or picker["value"] == "best_of_n"
+    assert picker["value"] in names
+    assert all(component in filled for component in forms.form_outputs(explore.forms))
+    text = explore.pick_task("arith:0", "beam_search")
+    assert text[explore.sampler]["value"] == "beam_search"  # a sampler that runs on the model stays chosen
 
 
 def test_every_sampler_has_a_form_and_only_the_chosen_one_shows(explore):

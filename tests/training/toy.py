@@ -38,7 +38,7 @@ class TreePolicy:
             self.theta.copy_(state["theta"])
 
     def frozen_copy(self) -> TreePolicy:
-        copy = TreePolicy(self.theta.detach())
+        copy = type(self)(self.theta.detach())  # subclasses (prefix, line policies) keep their token layout
         copy.theta.requires_grad_(False)
         return copy
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from engines.config import param
 from engines.training import STRATEGIES
-from engines.training.base import RolloutStrategy, StrategyConfig, is_degenerate, mean_baseline
+from engines.training.base import Group, RolloutStrategy, StrategyConfig, is_degenerate, mean_baseline
 
 
 class DynamicSamplingConfig(StrategyConfig):
@@ -51,12 +51,18 @@ class DynamicSampling(RolloutStrategy):
             for group in groups:
                 group.advantages = mean_baseline(group.rewards, std=cfg.scale_by_std)
                 group.meta["generation_batch"] = round_index
-                if is_degenerate(group.rewards):
-                    group.rule = "no reward variance"
-                elif kept >= cfg.prompts_per_batch:
+            self.filter_groups(groups)
+            for group in groups:
+                if group.rule is None and kept >= cfg.prompts_per_batch:
                     group.rule = "batch full"
-                else:
+                elif group.rule is None:
                     kept += 1
                 yield self.group_event(group)
             all_groups += groups
         return self.build_batch(all_groups)
+
+    def filter_groups(self, groups: list[Group]) -> None:
+        """Set the drop rule of every group of one generation batch that carries no signal."""
+        for group in groups:
+            if is_degenerate(group.rewards):
+                group.rule = "no reward variance"
