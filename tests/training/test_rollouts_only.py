@@ -17,6 +17,7 @@ import torch
 
 from app.workflows.store import training_home
 from engines.errors import ConfigError
+from engines.training import STRATEGIES
 from engines.training.loop import TrainConfig, train
 from engines.training.rollout_policy import TextModelPolicy, check_trainable, trainable_spec
 from engines.training.rollouts_only import kept_summary, rollouts_only
@@ -61,6 +62,21 @@ def test_rollouts_only_keeps_what_the_first_training_batch_keeps(strategy):
     assert sum(c["batch_samples_drawn"] for c in cost) == done.metrics["samples"]
 
 
+TOY_UNFIT = {"bcpg_nsa", "tree_rpo", "tree_rl"}  # arith step checks / token-prefix branching: not on the toy tree policy
+
+
+@pytest.mark.parametrize("strategy", sorted(set(STRATEGIES.names()) - TOY_UNFIT))
+def test_every_strategy_runs_rollouts_only_and_leaves_the_weights_as_they_were(strategy):
+    """EEPO's unlearning step included: it restores the weights after its second half-group."""
+    policy, pool, reward = _setup()
+    before = policy.theta.clone()
+    events = list(rollouts_only(TrainConfig(strategy=strategy, max_updates=2, eval_every=0), PARAMS,
+                                policy=policy, reward=reward, prompts=list(pool.tasks)))
+    assert torch.equal(policy.theta, before)
+    assert {"update", "eval"}.isdisjoint(e.kind for e in events) and events[-1].status == "ok"
+    assert events[-1].metrics["batches"] == 2 and events[-1].metrics["samples"] == events[-1].metrics["samples_drawn"]
+
+
 def test_same_seed_same_rollouts_and_the_budget_holds():
     def run(seed):
         policy, pool, reward = _setup()
@@ -103,8 +119,9 @@ def test_training_refuses_a_served_policy_in_one_line_and_rollouts_only_names_th
     from engines.models import load_model
 
     served_like = TextModelPolicy(load_model("toy:abc"), name="toy:abc")
-    for tree in ("tree_rpo", "tree_rl"):  # refused before any event: they branch from token prefixes in process
-        with pytest.raises(ConfigError, match="grows rollout trees"):
+    for tree, message in (("tree_rpo", "grows rollout trees"), ("tree_rl", "grows rollout trees"),
+                          ("eepo", "unlearning step")):  # refused before any event: they need the policy in process
+        with pytest.raises(ConfigError, match=message):
             next(rollouts_only(TrainConfig(strategy=tree, samples=8), policy=served_like, reward=reward,
                                prompts=list(pool.tasks)))
 
