@@ -5,7 +5,7 @@
     samplescope sweep --prompts SET --samplers a,b,c (--sizes 1,2,4 | --budget COUNTER=V1,V2) [--engine SPEC]...
     samplescope sweep --resume ID
     samplescope sweeps list | export ID --out cells.csv|cells.parquet
-    samplescope report run:ID|sweep:ID --out report.html
+    samplescope report run:ID|sweep:ID|compare:NAME --out report.html
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     we.set_defaults(func=_storage_errors(sweeps_export))
 
     r = sub.add_parser("report", help="one self-contained HTML file for a run or a sweep")
-    r.add_argument("target", help="run:ID, sweep:ID, or a bare run id")
+    r.add_argument("target", help="run:ID, sweep:ID, compare:NAME (a strategy comparison: samplescope train --compare), or a bare run id")
     r.add_argument("--out", required=True)
     r.add_argument("--db")
     r.set_defaults(func=_storage_errors(report))

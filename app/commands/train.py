@@ -7,6 +7,17 @@ the spend, and the trained policy's model spec (``hf:FOLDER``: sample from it wi
 ``samplescope sample --model hf:FOLDER ...``). ``--resume`` continues a run from its last
 checkpoint with its stored settings (a new ``--budget`` raises its caps); ``--json`` prints
 one JSON object.
+
+``--rollouts-only`` runs the rollout side without updates on any text model, served ones
+included (``--policy openai:URL``): what the strategy keeps and drops, and at what sample and
+token cost (engines.training.rollouts_only); it stores nothing. A training run asked of a
+policy that cannot be trained (a served one) is refused in one line, before anything is stored.
+
+``--compare grpo,raft,... --seeds 3`` trains every strategy with every seed on the same policy,
+prompts and samples budget (engines.training.compare), in ``$SAMPLESCOPE_HOME/training/compare/NAME``,
+and prints each strategy's held-out accuracy at the budget with its 95% bootstrap interval over
+seeds. The same command again continues it: finished cells are skipped, a stopped one continues
+from its checkpoint. ``samplescope report compare:NAME --out report.html`` draws its curves.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import sys
 from typing import Any
 
 from app.commands.console import add_json, parse_pairs, quiet_libraries
+from engines.errors import ConfigError
 
 BUDGET_KEYS = {"samples": "samples", "tokens": "tokens", "seconds": "seconds", "updates": "max_updates"}
 
@@ -32,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "loads as a model spec.",
     )
     p.add_argument("--name", default=None, help="run name (folder under $SAMPLESCOPE_HOME/training; default STRATEGY-seedSEED)")
-    p.add_argument("--policy", default="embedded:arith", help="embedded:arith or hf:FOLDER (default embedded:arith)")
+    p.add_argument("--policy", default="embedded:arith",
+                   help="embedded:arith or hf:FOLDER (default embedded:arith); with --rollouts-only any text model spec, "
+                   "e.g. openai:URL")
     p.add_argument("--prompts", default="arith-train", help="arith-train[:LEVEL[:N]], a task set name or a .jsonl file")
     p.add_argument("--eval-prompts", default="arith-fresh", help="held-out prompts (default arith-fresh: 200 unseen problems)")
     p.add_argument("--reward", default="math", help="outcome reward spec (default math)")
@@ -46,6 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the named run from its last checkpoint")
     p.add_argument("--trainer", choices=("lab", "trl"), default="lab",
                    help="lab: the lab's loop (default); trl: the same strategy inside TRL's GRPOTrainer (engines.training.trl_bridge)")
+    p.add_argument("--compare", metavar="S1,S2,...",
+                   help="compare these strategies at the matched samples budget, one training run per strategy and seed")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per strategy with --compare (0..N-1; default 3)")
+    p.add_argument("--rollouts-only", action="store_true",
+                   help="draw and filter rollouts without updates (any text model, served ones included): "
+                   "what the strategy keeps, at what sample cost; stores nothing")
     add_json(p)
     p.set_defaults(func=run)
 
@@ -103,12 +123,24 @@ def run(args: argparse.Namespace) -> int:
     from app.workflows.store import training_home
     from engines.training import build_strategy
     from engines.training.loop import train
+    from engines.training.rollout_policy import check_trainable
 
     if is_diffusion_run(args):  # diffusion models and schemes: app.commands.train_diffusion
+        text_only = [flag for flag, on in (("--compare", args.compare), ("--rollouts-only", args.rollouts_only),
+                                           ("--trainer trl", getattr(args, "trainer", "lab") == "trl")) if on]
+        if text_only:
+            raise ConfigError(f"{', '.join(text_only)} work on text policies; a diffusion run takes none of them")
         return run_diffusion(args)
+    if args.compare and not args.name:
+        args.name = "compare"
     config, params = build_config(args)
+    if args.compare:
+        return _run_comparison(args, config, params)
     # bad parameters get their one line here, before any work; the typed values are what the run stores
     strategy_params = build_strategy(config.strategy, params, strings=not args.resume).config.as_dict()
+    if args.rollouts_only:
+        return _run_rollouts_only(args, config, strategy_params)
+    check_trainable(config.policy)
     if getattr(args, "trainer", "lab") == "trl":
         return _run_trl(args, config, strategy_params)
     bar = _Bar(config, enabled=not args.json and sys.stderr.isatty())
@@ -152,6 +184,99 @@ def _run_trl(args: argparse.Namespace, config: Any, strategy_params: dict[str, A
     if result["accuracy_t1_before"] is not None:
         print(f"held-out accuracy_t1: {result['accuracy_t1_before']:.3f} -> {result['accuracy_t1_after']:.3f} on {result['eval_n']} prompts")
     print(f"trained policy: {result['policy_spec']}")
+    return 0
+
+
+def _typed_common(strategies: list[str], params: dict[str, str]) -> dict[str, Any]:
+    """``--set`` values typed by the first compared strategy that has each field; a field none has is an error."""
+    from engines.training import STRATEGIES
+
+    typed: dict[str, Any] = {}
+    for name in strategies:
+        config = STRATEGIES.get(name).Config
+        fields = {spec.name for spec in config.specs()}
+        mine = {k: v for k, v in params.items() if k in fields and k not in typed}
+        if mine:
+            values = config.from_strings(mine).as_dict()
+            typed.update({k: values[k] for k in mine})
+    unknown = sorted(set(params) - set(typed))
+    if unknown:
+        raise ValueError(f"no compared strategy has the parameter {', '.join(unknown)}")
+    return typed
+
+
+def _run_comparison(args: argparse.Namespace, config: Any, params: dict[str, str]) -> int:
+    from app.workflows.store import training_home
+    from engines.training.compare import (
+        CellDone,
+        StrategyComparison,
+        comparison_dir,
+        final_points,
+        run_comparison,
+        stored_cells,
+    )
+    from engines.training.rollout_policy import check_trainable
+
+    if args.resume or args.rollouts_only or args.trainer != "lab":
+        raise ValueError("--compare runs the lab's trainer and continues by itself: drop --resume / --rollouts-only / --trainer")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    strategies = [s.strip() for s in args.compare.split(",") if s.strip()]
+    check_trainable(config.policy)
+    plan = StrategyComparison(name=config.name, strategies=tuple(strategies), seeds=tuple(range(args.seeds)),
+                              config=config, params=_typed_common(strategies, params))
+    folder = comparison_dir(training_home(), plan.name)
+    bar = _Bar(config, enabled=not args.json and sys.stderr.isatty())
+    ran = 0
+    for event in run_comparison(plan, folder):
+        if isinstance(event, CellDone):
+            ran += 1
+            bar.close()  # one bar line per run
+        elif event.kind == "update":
+            bar.update(event)
+    bar.close()
+    cells = stored_cells(folder)
+    finals = final_points(cells, config.samples)
+    if args.json:
+        print(json.dumps({"name": plan.name, "folder": str(folder), "cells": len(plan.cells()), "done": len(cells),
+                          "ran": ran, "final": finals}))
+        return 0
+    print(f"comparison {plan.name}: {len(cells)}/{len(plan.cells())} runs done ({ran} now), {config.samples} samples each, "
+          f"in {folder}")
+    print(f"{'strategy':<20} {'seeds':>5} {'T=1 acc':>8} {'95% CI':>17} {'greedy':>8} {'kept':>6}")
+    for row in finals:
+        t1, greedy, kept = (row.get(k) for k in ("accuracy_t1", "accuracy_greedy", "kept_share"))
+        ci = f"[{t1['ci_low']:.3f}, {t1['ci_high']:.3f}]" if t1 else ""
+        print(f"{row['strategy']:<20} {row['seeds']:>5} {t1['mean'] if t1 else float('nan'):>8.3f} {ci:>17} "
+              f"{greedy['mean'] if greedy else float('nan'):>8.3f} {kept['mean'] if kept else float('nan'):>6.2f}")
+    print(f"curves: samplescope report compare:{plan.name} --out report.html")
+    return 0
+
+
+def _run_rollouts_only(args: argparse.Namespace, config: Any, strategy_params: dict[str, Any]) -> int:
+    from engines.training.rollouts_only import rollouts_only
+
+    if args.resume or args.trainer != "lab":
+        raise ValueError("--rollouts-only stores no checkpoint and runs no trainer: drop --resume / --trainer")
+    done = None
+    for event in rollouts_only(config, strategy_params):
+        if event.kind == "done":
+            done = event
+    m = done.metrics
+    result = {"status": done.status, "message": done.message, **m}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    share = f"{m['kept_share']:.1%}" if m["kept_share"] is not None else "-"
+    print(f"{config.strategy} on {m['policy']} (rollouts only, no updates): {m['batches']} batches, {m['samples']} samples, "
+          f"{m['tokens']} tokens, {m['seconds']:.1f} s ({done.status}{': ' + done.message if done.message else ''})")
+    print(f"kept {m['groups_kept']}/{m['groups_drawn']} groups, {m['samples_kept']}/{m['samples_drawn']} samples ({share})"
+          + (f"; {m['samples_per_kept_sample']:.2f} samples and {m['tokens_per_kept_sample']:.1f} tokens per kept sample"
+             if m["samples_kept"] else ""))
+    if m["drop_rules"]:
+        print("dropped groups by rule: " + ", ".join(f"{rule} {n}" for rule, n in sorted(m["drop_rules"].items())))
+    if m["reward_mean"] is not None:
+        print(f"mean reward of the samples drawn: {m['reward_mean']:.3f}")
     return 0
 
 

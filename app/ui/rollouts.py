@@ -12,6 +12,14 @@ Cancel raises the run's flag: the loop stops at its next draw and its last check
 stays in the data folder; Resume continues the named run from it (``resume=True``), with
 the run's stored settings and the budget in the page. Bad input is refused with one line
 before anything starts.
+
+"Rollouts only" runs the strategy's rollout side without updates
+(:func:`engines.training.rollouts_only.rollouts_only`) on any text model, served ones
+included (``openai:URL``): the same batch grid, and instead of training curves the share
+of samples each batch kept and the groups dropped by each rule; it stores nothing. A
+policy that cannot be trained without that box ticked is refused in one line. Below, the
+Compare-strategies section (app.ui.strategy_compare) runs strategies x seeds at the matched
+samples budget of this form.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import gradio as gr
 from app.ui import forms
 from app.ui.explore import RenderThrottle, error_markdown
 from app.ui.services import Services, error_message
+from app.ui.strategy_compare import CompareSection
 from app.views import rollouts as views
 from app.views.render import md_text
 from engines.errors import ConfigError
@@ -52,7 +61,11 @@ class RolloutsTab:
                 with gr.Column(scale=1, min_width=320):
                     self.name = gr.Textbox("run-1", label="Run name", info="letters, digits, '.', '_' or '-'", elem_id="rl-name")
                     self.policy = gr.Dropdown(["embedded:arith"], value="embedded:arith", allow_custom_value=True,
-                                              label="Policy", info="embedded:arith or hf:FOLDER", elem_id="rl-policy")
+                                              label="Policy", info="embedded:arith or hf:FOLDER; rollouts only: any text "
+                                              "model, e.g. openai:URL", elem_id="rl-policy")
+                    self.rollouts_only = gr.Checkbox(False, label="Rollouts only (no updates)", elem_id="rl-rollouts-only",
+                                                     info="what the strategy keeps from this model, at what sample cost; "
+                                                     "served models too; stores nothing")
                     self.prompts = gr.Dropdown(prompt_choices(), value="arith-train", allow_custom_value=True,
                                                label="Training prompts", info="arith-train[:LEVEL[:N]], a task set or a .jsonl file",
                                                elem_id="rl-prompts")
@@ -79,11 +92,13 @@ class RolloutsTab:
             self.grid = gr.Plot(label="Batch", elem_id="rl-grid")
             self.curves = gr.Plot(label="Curves", elem_id="rl-curves")
             self.token = gr.State(None)  # inside the Tab: see ExploreTab
+            self.compare = CompareSection(self)
         self._wire()
 
     def _wire(self) -> None:
         inputs = [self.name, self.policy, self.prompts, self.control, self.strategy, self.budget, self.eval_every,
-                  self.eval_size, self.learning_rate, self.kl_coef, self.seed, *forms.all_inputs(self.forms)]
+                  self.eval_size, self.learning_rate, self.kl_coef, self.seed, self.rollouts_only,
+                  *forms.all_inputs(self.forms)]
         outputs = [self.status, self.grid, self.curves, self.token]
         self.start_button.click(self.start, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.resume_button.click(self.resume, inputs, outputs, concurrency_limit=None, show_progress="hidden")
@@ -93,10 +108,14 @@ class RolloutsTab:
     # -- handlers ------------------------------------------------------------------
 
     def settings(self, name, policy, prompts, control, strategy, budget, eval_every, eval_size, learning_rate,
-                 kl_coef, seed, values, *, resume: bool = False):
+                 kl_coef, seed, rollouts_only, values, *, resume: bool = False):
         """(TrainConfig, strategy params) from the page's values; ConfigError in the page's words otherwise.
 
         Resume takes the run's stored settings (its run.json) and only the budget from the page."""
+        from engines.training.rollout_policy import check_trainable
+
+        if resume and rollouts_only:
+            raise ConfigError("a rollout-only run stores no checkpoint to resume: untick Rollouts only or press Start")
         from app.workflows.store import training_home
         from engines.training import STRATEGIES
         from engines.training.loop import TrainConfig
@@ -134,6 +153,9 @@ class RolloutsTab:
         from engines.training.prompts import load_prompts
 
         load_prompts(config.prompts)  # a prompt set that does not exist is refused here, not on the worker
+        if rollouts_only:
+            return config, params
+        check_trainable(config.policy)
         if (training_home() / config.name / "state.pt").exists():
             raise ConfigError(f"run {config.name!r} exists; press Resume or give another run name")
         return config, params
@@ -147,55 +169,71 @@ class RolloutsTab:
     def _run(self, args, *, resume: bool, request: gr.Request | None):
         from app.workflows.store import training_home
         from engines.training.loop import train
+        from engines.training.rollouts_only import rollouts_only
 
         clicked = time.monotonic()
+        only = bool(args[11])
         try:
-            config, params = self.settings(*args[:11], args[11:], resume=resume)
+            config, params = self.settings(*args[:12], args[12:], resume=resume)
             ticket = self.services.runs.enter()
         except Exception as exc:  # bad input: one line in the page, nothing starts
             yield {self.status: error_markdown(error_message(exc))}
             return
-        token, flag = self.services.start_run(getattr(request, "session_hash", None))
         view = views.TrainingView()
+        curves = views.rollout_curves if only else views.curves
+
+        def produce(flag):  # on the worker thread
+            if only:
+                return rollouts_only(config, params, cancel=flag)
+            return train(config, params, resume=resume, cancel=flag, runs_folder=training_home())
+
+        def draw(changed: bool, running: bool) -> dict[Any, Any]:
+            status = views.status_line(view, time.monotonic() - clicked, running=running)
+            if not running and view.done is not None and view.done.status == "cancelled" and not only:
+                status += " — the last checkpoint is kept: Resume continues this run"
+            figures = {self.grid: views.batch_grid(view), self.curves: curves(view)} if changed else {}
+            return {self.status: status, **figures}
+
+        starting = f"{'resuming' if resume else 'starting'} {md_text(config.name)}…"
+        yield from self.stream_in_slot(ticket, request, produce, view.add, draw, starting,
+                                       status_box=self.status, token_box=self.token, thread="samplescope-train")
+
+    def stream_in_slot(self, ticket, request, produce, fold, draw, starting: str, *, status_box, token_box, thread: str):
+        """Wait for the run slot ``ticket`` holds a place for, run ``produce(cancel_flag)`` (an event iterator) on a
+        worker thread, ``fold`` each event into the caller's view (True when its figures changed) and yield page
+        updates: ``draw(changed, running=True)`` as the render throttle allows, ``draw(True, running=False)`` at the
+        end. The run's token (for Cancel) goes to ``token_box``; an error is one line in ``status_box``."""
+        token, flag = self.services.start_run(getattr(request, "session_hash", None))
+        finished = False
         try:
             while not self.services.runs.start(ticket, timeout=0.5):
                 if flag.is_set():
-                    yield {self.status: "cancelled while waiting: nothing ran", self.token: None}
+                    yield {status_box: "cancelled while waiting: nothing ran", token_box: None}
                     return
-                yield {self.status: f"waiting for a free slot: {self.services.runs.position(ticket)} in line",
-                       self.token: token}
-            yield {self.status: f"{'resuming' if resume else 'starting'} {md_text(config.name)}…", self.token: token,
-                   self.grid: views.batch_grid(view), self.curves: views.curves(view)}
+                yield {status_box: f"waiting for a free slot: {self.services.runs.position(ticket)} in line",
+                       token_box: token}
+            yield {**draw(True, True), status_box: starting, token_box: token}
             throttle = RenderThrottle(self.services.update_interval)
             changed = False
-
-            def run(put):  # on the worker thread; train() has no side channel to put into
-                return train(config, params, resume=resume, cancel=flag, runs_folder=training_home())
-
-            for event in on_thread(run, flag, name="samplescope-train"):
+            for event in on_thread(lambda put: produce(flag), flag, name=thread):
                 if event is not None:
-                    changed = view.add(event) or changed
-                if view.done is not None or not throttle.due():
+                    changed = fold(event) or changed
+                if not throttle.due():
                     continue
                 started = time.monotonic()
-                update: dict[Any, Any] = {self.status: views.status_line(view, started - clicked, running=True)}
-                if changed:
-                    update.update({self.grid: views.batch_grid(view), self.curves: views.curves(view)})
-                    changed = False
-                yield update
+                yield draw(changed, True)
+                changed = False
                 throttle.drawn(started)
+            finished = True
         except Exception as exc:
-            yield {self.status: error_markdown(error_message(exc)), self.token: None}
+            yield {status_box: error_markdown(error_message(exc)), token_box: None}
             return
         finally:
-            if view.done is None:
+            if not finished:
                 flag.set()  # an error, or the page went away: the worker stops too
             self.services.runs.leave(ticket)
             self.services.finish(token)
-        status = views.status_line(view, time.monotonic() - clicked, running=False)
-        if view.done.status == "cancelled":
-            status += " — the last checkpoint is kept: Resume continues this run"
-        yield {self.status: status, self.grid: views.batch_grid(view), self.curves: views.curves(view), self.token: None}
+        yield {**draw(True, False), token_box: None}
 
     def cancel(self, token):
         if self.services.cancel(token):

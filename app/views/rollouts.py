@@ -5,7 +5,10 @@
 samples grid coloured by reward (:func:`batch_grid`; a dropped group greyed and labelled
 with the rule that dropped it, each row with its own sample count, since Reinforce-Ada
 draws unequal counts), the curves of held-out accuracy, KL, loss and samples spent
-(:func:`curves`) and a one-line status (:func:`status_line`). Prompt text reaches a figure
+(:func:`curves`) and a one-line status (:func:`status_line`). A rollout-only run
+(engines.training.rollouts_only: ``cost`` events per batch, no update) is drawn by
+:func:`rollout_curves`: the share of samples each batch kept against samples spent, and the
+groups dropped by each rule. Prompt text reaches a figure
 only through :func:`app.views.render.plain` (escaped), other strings through ``md_text``.
 """
 
@@ -20,6 +23,7 @@ from plotly.subplots import make_subplots
 from app.views.render import md_text, plain
 from app.views.trace import GREY, _layout, empty
 from engines.trace import Event, GroupEvent
+from engines.training.rollouts_only import kept_summary
 
 REWARD_SCALE = "RdYlGn"
 
@@ -32,7 +36,12 @@ class TrainingView:
     groups: list[GroupEvent] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)  # metrics, with "step"
     evals: list[dict[str, Any]] = field(default_factory=list)
+    costs: list[dict[str, Any]] = field(default_factory=list)  # a rollout-only run's per-batch spend and kept share
     done: Any = None
+
+    @property
+    def rollouts_only(self) -> bool:
+        return bool(self.costs) or (self.done is not None and self.done.metrics.get("mode") == "rollouts_only")
 
     def add(self, event: Event) -> bool:
         """Fold one event in; True when it changes a figure (a sample's score alone does not)."""
@@ -47,6 +56,8 @@ class TrainingView:
             self.updates.append({"step": event.step, **event.metrics})
         elif kind == "eval":
             self.evals.append({"step": event.step, **event.metrics})
+        elif kind == "cost" and "batch" in event.cost:
+            self.costs.append(dict(event.cost))
         elif kind == "done":
             self.done = event
         else:
@@ -136,13 +147,46 @@ def curves(view: TrainingView, title: str = "Training curves (x: update)") -> go
     return _layout(fig, title, height=520, showlegend=True)
 
 
+def rollout_curves(view: TrainingView, title: str = "Rollouts only (no updates): what the strategy keeps") -> go.Figure:
+    """A rollout-only run: the share of each batch's samples kept (and the running share) against samples
+    spent, and how many groups each rule dropped."""
+    if not view.costs:
+        return empty(title, "no batch drawn yet")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["Kept share of samples", "Groups dropped, by rule"])
+    x = [c["samples"] for c in view.costs]
+    per_batch = [c.get("batch_kept_share") for c in view.costs]
+    kept = drawn = 0.0
+    running = []
+    for c in view.costs:
+        kept, drawn = kept + c.get("batch_samples_kept", 0), drawn + c.get("batch_samples_drawn", 0)
+        running.append(kept / drawn if drawn else None)
+    fig.add_trace(go.Scatter(x=x, y=per_batch, name="batch", mode="markers"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=x, y=running, name="all so far", mode="lines"), row=1, col=1)
+    rules = kept_summary(view.groups)["drop_rules"]
+    fig.add_trace(go.Bar(x=[plain(r, 40) for r in rules] or ["none"], y=list(rules.values()) or [0], name="dropped groups",
+                         marker={"color": GREY}), row=1, col=2)
+    fig.update_xaxes(title="samples spent", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+    return _layout(fig, title, height=360, showlegend=True)
+
+
 def status_line(view: TrainingView, elapsed: float, running: bool) -> str:
-    """Samples and tokens spent, updates done, elapsed time; the outcome once done (Markdown, escaped)."""
+    """Samples and tokens spent, updates done (batches and the kept share for a rollout-only run), elapsed
+    time; the outcome once done (Markdown, escaped)."""
     spent = view.updates[-1] if view.updates else {}
     samples, tokens = spent.get("spent_samples", 0), spent.get("spent_tokens", 0)
+    if view.costs:
+        samples, tokens = view.costs[-1]["samples"], view.costs[-1]["tokens"]
     if view.done is not None:
         samples, tokens = view.done.metrics.get("samples", samples), view.done.metrics.get("tokens", tokens)
-    text = f"{len(view.updates)} updates, {samples:,} samples, {tokens:,} tokens; {elapsed:.1f} s"
+    if view.rollouts_only:
+        summary = kept_summary(view.groups)
+        drawn, kept = summary["samples_drawn"], summary["samples_kept"]
+        share = f" ({kept / drawn:.0%})" if drawn else ""
+        text = (f"{len(view.costs)} batches (rollouts only, no updates), {samples:,} samples, {tokens:,} tokens, "
+                f"kept {kept:,}/{drawn:,} samples{share}; {elapsed:.1f} s")
+    else:
+        text = f"{len(view.updates)} updates, {samples:,} samples, {tokens:,} tokens; {elapsed:.1f} s"
     if running or view.done is None:
         return f"running… {text}"
     note = f" — {md_text(view.done.message, 300)}" if view.done.message else ""

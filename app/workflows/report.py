@@ -13,7 +13,10 @@ A run report: header (sampler, model, reward, seed, status), config, cost, the
 candidate tree, the reward distribution, the knockout bracket, the particles, the
 acceptance plot where the run has them, and the candidates (the pick first). A sweep
 report: the quality-against-compute plot with 95% bootstrap intervals, the points
-table, the paired comparisons, the plan, and example picks.
+table, the paired comparisons, the plan, and example picks. A strategy-comparison report
+(``compare:NAME``, engines.training.compare): the curves of held-out accuracy, kept share
+and KL against samples spent with 95% bootstrap bands over seeds, each strategy at the
+matched budget, every run's totals, and the plan.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from plotly.offline import get_plotlyjs
 
 from app.views.pairs import trace_pairs_figure
 from app.views.render import image_tag, plain
+from app.views.strategy_compare import FINAL_HEADERS, comparison_figure, final_rows
 from app.views.sweep import sweep_figure
 from app.views.trace import (
     acceptance_figure,
@@ -205,13 +209,51 @@ def sweep_page(sweep: Any, prompt_set: Any, cells: list[dict[str, Any]], example
     return page
 
 
+# -- a strategy comparison ------------------------------------------------------------------------------------
+
+
+def comparison_page(plan: Any, cells: list[dict[str, Any]]) -> Page:
+    """A strategy comparison (engines.training.compare): its curves, each strategy at the budget, its runs, its plan."""
+    from engines.training.compare import comparison_curves, final_points
+
+    config = plan.config
+    page = Page(f"samplescope strategy comparison {plan.name}: {', '.join(plan.strategies)}")
+    page.raw(_table(["policy", "prompts", "held-out prompts", "reward", "samples budget", "seeds", "runs"],
+                    [[config.policy, config.prompts, f"{config.eval_prompts} (first {config.eval_size})",
+                      f"{config.reward} ({config.reward_control})", config.samples, len(plan.seeds),
+                      f"{len(cells)}/{len(plan.cells())}"]]))
+    page.heading("Curves against samples spent (mean over seeds, 95% bootstrap band)")
+    page.figure(comparison_figure(comparison_curves(cells)))
+    page.heading("At the matched budget")
+    page.raw(_table(FINAL_HEADERS, final_rows(final_points(cells, config.samples))))
+    page.heading("Runs")
+    page.raw(_table(["strategy", "seed", "status", "updates", "samples", "tokens", "seconds", "trained policy"],
+                    [[c["strategy"], c["seed"], c["status"], c.get("updates"), c.get("samples"), c.get("tokens"),
+                      c.get("seconds"), c.get("policy_spec")] for c in cells]))
+    page.heading("The plan")
+    page.raw(f"<pre>{html.escape(json.dumps(plan.as_dict(), indent=2, ensure_ascii=False, default=str))}</pre>")
+    return page
+
+
+def comparison_html(name: str) -> str:
+    from app.workflows.store import training_home
+    from engines.training.compare import comparison_dir, load_plan, stored_cells
+
+    folder = comparison_dir(training_home(), name)
+    return comparison_page(load_plan(folder), stored_cells(folder)).render()
+
+
 def write_report(db: Any, target: str, out: str | Path) -> Path:
-    """``run:ID``, ``sweep:ID`` or a bare run id -> the HTML file at ``out``."""
+    """``run:ID``, ``sweep:ID``, ``compare:NAME`` (a strategy comparison) or a bare run id -> the HTML file at ``out``."""
+    from engines.training.loop import NAME_CHARS
 
     kind, _, ident = str(target).partition(":") if ":" in str(target) else ("run", "", str(target))
-    if kind not in ("run", "sweep") or not ident.strip().isdigit():
-        raise ConfigError(f"report takes run:ID, sweep:ID or a run id, got {target!r}")
-    html_text = report_html(db, kind, int(ident))
+    if kind == "compare" and ident and set(ident) <= NAME_CHARS:
+        html_text = comparison_html(ident)
+    elif kind not in ("run", "sweep") or not ident.strip().isdigit():
+        raise ConfigError(f"report takes run:ID, sweep:ID, compare:NAME or a run id, got {target!r}")
+    else:
+        html_text = report_html(db, kind, int(ident))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html_text, encoding="utf-8")

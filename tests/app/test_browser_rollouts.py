@@ -83,3 +83,45 @@ def test_train_tab_runs_cancels_and_resumes(server, page):
     page.locator("#rl-resume").click()
     expect(status).to_contain_text(f"budget: {updates + 1} updates, {4 * updates + 4} samples", timeout=WAIT_MS)
     expect(page.locator("#rl-grid")).to_contain_text(f"update {updates + 1}:")
+
+
+def test_rollouts_only_and_compare_strategies_in_the_train_tab(server, page):
+    """Rollouts only: the batch grid and the kept share, no update. Compare strategies: GRPO and RAFT, one seed,
+    4 samples each, drawn with their curves and the table at the budget (that a comparison continues where
+    it stopped is tested through the CLI, tests/training/test_compare.py)."""
+    from tests.app.test_browser_truth import choose
+
+    page.goto(server)
+    open_tab(page, "Train (RL)")
+    tiny(page, "peek", 4)
+    set_number(page, "rl-eval-size", 2)
+    choose(page, "rl-strategy", "RAFT")
+    for field, value in (("group_size", 2), ("prompts_per_batch", 2), ("max_new_tokens", 12)):
+        set_number(page, f"rl-raft-{field}", value)
+    choose(page, "rl-strategy", "GRPO")
+
+    page.locator("#rl-rollouts-only input[type=checkbox]").check()
+    page.locator("#rl-start").click()
+    status = page.locator("#rl-status")
+    expect(status).to_contain_text("1 batches (rollouts only, no updates), 4 samples", timeout=WAIT_MS)
+    expect(page.locator("#rl-grid")).to_contain_text("groups kept")
+    expect(page.locator("#rl-curves")).to_contain_text("Kept share of samples")
+    page.locator("#rl-rollouts-only input[type=checkbox]").uncheck()
+
+    page.get_by_role("button", name=re.compile("^Compare strategies")).click()
+    compare = page.locator("#rl-compare-status")
+    set_number(page, "rl-compare-seeds", 0)
+    page.locator("#rl-compare-start").click()
+    expect(compare).to_contain_text("Seeds must be at least 1")
+    set_number(page, "rl-compare-seeds", 1)
+    page.locator("#rl-compare-start").click()
+    expect(compare).to_contain_text("2/2 runs done", timeout=WAIT_MS)
+    expect(compare).not_to_contain_text("running")
+    plot = page.locator("#rl-compare-plot")
+    expect(plot).to_contain_text("Held-out accuracy, T=1")
+    expect(plot).to_contain_text("Kept share of samples")
+    assert plot.locator(".scatterlayer .point").count() > 0
+    rows = shared.table_rows(page, "rl-compare-table")
+    expect(rows).to_have_count(2)
+    expect(rows.first).to_contain_text("grpo")
+    expect(rows.nth(1)).to_contain_text("raft")

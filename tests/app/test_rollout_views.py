@@ -72,3 +72,48 @@ def test_status_line_escapes_the_done_message():
 def test_empty_run_has_placeholder_figures():
     view = views.TrainingView()
     assert views.batch_grid(view).data == () and views.curves(view).data == ()
+
+
+def test_rollout_only_run_draws_kept_share_and_drop_rules_and_says_no_updates():
+    from engines.trace import CostEvent
+
+    events = batch_events(0) + [
+        CostEvent(cost={"batch": 1, "samples": 5, "tokens": 50, "batch_samples_drawn": 5, "batch_samples_kept": 3,
+                        "batch_kept_share": 0.6}),
+        GroupEvent(step=1, prompt="b0.g0", nodes=["x", "y"], rewards=[1.0, 1.0], kept=False, rule="all_right"),
+        CostEvent(cost={"batch": 2, "samples": 7, "tokens": 66, "batch_samples_drawn": 2, "batch_samples_kept": 0,
+                        "batch_kept_share": 0.0}),
+        DoneEvent(picks=[], candidates=[], cost={}, status="budget", metrics={"mode": "rollouts_only", "samples": 7, "tokens": 66}),
+    ]
+    view = fold(events)
+    assert view.rollouts_only and not view.updates
+    fig = views.rollout_curves(view)
+    series = {trace.name: (list(trace.x), list(trace.y)) for trace in fig.data}
+    assert series["batch"] == ([5, 7], [0.6, 0.0])
+    assert series["all so far"] == ([5, 7], [0.6, 3 / 7])
+    assert dict(zip(*series["dropped groups"], strict=True)) == {"all_wrong": 1, "all_right": 1}
+    line = views.status_line(view, 1.0, running=False)
+    assert "2 batches (rollouts only, no updates), 7 samples, 66 tokens, kept 3/7 samples (43%)" in line
+    assert views.rollout_curves(views.TrainingView()).layout.annotations[0].text == "no batch drawn yet"
+
+
+def test_comparison_figure_draws_a_step_line_and_band_per_strategy_and_names_missing_metrics():
+    from app.views.strategy_compare import comparison_figure, final_rows
+
+    def point(strategy, metric, samples, mean, low, high):
+        return {"strategy": strategy, "metric": metric, "samples": samples, "mean": mean, "ci_low": low,
+                "ci_high": high, "seeds": 3}
+
+    curves = [point("grpo", "accuracy_t1", 0, 0.4, 0.3, 0.5), point("grpo", "accuracy_t1", 8, 0.6, 0.5, 0.7),
+              point("<b>x</b>", "accuracy_t1", 0, 0.4, 0.3, 0.5), point("grpo", "kept_share", 8, 1.0, 1.0, 1.0)]
+    fig = comparison_figure(curves)
+    means = [t for t in fig.data if t.mode == "lines+markers"]
+    assert [(t.name, list(t.y)) for t in means] == [("grpo", [0.4, 0.6]), ("grpo", [1.0]), ("&lt;b&gt;x&lt;/b&gt;", [0.4])]
+    assert [t.showlegend for t in means] == [True, False, True]  # each strategy once in the legend
+    bands = [t for t in fig.data if t.fill == "tonexty"]
+    assert [list(t.y) for t in bands][0] == [0.3, 0.5] and all(t.line.shape == "hv" for t in fig.data)
+    missing = [a for a in fig.layout.annotations if a.text == "not measured in these runs"]
+    assert len(missing) == 2  # greedy accuracy and KL have no curve
+    finals = [{"strategy": "grpo", "seeds": 3, "accuracy_t1": curves[1]}]
+    assert final_rows(finals) == [["grpo", 3, 0.6, "[0.500, 0.700]", None, "", None, None]]
+    assert comparison_figure([]).layout.annotations[0].text == "no finished run yet"
