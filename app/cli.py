@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "app.commands.sweep",
     "app.commands.reward",
     "app.commands.train",
+    "app.commands.pareto",
 )
 
 
