@@ -70,9 +70,14 @@ def parse_reward_pair(text: str | Sequence[str]) -> list[str]:
     """``sentiment,length:20`` -> the two reward specs of the dial (a comma inside an argument stays)."""
     from engines.rewards.direction import split_reward_list
 
+    from engines.rewards import REWARDS
+
     specs = split_reward_list(text) if isinstance(text, str) else [s.strip() for s in text]
     if len(specs) != 2 or not all(specs):
         raise ConfigError(f"the dial traces exactly 2 rewards (R1,R2), got {len(specs)}: {text!r}"[:300])
+    for spec in specs:  # a name nobody registered is refused now, not after the model has loaded
+        if "*" not in spec:
+            REWARDS.get(spec.partition(":")[0].strip())
     return specs
 
 
@@ -128,16 +133,18 @@ def trace_front(
 ) -> Iterator[FrontPoint | FrontResult]:
     """One :class:`FrontPoint` per angle as it is done, then the :class:`FrontResult` with the front marked.
 
-    Every request is built (and so checked) before any model is loaded; a failing run stops the trace.
+    Every request is built (and so checked) here, before any model is loaded: bad input raises at the
+    call, not at the first ``next``. A failing run stops the trace.
     """
-    from engines.rewards.direction import DirectionReward, direction_spec
-    from engines.runner import RunRequest, load_parts, stream_parts
+    from engines.rewards.direction import direction_spec
+    from engines.runner import RunRequest
 
     rewards = parse_reward_pair(list(rewards))
     angles = parse_angles(list(angles))
     prompts = [p for p in prompts if p is not None]
     if not prompts:
         raise ConfigError("give at least one prompt")
+
     requests = [
         [
             RunRequest.build(model=model, reward=direction_spec(angle, rewards), sampler=sampler, params=params,
@@ -147,6 +154,14 @@ def trace_front(
         ]
         for angle in angles
     ]
+    return _traced(rewards, angles, requests, sampler, list(prompts), seed, cancel)
+
+
+def _traced(rewards: list[str], angles: list[float], requests: list[list[Any]], sampler: str, prompts: list[str],
+            seed: int, cancel: threading.Event | None) -> Iterator[FrontPoint | FrontResult]:
+    from engines.rewards.direction import DirectionReward
+    from engines.runner import load_parts, stream_parts
+
     points: list[FrontPoint] = []
     cost: dict[str, float] = {}
     dimensions: list[str] = []

@@ -44,11 +44,15 @@ def trace_dial(
         raise ConfigError("choose a model")
     pair = parse_reward_pair(rewards)
     angle_list = parse_angles(angles)
-    total = len(angle_list)
+    work = trace_front(model=model.strip(), rewards=pair, angles=angle_list, prompts=prompts, sampler=sampler,
+                       params=params, params_are_strings=params_are_strings, size=n, seed=seed, chat=chat,
+                       device=device, rewards_folder=str(rewards_home()), cancel=cancel)
+    return _counted(work, len(angle_list))
+
+
+def _counted(work: Iterator[FrontPoint | FrontResult], total: int) -> Iterator[tuple[int, int, FrontPoint | FrontResult]]:
     done = 0
-    for item in trace_front(model=model.strip(), rewards=pair, angles=angle_list, prompts=prompts, sampler=sampler,
-                            params=params, params_are_strings=params_are_strings, size=n, seed=seed, chat=chat,
-                            device=device, rewards_folder=str(rewards_home()), cancel=cancel):
+    for item in work:
         if isinstance(item, FrontPoint):
             done += 1
         yield done, total, item
