@@ -48,7 +48,7 @@ class DirectionDial:
         self._wire()
 
     def _wire(self) -> None:
-        self.angle.release(self.spec, [self.angle, self.rewards], [self.explore.reward, self.status],
+        self.angle.change(self.spec, [self.angle, self.rewards], [self.explore.reward, self.status],
                            show_progress="hidden")
         e = self.explore
         inputs = [e.model, e.sampler, e.prompt, e.chat, e.seed, self.rewards, self.angles, *forms.all_inputs(e.forms)]
