@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engines.errors import ConfigError
-from engines.task import Task
 from engines.trace import Trace
 
 #: more angles than this is a sweep nobody reads as a dial
@@ -68,9 +67,8 @@ def parse_angles(text: str | Sequence[float]) -> list[float]:
 
 def parse_reward_pair(text: str | Sequence[str]) -> list[str]:
     """``sentiment,length:20`` -> the two reward specs of the dial (a comma inside an argument stays)."""
-    from engines.rewards.direction import split_reward_list
-
     from engines.rewards import REWARDS
+    from engines.rewards.direction import split_reward_list
 
     specs = split_reward_list(text) if isinstance(text, str) else [s.strip() for s in text]
     if len(specs) != 2 or not all(specs):

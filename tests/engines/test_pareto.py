@@ -71,8 +71,8 @@ def brute_front(points: list[tuple[int, ...]]) -> set[int]:
     for i, p in enumerate(points):
         beaten = False
         for q in points:
-            ge = all(a >= b for a, b in zip(q, p))
-            gt = any(a > b for a, b in zip(q, p))
+            ge = all(a >= b for a, b in zip(q, p, strict=True))
+            gt = any(a > b for a, b in zip(q, p, strict=True))
             beaten = beaten or (ge and gt)
         if not beaten:
             out.add(i)
@@ -97,7 +97,7 @@ def test_weak_dominance_would_fail_the_check() -> None:
     points = [(1, 1), (1, 1), (0, 2)]
 
     def weak(pts):
-        return {i for i, p in enumerate(pts) if not any(all(a >= b for a, b in zip(q, p)) for j, q in enumerate(pts) if j != i)}
+        return {i for i, p in enumerate(pts) if not any(all(a >= b for a, b in zip(q, p, strict=True)) for j, q in enumerate(pts) if j != i)}
 
     assert brute_front(points) == {0, 1, 2} == set(non_dominated(points))
     assert weak(points) != brute_front(points)
@@ -125,7 +125,7 @@ def test_the_pick_is_the_first_argmax_of_v_dot_r_at_every_angle(toy_front) -> No
     high, low = build_reward(HIGH), build_reward(LOW)
     texts = [text for text, _ in toy_front.points[0].candidates[0]]
     assert len(texts) == 16
-    r = list(zip(high.score(TASK, texts), low.score(TASK, texts)))
+    r = list(zip(high.score(TASK, texts), low.score(TASK, texts), strict=True))
     for point in toy_front.points:
         assert [text for text, _ in point.candidates[0]] == texts  # same seed: the same draws at every angle
         theta = math.radians(point.angle)
@@ -193,7 +193,7 @@ def test_sentiment_against_length_on_smollm2() -> None:
                        params={"max_new_tokens": 12}, seed=1)
     sentiment, length = build_reward("sentiment"), build_reward("length:20")
     texts = [text for text, _ in result.points[0].candidates[0]]
-    r = list(zip(sentiment.score(TASK, texts), length.score(TASK, texts)))
+    r = list(zip(sentiment.score(TASK, texts), length.score(TASK, texts), strict=True))
     for point in result.points:
         assert [text for text, _ in point.candidates[0]] == texts
         theta = math.radians(point.angle)
