@@ -108,9 +108,30 @@ def test_angles_parse_and_refuse() -> None:
     assert parse_angles("0:90:4") == [0, 30, 60, 90]
     assert parse_angles("0, 45,90") == [0, 45, 90]
     for bad, says in [("0,100", "[0, 90]"), ("a,b", "numbers"), ("", "at least one"), ("0:90:1", "at least 2")]:
-        with pytest.raises(ConfigError, match=None) as caught:
+        with pytest.raises(ConfigError) as caught:
             parse_angles(bad)
         assert says in str(caught.value)
+
+
+def test_bad_input_is_refused_at_the_call_before_any_model_loads(monkeypatch) -> None:
+    from engines import runner
+    from engines.pareto import trace_front
+
+    monkeypatch.setattr(runner, "load_parts", lambda request: pytest.fail("a model was loaded"))
+    cases = [
+        ({"rewards": ["sentiment", "nope"]}, "unknown reward 'nope'"),
+        ({"rewards": ["sentiment"]}, "exactly 2 rewards"),
+        ({"angles": [0, 91]}, "[0, 90]"),
+        ({"prompts": []}, "at least one prompt"),
+        ({"sampler": "nope"}, "unknown sampler"),
+        ({"params": {"n": -1}}, "n"),
+    ]
+    for change, says in cases:
+        kwargs = {"model": "toy:digits", "rewards": ["sentiment", "length"], "angles": [0, 90], "prompts": ["n?"],
+                  **change}
+        with pytest.raises((ConfigError, UnknownNameError)) as caught:
+            trace_front(**kwargs)  # no next(): the call itself checks
+        assert says in str(caught.value) and "\n" not in str(caught.value)
 
 
 ANGLES = [0, 10, 20, 30, 40, 45, 50, 60, 70, 80, 90]
