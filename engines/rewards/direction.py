@@ -17,6 +17,8 @@ Each ``Ri`` is any outcome reward spec (``sentiment``, ``length:20``, a weighted
 a comma inside a reward's own argument (``keywords:sun,sea``) stays with it, since a piece
 that does not start with a registered reward's name is joined to the argument before it.
 The rewards are used on their own scales (no normalisation): v · r is the paper's scalar.
+Any angle or sign is allowed (the paper's "more helpfulness with less verbosity" is a negative
+second coordinate); the Pareto tracer turns the dial over [0°, 90°], where both are wanted.
 """
 
 from __future__ import annotations

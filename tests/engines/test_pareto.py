@@ -40,6 +40,8 @@ def test_direction_is_v_dot_r_by_hand() -> None:
     assert by_weights.score(TASK, texts) == pytest.approx([0.6 * 4 + 0.8 * 0.5, 0.6 * 1 + 0.8 * 0.5])
     by_angle = build_reward("direction:60:length,keywords:sun,sea")
     assert by_angle.score(TASK, texts) == pytest.approx([0.5 * 4 + math.sqrt(3) / 2 * 0.5, 0.5 + math.sqrt(3) / 4])
+    less_of_the_second = build_reward("direction:-30:length,keywords:sun,sea")  # more words, fewer keywords
+    assert less_of_the_second.score(TASK, texts) == pytest.approx([math.sqrt(3) / 2 * 4 - 0.25, math.sqrt(3) / 2 - 0.25])
     three = build_reward("direction:1,2,2:length,length:3,keywords:sun,sea")
     assert three.score(TASK, texts) == pytest.approx([(4 + 2 * -1 + 2 * 0.5) / 3, (1 + 2 * -2 + 2 * 0.5) / 3])
     assert three.dimensions == ["length", "length:3", "keywords:sun,sea"]
