@@ -39,7 +39,7 @@ class DirectionDial:
                                        info="0° = only R1, 90° = only R2; sets the Reward above to direction:θ:R1,R2")
             with gr.Row():
                 self.angles = gr.Textbox("0:90:7", label="Angles to trace", elem_id="dial-angles",
-                                         info="0,15,30 or START:STOP:COUNT, in [0, 90]")
+                                         info="0,15,30 or START:STOP:COUNT in [0, 90]; one full run of the sampler above per angle, at its seed")
                 self.trace_button = gr.Button("Trace the front", elem_id="dial-trace")
             self.status = gr.Markdown(elem_id="dial-status")
             self.plot = gr.Plot(label="Pareto front", elem_id="dial-plot")
