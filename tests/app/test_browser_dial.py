@@ -2,7 +2,7 @@
 
 Moving the angle slider writes ``direction:θ:R1,R2`` into the Reward box; "Trace the front" runs
 best-of-N at three angles and draws the picks and the front, with a table row per angle; bad
-angles give one line and no plot.
+angles give one line. The same handler is also driven without a browser (runs wherever the suite does).
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ import pytest
 
 from tests.app.helpers import launched, open_db
 from tests.engines.test_pareto import HIGH, LOW
-
-pytestmark = [pytest.mark.browser]
-expect = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright").expect
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +25,9 @@ def server(tmp_path_factory):
     db.close()
 
 
+@pytest.mark.browser
 def test_the_dial_sets_the_reward_and_traces_the_front(server, browser) -> None:
+    expect = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright").expect
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
@@ -57,3 +56,24 @@ def test_the_dial_sets_the_reward_and_traces_the_front(server, browser) -> None:
     page.locator("#dial").screenshot(path=str(artifacts / "dial.png"))
     context.close()
     assert not errors, errors
+
+
+def test_the_dial_handler_without_a_browser(services) -> None:
+    """The Trace handler itself: bad input is one line and draws nothing; a trace ends with the front and a row per angle."""
+    import gradio as gr
+
+    from app.ui.explore import ExploreTab
+    from tests.app.helpers import explore_args
+
+    with gr.Blocks():
+        tab = ExploreTab(services)
+    dial = tab.dial
+    values = explore_args(tab, model="toy:digits", prompt="n?")[8:]
+    bad = list(dial.trace("toy:digits", "best_of_n", "n?", True, 0, "sentiment", "0,90", *values))
+    assert len(bad) == 1 and set(bad[0]) == {dial.status} and "exactly 2 rewards" in bad[0][dial.status]
+    updates = list(dial.trace("toy:digits", "best_of_n", "n?", True, 0, f"{HIGH},{LOW}", "0,45,90", *values))
+    last = updates[-1]
+    assert "traced 3 angles" in last[dial.status]
+    assert [row[0] for row in last[dial.table]] == [0, 45, 90]
+    assert sum("tracing…" in u.get(dial.status, "") for u in updates) == 3  # progress after each angle
+    assert dial.spec(30, f"{HIGH},{LOW}")[tab.reward] == f"direction:30:{HIGH},{LOW}"
