@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "app.commands.reward",
     "app.commands.train",
     "app.commands.pairs",
+    "app.commands.pareto",
 )
 
 

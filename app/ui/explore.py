@@ -21,6 +21,7 @@ from typing import Any
 import gradio as gr
 
 from app.ui import forms
+from app.ui.dial import DirectionDial
 from app.ui.panel import ViewPanel, candidate_html
 from app.ui.services import Services, error_message
 from app.views import trace as views
@@ -129,6 +130,7 @@ class ExploreTab:
                         self.answer = gr.Textbox(label="Reference answer", info="for verifiable rewards such as math", scale=3)
                         self.chat = gr.Checkbox(True, label="Chat template", scale=1)
                     self.run_button = gr.Button("Run", variant="primary", elem_id="explore-run")
+                    self.dial = DirectionDial(services, self)
                     gr.HTML("", js_on_load=SHOW_LIVE_VIEWS, padding=False, container=False, elem_id="explore-show-live")
             # the run's status, its Cancel and its views together, full width: Run scrolls them into sight
             with gr.Row(elem_id="explore-live", equal_height=True):
