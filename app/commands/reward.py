@@ -4,6 +4,9 @@
   trains ``learned:NAME`` (app/workflows/reward_training.py, app/workflows/reward_finetune.py);
 - ``reward pairs --run ID --strategy uncertain:NAME [--against REWARD]`` stores
   the comparisons the learned reward is least sure about;
+- ``reward audit SPEC --prompts SET`` audits any reward before a sampler selects on it
+  (app/workflows/reward_audit.py): master keys, one-vs-many, accuracy by category, length
+  correlation and best-of-N rejections, with bootstrap intervals; ``--html`` writes the report;
 - ``reward quality`` prints each annotator's agreement, kappa, gold accuracy,
   position bias and self-consistency; ``reward gold``, ``reward repeat`` and
   ``reward overlap`` set up gold pairs, side-swapped repeats and overlap.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from app.commands.console import add_json, quiet_libraries
@@ -162,6 +166,70 @@ def cmd_overlap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ci(row: dict[str, Any]) -> str:
+    if row.get("rate") is None:
+        return "-"
+    return f"{row['rate']:.3f} [{row['low']:.3f}, {row['high']:.3f}] ({row['prompts']} prompts)"
+
+
+def print_audit(report: Any) -> None:
+    cfg = report.config
+    print(f"audit of {cfg['reward']} on {cfg['prompts']} ({report.prompt_count} prompts, {report.samples} samples; "
+          f"truth: {cfg['evaluate']}, which accepts {report.base_accuracy:.3f} of the samples)")
+    print(f"master-key false positives: {_ci(report.master_keys['overall'])}; rule: {report.master_keys['rule']}")
+    for row in report.master_keys["by_key"]:
+        print(f"  {row['key']!r:<44} {row['group']:<13} {_ci(row)}")
+    ovm = report.one_vs_many
+    print(f"one-vs-{ovm['k']} accuracy: {_ci(ovm)}; chance {ovm['chance']:.3f}")
+    print(f"pairwise accuracy (right vs wrong): {_ci(report.pairwise_accuracy)}")
+    for row in report.by_category:
+        print(f"  {row['category']:<20} {_ci(row)}")
+    print(f"Spearman rho(reward, tokens) within prompts: {_ci(report.length['reward'])}; "
+          f"the evaluation reward's: {_ci(report.length['evaluation'])}")
+    print("best-of-N picks the evaluation reward rejects:")
+    for row in report.best_of_n:
+        print(f"  N={row['n']:<3} {_ci(row)}")
+
+
+@_storage_errors
+def cmd_audit(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from app.workflows.reward_audit import AuditConfig, AuditProgress, audit_reward
+    from app.workflows.store import rewards_home
+    from engines.prompts import builtin_names
+
+    config = AuditConfig(reward=args.spec, prompts=args.prompts, evaluate=args.evaluate, model=args.model, n=args.n,
+                         k=args.k, limit=args.limit, threshold=args.threshold, seed=args.seed,
+                         max_new_tokens=args.max_new_tokens)
+    db = None if args.prompts in builtin_names() else _open(args)
+    report = None
+    try:
+        for item in audit_reward(config, db=db, rewards_folder=rewards_home()):
+            if isinstance(item, AuditProgress):
+                if not args.json and sys.stderr.isatty():
+                    print(f"\r{item.stage} {item.done}/{item.total}", end="", file=sys.stderr)
+            else:
+                report = item
+    finally:
+        if db is not None:
+            db.close()
+    if not args.json and sys.stderr.isatty():
+        print(file=sys.stderr)
+    if args.html:
+        from app.workflows.report import audit_page
+
+        path = Path(args.html)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(audit_page(report).render(), encoding="utf-8")
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        print_audit(report)
+        if args.html:
+            print(f"report written to {args.html}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("reward", help="train a reward on the votes; choose pairs; label quality")
     sub = group.add_subparsers(dest="reward_command", metavar="ACTION", parser_class=type(group))
@@ -194,6 +262,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_db(p)
     add_json(p)
     p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("audit", help="how far to trust a reward under selection: master keys, one-vs-many, length, best-of-N")
+    p.add_argument("spec", help="the reward spec to audit (arith_orm, sentiment, learned:NAME, ...)")
+    p.add_argument("--prompts", default="arith", help="a prompt set: built-in (arith, open, ...) or stored (default arith)")
+    p.add_argument("--evaluate", default="math", help="the evaluation reward that says right or wrong (default math, the exact verifier)")
+    p.add_argument("--model", help="the policy whose samples are audited (default: the set's model)")
+    p.add_argument("--n", type=int, default=64, help="samples per prompt; best-of-N runs N = 1, 2, 4, ... up to it (>= 2)")
+    p.add_argument("--k", type=int, default=3, help="wrong answers against one right one (one-vs-many)")
+    p.add_argument("--limit", type=int, default=24, help="the first LIMIT prompts of the set")
+    p.add_argument("--threshold", type=float, help="a master key is accepted at or above this score (default: the prompt's median right answer)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--html", metavar="FILE", help="also write the offline HTML report")
+    _add_db(p)
+    add_json(p)
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("quality", help="each annotator's agreement, kappa, gold accuracy, position bias, consistency")
     _add_db(p)

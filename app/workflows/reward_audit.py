@@ -9,7 +9,10 @@ give 0 or 1). Every rate comes with a 95% percentile bootstrap interval that res
 
 Candidates per prompt: ``n`` samples from the policy (the set's model by default), and on
 ``arith`` prompts also the reference solution (right) and fluent, self-consistent solutions
-with one planted wrong step (``engines.tasks.arith.planted_solution``; wrong).
+with one planted wrong step (``engines.tasks.arith.planted_solution``; wrong). Master keys,
+one-vs-many and pairwise accuracy use each distinct text once (a policy repeats its favourite
+answer; counting copies would weight one score many times); best-of-N and length use every
+sample, as a sampler sees them.
 
 The measures:
 
@@ -266,7 +269,7 @@ def measure(pools: Sequence[PromptPool], score: Scorer, truth: Scorer, cfg: Audi
         right = [e_i > cfg.right_above for e_i in e]
         s = len(pool.samples)
         accepted += right[:s]
-        cand = range(len(texts) - len(keys))
+        cand = list({text: i for i, text in reversed(list(enumerate(texts[: len(texts) - len(keys)])))}.values())  # distinct
         good = [r[i] for i in cand if right[i]]
         bad = [r[i] for i in cand if not right[i]]
         if good:  # master keys against this prompt's typical right answer
@@ -323,16 +326,16 @@ def audit_reward(cfg: AuditConfig, *, db: Any = None, rewards_folder: Any = None
     tasks = tasks[: cfg.limit]
     if load_model is None:
         from engines.models import load_model
-    env = RewardEnv(load_model=load_model, rewards_folder=rewards_folder)
+    model_spec = cfg.model or set_model
+    if not model_spec:
+        raise ConfigError(f"prompt set {set_name!r} names no model; pass one (--model SPEC)")
+    model = load_model(model_spec)
+    env = RewardEnv(model=model, load_model=load_model, rewards_folder=rewards_folder)  # an LLM judge reads with it
     score = scorer(build_reward(cfg.reward, env), cfg.reward)
     truth_reward = build_reward(cfg.evaluate, env)
     truth = scorer(truth_reward, cfg.evaluate)
     for task in tasks[:1]:
         truth_reward.check_task(task)
-    model_spec = cfg.model or set_model
-    if not model_spec:
-        raise ConfigError(f"prompt set {set_name!r} names no model; pass one (--model SPEC)")
-    model = load_model(model_spec)
     pools: list[PromptPool] = []
     for item in sample_pools(tasks, model, cfg):
         if isinstance(item, AuditProgress):
