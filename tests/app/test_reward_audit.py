@@ -104,13 +104,21 @@ def test_cli_json_and_html(capsys, tmp_path):
         (["math", "--n", "1"], "N >= 2"),
         (["math", "--prompts", "digits"], "no text prompts"),
         (["math", "--prompts", "nothing-here"], "no prompt set 'nothing-here'"),
-        (["judge_pairwise"], "the audit takes outcome or step rewards"),
     ],
 )
 def test_bad_input_is_one_line(capsys, args, message):
     assert main(["reward", "audit", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_pairwise_reward_is_refused():
+    from app.workflows.reward_audit import scorer
+    from engines.rewards.base import ScalarAsPairwise
+    from engines.rewards.text import Length
+
+    with pytest.raises(ConfigError, match="the audit takes outcome or step rewards"):
+        scorer(ScalarAsPairwise(Length()), "length~bt")
 
 
 def test_config_checks_itself():
