@@ -107,6 +107,9 @@ class DataTab:
             from app.ui.train import TrainSection  # training and label quality live in their own module
 
             self.train = TrainSection(services)
+            from app.ui.audit import AuditSection  # the reward audit shares the workflow with the CLI
+
+            self.audit = AuditSection(services)
         outputs = [self.counts, self.ranking, self.agreement, self.annotators]
         self.refresh.click(self.stats, [self.by], outputs)
         self.by.change(self.stats, [self.by], outputs)

@@ -126,3 +126,23 @@ def test_config_checks_itself():
         AuditConfig(reward="math", prompts="arith", n=1)
     assert AuditConfig(reward="math", prompts="arith", n=12).n_levels() == [1, 2, 4, 8, 12]
     assert math.isclose(AuditConfig(reward="math", prompts="arith", k=4).k, 4)
+
+
+def test_the_data_tab_panel_streams_progress_then_the_audit(tmp_path):
+    import gradio as gr
+
+    from app.ui.audit import AuditSection
+    from app.ui.services import Services
+    from storage import Database
+
+    db = Database.open(f"sqlite:///{tmp_path / 'ui.db'}")
+    try:
+        with gr.Blocks():
+            panel = AuditSection(Services(db=db, device="cpu"))
+        updates = list(panel.audit("math", "arith", "math", 4, 2))
+        assert "sample 1/2" in updates[0][panel.status]
+        assert "one-vs-3 accuracy (chance 0.250) | 1.000" in updates[-1][panel.summary]
+        refused = list(panel.audit("<b>nosuch</b>", "arith", "math", 4, 2))[-1][panel.summary]
+        assert refused.startswith("⚠ unknown reward") and "<b>" not in refused  # the bad spec is escaped
+    finally:
+        db.close()
