@@ -2,6 +2,8 @@
 
 - ``reward train --name NAME [--votes FILTER] [--base MODEL] [--kind head|finetune]``
   trains ``learned:NAME`` (app/workflows/reward_training.py, app/workflows/reward_finetune.py);
+- ``reward learn METHOD --name NAME`` trains ``learned:NAME`` by West-of-N, ODIN or GAN-RM, or stores
+  a PAR reward over another (app/workflows/reward_learners.py);
 - ``reward pairs --run ID --strategy uncertain:NAME [--against REWARD]`` stores
   the comparisons the learned reward is least sure about;
 - ``reward audit SPEC --prompts SET`` audits any reward before a sampler selects on it
@@ -166,6 +168,23 @@ def cmd_overlap(args: argparse.Namespace) -> int:
     return 0
 
 
+@_storage_errors
+def cmd_learn(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from app.workflows.reward_learners import learn_reward
+
+    with _open(args) as db:
+        trained = learn_reward(db, args.method, args.name, base=args.base, votes=args.votes,
+                               min_agreement=args.min_agreement, pool_model=args.pool_model, pool_n=args.pool_n,
+                               rounds=args.rounds, pick=args.pick, targets=args.targets, of=args.of,
+                               references=args.references, answer_as_reference=args.answer_as_reference, seed=args.seed)
+    if args.json:
+        _print_json({"folder": str(trained.folder), **trained.card})
+    else:
+        print(f"stored learned:{trained.name} ({args.method}) in {trained.folder}; use it as --reward learned:{trained.name}")
+    return 0
+
+
 def _ci(row: dict[str, Any]) -> str:
     if row.get("rate") is None:
         return "-"
@@ -251,6 +270,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_db(p)
     add_json(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("learn", help="train learned:NAME by West-of-N, ODIN or GAN-RM, or store a PAR reward")
+    p.add_argument("method", choices=("west-of-n", "odin", "gan-rm", "par"))
+    p.add_argument("--name", required=True, help="the reward's name (letters, digits, . _ -)")
+    p.add_argument("--base", help="features: a text model spec (default embedded:smollm2)")
+    p.add_argument("--votes", help="filter over the stored votes (west-of-n, odin), as in reward train")
+    p.add_argument("--min-agreement", type=float)
+    p.add_argument("--pool-model", help="the model whose samples make the pools (default: the base model)")
+    p.add_argument("--pool-n", type=int, default=16, help="samples per prompt (West-of-N's N; GAN-RM's model outputs)")
+    p.add_argument("--rounds", type=int, default=2, help="West-of-N self-training rounds")
+    p.add_argument("--pick", choices=("west", "random"), default="west", help="best-vs-worst, or the random-pair control")
+    p.add_argument("--targets", metavar="FILE", help="GAN-RM: target samples (prompt, response columns)")
+    p.add_argument("--of", metavar="SPEC", help="PAR: the reward to shape")
+    p.add_argument("--references", metavar="FILE", help="PAR: reference answers (prompt, response columns)")
+    p.add_argument("--answer-as-reference", action="store_true", help="PAR: the task's reference answer where none is stored")
+    p.add_argument("--seed", type=int, default=0)
+    _add_db(p)
+    add_json(p)
+    p.set_defaults(func=cmd_learn)
 
     p = sub.add_parser("pairs", help="store the pairs a learned reward is least sure about")
     p.add_argument("--run", type=int, action="append", required=True, help="run id (repeatable)")

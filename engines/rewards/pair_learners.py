@@ -198,3 +198,18 @@ class PreferenceAsReward(Reward):
     def check_task(self, task: Task) -> None:
         self.reward.check_task(task)
         self.refs(task)
+
+
+def load_par(card: Mapping[str, Any], name: str, env: Any) -> PreferenceAsReward:
+    """The PAR reward a ``kind: par`` card describes: ``of`` (a reward spec), ``references``
+    (prompt -> answers) and ``answer_as_reference`` (use the task's reference answer where none is stored)."""
+    from engines.rewards import build_reward
+
+    of = str(card.get("of") or "")
+    if not of or of == name or of.startswith(name + "+"):
+        raise ConfigError(f"{name}: a PAR card needs another reward in 'of', got {of!r}")
+    inner = build_reward(of, env)
+    if not isinstance(inner, Reward):
+        raise ConfigError(f"{name}: PAR wraps an outcome reward; {of!r} is {inner.kind}")
+    default = (lambda task: [task.answer] if task.answer else []) if card.get("answer_as_reference") else None
+    return PreferenceAsReward(inner, card.get("references") or {}, name=name, default=default)
