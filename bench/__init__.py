@@ -15,5 +15,6 @@ BENCHES = {
     "active": ("bench.active", "held-out accuracy against labels: random vs uncertain pairs (simulated annotator)"),
     "remote": ("bench.remote", "vLLM through samplescope: overhead, prefix cache, concurrent users, in-process"),
     "sweep_engines": ("bench.sweep_engines", "a sweep on two vLLM servers against one: throughput (needs .venv-vllm)"),
+    "audit": ("bench.audit", "robustness audit of every shipped reward on arith; West-of-N vs random pairs (simulated annotator)"),
     "train": ("bench.train", "RL on the arith policy: lab vs TRL rollout tokens/s, s per update, accuracy vs samples per strategy"),
 }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import html
-from typing import Any
 
 import gradio as gr
 

@@ -21,39 +21,7 @@ from engines.rewards.pair_learners import (
 from engines.rewards.text import Length
 from engines.sweep_stats import bootstrap_ci
 from engines.task import Task
-from tests.rewards.simulated import hidden_reward, sigmoid
-
-
-def counts(text: str) -> torch.Tensor:
-    """The toy:digits featuriser: how often each digit occurs."""
-    v = torch.zeros(10)
-    for c in text:
-        v[int(c)] += 1
-    return v
-
-
-def digits(rng: random.Random, n: int = 6) -> str:
-    return "".join(rng.choice("0123456789") for _ in range(n))
-
-
-def human_pairs(rng: random.Random, n: int, temperature: float = 0.5) -> PairData:
-    xa, xb, y = [], [], []
-    for _ in range(n):
-        a, b = digits(rng), digits(rng)
-        p = sigmoid((hidden_reward(a) - hidden_reward(b)) / temperature)
-        xa.append(counts(a))
-        xb.append(counts(b))
-        y.append(1.0 if rng.random() < p else 0.0)
-    return PairData(torch.stack(xa), torch.stack(xb), torch.tensor(y), np.array(["human"] * n, dtype=object))
-
-
-def heldout_accuracy(head, rng: random.Random, n: int = 600) -> float:
-    pairs = [(a, b) for a, b in ((digits(rng), digits(rng)) for _ in range(n)) if hidden_reward(a) != hidden_reward(b)]
-    with torch.no_grad():
-        d = head(torch.stack([counts(a) for a, _ in pairs])) - head(torch.stack([counts(b) for _, b in pairs]))
-    truth = torch.tensor([hidden_reward(a) > hidden_reward(b) for a, b in pairs])
-    return float(((d > 0) == truth).float().mean())
-
+from tests.rewards.simulated import counts, digits, heldout_accuracy, hidden_reward, human_pairs, sigmoid
 
 CONFIG = FitConfig(epochs=60)
 
@@ -70,7 +38,7 @@ def test_west_of_n_pairs_agree_with_the_hidden_reward_more_than_random_pairs():
     def agreement(pick: str) -> list[float]:
         pairs = synthetic_pairs(head, pools, pick, np.random.default_rng(0))
         out = []
-        for k, (a, b) in enumerate(zip(pairs.xa, pairs.xb, strict=True)):
+        for a, b in zip(pairs.xa, pairs.xb, strict=True):
             table = next(t for t in lookup if tuple(a.tolist()) in t and tuple(b.tolist()) in t)
             out.append(float(hidden_reward(table[tuple(a.tolist())]) > hidden_reward(table[tuple(b.tolist())])))
         return out
