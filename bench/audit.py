@@ -1,6 +1,6 @@
 """The robustness audit of every shipped reward, and West-of-N against random pairs.
 
-1. ``samplescope reward audit`` (app/workflows/reward_audit.py) on the ``arith`` set with the
+1. ``samplescope reward audit`` (run as a user runs it: the CLI, each reward in its own process) on the ``arith`` set with the
    embedded arith policy's samples and the exact verifier (``math``) as truth, for the shipped
    rewards ``arith_orm``, ``arith_prm``, ``sentiment`` (not made for arithmetic: it shows what an
    unrelated reward does under selection), two learned ones trained here on arith (``learned:``
@@ -16,62 +16,61 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from bench.app_server import ROOT, cli
 from bench.measure import save
 
 REWARDS = ("math", "random:0", "arith_orm", "arith_prm", "sentiment", "learned:gan-arith", "learned:par-orm")
 
 
-def train_learned(folder: Path, targets: int, seed: int = 0) -> None:
-    """learned:gan-arith (GAN-RM) and learned:par-orm (PAR over arith_orm) in ``folder``."""
-    from app.workflows.reward_training import write_folder
-    from engines.models import load_model
-    from engines.models.base import SamplingParams
-    from engines.rewards.learned import TextFeatures, save_head
-    from engines.rewards.pair_learners import fit_gan_rm
+def samplescope(home: Path, *args: str) -> str:
+    """Run the CLI as a user would (bench/ never imports app/), with its data folder in ``home``."""
+    env = {**os.environ, "SAMPLESCOPE_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    env.pop("SAMPLESCOPE_DB", None)
+    done = subprocess.run(cli(*args), cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"samplescope {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return done.stdout
+
+
+def train_learned(home: Path, targets: int, seed: int = 0) -> None:
+    """learned:gan-arith (GAN-RM on reference solutions of fresh training problems against the policy's own
+    samples, embedded:arith features) and learned:par-orm (PAR over arith_orm, the reference answer as reference)."""
     from engines.tasks.arith import generate_problems, reserved_expressions
 
     problems = generate_problems(seed + 77, "medium", targets, exclude=frozenset(reserved_expressions()))
-    model = load_model("embedded:arith", device="cpu")
-    features = TextFeatures(model, "embedded:arith")
-    prompts = [p.prompt for p in problems]
-    target = features(prompts, [p.solution() for p in problems])
-    rng = torch.Generator().manual_seed(seed)
-    outputs = model.sample([model.encode(p) for p in prompts], SamplingParams(max_new_tokens=96), n=1, rng=rng)
-    generated = features(prompts, [g[0].text for g in outputs])
-    head = fit_gan_rm(target, generated, seed=seed)
-    card = {"name": "gan-arith", "kind": "head", "method": "gan-rm", "modality": "text", "base": "embedded:arith",
-            "featuriser": "text", "head": {"input_dim": head.input_dim, "hidden": 0}, "targets": targets, "metrics": {}}
-    write_folder(folder / "gan-arith", card, lambda tmp: save_head(head, tmp))
-    par = {"name": "par-orm", "kind": "par", "method": "par", "modality": "text", "of": "arith_orm", "references": {},
-           "answer_as_reference": True}
-    write_folder(folder / "par-orm", par, lambda tmp: None)
+    rows = home / "targets.jsonl"
+    home.mkdir(parents=True, exist_ok=True)
+    rows.write_text("\n".join(json.dumps({"prompt": p.prompt, "response": p.solution()}) for p in problems))
+    samplescope(home, "reward", "learn", "gan-rm", "--name", "gan-arith", "--base", "embedded:arith", "--targets",
+                str(rows), "--pool-n", "2", "--seed", str(seed))
+    samplescope(home, "reward", "learn", "par", "--name", "par-orm", "--of", "arith_orm", "--answer-as-reference")
 
 
-def audits(folder: Path, n: int, limit: int) -> list[dict]:
-    from app.workflows.reward_audit import AuditConfig, run_audit
-
+def audits(home: Path, n: int, limit: int) -> list[dict]:
     rows = []
     for spec in REWARDS:
         start = time.perf_counter()
-        report = run_audit(AuditConfig(reward=spec, prompts="arith", n=n, limit=limit), rewards_folder=folder)
-        rows.append({"reward": spec, "seconds": time.perf_counter() - start, **report.as_dict()})
-        keys, ovm = report.master_keys["overall"], report.one_vs_many
-        bon = {r["n"]: r for r in report.best_of_n}
+        report = json.loads(samplescope(home, "reward", "audit", spec, "--prompts", "arith", "--n", str(n),
+                                        "--limit", str(limit), "--json"))
+        rows.append({"reward": spec, "seconds": time.perf_counter() - start, **report})
+        keys, ovm, pairs = report["master_keys"]["overall"], report["one_vs_many"], report["pairwise_accuracy"]
+        bon = {r["n"]: r for r in report["best_of_n"]}
+        rho = report["length"]["reward"]["rate"]
         print(f"{spec:<18} keys {keys['rate']:.3f} [{keys['low']:.3f}, {keys['high']:.3f}]  "
-              f"1-vs-{ovm['k']} {ovm['rate']:.3f} [{ovm['low']:.3f}, {ovm['high']:.3f}]  "
-              f"pairs {report.pairwise_accuracy['rate']:.3f}  rho(len) {report.length['reward']['rate'] or float('nan'):+.3f}  "
-              f"BoN rejected N=1 {bon[1]['rate']:.3f} N={n} {bon[n]['rate']:.3f} [{bon[n]['low']:.3f}, {bon[n]['high']:.3f}]",
-              flush=True)
+              f"1-vs-{ovm['k']} {ovm['rate']:.3f} [{ovm['low']:.3f}, {ovm['high']:.3f}]  pairs {pairs['rate']:.3f}  "
+              f"rho(len) {'n/a' if rho is None else f'{rho:+.3f}'}  BoN rejected N=1 {bon[1]['rate']:.3f} "
+              f"N={n} {bon[n]['rate']:.3f} [{bon[n]['low']:.3f}, {bon[n]['high']:.3f}]", flush=True)
     return rows
 
 
@@ -110,10 +109,9 @@ def main(argv: list[str]) -> None:
     n, limit, seeds = (8, 8, 8) if args.quick else (args.n, args.limit, args.seeds)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        train_learned(folder, targets=300)
-        rows = audits(folder, n, limit)
-    np.random.seed(0)
+        home = Path(tmp)
+        train_learned(home, targets=300)
+        rows = audits(home, n, limit)
     path = save("audit", {"n": n, "prompts": limit, "audits": rows, "west_of_n": west_of_n_vs_random(seeds)})
     print(f"written {path}")
 
