@@ -79,7 +79,12 @@ def _sample(model: Any, prompts: Sequence[str], n: int, seed: int) -> dict[str, 
 
     rng = torch.Generator().manual_seed(seed)
     params = SamplingParams(max_new_tokens=64)
-    return {p: [g.text for g in model.sample([model.encode_task(Task(prompt=p))], params, n=n, rng=rng)[0]] for p in prompts}
+    out: dict[str, list[str]] = {}
+    for start in range(0, len(prompts), 32):  # one batched call per 32 prompts
+        part = list(prompts[start : start + 32])
+        rows = model.sample([model.encode_task(Task(prompt=p)) for p in part], params, n=n, rng=rng)
+        out.update({p: [g.text for g in row] for p, row in zip(part, rows, strict=True)})
+    return out
 
 
 def learn_reward(db: Any, method: str, name: str, *, base: str | None = None, votes: str | None = None,

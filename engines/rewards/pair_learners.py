@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from engines.errors import ConfigError
 from engines.rewards.base import Reward, sigmoid
-from engines.rewards.bt_fit import FitConfig, PairData, fit_head
+from engines.rewards.bt_fit import FitConfig, PairData, fit_head, init_head
 from engines.rewards.learned import BTHead
 from engines.task import Task
 
@@ -117,13 +117,8 @@ def fit_gan_rm(target: torch.Tensor, generated: torch.Tensor, *, hidden: int = 0
 
 
 def _init(x: torch.Tensor, hidden: int, seed: int) -> BTHead:
-    gen = torch.Generator().manual_seed(seed)
-    head = BTHead(x.shape[1], hidden)
-    with torch.no_grad():
-        for p in head.net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.01 if p.dim() > 1 else 0.0))
-    head.standardise_on(x)
-    return head
+    """bt_fit's fresh head (small seeded weights), standardised on the features ``x``."""
+    return init_head(PairData(x, x, torch.zeros(len(x)), np.zeros(len(x), dtype=object)), FitConfig(hidden=hidden), seed)
 
 
 # -- ODIN -------------------------------------------------------------------------------------------------------
