@@ -132,7 +132,7 @@ def learn_reward(db: Any, method: str, name: str, *, base: str | None = None, vo
         human = PairData(xa, xb, torch.tensor([ex.y for ex in examples]), np.array([ex.prompt for ex in examples], dtype=object))
         model = features.model if not pool_model else (load_model or _loader())(pool_model)
         pools = _sample(model, sorted({ex.prompt for ex in examples}), pool_n, seed)
-        pool_x = [features([p] * len(texts), texts) for p, texts in pools.items()]
+        pool_x = list(torch.split(_embed(features, pools), [len(t) for t in pools.values()]))
         head, synthetic = pl.west_of_n(human, pool_x, rounds=rounds, pick=pick, config=config, seed=seed)
         card.update(votes=counts, synthetic_pairs=synthetic, pick=pick, pool={"model": pool_model or base, "n": pool_n},
                     paper="Pace et al. 2024, West-of-N (arXiv:2401.12086)")
@@ -149,8 +149,7 @@ def learn_reward(db: Any, method: str, name: str, *, base: str | None = None, vo
     else:
         model = features.model if not pool_model else (load_model or _loader())(pool_model)
         outputs = _sample(model, sorted(target_rows), pool_n, seed)
-        target = torch.cat([features([p] * len(r), r) for p, r in target_rows.items()])
-        generated = torch.cat([features([p] * len(r), r) for p, r in outputs.items()])
+        target, generated = _embed(features, target_rows), _embed(features, outputs)
         head = pl.fit_gan_rm(target, generated, seed=seed)
         card.update(targets=sum(len(r) for r in target_rows.values()), generated=len(generated),
                     pool={"model": pool_model or base, "n": pool_n},
@@ -160,6 +159,13 @@ def learn_reward(db: Any, method: str, name: str, *, base: str | None = None, vo
     write_folder(folder, card, lambda tmp: save_head(head, tmp))
     assert (folder / CARD).is_file()
     return Trained(name=name, folder=folder, card=card)
+
+
+def _embed(features: TextFeatures, rows: dict[str, list[str]]) -> torch.Tensor:
+    """Features of every (prompt, response), 64 to a call (one call per prompt is many times slower)."""
+    pairs = [(p, r) for p, responses in rows.items() for r in responses]
+    return torch.cat([features([p for p, _ in pairs[i : i + 64]], [r for _, r in pairs[i : i + 64]])
+                      for i in range(0, len(pairs), 64)])
 
 
 def _loader() -> Callable[..., Any]:
