@@ -16,5 +16,6 @@ BENCHES = {
     "remote": ("bench.remote", "vLLM through samplescope: overhead, prefix cache, concurrent users, in-process"),
     "sweep_engines": ("bench.sweep_engines", "a sweep on two vLLM servers against one: throughput (needs .venv-vllm)"),
     "pairs": ("bench.pairs", "held-out reward accuracy against labels spent, per pair rule and filter (simulated annotator)"),
+    "audit": ("bench.audit", "robustness audit of every shipped reward on arith; West-of-N vs random pairs (simulated annotator)"),
     "train": ("bench.train", "RL on the arith policy: lab vs TRL rollout tokens/s, s per update, accuracy vs samples per strategy"),
 }

@@ -2,8 +2,13 @@
 
 - ``reward train --name NAME [--votes FILTER] [--base MODEL] [--kind head|finetune]``
   trains ``learned:NAME`` (app/workflows/reward_training.py, app/workflows/reward_finetune.py);
+- ``reward learn METHOD --name NAME`` trains ``learned:NAME`` by West-of-N, ODIN or GAN-RM, or stores
+  a PAR reward over another (app/workflows/reward_learners.py);
 - ``reward pairs --run ID --strategy uncertain:NAME [--against REWARD]`` stores
   the comparisons the learned reward is least sure about;
+- ``reward audit SPEC --prompts SET`` audits any reward before a sampler selects on it
+  (app/workflows/reward_audit.py): master keys, one-vs-many, accuracy by category, length
+  correlation and best-of-N rejections, with bootstrap intervals; ``--html`` writes the report;
 - ``reward quality`` prints each annotator's agreement, kappa, gold accuracy,
   position bias and self-consistency; ``reward gold``, ``reward repeat`` and
   ``reward overlap`` set up gold pairs, side-swapped repeats and overlap.
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from app.commands.console import add_json, quiet_libraries
@@ -194,6 +200,87 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+@_storage_errors
+def cmd_learn(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from app.workflows.reward_learners import learn_reward
+
+    with _open(args) as db:
+        trained = learn_reward(db, args.method, args.name, base=args.base, votes=args.votes,
+                               min_agreement=args.min_agreement, pool_model=args.pool_model, pool_n=args.pool_n,
+                               rounds=args.rounds, pick=args.pick, targets=args.targets, of=args.of,
+                               references=args.references, answer_as_reference=args.answer_as_reference, seed=args.seed)
+    if args.json:
+        _print_json({"folder": str(trained.folder), **trained.card})
+    else:
+        print(f"stored learned:{trained.name} ({args.method}) in {trained.folder}; use it as --reward learned:{trained.name}")
+    return 0
+
+
+def _ci(row: dict[str, Any]) -> str:
+    if row.get("rate") is None:
+        return "-"
+    return f"{row['rate']:.3f} [{row['low']:.3f}, {row['high']:.3f}] ({row['prompts']} prompts)"
+
+
+def print_audit(report: Any) -> None:
+    cfg = report.config
+    print(f"audit of {cfg['reward']} on {cfg['prompts']} ({report.prompt_count} prompts, {report.samples} samples; "
+          f"truth: {cfg['evaluate']}, which accepts {report.base_accuracy:.3f} of the samples)")
+    print(f"master-key false positives: {_ci(report.master_keys['overall'])}; rule: {report.master_keys['rule']}")
+    for row in report.master_keys["by_key"]:
+        print(f"  {row['key']!r:<44} {row['group']:<13} {_ci(row)}")
+    ovm = report.one_vs_many
+    print(f"one-vs-{ovm['k']} accuracy: {_ci(ovm)}; chance {ovm['chance']:.3f}")
+    print(f"pairwise accuracy (right vs wrong): {_ci(report.pairwise_accuracy)}")
+    for row in report.by_category:
+        print(f"  {row['category']:<20} {_ci(row)}")
+    print(f"Spearman rho(reward, tokens) within prompts: {_ci(report.length['reward'])}; "
+          f"the evaluation reward's: {_ci(report.length['evaluation'])}")
+    print("best-of-N picks the evaluation reward rejects:")
+    for row in report.best_of_n:
+        print(f"  N={row['n']:<3} {_ci(row)}")
+
+
+@_storage_errors
+def cmd_audit(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from app.workflows.reward_audit import AuditConfig, AuditProgress, audit_reward
+    from app.workflows.store import rewards_home
+    from engines.prompts import builtin_names
+
+    config = AuditConfig(reward=args.spec, prompts=args.prompts, evaluate=args.evaluate, model=args.model, n=args.n,
+                         k=args.k, limit=args.limit, threshold=args.threshold, seed=args.seed,
+                         max_new_tokens=args.max_new_tokens)
+    db = None if args.prompts in builtin_names() else _open(args)
+    report = None
+    try:
+        for item in audit_reward(config, db=db, rewards_folder=rewards_home()):
+            if isinstance(item, AuditProgress):
+                if not args.json and sys.stderr.isatty():
+                    print(f"\r{item.stage} {item.done}/{item.total}", end="", file=sys.stderr)
+            else:
+                report = item
+    finally:
+        if db is not None:
+            db.close()
+    if not args.json and sys.stderr.isatty():
+        print(file=sys.stderr)
+    if args.html:
+        from app.workflows.report import audit_page
+
+        path = Path(args.html)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(audit_page(report).render(), encoding="utf-8")
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        print_audit(report)
+        if args.html:
+            print(f"report written to {args.html}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("reward", help="train a reward on the votes; choose pairs; label quality")
     sub = group.add_subparsers(dest="reward_command", metavar="ACTION", parser_class=type(group))
@@ -232,6 +319,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_json(p)
     p.set_defaults(func=cmd_probe)
 
+    p = sub.add_parser("learn", help="train learned:NAME by West-of-N, ODIN or GAN-RM, or store a PAR reward")
+    p.add_argument("method", choices=("west-of-n", "odin", "gan-rm", "par"))
+    p.add_argument("--name", required=True, help="the reward's name (letters, digits, . _ -)")
+    p.add_argument("--base", help="features: a text model spec (default embedded:smollm2)")
+    p.add_argument("--votes", help="filter over the stored votes (west-of-n, odin), as in reward train")
+    p.add_argument("--min-agreement", type=float)
+    p.add_argument("--pool-model", help="the model whose samples make the pools (default: the base model)")
+    p.add_argument("--pool-n", type=int, default=16, help="samples per prompt (West-of-N's N; GAN-RM's model outputs)")
+    p.add_argument("--rounds", type=int, default=2, help="West-of-N self-training rounds")
+    p.add_argument("--pick", choices=("west", "random"), default="west", help="best-vs-worst, or the random-pair control")
+    p.add_argument("--targets", metavar="FILE", help="GAN-RM: target samples (prompt, response columns)")
+    p.add_argument("--of", metavar="SPEC", help="PAR: the reward to shape")
+    p.add_argument("--references", metavar="FILE", help="PAR: reference answers (prompt, response columns)")
+    p.add_argument("--answer-as-reference", action="store_true", help="PAR: the task's reference answer where none is stored")
+    p.add_argument("--seed", type=int, default=0)
+    _add_db(p)
+    add_json(p)
+    p.set_defaults(func=cmd_learn)
+
     p = sub.add_parser("pairs", help="store the pairs a learned reward is least sure about")
     p.add_argument("--run", type=int, action="append", required=True, help="run id (repeatable)")
     p.add_argument("--strategy", required=True, help="uncertain:NAME")
@@ -242,6 +348,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_db(p)
     add_json(p)
     p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("audit", help="how far to trust a reward under selection: master keys, one-vs-many, length, best-of-N")
+    p.add_argument("spec", help="the reward spec to audit (arith_orm, sentiment, learned:NAME, ...)")
+    p.add_argument("--prompts", default="arith", help="a prompt set: built-in (arith, open, ...) or stored (default arith)")
+    p.add_argument("--evaluate", default="math", help="the evaluation reward that says right or wrong (default math, the exact verifier)")
+    p.add_argument("--model", help="the policy whose samples are audited (default: the set's model)")
+    p.add_argument("--n", type=int, default=64, help="samples per prompt; best-of-N runs N = 1, 2, 4, ... up to it (>= 2)")
+    p.add_argument("--k", type=int, default=3, help="wrong answers against one right one (one-vs-many)")
+    p.add_argument("--limit", type=int, default=24, help="the first LIMIT prompts of the set")
+    p.add_argument("--threshold", type=float, help="a master key is accepted at or above this score (default: the prompt's median right answer)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--html", metavar="FILE", help="also write the offline HTML report")
+    _add_db(p)
+    add_json(p)
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("quality", help="each annotator's agreement, kappa, gold accuracy, position bias, consistency")
     _add_db(p)

@@ -109,6 +109,9 @@ class DataTab:
 
             self.pairs = PairsSection(services)
             self.train = TrainSection(services)
+            from app.ui.audit import AuditSection  # the reward audit shares the workflow with the CLI
+
+            self.audit = AuditSection(services)
         outputs = [self.counts, self.ranking, self.agreement, self.annotators]
         self.refresh.click(self.stats, [self.by], outputs)
         self.by.change(self.stats, [self.by], outputs)

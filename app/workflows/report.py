@@ -243,6 +243,42 @@ def comparison_html(name: str) -> str:
     return comparison_page(load_plan(folder), stored_cells(folder)).render()
 
 
+# -- a reward audit ------------------------------------------------------------------------------------------------
+
+
+def audit_page(report: Any) -> Page:
+    """The reward audit's figures and tables (``app.workflows.reward_audit.AuditReport``)."""
+    from app.views.audit import accuracy_figure, best_of_n_figure, master_key_figure
+
+    data = report.as_dict()
+    cfg = data["config"]
+    page = Page(f"samplescope reward audit: {cfg['reward']}")
+    page.raw(_table(["reward", "prompt set", "prompts", "samples", "evaluation reward", "accepted samples", "N", "k", "seed"],
+                    [[cfg["reward"], cfg["prompts"], data["prompt_count"], data["samples"], cfg["evaluate"],
+                      data["base_accuracy"], cfg["n"], cfg["k"], cfg["seed"]]]))
+
+    def ci(row: dict[str, Any]) -> str:
+        return "" if row.get("rate") is None else f"[{row['low']:.3f}, {row['high']:.3f}]"
+
+    page.heading("Master keys")
+    page.text(f"A key is a false positive when the evaluation reward rejects it and {data['master_keys']['rule']}.")
+    page.figure(master_key_figure(data))
+    page.raw(_table(["key", "group", "false-positive rate", "95% CI", "prompts"],
+                    [[r["key"], r["group"], r["rate"], ci(r), r["prompts"]] for r in data["master_keys"]["by_key"]]))
+    page.heading("One right answer against many wrong, and accuracy by category")
+    page.figure(accuracy_figure(data))
+    rows = [[f"one-vs-{data['one_vs_many']['k']}", data["one_vs_many"]["rate"], ci(data["one_vs_many"]), data["one_vs_many"]["prompts"]],
+            ["right vs wrong pairs", data["pairwise_accuracy"]["rate"], ci(data["pairwise_accuracy"]), data["pairwise_accuracy"]["prompts"]]]
+    rows += [[r["category"], r["rate"], ci(r), r["prompts"]] for r in data["by_category"]]
+    page.raw(_table(["measure", "accuracy", "95% CI", "prompts"], rows))
+    page.heading("Length and selection")
+    page.raw(_table(["Spearman rho with tokens", "mean", "95% CI", "prompts"],
+                    [[name, row["rate"], ci(row), row["prompts"]] for name, row in data["length"].items()]))
+    page.figure(best_of_n_figure(data))
+    page.raw(_table(["N", "picks rejected", "95% CI", "prompts"], [[r["n"], r["rate"], ci(r), r["prompts"]] for r in data["best_of_n"]]))
+    return page
+
+
 def write_report(db: Any, target: str, out: str | Path) -> Path:
     """``run:ID``, ``sweep:ID``, ``compare:NAME`` (a strategy comparison) or a bare run id -> the HTML file at ``out``."""
     from engines.training.loop import NAME_CHARS

@@ -111,7 +111,7 @@ def list_rewards(rewards_folder: Path | None = None) -> list[dict[str, Any]]:
 
 
 def _load_all() -> None:
-    from engines.rewards import arith, classifier, image, judge, learned, steps, text, verifiable  # noqa: F401
+    from engines.rewards import arith, classifier, controls, image, judge, learned, steps, text, verifiable  # noqa: F401
     from engines.rewards import direction  # noqa: F401  (after the rewards it combines)
 
 

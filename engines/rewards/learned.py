@@ -6,8 +6,10 @@ folder, ``RewardEnv.rewards_folder``: the app's is ``$SAMPLESCOPE_HOME/rewards``
 - ``card.json``: what it is (kind, modality, base model, featuriser, head
   shape, votes used, date, metrics);
 - ``head.safetensors`` (``kind: head``): a :class:`BTHead` whose scalar output
-  r(x) is the reward, or a transformers sequence-classification folder
-  ``model/`` (``kind: finetune``, trained by TRL's ``RewardTrainer``).
+  r(x) is the reward (``card.method``: ``bt``, or ``west-of-n``, ``gan-rm``, ``odin`` from
+  ``engines.rewards.pair_learners``), a transformers sequence-classification folder
+  ``model/`` (``kind: finetune``, trained by TRL's ``RewardTrainer``), or no weights at all
+  (``kind: par``: Preference As Reward over the reward ``card.of``).
 
 The Bradley-Terry model (Bradley & Terry, "Rank Analysis of Incomplete Block
 Designs", Biometrika 1952; as a reward model: Ouyang et al. 2022, Stiennon et
@@ -270,6 +272,10 @@ def load_learned(name_or_path: str, load_model: Callable[..., Any] | None = None
 
         model, tokenizer = load_classifier(str(folder / "model"))
         return ClassifierReward(model, tokenizer, name=name)
+    if card.get("kind") == "par":  # Preference As Reward over another reward (engines/rewards/pair_learners.py)
+        from engines.rewards.pair_learners import load_par
+
+        return load_par(card, name, RewardEnv(load_model=load_model, rewards_folder=home))
     head = load_head(folder, card)
     features = featuriser(str(card.get("base", "")), load_model)
     if features.modality == "image":

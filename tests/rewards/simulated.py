@@ -10,6 +10,10 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
+import torch
+
+from engines.rewards.bt_fit import PairData
 from storage import Database, add_vote, make_comparisons
 from tests.storage.storage_helpers import store_run
 
@@ -22,6 +26,41 @@ def hidden_reward(text: str) -> float:
 
 def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
+
+
+# -- the same annotator on feature tensors (no database): digit strings, their digit counts as features
+
+
+def counts(text: str) -> torch.Tensor:
+    """The toy:digits featuriser: how often each digit occurs."""
+    v = torch.zeros(10)
+    for c in text:
+        v[int(c)] += 1
+    return v
+
+
+def digits(rng: random.Random, n: int = 6) -> str:
+    return "".join(rng.choice("0123456789") for _ in range(n))
+
+
+def human_pairs(rng: random.Random, n: int, temperature: float = 0.5) -> PairData:
+    xa, xb, y = [], [], []
+    for _ in range(n):
+        a, b = digits(rng), digits(rng)
+        p = sigmoid((hidden_reward(a) - hidden_reward(b)) / temperature)
+        xa.append(counts(a))
+        xb.append(counts(b))
+        y.append(1.0 if rng.random() < p else 0.0)
+    return PairData(torch.stack(xa), torch.stack(xb), torch.tensor(y), np.array(["human"] * n, dtype=object))
+
+
+def heldout_accuracy(head, rng: random.Random, n: int = 600) -> float:
+    pairs = [(a, b) for a, b in ((digits(rng), digits(rng)) for _ in range(n)) if hidden_reward(a) != hidden_reward(b)]
+    with torch.no_grad():
+        d = head(torch.stack([counts(a) for a, _ in pairs])) - head(torch.stack([counts(b) for _, b in pairs]))
+    truth = torch.tensor([hidden_reward(a) > hidden_reward(b) for a, b in pairs])
+    return float(((d > 0) == truth).float().mean())
+
 
 
 def fill(
