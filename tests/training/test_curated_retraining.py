@@ -28,6 +28,7 @@ from engines.training.diffusion.curated import curate, label_entropy, pairwise_d
 from engines.training.diffusion.loop import DiffusionTrainConfig, train_diffusion
 from tests.diffusion.conftest import CoordinateReward
 from tests.diffusion.trainable_toys import StepShiftToy
+from tests.training.test_diffusion_training import one_thread  # noqa: F401  (the fixture)
 
 REWARDS = torch.tensor([0.0, 0.5, 1.0, 2.0])
 
@@ -143,16 +144,9 @@ def test_cli_runs_curated_retraining_on_digits_and_bad_input_is_one_line(capsys)
     assert "real_fraction" in err and len(err.splitlines()) == 1
 
 
-@pytest.fixture()
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
-def test_two_rounds_on_digits_raise_the_digit_reward_and_report_diversity(one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_two_rounds_on_digits_raise_the_digit_reward_and_report_diversity():
     params = {"steps": 10, "round_size": 48, "choices": 4, "batch_size": 32, "round_updates": 10, "real_fraction": 0.25,
               "reward_weight": 5.0}
     config = DiffusionTrainConfig(name="digits", scheme="curated_retraining", reward="digit:3", learning_rate=3e-4,

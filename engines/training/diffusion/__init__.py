@@ -33,8 +33,7 @@ def build_scheme(name: str, params: dict[str, Any] | None = None, *, strings: bo
 
 def _load_all() -> None:
     # Imported for their registration side effect, one module per scheme.
-    from engines.training.diffusion import dpok, draft  # noqa: F401
-    from engines.training.diffusion import curated  # noqa: F401
+    from engines.training.diffusion import curated, dpok, draft  # noqa: F401
 
 
 _load_all()
