@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from engines.training.diffusion.curated import curate, label_entropy, pairwise_d
 from engines.training.diffusion.loop import DiffusionTrainConfig, train_diffusion
 from tests.diffusion.conftest import CoordinateReward
 from tests.diffusion.trainable_toys import StepShiftToy
-from tests.training.test_diffusion_training import one_thread  # noqa: F401  (the fixture)
+from tests.training.test_diffusion_training import _comparable, one_thread  # noqa: F401  (one_thread: the fixture)
 
 REWARDS = torch.tensor([0.0, 0.5, 1.0, 2.0])
 
@@ -89,12 +90,17 @@ MIXTURE = GaussianMixture(weights=(0.7, 0.3), means=((-2.0,), (2.0,)), stds=(0.5
 TOY_PARAMS = {"steps": 6, "batch_size": 16, "round_size": 32, "choices": 4, "round_updates": 5, "real_fraction": 0.25}
 
 
-def _toy_run(name, params=None, **budget):
+def _toy_run(name, params=None, *, cancel_at=None, resume=False, **budget):
     policy = StepShiftToy(MIXTURE, default_steps=6)
     config = DiffusionTrainConfig(name=name, scheme="curated_retraining", learning_rate=0.05, eval_every=0,
                                   eval_size=256, **budget)
-    events = list(train_diffusion(config, {**TOY_PARAMS, **(params or {})}, policy=policy, reward=CoordinateReward(),
-                                  runs_folder=training_home()))
+    cancel = threading.Event()
+    events = []
+    for event in train_diffusion(config, {**TOY_PARAMS, **(params or {})}, policy=policy, reward=CoordinateReward(),
+                                 cancel=cancel, resume=resume, runs_folder=training_home()):
+        events.append(event)
+        if event.kind == "update" and event.step == cancel_at:
+            cancel.set()
     return events
 
 
@@ -114,6 +120,16 @@ def test_rounds_on_the_toy_raise_the_reward_and_meet_the_budget():
     assert done.metrics["backward_nfe"] == 15 * 16
     groups = [e for e in events if e.kind == "group"]
     assert len(groups) == 3 and len(groups[0].meta["kept"]) == 32
+
+
+def test_same_seed_same_run_and_a_resume_at_a_round_boundary_matches():
+    first = _toy_run("a", max_updates=10)
+    again = _toy_run("b", max_updates=10)
+    assert _comparable(first)[:-1] == _comparable(again)[:-1]  # done names its own folder
+    cancelled = _toy_run("c", max_updates=10, cancel_at=5)  # the first round's last update
+    assert cancelled[-1].status == "cancelled"
+    resumed = _toy_run("c", max_updates=10, resume=True)  # redraws round 1's pool from the checkpointed rng
+    assert _comparable(resumed)[:-1] == _comparable(first)[:-1]
 
 
 def test_bad_input_is_one_line_and_stores_nothing():
