@@ -5,12 +5,12 @@ Optimize Human Preferences" (NeurIPS 2024, arXiv:2407.09499). One *round* of the
 
 1. draw ``round_size`` K-tuples of samples from the current model p_t;
 2. curate: from each K-tuple keep one sample, sample j with probability
-   softmax(α·r(x_1..x_K))_j (the K-wise generalised Bradley–Terry choice model of their §2;
+   softmax(α·r(x_1..x_K))_j (the K-wise generalised Bradley–Terry choice model they assume;
    :func:`curate`). As K → ∞ the curated law is p_t(x)·exp(α r(x)) / E_{p_t}[exp(α r)], the
-   KL-regularised RLHF optimum; for any K the expected reward does not decrease round by round
-   when retraining fits the curated law;
-3. retrain on a mix of the curated samples and real data (their stabilised loop, §2.3, mixes
-   real data so the model stays near the data law): here each fine-tuning minibatch holds a
+   KL-regularised RLHF optimum. Their result: when retraining fits the curated law, the expected
+   reward rises round by round towards the highest reward level;
+3. retrain on a mix of the curated samples and real data (with real data mixed in, they prove
+   the loop stable, near the data law, while the reward still rises): each fine-tuning minibatch holds a
    share ``real_fraction`` of real training images (their λ-mix, with synthetic weight
    λ = (1 − real_fraction)/real_fraction);
 4. fine-tune the denoiser for ``round_updates`` optimiser steps with the DDPM ε-loss
@@ -18,7 +18,7 @@ Optimize Human Preferences" (NeurIPS 2024, arXiv:2407.09499). One *round* of the
    (the only ones the sampler queries at this ``steps``).
 
 The model is never told the reward or shown negatives: the reward acts only through which
-samples are kept. So reward rises and diversity falls round by round; each round's ``update``
+samples are kept, so reward should rise and diversity fall round by round; each round's ``update``
 event reports the pool's mean reward, the curated share's mean reward, the mean pairwise
 distance of the pool's images and, for 8x8 digits, the held-out k-NN check's pass share and
 the entropy (bits) of the digits it reads (an independent classifier, so a collapse onto one
@@ -69,7 +69,7 @@ DIGITS_SHAPE = (1, 8, 8)
 
 def curate(rewards: torch.Tensor, weight: float, rng: torch.Generator) -> torch.Tensor:
     """The index kept from each row of ``rewards`` [M, K]: j with probability softmax(weight·r)_j
-    (the K-wise Bradley–Terry choice of Ferbach et al., §2)."""
+    (the K-wise Bradley–Terry choice of Ferbach et al.)."""
     if rewards.dim() != 2 or rewards.shape[1] < 1:
         raise ConfigError(f"curation needs rewards of shape [M, K], got {tuple(rewards.shape)}")
     probs = torch.softmax(weight * rewards.double(), dim=1)
