@@ -10,6 +10,7 @@ events, checkpoints, resume and budgets, with diffusion's counters).
 |---|---|---|
 | ``dpok`` | dpok | Fan et al. 2023 (DDPO's score-function estimator when β = 0: Black et al. 2023) |
 | ``draft``, ``draft_k``, ``draft_lv`` | draft | Clark et al. 2023 |
+| ``single_sde`` | single_sde | Zhang et al. 2026 (E-GRPO) |
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ def build_scheme(name: str, params: dict[str, Any] | None = None, *, strings: bo
 
 def _load_all() -> None:
     # Imported for their registration side effect, one module per scheme.
-    from engines.training.diffusion import dpok, draft  # noqa: F401
+    from engines.training.diffusion import (  # noqa: F401
+        dpok,
+        draft,
+        single_sde,  # noqa: F401
+    )
 
 
 _load_all()
