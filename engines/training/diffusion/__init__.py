@@ -11,6 +11,9 @@ events, checkpoints, resume and budgets, with diffusion's counters).
 | ``dpok`` | dpok | Fan et al. 2023 (DDPO's score-function estimator when β = 0: Black et al. 2023) |
 | ``draft``, ``draft_k``, ``draft_lv`` | draft | Clark et al. 2023 |
 | ``single_sde`` | single_sde | Zhang et al. 2026 (E-GRPO) |
+
+Shared options: ``eta_shape='decaying'`` (:mod:`~engines.training.diffusion.decaying_noise`, HiCoGen's
+decaying stochasticity) for every scheme that reads :meth:`SchemeConfig.eta_schedule`.
 """
 
 from __future__ import annotations

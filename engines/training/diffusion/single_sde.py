@@ -64,6 +64,8 @@ class SingleSDEConfig(SchemeConfig):
         super().validate()
         if self.eta_steps.strip():
             raise ConfigError("single_sde sets η per step itself (ODE everywhere but sde_step); leave eta_steps empty")
+        if self.eta_shape != "constant":
+            raise ConfigError("single_sde has one stochastic step: eta_shape must be 'constant'")
         if self.batch_size % self.group_size:
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of group_size {self.group_size}")
 
