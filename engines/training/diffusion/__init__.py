@@ -13,7 +13,8 @@ events, checkpoints, resume and budgets, with diffusion's counters).
 | ``single_sde`` | single_sde | Zhang et al. 2026 (E-GRPO) |
 
 Shared options: ``eta_shape='decaying'`` (:mod:`~engines.training.diffusion.decaying_noise`, HiCoGen's
-decaying stochasticity) for every scheme that reads :meth:`SchemeConfig.eta_schedule`.
+decaying stochasticity) for every scheme that reads :meth:`SchemeConfig.eta_schedule`; DPOK's
+``step_credit='cosine'`` (:mod:`~engines.training.diffusion.step_credit`, CoCA: Liao et al. 2025).
 """
 
 from __future__ import annotations
