@@ -58,6 +58,16 @@ def exact_gradients(policy, sched, eta, nodes: int = 60) -> tuple[torch.Tensor, 
     return plain, standardised
 
 
+def events_and_result(generator):
+    """A scheme's ``loss`` run to its end: (the events it yielded, what it returned)."""
+    events = []
+    while True:
+        try:
+            events.append(next(generator))
+        except StopIteration as stop:
+            return events, stop.value
+
+
 def mc(scheme, policy, reward) -> tuple[torch.Tensor, torch.Tensor]:
     grads = torch.stack([gradient(scheme, policy, reward, seed, N) for seed in range(BATCHES)])
     return grads.mean(0), grads.std(0) / math.sqrt(BATCHES)
@@ -137,14 +147,7 @@ def test_branches_share_their_prefix_and_the_budget_counts_it_once(toy, coordina
     assert sched.stochastic(eta) == tuple(i == 2 for i in range(STEPS - 2))
     budget = DiffusionAllowance()
     ctx = SchemeContext(policy=toy, reward=coordinate_reward, budget=budget, rng=torch.Generator().manual_seed(0))
-    events = []
-    gen = scheme.loss(ctx, 8)
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            loss, metrics = stop.value
-            break
+    events, (_, metrics) = events_and_result(scheme.loss(ctx, 8))
     group = events[-1]
     assert group.meta["stochastic_steps"] == [2] and metrics["logprob_terms"] == 1
     adv = torch.tensor(group.advantages).reshape(2, 4)

@@ -16,6 +16,7 @@ import torch
 from engines.training.diffusion import build_scheme
 from engines.training.diffusion.base import DiffusionAllowance, SchemeContext
 from engines.training.diffusion.step_credit import cosine_step_credits, credited_rewards
+from tests.diffusion.test_single_sde import events_and_result
 from tests.diffusion.trainable_toys import StepShiftToy
 
 R2 = 1 / math.sqrt(2)
@@ -54,13 +55,7 @@ def test_dpok_with_cosine_credit_gives_each_stochastic_step_its_share(mixture, c
         policy.theta[:, 0] = 0.2
     scheme = build_scheme("dpok", {"step_credit": "cosine", "baseline": "none", "kl_coef": 0.0, "noise_floor": 0.0})
     ctx = SchemeContext(policy=policy, reward=coordinate_reward, budget=DiffusionAllowance(), rng=torch.Generator().manual_seed(3))
-    gen = scheme.loss(ctx, 16)
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration:
-            break
+    events, _ = events_and_result(scheme.loss(ctx, 16))
     group = events[-1]
     # the same chain replayed: the scheme draws x_T, then each step's noise, from the one generator
     sched, rng = policy.schedule(), torch.Generator().manual_seed(3)
