@@ -79,7 +79,7 @@ def test_same_seed_same_run_and_cancel_then_resume_matches():
 
 
 @pytest.mark.parametrize(("scheme", "budget"), [("dpok", {"nfe": 150}), ("draft_k", {"backward_nfe": 20}),
-                                                 ("draft", {"samples": 30})])
+                                                 ("draft", {"samples": 30}), ("single_sde", {"nfe": 150})])
 def test_budget_is_never_exceeded(scheme, budget):
     events, _ = _toy_run(f"budget-{scheme}", scheme=scheme, updates=100, **budget)
     done = events[-1]
@@ -122,7 +122,7 @@ def test_cli_lists_the_diffusion_schemes(capsys):
     assert main(["list", "schemes", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["name"] for row in rows] == list(SCHEMES)
-    assert {"dpok", "draft", "draft_k", "draft_lv", "curated_retraining"} <= set(SCHEMES)
+    assert {"dpok", "draft", "draft_k", "draft_lv", "curated_retraining", "single_sde"} <= set(SCHEMES)
     assert all(row["paper"] and row["params"] for row in rows)
 
 

@@ -11,6 +11,11 @@ events, checkpoints, resume and budgets, with diffusion's counters).
 | ``dpok`` | dpok | Fan et al. 2023 (DDPO's score-function estimator when β = 0: Black et al. 2023) |
 | ``draft``, ``draft_k``, ``draft_lv`` | draft | Clark et al. 2023 |
 | ``curated_retraining`` | curated | Ferbach et al. 2024 |
+| ``single_sde`` | single_sde | Zhang et al. 2026 (E-GRPO) |
+
+Shared options: ``eta_shape='decaying'`` (:mod:`~engines.training.diffusion.decaying_noise`, HiCoGen's
+decaying stochasticity) for every scheme that reads :meth:`SchemeConfig.eta_schedule`; DPOK's
+``step_credit='cosine'`` (:mod:`~engines.training.diffusion.step_credit`, CoCA: Liao et al. 2025).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ def build_scheme(name: str, params: dict[str, Any] | None = None, *, strings: bo
 
 def _load_all() -> None:
     # Imported for their registration side effect, one module per scheme.
-    from engines.training.diffusion import curated, dpok, draft  # noqa: F401
+    from engines.training.diffusion import curated, dpok, draft, single_sde  # noqa: F401
 
 
 _load_all()

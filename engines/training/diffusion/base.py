@@ -40,6 +40,7 @@ from engines.models.diffusion import Eta, Prediction, Schedule
 from engines.task import Task
 from engines.trace import Event, GroupEvent, NodeEvent, ScoreEvent
 from engines.training.base import Allowance
+from engines.training.diffusion.decaying_noise import ETA_SHAPES, decaying_eta
 
 # ---------------------------------------------------------------------------
 # What a trainable diffusion policy offers
@@ -180,6 +181,16 @@ class SchemeConfig(Config):
         help="Comma-separated η, one per step, noisiest first (e.g. 0,0,1,0: one stochastic step); overrides η.",
         advanced=True,
     )
+    eta_shape: str = param(
+        "constant",
+        label="η over the chain",
+        choices=ETA_SHAPES,
+        help="constant: η on every step; decaying: η·(1 − i/K)^p, noise concentrated early (HiCoGen).",
+        advanced=True,
+    )
+    eta_decay_power: float = param(
+        2.0, label="η decay power (p)", min=0.0, max=100.0, help="Exponent of the decaying η schedule.", advanced=True
+    )
     noise_floor: float = param(
         0.01,
         label="Noise floor",
@@ -197,11 +208,14 @@ class SchemeConfig(Config):
 
     def eta_schedule(self, sched: Schedule) -> Eta:
         """η of every step: ``eta_steps`` as given (its length checked against the schedule), or
-        ``eta`` on every step whose σ reaches ``noise_floor`` and 0 on the others."""
+        ``eta`` (decaying along the chain when ``eta_shape`` says so) on every step whose σ reaches
+        ``noise_floor`` and 0 on the others."""
         if not self.eta_steps.strip():
+            etas = decaying_eta(self.eta, len(sched), self.eta_decay_power) if self.eta_shape == "decaying" else None
             if self.noise_floor <= 0:
-                return self.eta
-            return tuple(self.eta if sched.std(i, self.eta) >= self.noise_floor else 0.0 for i in range(len(sched)))
+                return etas or self.eta
+            etas = etas or (self.eta,) * len(sched)
+            return tuple(e if sched.std(i, e) >= self.noise_floor else 0.0 for i, e in enumerate(etas))
         etas = parse_eta_steps(self.eta_steps)
         if len(etas) != len(sched):
             raise ConfigError(f"eta_steps has {len(etas)} values for a {len(sched)}-step chain")

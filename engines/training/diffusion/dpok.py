@@ -30,6 +30,10 @@ depends on ``kl_credit``:
 - ``dpok``: α·r_i, as DPOK's Algorithm 1 / eq. (8) writes it (the KL gradient taken at the
   visited states only; the states' own dependence on θ is dropped).
 
+With ``step_credit='cosine'`` the return at step t is the step's share of α·r_i instead
+(:mod:`~engines.training.diffusion.step_credit`, CoCA's step-level reward; reward shaping, so
+not the unbiased gradient above).
+
 On-policy: one gradient step per batch of fresh chains (ratio 1), so DDPO's importance
 ratio and clipping (several inner epochs on one batch) are not implemented here.
 
@@ -59,6 +63,7 @@ from engines.training.diffusion.base import (
     baseline_advantages,
     batch_events,
 )
+from engines.training.diffusion.step_credit import STEP_CREDITS, cosine_step_credits, credited_rewards
 
 
 class DPOKConfig(SchemeConfig):
@@ -75,6 +80,11 @@ class DPOKConfig(SchemeConfig):
         advanced=True,
     )
     baseline: str = param("loo", label="Baseline", choices=BASELINES, help="none, leave-one-out (unbiased) or DDPO's mean/std.")
+    step_credit: str = param(
+        "none", label="Step credit", choices=STEP_CREDITS,
+        help="none: the reward on every step; cosine: each step's share by how far it moves x̂0 to the final image (CoCA).",
+        advanced=True,
+    )
 
 
 @SCHEMES.register("dpok")
@@ -110,9 +120,10 @@ class DPOK(DiffusionScheme):
         stochastic = sched.stochastic(eta)
         use_kl = cfg.kl_coef > 0
         x = policy.initial_noise(n, ctx.rng)
-        log_probs, kls = [], []
+        log_probs, kls, x0_hats = [], [], []
         for i in range(len(sched)):
             pred = ctx.denoise(policy, x, i, sched, grad=stochastic[i])
+            x0_hats.append(pred.x0.detach())
             with torch.set_grad_enabled(stochastic[i]):
                 trans = self.transition(policy, x, i, sched, pred, eta, ctx.rng)
                 if stochastic[i]:
@@ -129,6 +140,9 @@ class DPOK(DiffusionScheme):
         logp = torch.stack(log_probs, dim=1)  # [N, S], stochastic steps in chain order
         kl = torch.stack(kls, dim=1) if kls else torch.zeros_like(logp)
         returns = cfg.reward_weight * rewards.to(logp.dtype)[:, None].expand_as(logp)
+        if cfg.step_credit == "cosine":  # the stochastic steps' shares of the reward
+            credits = cosine_step_credits(torch.stack(x0_hats, dim=1), x)
+            returns = credited_rewards(cfg.reward_weight * rewards, credits)[:, torch.tensor(stochastic)].to(logp.dtype)
         if use_kl and cfg.kl_credit == "path":
             later = kl.detach().flip(1).cumsum(1).flip(1) - kl.detach()  # Σ over the stochastic steps after t
             returns = returns - cfg.kl_coef * later
