@@ -57,7 +57,11 @@ class TrainConfig(Config):
     reward: str = param("math", label="Reward")
     reward_control: str = param("exact", label="Reward control", choices=CONTROLS)
     strategy: str = param("grpo", label="Strategy")
-    learning_rate: float = param(1e-4, label="Learning rate", min=0.0, max=1.0)
+    learning_rate: float = param(1e-5, label="Learning rate", min=0.0, max=1.0)
+    gain_learning_rate: float | None = param(
+        1e-2, label="Learning rate of normalisation gains", min=0.0, max=1.0, advanced=True,
+        help="RMSNorm/LayerNorm weights (the logit scale); empty: the learning rate. See HFPolicy.parameter_groups.",
+    )
     kl_coef: float = param(0.0, label="KL coefficient (k3)", min=0.0, max=100.0)
     clip_eps: float | None = param(None, label="Ratio clip epsilon", min=0.0, max=10.0, advanced=True)
     max_grad_norm: float = param(1.0, label="Max gradient norm", min=0.0, max=1e6, advanced=True)
@@ -158,7 +162,9 @@ def train(
         eval_tasks = load_prompts(config.eval_prompts)
     eval_tasks = (eval_tasks or [])[: config.eval_size]
     reference = policy.frozen_copy() if config.kl_coef else None
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    groups = (policy.parameter_groups(config.learning_rate, config.gain_learning_rate) if hasattr(policy, "parameter_groups")
+              else policy.parameters())
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=0.0)
     rng = torch.Generator().manual_seed(config.seed)
     step, spent = 0, {"samples": 0, "tokens": 0, "seconds": 0.0}
     stored: list[dict[str, Any]] = []
