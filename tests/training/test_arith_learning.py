@@ -4,11 +4,12 @@ random-reward control, over the same budget, does not raise it and stays inside 
 
 The card (engines/assets/arith/MODEL_CARD.md): T=1 accuracy 35.9% on ``arith`` (medium), band for a
 seeded run of 200 samples 23.4%-48.4%. The issue's goal, GRPO ending *above* that band, is not met
-yet: this recipe reached 44-45% after 5,000-7,700 samples (README, "RL on the arith policy").
+yet: single-sample readings of this recipe peaked near 45% (README, "RL on the arith policy").
 The recipe is the loop's default (``TrainConfig``: Adam at 1e-5 with the normalisation gains at
 1e-2, see ``HFPolicy.parameter_groups``) with 32 prompts x 8 samples per update (``samplescope
 train``'s default); the held-out set is 200 ``arith-fresh`` problems (none in the training prompts
-or a task set), four T=1 samples each (800 in all: a standard error near 1.7 points), drawn with the loop's fixed evaluation generator.
+or a task set), four T=1 samples each (800 in all: a standard error near 1.7 points), drawn with
+the loop's fixed evaluation generator.
 """
 
 from __future__ import annotations
