@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from bench.measure import RESULTS, accuracy_summary, machine, save
+from engines.sweep_stats import pass_at_k
 
 METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "oracle": ("best_of_n", "math", {}),
@@ -66,15 +67,6 @@ LABELS = {
 #: what a method runs at sizes below its sampler's minimum: a one-player knockout is its player
 FALLBACKS: dict[str, tuple[str, str, dict[str, Any]]] = {"knockout": ("best_of_n", "arith_orm", {})}
 MAX_NEW_TOKENS = 80
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from c right among n samples: 1 - C(n-c, k) / C(n, k)."""
-    if k > n:
-        raise ValueError(f"k={k} exceeds the n={n} samples")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
 BASE = {"batch_size": 64, "max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0}

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from bench.measure import interleaved, median, save
+from engines.sweep_stats import bootstrap_ci
 
 STRATEGIES = ("grpo", "dynamic_sampling", "reinforce_ada", "raft", "tree_rpo")
 
@@ -144,8 +145,13 @@ def _drain(generator):
             return stop.value
 
 
-def accuracy_curves(strategies: list[str], seeds: int, samples: int, eval_every: int, eval_size: int, params: dict) -> dict:
-    """Held-out T=1 accuracy against samples spent, per strategy, over seeds (the lab's loop)."""
+def accuracy_curves(
+    strategies: list[str], seeds: int, samples: int, eval_every: int, eval_size: int, params: dict, train_params: dict | None = None
+) -> dict:
+    """Held-out T=1 accuracy against samples spent, per strategy, over seeds (the lab's loop, the
+    training defaults of ``TrainConfig`` unless ``train_params`` says otherwise), with each strategy's
+    median seconds per update step (the update alone and rollout + update) and the process's peak
+    memory after its runs (cumulative: the process peak never goes down)."""
     from engines.training import STRATEGIES as REGISTRY
     from engines.training.loop import TrainConfig, train
 
@@ -158,33 +164,80 @@ def accuracy_curves(strategies: list[str], seeds: int, samples: int, eval_every:
         for seed in range(seeds):
             config = TrainConfig.from_dict({
                 "name": f"bench-{name}-{seed}", "strategy": name, "samples": samples, "seed": seed,
-                "eval_every": eval_every, "eval_size": eval_size, "eval_greedy": False, "learning_rate": 3e-4,
-                "checkpoint_every": 10_000,
+                "eval_every": eval_every, "eval_size": eval_size, "eval_greedy": False, "checkpoint_every": 10_000,
+                **(train_params or {}),
             })
+            points, update_s, step_s = [], [], []
             with tempfile.TemporaryDirectory() as run_dir:
-                t0 = time.perf_counter()
-                points = [(e.metrics["samples"], e.metrics["accuracy_t1"]) for e in train(config, params, run_dir=Path(run_dir))
-                          if e.kind == "eval"]
-                runs.append({"seed": seed, "points": points, "seconds": time.perf_counter() - t0})
-        out[name] = {"runs": runs, **_summary(runs)}
-    reference = out.get("grpo", {}).get("final_mean")
-    for data in out.values():
-        if reference is not None and "mean_curve" in data:
-            reached = [s for s, acc, _ in data["mean_curve"] if acc >= reference]
-            data["samples_to_grpo_final"] = reached[0] if reached else None
+                t0 = last = time.perf_counter()
+                for e in train(config, params, run_dir=Path(run_dir)):
+                    if e.kind == "eval":
+                        points.append((e.metrics["samples"], e.metrics["accuracy_t1"]))
+                        last = time.perf_counter()  # a step's time excludes the evaluation before it
+                    elif e.kind == "update":
+                        update_s.append(e.metrics["update_seconds"])
+                        step_s.append(time.perf_counter() - last)
+                        last = time.perf_counter()
+                runs.append({"seed": seed, "points": points, "seconds": time.perf_counter() - t0,
+                             "update_s": median(update_s), "step_s": median(step_s)})
+        out[name] = {
+            "runs": runs, **_summary(runs),
+            "update_s": median([r["update_s"] for r in runs]), "step_s": median([r["step_s"] for r in runs]),
+            "peak_memory_mb_after": peak_memory_mb(),
+        }
+    if "runs" in out.get("grpo", {}):
+        for data in out.values():
+            if "runs" in data:
+                data["samples_to_grpo_plateau"] = samples_to_plateau(data["runs"], out["grpo"]["runs"])
     return out
 
 
 def _summary(runs: list[dict]) -> dict:
-    """Mean and standard error over seeds at each evaluation index (runs evaluate at matching points)."""
+    """Mean over seeds at each evaluation (runs evaluate at matching points), and the final
+    accuracy's mean with a percentile bootstrap interval over seeds (coarse with 3 seeds)."""
     depth = min(len(r["points"]) for r in runs)
     curve = []
     for i in range(depth):
         accs = [r["points"][i][1] for r in runs]
         spent = statistics.fmean(r["points"][i][0] for r in runs)
-        se = statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else float("nan")
-        curve.append((round(spent), statistics.fmean(accs), se))
-    return {"mean_curve": curve, "final_mean": curve[-1][1], "final_se": curve[-1][2]}
+        curve.append((round(spent), statistics.fmean(accs)))
+    finals = [r["points"][depth - 1][1] for r in runs]
+    return {"mean_curve": curve, "final_mean": statistics.fmean(finals), "final_ci95": bootstrap_ci(finals)}
+
+
+def plateau(runs: list[dict], last: int = 2) -> float:
+    """GRPO's plateau: the mean over seeds of the mean of each run's last ``last`` evaluations."""
+    return statistics.fmean(statistics.fmean(acc for _, acc in r["points"][-last:]) for r in runs)
+
+
+def first_reaching(runs: list[dict], level: float) -> float | None:
+    """The first sample count at which the seeds' mean curve reaches ``level`` (None: never)."""
+    depth = min(len(r["points"]) for r in runs)
+    for i in range(depth):
+        if statistics.fmean(r["points"][i][1] for r in runs) >= level:
+            return statistics.fmean(r["points"][i][0] for r in runs)
+    return None
+
+
+def samples_to_plateau(runs: list[dict], grpo_runs: list[dict], *, resamples: int = 2000, seed: int = 0) -> dict:
+    """Samples a strategy's mean curve needs to reach GRPO's plateau, with a percentile bootstrap
+    interval that resamples the seeds of both the strategy and GRPO (the plateau moves with them);
+    ``never`` is the share of resamples in which the curve does not reach it within the budget."""
+    import numpy as np
+
+    point = first_reaching(runs, plateau(grpo_runs))
+    rng = np.random.default_rng(seed)
+    draws, never = [], 0
+    for _ in range(resamples):
+        mine = [runs[i] for i in rng.integers(0, len(runs), len(runs))]
+        theirs = [grpo_runs[i] for i in rng.integers(0, len(grpo_runs), len(grpo_runs))]
+        reached = first_reaching(mine, plateau(theirs))
+        if reached is None:
+            never += 1
+        else:
+            draws.append(reached)
+    ci = (float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))) if draws else (None, None)
+    return {"samples": point, "ci95": ci, "never": never / resamples, "plateau": plateau(grpo_runs)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -193,6 +246,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--samples", type=int, default=None, help="sample budget per training run")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--eval-every", type=int, default=None, help="updates between held-out evaluations")
+    parser.add_argument("--eval-size", type=int, default=None, help="held-out arith-fresh prompts (default 200)")
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="training parameter for the accuracy runs (learning_rate=..., kl_coef=...; default TrainConfig's)")
+    parser.add_argument("--accuracy-only", action="store_true", help="skip the throughput and update-cost parts")
     args = parser.parse_args(argv)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     quick = args.quick
@@ -200,8 +258,34 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = args.seeds or (2 if quick else 3)
     samples = args.samples or (48 if quick else 4096)
     eval_every, eval_size = (3, 30) if quick else (4, 200)
+    eval_every, eval_size = args.eval_every or eval_every, args.eval_size or eval_size
+    train_params = {k: float(v) for k, v in (item.split("=", 1) for item in args.train_set)}
 
-    result: dict = {"quick": quick, "size": size}
+    result: dict = {"quick": quick, "size": size, "train_params": train_params}
+    if not args.accuracy_only:
+        _speed(result, size, quick)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    curves = accuracy_curves(strategies, seeds, samples, eval_every, eval_size, size, train_params)
+    result["accuracy"] = {"seeds": seeds, "samples": samples, "eval_size": eval_size, "eval_every": eval_every, "strategies": curves}
+    print(f"held-out T=1 accuracy ({eval_size} arith-fresh prompts) against samples, {seeds} seeds, budget {samples}:")
+    for name, data in curves.items():
+        if "skipped" in data:
+            print(f"  {name:<17} skipped: {data['skipped']}")
+            continue
+        curve = "  ".join(f"{s}:{a:.3f}" for s, a in data["mean_curve"])
+        lo, hi = data["final_ci95"]
+        reach = data.get("samples_to_grpo_plateau", {})
+        print(f"  {name:<17} {curve}   final {data['final_mean']:.3f} [{lo:.3f}, {hi:.3f}]; "
+              f"reaches GRPO's plateau {reach.get('plateau', float('nan')):.3f} at {reach.get('samples')} samples "
+              f"(95% CI {reach.get('ci95')}, never in {reach.get('never', 0):.0%} of resamples); "
+              f"{data['step_s']:.2f} s per step ({data['update_s']:.2f} s update); peak {data['peak_memory_mb_after']:.0f} MB",
+              flush=True)
+    path = save("train_quick" if quick else "train", result)
+    print(f"  -> {path}")
+    return result
+
+
+def _speed(result: dict, size: dict, quick: bool) -> None:
     result["throughput"] = throughput(size["prompts_per_batch"] * 2, size["group_size"], size["max_new_tokens"], 1 if quick else 3)
     t = result["throughput"]
     print(f"rollout throughput ({t['groups']}): lab {t['lab']['tokens_per_s']:.0f} tok/s, "
@@ -211,20 +295,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"per update step ({size['prompts_per_batch']}x{size['group_size']}): lab rollout {u['lab_rollout_s']:.2f} s + "
           f"update {u['lab_update_s']:.2f} s = {u['lab_step_s']:.2f} s; TRL GRPOTrainer step {u['trl_step_s']:.2f} s; "
           f"peak memory {u['peak_memory_mb']:.0f} MB ({u['memory_kind']})", flush=True)
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    curves = accuracy_curves(strategies, seeds, samples, eval_every, eval_size, size)
-    result["accuracy"] = {"seeds": seeds, "samples": samples, "eval_size": eval_size, "strategies": curves}
-    print(f"held-out T=1 accuracy ({eval_size} arith-fresh prompts) against samples, {seeds} seeds, budget {samples}:")
-    for name, data in curves.items():
-        if "skipped" in data:
-            print(f"  {name:<17} skipped: {data['skipped']}")
-            continue
-        curve = "  ".join(f"{s}:{a:.3f}" for s, a, _ in data["mean_curve"])
-        print(f"  {name:<17} {curve}   final {data['final_mean']:.3f} ± {data['final_se']:.3f} (se); "
-              f"reaches GRPO's final at {data.get('samples_to_grpo_final')}", flush=True)
-    path = save("train_quick" if quick else "train", result)
-    print(f"  -> {path}")
-    return result
 
 
 if __name__ == "__main__":

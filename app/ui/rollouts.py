@@ -77,7 +77,7 @@ class RolloutsTab:
                         self.eval_every = gr.Number(1, precision=0, label="Evaluate every (updates)", elem_id="rl-eval-every")
                         self.eval_size = gr.Number(20, precision=0, label="Held-out prompts", elem_id="rl-eval-size")
                     with gr.Row():
-                        self.learning_rate = gr.Number(1e-4, label="Learning rate", elem_id="rl-lr")
+                        self.learning_rate = gr.Number(1e-5, label="Learning rate", elem_id="rl-lr")
                         self.kl_coef = gr.Number(0.0, label="KL coefficient", elem_id="rl-kl")
                         self.seed = gr.Number(0, precision=0, label="Seed", elem_id="rl-seed")
                 with gr.Column(scale=1, min_width=320):

@@ -4,7 +4,8 @@
 (sample ``node``s, their ``score``s, a ``group`` per prompt, kept or dropped with the
 rule), an ``update`` event (loss, KL, entropy, gradient norm, kept groups, samples /
 tokens / seconds spent) and, every ``eval_every`` updates, an ``eval`` event (held-out
-accuracy greedy and at T=1, measured with the *exact* reward whatever the control);
+accuracy greedy and at T=1, pass@k with ``eval_samples`` > 1, measured with the *exact* reward
+whatever the control);
 then one ``done`` event whose metrics name the trained policy's model spec
 (``hf:<run folder>/policy``), so best-of-N on it is one command.
 
@@ -31,6 +32,7 @@ import torch
 
 from engines.config import Config, param
 from engines.errors import BudgetExhausted, Cancelled, ConfigError
+from engines.sweep_stats import pass_at_k
 from engines.task import Task
 from engines.trace import DoneEvent, EvalEvent, Event, UpdateEvent, event_from_dict
 from engines.training import STRATEGIES, build_strategy
@@ -56,7 +58,11 @@ class TrainConfig(Config):
     reward: str = param("math", label="Reward")
     reward_control: str = param("exact", label="Reward control", choices=CONTROLS)
     strategy: str = param("grpo", label="Strategy")
-    learning_rate: float = param(1e-4, label="Learning rate", min=0.0, max=1.0)
+    learning_rate: float = param(1e-5, label="Learning rate", min=0.0, max=1.0)
+    gain_learning_rate: float | None = param(
+        1e-2, label="Learning rate of normalisation gains", min=0.0, max=1.0, advanced=True,
+        help="RMSNorm/LayerNorm weights (the logit scale); empty: the learning rate. See HFPolicy.parameter_groups.",
+    )
     kl_coef: float = param(0.0, label="KL coefficient (k3)", min=0.0, max=100.0)
     clip_eps: float | None = param(None, label="Ratio clip epsilon", min=0.0, max=10.0, advanced=True)
     max_grad_norm: float = param(1.0, label="Max gradient norm", min=0.0, max=1e6, advanced=True)
@@ -66,6 +72,10 @@ class TrainConfig(Config):
     max_updates: int | None = param(None, label="Max updates", min=1)
     eval_every: int = param(5, label="Evaluate every (updates)", min=0, help="0: no held-out evaluation.")
     eval_size: int = param(200, label="Held-out prompts used", min=1)
+    eval_samples: int = param(
+        1, label="Held-out samples per prompt (T=1)", min=1, max=1024,
+        help="n samples per held-out prompt at T=1: accuracy is their mean, pass@k (k = 1, 2, 4, ... <= n) the unbiased estimate.",
+    )
     eval_greedy: bool = param(True, label="Also evaluate greedy")
     checkpoint_every: int = param(1, label="Checkpoint every (updates)", min=1)
     seed: int = param(0, label="Seed", min=0)
@@ -81,10 +91,31 @@ class TrainConfig(Config):
 
 def accuracy(policy: Policy, tasks: list[Task], reward: TrainingReward, *, temperature: float, max_new_tokens: int, seed: int) -> float:
     """Share of ``tasks`` whose one completion the exact outcome reward scores above 0.5."""
+    return held_out(policy, tasks, reward, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)["accuracy"]
+
+
+def held_out(
+    policy: Policy, tasks: list[Task], reward: TrainingReward, *, temperature: float, max_new_tokens: int, seed: int, samples: int = 1
+) -> dict[str, float]:
+    """``samples`` completions of every task (one batched draw from a generator seeded with ``seed``),
+    judged right when the *exact* outcome reward scores them above 0.5 (whatever the run's control):
+    ``accuracy`` is the share of right completions; with ``samples`` = n > 1, ``pass@k`` for k = 1, 2,
+    4, ... <= n is the mean over tasks of the unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al.
+    2021) from the task's c right completions."""
     rng = torch.Generator().manual_seed(seed)
-    rollouts = policy.rollout([t.prompt for t in tasks], temperature=temperature, max_new_tokens=max_new_tokens, rng=rng)
-    right = sum(reward.outcome.score(t, [r.text])[0] > 0.5 for t, r in zip(tasks, rollouts, strict=True))
-    return right / len(tasks)
+    prompts = [t.prompt for t in tasks for _ in range(samples)]
+    rollouts = policy.rollout(prompts, temperature=temperature, max_new_tokens=max_new_tokens, rng=rng)
+    right = [
+        sum(score > 0.5 for score in reward.outcome.score(task, [r.text for r in rollouts[i * samples : (i + 1) * samples]]))
+        for i, task in enumerate(tasks)
+    ]
+    out = {"accuracy": sum(right) / (len(tasks) * samples)}
+    if samples > 1:
+        k = 1
+        while k <= samples:
+            out[f"pass@{k}"] = sum(pass_at_k(samples, c, k) for c in right) / len(tasks)
+            k *= 2
+    return out
 
 
 def train(
@@ -125,7 +156,9 @@ def train(
         eval_tasks = load_prompts(config.eval_prompts)
     eval_tasks = (eval_tasks or [])[: config.eval_size]
     reference = policy.frozen_copy() if config.kl_coef else None
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    groups = (policy.parameter_groups(config.learning_rate, config.gain_learning_rate) if hasattr(policy, "parameter_groups")
+              else policy.parameters())
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=0.0)
     rng = torch.Generator().manual_seed(config.seed)
     step, spent = 0, {"samples": 0, "tokens": 0, "seconds": 0.0}
     state, stored = folder.open(resume=resume, settings={"config": config.as_dict(), "strategy_params": strategy_params or {}})
@@ -150,7 +183,12 @@ def train(
         cfg = strategy.config
         seed = config.seed + EVAL_SEED_OFFSET
         metrics: dict[str, Any] = {"n": len(eval_tasks), "samples": budget.spent_samples}
-        metrics["accuracy_t1"] = accuracy(policy, eval_tasks, reward, temperature=1.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
+        sampled = held_out(policy, eval_tasks, reward, temperature=1.0, max_new_tokens=cfg.max_new_tokens, seed=seed,
+                           samples=config.eval_samples)
+        metrics["accuracy_t1"] = sampled.pop("accuracy")
+        if config.eval_samples > 1:
+            metrics["samples_per_prompt"] = config.eval_samples
+            metrics.update(sampled)
         if config.eval_greedy:
             metrics["accuracy_greedy"] = accuracy(policy, eval_tasks, reward, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
         return EvalEvent(step=at, metrics=metrics)
