@@ -37,6 +37,7 @@ text is scored once at the end by the run's reward.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,13 +45,12 @@ import torch
 
 from engines.config import param
 from engines.errors import BudgetExhausted, ConfigError
+from engines.models.sampling import warp
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
 from engines.samplers.candidates import open_root
-from engines.models.sampling import warp
 from engines.task import Task
 from engines.trace import Event, NodeEvent, ScoreEvent, SelectEvent
-
 
 #: an enumerable model's exact law over complete texts, and each text's reward per reward part
 Enumerated = tuple[dict[str, float], list[dict[str, float]]]
@@ -110,6 +110,16 @@ def aggregate(values: torch.Tensor, beta: float, estimator: str) -> torch.Tensor
     if estimator == "mean":
         return values.mean(-1)
     return beta * (torch.logsumexp(values / beta, -1) - math.log(values.shape[-1]))
+
+
+_LAWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def exact_law(model: Any) -> dict[str, float]:
+    """``model.distribution()``, computed once per toy model object (a toy's law never changes)."""
+    if model not in _LAWS:
+        _LAWS[model] = model.distribution()
+    return _LAWS[model]
 
 
 @SAMPLERS.register("vas")
@@ -184,7 +194,7 @@ class VAS(Sampler):
 
     def enumerate(self, ctx: RunContext) -> Enumerated:
         """The toy's exact law and every text's reward per part, scored once per run (metered)."""
-        law = ctx.model.distribution()
+        law = exact_law(ctx.model)
         texts = list(law)
         rewards = [dict(zip(texts, ctx.score(texts, reward=r), strict=True)) for _, r in self.parts(ctx)]
         ctx.metrics["value_evaluations"] = len(texts) * len(rewards)
