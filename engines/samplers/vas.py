@@ -28,7 +28,8 @@ Where V comes from (``value``), each evaluation metered through the run context:
 - ``exact`` (enumerable toy models with ``distribution()``): every complete text is scored
   once per run (reward calls = their number) and V is summed exactly over the continuations.
 
-Composition: when the run's reward is a weighted sum (``0.5*sentiment+1*length:20``) each part's
+Composition: when the run's reward is a weighted sum (``0.5*sentiment+1*length:20``) or a preference
+direction (``direction:30:sentiment,length:20``, weights its unit vector) each part's
 value is estimated on the same rollouts and combined as Σ_i w_i V_i, the weights taken from the
 reward or set here (``weights``, one per part) to re-personalise at decoding time. The decoded
 text is scored once at the end by the run's reward.
@@ -97,7 +98,10 @@ def parse_weights(text: str) -> list[float] | None:
 def reward_parts(reward: Any, weights: list[float] | None) -> list[tuple[float, Any]]:
     """(w_i, r_i) of the run's reward: a weighted sum's parts, else the reward itself with weight 1;
     ``weights`` (one per part) replace the reward's own."""
-    parts = list(getattr(reward, "parts", None) or [(1.0, reward)])
+    if hasattr(reward, "vector"):  # a preference direction v · r (DPA): its unit vector's coordinates
+        parts = list(zip(reward.vector, reward.rewards, strict=True))
+    else:
+        parts = list(getattr(reward, "parts", None) or [(1.0, reward)])
     if weights is None:
         return parts
     if len(weights) != len(parts):
