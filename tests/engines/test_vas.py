@@ -15,20 +15,14 @@ from engines.rewards.base import WeightedSum
 from engines.samplers import build_sampler
 from engines.samplers.vas import VAS
 from engines.trace import Budget, collect
-from tests.engines.test_exactness import ALPHA, TASK, chi_square_p, tilted
+from tests.engines.test_exactness import ALPHA, TASK, chi_square_p, pick_counts, tilted
 from tests.engines.toys import CountA, DigitValue
 
 RUNS = 1500
 
 
 def decoded_law(sampler, model, reward, runs: int = RUNS, seed: int = 7) -> Counter:
-    rng = torch.Generator().manual_seed(seed)
-    counts: Counter = Counter()
-    for _ in range(runs):
-        trace = collect(sampler.run(TASK, model, reward, rng=rng))
-        (pick,) = trace.done.picks
-        counts[trace.full_text(pick)] += 1
-    return counts
+    return pick_counts(sampler, model, reward, runs, seed)
 
 
 def test_exact_soft_value_decodes_the_kl_optimum():
@@ -111,3 +105,14 @@ def test_budget_stops_before_a_text_that_cannot_be_finished():
     trace = collect(build_sampler("vas", {"max_new_tokens": 3}).run(
         TASK, model, DigitValue(), budget=Budget(generated_tokens=20), rng=torch.Generator().manual_seed(0)))
     assert trace.done.status == "budget" and trace.done.cost["generated_tokens"] <= 20
+
+
+def test_a_preference_direction_is_valued_per_reward():
+    """direction:W1,W2:R1,R2 is composed like a weighted sum, its unit vector as the weights."""
+    from engines.rewards.direction import DirectionReward
+    from engines.samplers.vas import reward_parts
+
+    first, second = CountA(), DigitLength()
+    parts = reward_parts(DirectionReward([3.0, 4.0], [first, second]), None)
+    assert [(round(w, 6), r) for w, r in parts] == [(0.6, first), (0.8, second)]
+    assert reward_parts(DirectionReward([3.0, 4.0], [first, second]), [1.0, 0.0]) == [(1.0, first), (0.0, second)]
