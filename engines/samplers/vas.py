@@ -232,11 +232,15 @@ class VAS(Sampler):
             pick = int(torch.multinomial(tilted.float(), 1, generator=ctx.rng))
             token = tokens[pick]
             ctx.cost.add(generated_tokens=1)
+            before = ctx.model.decode(response)
             response.append(token)
+            text = ctx.model.decode(response)
+            # the node holds the text this token added (a token decoded alone can lose a leading space)
+            piece = text[len(before):] if text.startswith(before) else ctx.model.decode([token])
             logprob += float(base[token])
             final = token == eos or t == cfg.max_new_tokens - 1
             node = NodeEvent(
-                id=ctx.new_id(), parent=parent, depth=t + 1, text=ctx.model.decode([token]), tokens=1,
+                id=ctx.new_id(), parent=parent, depth=t + 1, text=piece, tokens=1,
                 logprob=float(base[token]), final=final,
                 meta={"value": float(values[pick]), "p": math.exp(float(policy[token])), "pi": float(tilted[pick]),
                       "candidates": len(tokens)},
