@@ -135,9 +135,16 @@ class VAS(Sampler):
         super().check_inputs(task, model, reward)
         cfg: VASConfig = self.config  # type: ignore[assignment]
         reward_parts(reward, parse_weights(cfg.weights))
-        if cfg.value == "exact" and not hasattr(model, "distribution"):
+        if cfg.value != "exact":
+            return
+        if not hasattr(model, "distribution"):
             raise ConfigError(f"value=exact enumerates a toy model; {getattr(model, 'name', model)!r} cannot be "
                               "enumerated (use value=rollouts)")
+        # the enumerated law is the model's own: untruncated, at temperature 1, every text finished
+        if (cfg.temperature, cfg.top_p, cfg.top_k, cfg.min_new_tokens) != (1.0, 1.0, 0, 0):
+            raise ConfigError("value=exact values the model's own law: use temperature 1, top_p 1, top_k 0, min_new_tokens 0")
+        if cfg.max_new_tokens < model.horizon + 1:
+            raise ConfigError(f"value=exact needs max_new_tokens >= {model.horizon + 1} (the toy's horizon and its end token)")
 
     # -- values (overridable, so tests can define deliberately wrong variants) ----------------------
 
@@ -183,8 +190,7 @@ class VAS(Sampler):
         total = torch.zeros(len(tokens), dtype=torch.float64)
         for i, a in enumerate(tokens):
             key = ctx.model.decode(response + [a])
-            ended = a == ctx.model.eos_token_id or len(response) + 1 == cfg.max_new_tokens
-            matches = [key] if ended else [x for x in law if x.startswith(key)]
+            matches = [key] if a == ctx.model.eos_token_id else [x for x in law if x.startswith(key)]
             p = torch.tensor([law[x] for x in matches], dtype=torch.float64)
             for part, (weight, _) in enumerate(self.parts(ctx)):
                 r = torch.tensor([rewards[part][x] for x in matches], dtype=torch.float64)

@@ -98,6 +98,10 @@ def test_bad_inputs_are_refused_in_one_line():
         build_sampler("vas", {"weights": "1,2"}).run(TASK, model, CountA(), rng=torch.Generator())
     with pytest.raises(ConfigError, match="temperature"):
         build_sampler("vas", {"temperature": 0.0})
+    with pytest.raises(ConfigError, match="top_k 0"):
+        build_sampler("vas", {"value": "exact", "top_k": 2}).run(TASK, model, CountA(), rng=torch.Generator())
+    with pytest.raises(ConfigError, match="max_new_tokens >= 5"):
+        build_sampler("vas", {"value": "exact", "max_new_tokens": 3}).run(TASK, model, CountA(), rng=torch.Generator())
 
 
 def test_budget_stops_before_a_text_that_cannot_be_finished():
