@@ -52,6 +52,7 @@ def _load_all() -> None:
         smc,
         soft_best_of_k,
         svdd,
+        vas,
         weighted_majority,
     )
 

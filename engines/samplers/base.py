@@ -143,9 +143,10 @@ class RunContext:
         if amount > self.remaining(counter):
             raise BudgetExhausted(f"budget exhausted: {counter}")
 
-    def score(self, candidates: Sequence[Any]) -> list[float]:
+    def score(self, candidates: Sequence[Any], *, reward: Any = None) -> list[float]:
+        """The run's reward (or ``reward``, e.g. one part of a weighted sum) of each candidate, one call each."""
         self._reserve("reward_calls", len(candidates), "reward_calls", "reward_tokens")
-        values = self.reward.score(self.task, candidates, usage=self.cost)
+        values = (reward or self.reward).score(self.task, candidates, usage=self.cost)
         self.cost.add(reward_calls=len(candidates))
         return [float(v) for v in values]
 

@@ -46,6 +46,17 @@ def chi_square_p(observed: Counter, law: dict, total: int) -> float:
     return float(stats.chisquare(obs, exp).pvalue)
 
 
+def pick_counts(sampler, model, reward, runs: int, seed: int) -> Counter:
+    """How often each text is the pick over ``runs`` runs of ``sampler`` (one pick per run)."""
+    gen = torch.Generator().manual_seed(seed)
+    picks: Counter = Counter()
+    for _ in range(runs):
+        trace = collect(sampler.run(TASK, model, reward, rng=gen))
+        (pick,) = trace.done.picks
+        picks[trace.full_text(pick)] += 1
+    return picks
+
+
 def tilted(model, reward, beta: float) -> dict[str, float]:
     p = model.distribution()
     r = dict(zip(p, reward.score(TASK, list(p)), strict=True))

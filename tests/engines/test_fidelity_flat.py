@@ -15,7 +15,7 @@ from engines.samplers import build_sampler
 from engines.samplers.particles import effective_sample_size, log_mean_exp, normalised_weights, resample
 from engines.samplers.rejection import Rejection
 from engines.trace import Budget, collect
-from tests.engines.test_exactness import ALPHA, TASK, chi_square_p, tilted
+from tests.engines.test_exactness import ALPHA, TASK, chi_square_p, pick_counts, tilted
 from tests.engines.toys import CountA
 
 # ---------------------------------------------------------------------------
@@ -123,13 +123,7 @@ class UniformRedrawRSO(Rejection):
 
 
 def rso_picks(sampler, runs: int, seed: int) -> Counter:
-    model, reward, gen = load_model("toy:abc"), CountA(), torch.Generator().manual_seed(seed)
-    picks = Counter()
-    for _ in range(runs):
-        trace = collect(sampler.run(TASK, model, reward, rng=gen))
-        (pick,) = trace.done.picks
-        picks[trace.full_text(pick)] += 1
-    return picks
+    return pick_counts(sampler, load_model("toy:abc"), CountA(), runs, seed)
 
 
 def test_rso_pool_mode_follows_the_law_of_algorithm_1():

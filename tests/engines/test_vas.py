@@ -1,0 +1,122 @@
+"""Value Augmented Sampling on enumerable toys: with the exact soft value the decoded law is the
+KL-regularised optimum p·exp(r/β)/Z; the mean value (the paper's approximation) and a β mismatch
+are told apart; values are metered; reward weights compose."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from engines.errors import ConfigError
+from engines.models import load_model
+from engines.rewards.base import WeightedSum
+from engines.samplers import build_sampler
+from engines.samplers.vas import VAS
+from engines.trace import Budget, collect
+from tests.engines.test_exactness import ALPHA, TASK, chi_square_p, pick_counts, tilted
+from tests.engines.toys import CountA, DigitValue
+
+RUNS = 1500
+
+
+def decoded_law(sampler, model, reward, runs: int = RUNS, seed: int = 7) -> Counter:
+    return pick_counts(sampler, model, reward, runs, seed)
+
+
+def test_exact_soft_value_decodes_the_kl_optimum():
+    model, reward, beta = load_model("toy:abc"), CountA(), 0.5
+    sampler = build_sampler("vas", {"value": "exact", "beta": beta, "max_new_tokens": 8})
+    counts = decoded_law(sampler, model, reward)
+    assert chi_square_p(counts, tilted(model, reward, beta), RUNS) > ALPHA
+    assert chi_square_p(counts, model.distribution(), RUNS) < ALPHA  # the test can tell the base law apart
+
+
+def test_mean_value_misses_the_kl_optimum():
+    """The paper's mean value E[r | s, a] in place of the soft value: not the tilted law."""
+    model, reward, beta = load_model("toy:abc"), CountA(), 0.5
+    sampler = build_sampler("vas", {"value": "exact", "estimator": "mean", "beta": beta, "max_new_tokens": 8})
+    counts = decoded_law(sampler, model, reward)
+    assert chi_square_p(counts, tilted(model, reward, beta), RUNS) < ALPHA
+
+
+class BetaMismatch(VAS):
+    """Soft values computed at 2β but the rule tilts by exp(V/β): a wrong variant."""
+
+    def soft_value_beta(self):
+        return 2 * self.config.beta
+
+
+def test_beta_mismatch_misses_the_kl_optimum():
+    model, reward, beta = load_model("toy:abc"), CountA(), 0.5
+    sampler = BetaMismatch(VAS.Config(value="exact", beta=beta, max_new_tokens=8))
+    counts = decoded_law(sampler, model, reward)
+    assert chi_square_p(counts, tilted(model, reward, beta), RUNS) < ALPHA
+
+
+def test_rollout_values_are_metered_and_reach_the_optimum_with_many_rollouts():
+    """Monte-Carlo soft values from the run's reward: every scored rollout is a reward call,
+    and with many rollouts per token the decoded law is close to p·exp(r/β)/Z on toy:ab2."""
+    model, reward, beta = load_model("toy:ab2"), CountA(), 1.0
+    sampler = build_sampler("vas", {"beta": beta, "rollouts": 100, "max_new_tokens": 4})
+    trace = collect(sampler.run(TASK, model, reward, rng=torch.Generator().manual_seed(0)))
+    evaluations = trace.done.metrics["value_evaluations"]
+    assert evaluations > 100
+    assert trace.done.cost["reward_calls"] == evaluations + 1  # + the decoded text's own score
+    counts = decoded_law(sampler, model, reward, runs=300, seed=3)
+    assert chi_square_p(counts, tilted(model, reward, beta), 300) > ALPHA
+
+
+def test_reward_weights_compose_values_at_decoding_time():
+    """A weighted sum's parts are valued separately and combined with the weights given at decoding
+    time: weights (1, 0) decode as if the reward were its first part alone (mean values are linear)."""
+    model, beta = load_model("toy:abc"), 0.5
+    both = WeightedSum([(1.0, CountA()), (1.0, DigitLength())])
+    alone = build_sampler("vas", {"value": "exact", "estimator": "mean", "beta": beta, "max_new_tokens": 8})
+    reweighted = build_sampler("vas", {"value": "exact", "estimator": "mean", "beta": beta, "max_new_tokens": 8,
+                                       "weights": "1,0"})
+    a = decoded_law(alone, model, CountA(), runs=50, seed=1)
+    b = decoded_law(reweighted, model, both, runs=50, seed=1)
+    assert a == b
+    trace = collect(reweighted.run(TASK, model, both, rng=torch.Generator().manual_seed(0)))
+    assert trace.done.metrics["value_evaluations"] == 2 * len(model.distribution())  # each text, each part
+
+
+class DigitLength(CountA):
+    name = "length"
+
+    def score(self, task, candidates, *, usage=None):
+        return [float(len(x)) for x in candidates]
+
+
+def test_bad_inputs_are_refused_in_one_line():
+    model = load_model("toy:abc")
+    with pytest.raises(ConfigError, match="comma-separated"):
+        build_sampler("vas", {"weights": "1,x"})
+    with pytest.raises(ConfigError, match="part"):
+        build_sampler("vas", {"weights": "1,2"}).run(TASK, model, CountA(), rng=torch.Generator())
+    with pytest.raises(ConfigError, match="temperature"):
+        build_sampler("vas", {"temperature": 0.0})
+    with pytest.raises(ConfigError, match="top_k 0"):
+        build_sampler("vas", {"value": "exact", "top_k": 2}).run(TASK, model, CountA(), rng=torch.Generator())
+    with pytest.raises(ConfigError, match="max_new_tokens >= 5"):
+        build_sampler("vas", {"value": "exact", "max_new_tokens": 3}).run(TASK, model, CountA(), rng=torch.Generator())
+
+
+def test_budget_stops_before_a_text_that_cannot_be_finished():
+    model = load_model("toy:digits")
+    trace = collect(build_sampler("vas", {"max_new_tokens": 3}).run(
+        TASK, model, DigitValue(), budget=Budget(generated_tokens=20), rng=torch.Generator().manual_seed(0)))
+    assert trace.done.status == "budget" and trace.done.cost["generated_tokens"] <= 20
+
+
+def test_a_preference_direction_is_valued_per_reward():
+    """direction:W1,W2:R1,R2 is composed like a weighted sum, its unit vector as the weights."""
+    from engines.rewards.direction import DirectionReward
+    from engines.samplers.vas import reward_parts
+
+    first, second = CountA(), DigitLength()
+    parts = reward_parts(DirectionReward([3.0, 4.0], [first, second]), None)
+    assert [(round(w, 6), r) for w, r in parts] == [(0.6, first), (0.8, second)]
+    assert reward_parts(DirectionReward([3.0, 4.0], [first, second]), [1.0, 0.0]) == [(1.0, first), (0.0, second)]
