@@ -4,7 +4,9 @@ Han, Shenfeld, Srivastava, Kim & Agrawal 2024, "Value Augmented Sampling for Lan
 Alignment and Personalization" (arXiv:2405.06639); the decoding rule as in TRL's VAS docs
 ("VAS Trainer": a logits processor re-weights the top-k tokens of the frozen policy by a value
 model). At every step, with p the frozen policy's next-token distribution (at the run's
-temperature / top-p) and A the top-k tokens of p (``top_k``; 0 keeps every token p can draw),
+temperature / top-p / top-k) and A the tokens that get a value (``value=rollouts``: the
+``candidates`` most likely tokens of p, the paper's top-k, 8 by default; ``value=exact``: every token
+p can draw),
 
     π(a | s) = p(a | s) · exp(V(s, a) / β) / Z(s),      a ∈ A,
 
@@ -72,6 +74,9 @@ class VASConfig(GenerationConfig):
                            help="soft: β·log E[exp(r/β)] (exact KL-optimum); mean: E[r] (the paper's learned value).")
     rollouts: int = param(4, label="Rollouts per token", min=1, max=256,
                           help="Continuations drawn per candidate token to estimate its value.")
+    candidates: int = param(8, label="Valued tokens", min=0, max=100000,
+                            help="value=rollouts: the most likely tokens that get a value (0: every token p can "
+                                 "draw, which on a 49k-token vocabulary is 49k rollout sets per step).")
     weights: str = param("", label="Reward weights",
                          help="Comma-separated weights of the reward's parts (a weighted-sum reward); empty keeps its own.")
 
@@ -233,6 +238,10 @@ class VAS(Sampler):
                 base[eos] = float("-inf")
             policy = warp(base, cfg.sampling())
             tokens = [int(a) for a in torch.nonzero(torch.isfinite(policy)).flatten()]
+            if cfg.value == "rollouts" and 0 < cfg.candidates < len(tokens):
+                # A = the `candidates` most likely tokens under p (the paper's top-k), in token order
+                top = torch.topk(policy[tokens], cfg.candidates).indices.tolist()
+                tokens = sorted(tokens[i] for i in top)
             values = self.values(ctx, prefix, response, tokens, table)
             tilted = (policy[tokens].double() + values / cfg.beta).softmax(-1)
             pick = int(torch.multinomial(tilted.float(), 1, generator=ctx.rng))
