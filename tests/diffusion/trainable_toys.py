@@ -38,7 +38,8 @@ class _Trainable(GaussianMixtureDiffusion):
         return other
 
     def correction(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        raise NotImplementedError
+        """The trainable part added to the exact denoiser output; each toy below defines its own."""
+        raise NotImplementedError("a trainable toy defines its correction")
 
     def _model_output(self, x, t, task):
         return super()._model_output(x, t, task) + self.correction(x, t)
