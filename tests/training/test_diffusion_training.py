@@ -122,7 +122,7 @@ def test_cli_lists_the_diffusion_schemes(capsys):
     assert main(["list", "schemes", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["name"] for row in rows] == list(SCHEMES)
-    assert {"dpok", "draft", "draft_k", "draft_lv", "curated_retraining", "single_sde"} <= set(SCHEMES)
+    assert {"dpok", "draft", "draft_k", "draft_lv", "curated_retraining", "single_sde", "branch", "tree"} <= set(SCHEMES)
     assert all(row["paper"] and row["params"] for row in rows)
 
 

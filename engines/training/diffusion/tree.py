@@ -164,10 +164,11 @@ def tree_events(
     reward_name = str(getattr(ctx.reward, "name", "reward"))
     events: list[Event] = [NodeEvent(id=root, parent=None, meta={"update": ctx.step})]
     parents = [f"{root}.t{j}" for j in range(tree.roots)]
-    tree_values = values[0].reshape(tree.roots, -1).mean(1)
+    tree_values = values[0].reshape(tree.roots, -1).mean(1).tolist()
+    values, advantages = [v.tolist() for v in values], [a.tolist() for a in advantages]
     for j, node in enumerate(parents):
         events.append(NodeEvent(id=node, parent=root, depth=1, meta={"tree": j}))
-        events.append(ScoreEvent(node=node, reward=VALUE, value=float(tree_values[j]), partial=True))
+        events.append(ScoreEvent(node=node, reward=VALUE, value=tree_values[j], partial=True))
     depth = len(tree.branching)
     uris = ctx.policy.to_data_uris(images.detach())
     for d, k in enumerate(tree.branching):
@@ -175,14 +176,13 @@ def tree_events(
         last = d == depth - 1
         for row, node in enumerate(ids):
             events.append(NodeEvent(id=node, parent=parents[row // k], depth=d + 2, image=uris[row] if last else None,
-                                    final=last, meta={"advantage": float(advantages[d][row]), "tree_depth": d}))
-            events.append(ScoreEvent(node=node, reward=reward_name if last else VALUE, value=float(values[d][row]),
+                                    final=last, meta={"advantage": advantages[d][row], "tree_depth": d}))
+            events.append(ScoreEvent(node=node, reward=reward_name if last else VALUE, value=values[d][row],
                                      partial=not last))
         parents = ids
     events.append(
         GroupEvent(
-            step=ctx.step, prompt=root, nodes=parents, rewards=[float(r) for r in values[-1]],
-            advantages=[float(a) for a in advantages[-1]],
+            step=ctx.step, prompt=root, nodes=parents, rewards=values[-1], advantages=advantages[-1],
             meta={"stochastic_steps": [i for i, s in enumerate(stochastic) if s], "branching": list(tree.branching),
                   "credited_steps": sorted(set(tree.credited_steps)), **(meta or {})},
         )
