@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from engines.errors import ConfigError
+from engines.trace import Trace
 from engines.training.diffusion import branch as branch_module
 from engines.training.diffusion import build_scheme
 from engines.training.diffusion import tree as tree_module
@@ -32,7 +33,6 @@ from engines.training.diffusion.base import DiffusionAllowance, SchemeContext
 from engines.training.diffusion.branch import Branch
 from engines.training.diffusion.single_sde import group_advantages
 from engines.training.diffusion.tree import VALUE, Tree
-from engines.trace import Trace
 from tests.diffusion.test_decaying_noise import pathwise_gradient
 from tests.diffusion.test_single_sde import events_and_result
 from tests.diffusion.trainable_toys import StepShiftToy
@@ -225,12 +225,12 @@ class WholeChainAcrossBranches(CreditEveryStep):
     """Wrong: DDPO over the whole chain, the advantage taken across branches (the whole batch)."""
 
     def loss(self, ctx, n):
-        within = branch_module.sibling_advantages
-        branch_module.sibling_advantages = lambda values, tree, b: [group_advantages(v, v.numel(), b) for v in values]
+        within = tree_module.sibling_advantages
+        tree_module.sibling_advantages = lambda values, tree, b: [group_advantages(v, v.numel(), b) for v in values]
         try:
             return (yield from super().loss(ctx, n))
         finally:
-            branch_module.sibling_advantages = within
+            tree_module.sibling_advantages = within
 
 
 class AcrossTheTree(Tree):

@@ -45,7 +45,7 @@ from engines.models.diffusion import Schedule
 from engines.training.diffusion import SCHEMES
 from engines.training.diffusion.base import DiffusionPolicy, DiffusionScheme, SchemeConfig, SchemeContext
 from engines.training.diffusion.single_sde import GROUP_BASELINES
-from engines.training.diffusion.tree import grow_trees, node_values, sibling_advantages, tree_events, tree_loss
+from engines.training.diffusion.tree import grow_trees, learn_from_trees
 
 
 class BranchConfig(SchemeConfig):
@@ -118,13 +118,6 @@ class Branch(DiffusionScheme):
         eta = cfg.eta_schedule(sched)
         interval = self.interval(ctx.step, sched)
         tree = grow_trees(ctx, sched, eta, n // g, [interval.start], [g], lambda i: i in interval)
-        ctx.budget.spend(samples=tree.leaves)
-        images = ctx.policy.decode(tree.final)
-        rewards = ctx.score(images)
-        values = node_values(rewards, tree)
-        advantages = sibling_advantages([cfg.reward_weight * v for v in values], tree, cfg.baseline)
-        loss = tree_loss(advantages, tree)
-        yield from tree_events(ctx, tree, images, values, advantages, stochastic=sched.stochastic(eta),
-                               meta={"interval": [interval.start, interval.stop], "branch_size": g})
-        return loss, {"loss": float(loss.detach()), "reward_mean": float(rewards.mean()),
-                      "logprob_terms": len(set(tree.credited_steps)), "interval_start": interval.start}
+        loss, metrics = yield from learn_from_trees(ctx, tree, sched, eta, weight=cfg.reward_weight, baseline=cfg.baseline,
+                                                    meta={"interval": [interval.start, interval.stop], "branch_size": g})
+        return loss, {**metrics, "interval_start": interval.start}

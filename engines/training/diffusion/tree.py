@@ -39,7 +39,7 @@ and are not credited). With ``group_mean_std`` each sibling group is also divide
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +145,23 @@ def tree_loss(advantages: list[torch.Tensor], tree: RolloutTree) -> torch.Tensor
     layers = sum((a.detach().to(lp.dtype) * lp).mean() for a, lp in zip(advantages, tree.log_probs, strict=True))
     trunk = advantages[0].detach().to(torch.float64).reshape(tree.roots, -1).mean(1)
     return -(layers + (trunk * tree.trunk_log_probs).mean())
+
+
+def learn_from_trees(
+    ctx: SchemeContext, tree: RolloutTree, sched: Schedule, eta: Eta, *, weight: float, baseline: str,
+    meta: dict[str, Any],
+) -> Generator[Event, None, tuple[torch.Tensor, dict[str, Any]]]:
+    """Score the leaves, back up the node values, take the sibling advantages (of α·V), yield the
+    trees' trace and return (the loss, its metrics)."""
+    ctx.budget.spend(samples=tree.leaves)
+    images = ctx.policy.decode(tree.final)
+    rewards = ctx.score(images)
+    values = node_values(rewards, tree)
+    advantages = sibling_advantages([weight * v for v in values], tree, baseline)
+    loss = tree_loss(advantages, tree)
+    yield from tree_events(ctx, tree, images, values, advantages, stochastic=sched.stochastic(eta), meta=meta)
+    return loss, {"loss": float(loss.detach()), "reward_mean": float(rewards.mean()),
+                  "logprob_terms": len(set(tree.credited_steps)), "trees": tree.roots}
 
 
 def tree_events(
@@ -292,13 +309,5 @@ class Tree(DiffusionScheme):
         sched = ctx.policy.schedule(cfg.steps)
         eta = cfg.eta_schedule(sched)
         tree = grow_trees(ctx, sched, eta, n // per_tree, cfg.splits(), cfg.branching_factors(), lambda i: True)
-        ctx.budget.spend(samples=tree.leaves)
-        images = ctx.policy.decode(tree.final)
-        rewards = ctx.score(images)
-        values = node_values(rewards, tree)
-        advantages = sibling_advantages([cfg.reward_weight * v for v in values], tree, cfg.baseline)
-        loss = tree_loss(advantages, tree)
-        yield from tree_events(ctx, tree, images, values, advantages, stochastic=sched.stochastic(eta),
-                               meta={"depth_eta": list(cfg.depth_etas())})
-        return loss, {"loss": float(loss.detach()), "reward_mean": float(rewards.mean()),
-                      "logprob_terms": len(set(tree.credited_steps)), "trees": tree.roots}
+        return (yield from learn_from_trees(ctx, tree, sched, eta, weight=cfg.reward_weight, baseline=cfg.baseline,
+                                            meta={"depth_eta": list(cfg.depth_etas())}))
