@@ -104,7 +104,7 @@ def grow_trees(
     steps: list[int] = []
 
     def run(x: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        total = torch.zeros(x.shape[0], dtype=torch.float64)
+        total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         for i in range(start, stop):
             grad = stochastic[i] and credited(i)
             pred = ctx.denoise(policy, x, i, sched, grad=grad)
@@ -142,8 +142,8 @@ def tree_loss(advantages: list[torch.Tensor], tree: RolloutTree) -> torch.Tensor
     """−Σ_d mean over depth d's nodes of A·(their layer's log-probs), and a trunk term: each root's
     trunk log-prob times the mean advantage of its children. Sibling-normalised advantages sum to
     0 under every parent, so that term vanishes: a shared prefix gets no credit."""
-    layers = sum((a.detach().to(lp.dtype) * lp).mean() for a, lp in zip(advantages, tree.log_probs, strict=True))
-    trunk = advantages[0].detach().to(torch.float64).reshape(tree.roots, -1).mean(1)
+    layers = sum((a.detach().to(lp) * lp).mean() for a, lp in zip(advantages, tree.log_probs, strict=True))
+    trunk = advantages[0].detach().to(tree.trunk_log_probs).reshape(tree.roots, -1).mean(1)
     return -(layers + (trunk * tree.trunk_log_probs).mean())
 
 
