@@ -189,6 +189,7 @@ def test_bad_tree_and_branch_settings_are_one_line_errors(toy, coordinate_reward
         ("tree", {"depth_eta": "1"}, "1 values for 2 tree layers"),
         ("tree", {"batch_size": 6}, "multiple of 4 leaves"),
         ("tree", {"eta_steps": "1,1,1,1,1,1"}, "sets η per step itself"),
+        ("tree", {"eta": 0.5}, "sets η per step itself"),
         ("branch", {"batch_size": 6, "branch_size": 4}, "multiple of branch_size"),
         ("branch", {"first_interval": 4, "last_interval": 2}, "shorter than"),
     ]

@@ -238,8 +238,9 @@ class TreeConfig(SchemeConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.eta_steps.strip() or self.eta_shape != "constant":
-            raise ConfigError("tree sets η per step itself (depth_eta on the window, 0 elsewhere); leave eta_steps and eta_shape")
+        if self.eta_steps.strip() or self.eta_shape != "constant" or self.eta != 1.0:
+            raise ConfigError("tree sets η per step itself (depth_eta on the window, 0 elsewhere); "
+                              "leave eta, eta_steps and eta_shape")
         branching, etas = self.branching_factors(), self.depth_etas()
         if any(k < 1 for k in branching) or all(k < 2 for k in branching):
             raise ConfigError(f"branching {self.branching!r}: every factor >= 1, and at least one >= 2")
