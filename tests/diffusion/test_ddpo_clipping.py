@@ -129,3 +129,30 @@ def test_inner_epochs_reuse_each_batch_in_a_training_run(mixture):
     assert [u["inner_epoch"] for u in updates] == [1, 2, 3, 1, 2, 3]
     assert len([e for e in events if e.kind == "group"]) == 2 and events[-1].metrics["samples"] == 16
     assert all(u["ratio_mean"] == 1.0 for u in updates if u["inner_epoch"] == 1)
+
+
+def test_a_run_cancelled_between_inner_epochs_resumes_exactly(mixture):
+    from tests.training.test_diffusion_training import _comparable
+
+    def run(name, cancel_at=None, resume=False):
+        import threading
+
+        policy = StepShiftToy(mixture, default_steps=6)
+        config = DiffusionTrainConfig(name=name, scheme="dpok", learning_rate=0.05, eval_every=0, eval_size=8, samples=16)
+        params = {"steps": 6, "batch_size": 8, "kl_coef": 0.1, "inner_epochs": 3, "clip_range": 0.1}
+        cancel, events = threading.Event(), []
+        for event in train_diffusion(config, params, policy=policy, reward=CoordinateReward(), cancel=cancel,
+                                     resume=resume, runs_folder=training_home()):
+            events.append(event)
+            if event.kind == "update" and event.step == cancel_at:
+                cancel.set()
+        return events, policy
+
+    whole, policy_a = run("whole")
+    assert [e.metrics["inner_epoch"] for e in whole if e.kind == "update"] == [1, 2, 3, 1, 2, 3]  # a samples budget
+    assert whole[-1].status == "budget"  # funds the last batch's epochs
+    cancelled, _ = run("cut", cancel_at=2)
+    assert cancelled[-1].status == "cancelled"
+    resumed, policy_b = run("cut", resume=True)
+    assert _comparable(resumed)[:-1] == _comparable(whole)[:-1]
+    assert torch.equal(policy_a.theta, policy_b.theta)

@@ -48,10 +48,8 @@ pushes it (above 1+ε for A > 0, below 1−ε for A < 0). On the first epoch ρ 
 is the plain estimator above, exactly; advantages (and the path KL credit in them) are fixed when
 the batch is drawn, the KL term is re-taken at the current θ. Differences from DDPO's code: one
 gradient step per epoch over the whole batch (DDPO splits an epoch into minibatches and shuffles
-the steps), the steps' terms are summed rather than averaged, and no advantage clipping. A run
-resumed from a checkpoint taken between a batch's epochs redraws the batch (the stored batch is
-not checkpointed), and a ``samples`` budget that cannot fund another batch ends the run before
-the last batch's remaining epochs.
+the steps), the steps' terms are summed rather than averaged, and no advantage clipping. The stored
+batch is part of the run's checkpoint, so a run resumed between a batch's epochs continues them.
 
 | code | paper (DPOK) | meaning |
 |---|---|---|
@@ -64,7 +62,7 @@ the last batch's remaining epochs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -162,6 +160,13 @@ class DPOK(DiffusionScheme):
     def __init__(self, config: DPOKConfig | None = None) -> None:
         super().__init__(config)
         self.pending: DrawnBatch | None = None  # a batch with inner epochs left
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint must keep for a resumed run to continue a batch's inner epochs exactly."""
+        return {"pending": asdict(self.pending) if self.pending is not None else None}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.pending = DrawnBatch(**state["pending"]) if state.get("pending") else None
 
     def loss(self, ctx: SchemeContext, n: int):
         cfg = self.config
