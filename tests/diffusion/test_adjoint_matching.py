@@ -33,18 +33,11 @@ from engines.training.diffusion import build_scheme
 from engines.training.diffusion.adjoint_matching import is_memoryless
 from engines.training.diffusion.base import DiffusionAllowance, SchemeContext
 from tests.diffusion.conftest import CoordinateReward
+from tests.diffusion.test_training_estimators import drain, fine_tune
 from tests.diffusion.trainable_toys import StepShiftToy
 
 STANDARD = GaussianMixture(weights=(1.0,), means=((0.0,),), stds=(1.0,))
 LAM, N_EVAL, STEPS = 1.0, 20_000, 10
-
-
-def drain(generator):
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
 
 
 def chain_law(model, sched, eta) -> tuple[float, float, float]:
@@ -57,23 +50,6 @@ def chain_law(model, sched, eta) -> tuple[float, float, float]:
             b, a = float(step.mean[0, 0]), float(step.mean[1, 0] - step.mean[0, 0])
             mean, var, coef = a * mean + b, a * a * var + step.std**2, a * coef
     return mean, var, coef
-
-
-def fine_tune(policy, scheme, updates: int, lr: float) -> list[dict]:
-    reference = policy.frozen_copy()
-    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
-    decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: 1 - u / updates)
-    rng = torch.Generator().manual_seed(0)
-    history = []
-    for _ in range(updates):
-        ctx = SchemeContext(policy=policy, reward=CoordinateReward(), budget=DiffusionAllowance(), rng=rng, reference=reference)
-        loss, metrics = drain(scheme.loss(ctx, scheme.config.batch_size))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        decay.step()
-        history.append(metrics)
-    return history
 
 
 def final_samples(policy, eta, n: int, seed: int) -> torch.Tensor:
@@ -100,11 +76,11 @@ def test_memoryless_schedule_reaches_the_tilted_law_and_one_with_memory_shows_th
         sched = policy.schedule()
         scheme = build_scheme("adjoint_matching", {"eta": eta, "kl_coef": 1 / LAM, "batch_size": 128})
         m, v, coef = chain_law(policy, sched, scheme.config.eta_schedule(sched))
-        history = fine_tune(policy, scheme, updates=60, lr=0.05)
+        fine_tune(policy, scheme, updates=60, lr=0.05)
         x = final_samples(policy, scheme.config.eta_schedule(sched), N_EVAL, seed=1)
         # p0 is the pretrained chain's own law N(m, v) (10 DDPM steps under-disperse N(0, 1) data: v ≈ 0.55)
         tilted = GaussianMixture(weights=(1.0,), means=((m,),), stds=(math.sqrt(v),)).tilt_linear((1.0,), LAM)
-        results[eta] = {"memoryless": history[-1]["memoryless"], "tilted": misses(x, tilted.means[0][0], v),
+        results[eta] = {"memoryless": is_memoryless(sched, scheme.config.eta_schedule(sched), scheme.config.noise_floor), "tilted": misses(x, tilted.means[0][0], v),
                         "biased": misses(x, m + LAM * (v - coef**2), v), "shortfall": LAM * coef**2}
     print(results)
     memoryless, with_memory = results[1.0], results[0.3]
@@ -154,3 +130,18 @@ def test_bad_settings_are_one_line_errors(mixture):
 
     with pytest.raises(ConfigError, match="not differentiable"):
         build_scheme("adjoint_matching").check_inputs(policy, Flat())
+
+
+def test_a_training_run_keeps_its_budget(mixture):
+    from app.workflows.store import training_home
+    from engines.training.diffusion.loop import DiffusionTrainConfig, train_diffusion
+
+    policy = StepShiftToy(mixture, default_steps=6)
+    config = DiffusionTrainConfig(name="am", scheme="adjoint_matching", learning_rate=0.05, eval_every=0, eval_size=8,
+                                  backward_nfe=100)
+    events = list(train_diffusion(config, {"steps": 6, "batch_size": 4}, policy=policy, reward=CoordinateReward(),
+                                  runs_folder=training_home()))
+    done = events[-1]
+    assert done.status == "budget" and 0 < done.metrics["backward_nfe"] <= 100 and done.metrics["updates"] >= 2
+    assert all(e.metrics["memoryless"] for e in events if e.kind == "update")
+    assert policy.theta.abs().sum() > 0

@@ -34,8 +34,8 @@ With ``step_credit='cosine'`` the return at step t is the step's share of α·r_
 (:mod:`~engines.training.diffusion.step_credit`, CoCA's step-level reward; reward shaping, so
 not the unbiased gradient above).
 
-DDPO's importance ratio and clipping (Black et al. 2023, §4.3 and Algorithm / code
-github.com/kvablack/ddpo-pytorch, ``train.clip_range`` and ``train.num_inner_epochs``): one batch
+DDPO's importance ratio and clipping (Black et al. 2023; its code github.com/kvablack/ddpo-pytorch,
+``train.clip_range`` and ``train.num_inner_epochs``): one batch
 of chains is used for ``inner_epochs`` updates (one loop update each: the first draws the chains,
 the others re-evaluate the policy at the stored states); each stochastic step's term uses the
 ratio ρ = p_θ(x_{t-1}|x_t) / p_old(x_{t-1}|x_t) against the policy that drew the batch, and PPO's
