@@ -35,9 +35,9 @@ granularity's mean reward is in the metrics. Budget: a branch is one sample; eve
 ODE run is metered as network evaluations.
 
 Not implemented: choosing the step automatically from measured entropy (E-GRPO's adaptive
-threshold; here the step is chosen by index), G2RPO's *Singular Stochastic Sampling* over every
-step in turn (one SDE step, chosen by index, per run), PPO-style ratios and clipping (one
-on-policy gradient step per batch), and a KL term.
+threshold; here the step is chosen by index), G2RPO's *Singular Stochastic Sampling* moving the
+one SDE step across the chain during training (here it stays at ``sde_step``), PPO-style ratios
+and clipping (one on-policy gradient step per batch), and a KL term.
 """
 
 from __future__ import annotations
