@@ -39,8 +39,13 @@ def build_scheme(name: str, params: dict[str, Any] | None = None, *, strings: bo
 
 def _load_all() -> None:
     # Imported for their registration side effect, one module per scheme.
-    from engines.training.diffusion import curated, dpok, draft, single_sde  # noqa: F401
-    from engines.training.diffusion import adjoint_matching  # noqa: F401
+    from engines.training.diffusion import (  # noqa: F401
+        adjoint_matching,  # noqa: F401
+        curated,
+        dpok,
+        draft,
+        single_sde,
+    )
 
 
 _load_all()

@@ -60,7 +60,13 @@ from engines.config import param
 from engines.errors import ConfigError
 from engines.models.diffusion import Eta, Schedule
 from engines.training.diffusion import SCHEMES
-from engines.training.diffusion.base import DiffusionPolicy, DiffusionScheme, SchemeConfig, SchemeContext, batch_events
+from engines.training.diffusion.base import (
+    DiffusionPolicy,
+    DiffusionScheme,
+    SchemeConfig,
+    SchemeContext,
+    batch_events,
+)
 
 #: ᾱ of the first step at or below which x_T carries (almost) nothing of x_0
 MEMORYLESS_START = 1e-3
