@@ -174,6 +174,14 @@ class RunContext:
         self.cost.add(reward_calls=calls)
         return [float(v) for v in values]
 
+    def score_partial(self, candidates: Sequence[Sequence[str]]) -> list[float]:
+        """The step reward of each candidate whose last step is cut mid-step (one evaluation each)."""
+        calls = self.reward.evaluations(candidates, last=True)
+        self._reserve("reward_calls", calls, "reward_calls", "reward_tokens")
+        values = self.reward.score_partial(self.task, candidates, usage=self.cost)
+        self.cost.add(reward_calls=calls)
+        return [float(v) for v in values]
+
     def denoise(self, x: torch.Tensor, step: int, schedule: Any, *, grad: bool = False) -> Any:
         """One diffusion network evaluation per particle at inference step ``step``
         (the model's ``predict``), metered as ``nfe``; refuses a batch past the nfe budget."""
