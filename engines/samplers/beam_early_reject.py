@@ -21,8 +21,9 @@ N from the prompt, as :mod:`engines.samplers.beam_search` does):
    those tokens are what the method saves;
 4. the surviving cut steps are finished (up to the step cap less τ), scored whole, and beam
    search proceeds as usual: the K best unfinished children are the next beams, finished
-   solutions join the pool, the pick is the best finished one. Survivors with the same step
-   as a sibling are merged, as beam search merges identical expansions.
+   solutions join the pool, the pick is the best finished one. Steps equal to a sibling's
+   are merged, as beam search merges identical expansions (whole steps before scoring,
+   finished survivors after), and equal cut prefixes are scored once.
 
 With ``prefix_tokens = 0`` no step is cut and the run is exactly ``beam_search`` (same seed,
 same trace). A step whose cap (the context's room) is at most τ runs whole: there is
@@ -120,12 +121,20 @@ class BeamEarlyReject(BeamSearch):
                 yield NodeEvent(id=c.id, parent=beam.id, depth=c.depth, text=gen.text, tokens=len(gen.token_ids),
                                 logprob=gen.logprob, final=c.done, meta={"finish": gen.finish_reason, "cut_at_prefix": cut})
 
-        # 2. whole steps scored as in beam search, cut ones by the partial score
-        yield from score(ctx, [c for c, cut in candidates if not cut], cfg.aggregate)
-        cut_ones = [c for c, cut in candidates if cut]
-        for c, value in zip(cut_ones, ctx.score_partial([c.steps for c in cut_ones]) if cut_ones else [], strict=True):
-            c.value = aggregate([*(c.parent.scores if c.parent else []), value], cfg.aggregate)  # type: ignore[arg-type]
-            yield ScoreEvent(node=c.id, reward=ctx.reward.name, value=c.value, partial=True)
+        # 2. whole steps scored as in beam search (copies merged first, as beam search merges
+        # identical expansions), cut ones by the partial score (equal prefixes scored once)
+        whole_steps = yield from merge_copies([c for c, cut in candidates if not cut])
+        candidates = [(c, cut) for c, cut in candidates if cut or any(c is w for w in whole_steps)]
+        yield from score(ctx, whole_steps, cfg.aggregate)
+        prefixes: dict[tuple[str | None, tuple[int, ...]], list[Partial]] = {}
+        for c, cut in candidates:
+            if cut:
+                prefixes.setdefault((c.parent.id if c.parent else None, tuple(c.ids)), []).append(c)
+        values = ctx.score_partial([group[0].steps for group in prefixes.values()]) if prefixes else []
+        for group, value in zip(prefixes.values(), values, strict=True):
+            for c in group:
+                c.value = aggregate([*(c.parent.scores if c.parent else []), value], cfg.aggregate)  # type: ignore[arg-type]
+                yield ScoreEvent(node=c.id, reward=ctx.reward.name, value=c.value, partial=True)
 
         # 3. the cut
         go_on = passes_cut([c.value for c, _ in candidates], cfg)  # type: ignore[misc]

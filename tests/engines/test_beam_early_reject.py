@@ -49,9 +49,10 @@ def expected_cut(values: list[float], cut: str, keep: int, threshold: float) -> 
 
 
 def prefix_nodes_by_step(trace: Trace) -> dict[int, list[str]]:
+    """A step's candidates after τ tokens that were scored (a copy of a whole sibling step is merged unscored)."""
     out: dict[int, list[str]] = {}
     for node_id, node in trace.nodes.items():
-        if "cut_at_prefix" in node.meta:
+        if "cut_at_prefix" in node.meta and any(e.kind == "score" and e.node == node_id for e in trace.events):
             out.setdefault(node.depth, []).append(node_id)
     return out
 
