@@ -123,12 +123,13 @@ def mini_n_on(reward_spec: str, **params):
     return collect(sampler.run(Task(prompt="prompt zz"), load_model("toy:digits"), reward, rng=torch.Generator().manual_seed(0)))
 
 
+@pytest.mark.slow
 def test_trained_from_stored_votes_mini_n_stops_at_the_learned_threshold(db, capsys):
     from app.cli import main
     from app.workflows.store import rewards_home
     from engines.rewards.learned import load_learned
 
-    both_bad = fill_choices(db, prompts=40, per_prompt=20)
+    both_bad = fill_choices(db, prompts=30, per_prompt=20)
     assert both_bad >= MIN_BOTH_BAD
     url = str(db.engine.url)
     assert main(["reward", "train", "--name", "oo", "--base", "toy:digits", "--outside-option", "--folds", "2",
@@ -148,9 +149,10 @@ def test_trained_from_stored_votes_mini_n_stops_at_the_learned_threshold(db, cap
 
 def test_fewer_both_bad_votes_than_the_minimum_fall_back_to_the_threshold(db):
     from app.workflows.reward_training import run_training
+    from engines.rewards.bt_fit import FitConfig
 
-    fill_choices(db, prompts=12, per_prompt=10, both_bad_cap=MIN_BOTH_BAD - 1)
-    card = run_training(db, "few", base="toy:digits", outside_option=True).card
+    fill_choices(db, prompts=10, per_prompt=10, both_bad_cap=MIN_BOTH_BAD - 1)
+    card = run_training(db, "few", base="toy:digits", outside_option=True, config=FitConfig(folds=2, epochs=30)).card
     entry = card["outside_option"]
     assert entry["tau"] is None and entry["both_bad_votes"] == MIN_BOTH_BAD - 1
     trace = mini_n_on("learned:few", threshold=0.25)
