@@ -147,13 +147,18 @@ def test_trained_from_stored_votes_mini_n_stops_at_the_learned_threshold(db, cap
     assert "learned from" in picks[-1].reason
 
 
-def test_fewer_both_bad_votes_than_the_minimum_fall_back_to_the_threshold(db):
-    from app.workflows.reward_training import run_training
-    from engines.rewards.bt_fit import FitConfig
+def test_fewer_both_bad_votes_than_the_minimum_fall_back_to_the_threshold(db, capsys):
+    from app.cli import main
+    from app.workflows.store import rewards_home
+    from engines.rewards.learned import read_card
 
     fill_choices(db, prompts=10, per_prompt=10, both_bad_cap=MIN_BOTH_BAD - 1)
-    card = run_training(db, "few", base="toy:digits", outside_option=True, config=FitConfig(folds=2, epochs=30)).card
-    entry = card["outside_option"]
+    assert main(["reward", "train", "--name", "few", "--base", "toy:digits", "--outside-option", "--folds", "2",
+                 "--epochs", "30", "--db", str(db.engine.url)]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "'both bad' votes" in line]
+    assert said == [f"learned:few has {MIN_BOTH_BAD - 1} 'both bad' votes, below the minimum of {MIN_BOTH_BAD}: "
+                    "no outside option (mini_n falls back to its fixed threshold)"]
+    entry = read_card(rewards_home() / "few")["outside_option"]
     assert entry["tau"] is None and entry["both_bad_votes"] == MIN_BOTH_BAD - 1
     trace = mini_n_on("learned:few", threshold=0.25)
     metrics = trace.done.metrics
@@ -167,3 +172,11 @@ def test_a_reward_without_an_outside_option_uses_the_threshold_and_says_so():
     trace = mini_n_on("length", threshold=2.0)
     assert trace.done.metrics["tau_source"] == "threshold"
     assert "no learned outside option" in trace.done.metrics["tau_note"]
+
+
+def test_outside_option_is_refused_for_a_fine_tune_in_one_line(db, capsys):
+    from app.cli import main
+
+    assert main(["reward", "train", "--name", "ft", "--kind", "finetune", "--outside-option", "--db", str(db.engine.url)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--outside-option trains a head" in err and "\n" not in err
