@@ -35,9 +35,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from engines.config import param
+from engines.rewards.outside_option import outside_option_of
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
-from engines.rewards.outside_option import outside_option_of
 from engines.samplers.candidates import Candidate, argmax, draw_scored, open_root
 from engines.trace import Event, SelectEvent
 
