@@ -109,57 +109,70 @@ class BeamEarlyReject(BeamSearch):
         whole = fit_step(ctx, beams, 0, params or cfg.step_params())  # k=0: only the context's cut
         if not tau or tau >= whole.max_new_tokens:
             return (yield from super().grow(ctx, beams, k, params))
-
-        # 1. the first τ tokens of every candidate step
-        head = fit_step(ctx, beams, k, dataclasses.replace(whole, max_new_tokens=tau))
-        candidates: list[tuple[Partial, bool]] = []  # (candidate, cut mid-step)
-        for beam, gens in zip(beams, ctx.generate([b.ids for b in beams], head, n=k), strict=True):
-            for gen in gens:
-                c, cut = child(ctx, beam, gen), gen.finish_reason == "length"
-                c.done = not cut and (gen.finish_reason == "eos" or c.depth >= cfg.max_steps)
-                candidates.append((c, cut))
-                yield NodeEvent(id=c.id, parent=beam.id, depth=c.depth, text=gen.text, tokens=len(gen.token_ids),
-                                logprob=gen.logprob, final=c.done, meta={"finish": gen.finish_reason, "cut_at_prefix": cut})
-
-        # 2. whole steps scored as in beam search (copies merged first, as beam search merges
-        # identical expansions), cut ones by the partial score (equal prefixes scored once)
-        whole_steps = yield from merge_copies([c for c, cut in candidates if not cut])
-        candidates = [(c, cut) for c, cut in candidates if cut or any(c is w for w in whole_steps)]
-        yield from score(ctx, whole_steps, cfg.aggregate)
-        prefixes: dict[tuple[str | None, tuple[int, ...]], list[Partial]] = {}
-        for c, cut in candidates:
-            if cut:
-                prefixes.setdefault((c.parent.id if c.parent else None, tuple(c.ids)), []).append(c)
-        values = ctx.score_partial([group[0].steps for group in prefixes.values()]) if prefixes else []
-        for group, value in zip(prefixes.values(), values, strict=True):
-            for c in group:
-                c.value = aggregate([*(c.parent.scores if c.parent else []), value], cfg.aggregate)  # type: ignore[arg-type]
-                yield ScoreEvent(node=c.id, reward=ctx.reward.name, value=c.value, partial=True)
-
-        # 3. the cut
+        candidates = yield from draw_prefixes(ctx, beams, k, dataclasses.replace(whole, max_new_tokens=tau), cfg)
+        candidates = yield from score_prefixes(ctx, candidates, cfg)
         go_on = passes_cut([c.value for c, _ in candidates], cfg)  # type: ignore[misc]
-        rejected = [c for (c, _), ok in zip(candidates, go_on, strict=True) if not ok]
-        ctx.metrics["rejected_early"] = ctx.metrics.get("rejected_early", 0) + sum(cut for (_, cut), ok in zip(candidates, go_on, strict=True) if not ok)
-        yield from prune(rejected, f"rejected after {tau} tokens: partial score below the {cfg.cut} cut")
+        rejected = [(c, cut) for (c, cut), ok in zip(candidates, go_on, strict=True) if not ok]
+        ctx.metrics["rejected_early"] = ctx.metrics.get("rejected_early", 0) + sum(cut for _, cut in rejected)
+        yield from prune([c for c, _ in rejected], f"rejected after {tau} tokens: partial score below the {cfg.cut} cut")
+        survivors = [(c, cut) for (c, cut), ok in zip(candidates, go_on, strict=True) if ok]
+        rest = dataclasses.replace(whole, max_new_tokens=whole.max_new_tokens - tau, min_new_tokens=max(0, whole.min_new_tokens - tau),
+                                   entropy_min_tokens=max(1, whole.entropy_min_tokens - tau))
+        finished = yield from finish_steps(ctx, [c for c, cut in survivors if cut], rest, cfg)
+        return (yield from merge_copies([finished.get(c.id, c) for c, _ in survivors]))
 
-        # 4. the survivors' steps finished and scored whole
-        going = [c for (c, cut), ok in zip(candidates, go_on, strict=True) if ok and cut]
-        finished: dict[str, Partial] = {}
-        if going:
-            tail = fit_step(ctx, going, 1, dataclasses.replace(
-                whole, max_new_tokens=whole.max_new_tokens - tau, min_new_tokens=max(0, whole.min_new_tokens - tau),
-                entropy_min_tokens=max(1, whole.entropy_min_tokens - tau)))
-            for c, (gen,) in zip(going, ctx.generate([c.ids for c in going], tail, n=1), strict=True):
-                assert c.parent is not None
-                whole_step = child(ctx, c.parent, gen, step_prefix=c.steps[-1], ids=c.ids,
-                                   logprob=c.logprob - c.parent.logprob, proposal=c.proposal_logprob - c.parent.proposal_logprob)
-                whole_step.done = gen.finish_reason == "eos" or whole_step.depth >= cfg.max_steps
-                finished[c.id] = whole_step
-                yield NodeEvent(id=whole_step.id, parent=c.id, depth=whole_step.depth, text=gen.text, tokens=len(gen.token_ids),
-                                logprob=gen.logprob, final=whole_step.done, meta={"finish": gen.finish_reason})
-            yield from score(ctx, list(finished.values()), cfg.aggregate)
-        kept = [finished.get(c.id, c) for (c, _), ok in zip(candidates, go_on, strict=True) if ok]
-        return (yield from merge_copies(kept))
+
+def draw_prefixes(ctx: RunContext, beams: list[Partial], k: int, head: SamplingParams,
+                  cfg: BeamEarlyRejectConfig) -> Generator[Event, None, list[tuple[Partial, bool]]]:
+    """Step 1: ``k`` candidate steps of every beam, at most τ tokens each; (candidate, cut mid-step)."""
+    head = fit_step(ctx, beams, k, head)
+    out: list[tuple[Partial, bool]] = []
+    for beam, gens in zip(beams, ctx.generate([b.ids for b in beams], head, n=k), strict=True):
+        for gen in gens:
+            c, cut = child(ctx, beam, gen), gen.finish_reason == "length"
+            c.done = not cut and (gen.finish_reason == "eos" or c.depth >= cfg.max_steps)
+            out.append((c, cut))
+            yield NodeEvent(id=c.id, parent=beam.id, depth=c.depth, text=gen.text, tokens=len(gen.token_ids),
+                            logprob=gen.logprob, final=c.done, meta={"finish": gen.finish_reason, "cut_at_prefix": cut})
+    return out
+
+
+def score_prefixes(ctx: RunContext, candidates: list[tuple[Partial, bool]],
+                   cfg: BeamEarlyRejectConfig) -> Generator[Event, None, list[tuple[Partial, bool]]]:
+    """Step 2: whole steps scored as in beam search (copies merged first, as beam search merges
+    identical expansions), cut ones by the partial score (equal prefixes scored once)."""
+    whole_steps = yield from merge_copies([c for c, cut in candidates if not cut])
+    candidates = [(c, cut) for c, cut in candidates if cut or any(c is w for w in whole_steps)]
+    yield from score(ctx, whole_steps, cfg.aggregate)
+    prefixes: dict[tuple[str | None, tuple[int, ...]], list[Partial]] = {}
+    for c, cut in candidates:
+        if cut:
+            prefixes.setdefault((c.parent.id if c.parent else None, tuple(c.ids)), []).append(c)
+    values = ctx.score_partial([group[0].steps for group in prefixes.values()]) if prefixes else []
+    for group, value in zip(prefixes.values(), values, strict=True):
+        for c in group:
+            c.value = aggregate([*(c.parent.scores if c.parent else []), value], cfg.aggregate)  # type: ignore[arg-type]
+            yield ScoreEvent(node=c.id, reward=ctx.reward.name, value=c.value, partial=True)
+    return candidates
+
+
+def finish_steps(ctx: RunContext, going: list[Partial], rest: SamplingParams,
+                 cfg: BeamEarlyRejectConfig) -> Generator[Event, None, dict[str, Partial]]:
+    """Step 4: the surviving cut steps finished (each the child of its first τ tokens in the tree)
+    and scored whole; returns the finished step by the id of its cut prefix."""
+    if not going:
+        return {}
+    finished: dict[str, Partial] = {}
+    for c, (gen,) in zip(going, ctx.generate([c.ids for c in going], fit_step(ctx, going, 1, rest), n=1), strict=True):
+        assert c.parent is not None
+        step = child(ctx, c.parent, gen, step_prefix=c.steps[-1], ids=c.ids,
+                     logprob=c.logprob - c.parent.logprob, proposal=c.proposal_logprob - c.parent.proposal_logprob)
+        step.done = gen.finish_reason == "eos" or step.depth >= cfg.max_steps
+        finished[c.id] = step
+        yield NodeEvent(id=step.id, parent=c.id, depth=step.depth, text=gen.text, tokens=len(gen.token_ids),
+                        logprob=gen.logprob, final=step.done, meta={"finish": gen.finish_reason})
+    yield from score(ctx, list(finished.values()), cfg.aggregate)
+    return finished
 
 
 def merge_copies(children: list[Partial]) -> Generator[Event, None, list[Partial]]:
