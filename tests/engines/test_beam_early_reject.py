@@ -130,7 +130,6 @@ def test_arith_prm_reads_a_cut_step_where_its_text_ends():
     assert one_more != pytest.approx(at_newline, abs=1e-6)
 
 
-@pytest.mark.model
 def test_on_arith_with_the_learned_prm_it_spends_fewer_tokens_and_meters_them_all():
     from engines.prompts import builtin_prompt_set
     from engines.rewards.arith import ArithProcessModel
