@@ -247,6 +247,10 @@ class AdaptiveRestart(Sampler):
     #: score events this sampler adds besides the run's reward (the predictor's q)
     side_scores: ClassVar[tuple[str, ...]] = (PREDICTION,)
 
+    def check_inputs(self, task: Task, model: Any, reward: Any) -> None:
+        super().check_inputs(task, model, reward)
+        build_predictor(self.config.predictor, model, reward, self.config)  # type: ignore[attr-defined]
+
     def steps(self, ctx: RunContext) -> Iterator[Event]:
         cfg: AdaptiveRestartConfig = self.config  # type: ignore[assignment]
         predictor = build_predictor(cfg.predictor, ctx.model, ctx.reward, cfg)
