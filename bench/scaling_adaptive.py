@@ -19,6 +19,7 @@ fewer tokens than their budget K; the x axis of the plot is what they really spe
 | mini-N, ORM | ``mini_n``, N=K, m=max(1, K/4), τ=0.9 | ``arith_orm:prob`` |
 | DeepConf-low / -high | ``deepconf``, N=K, warm-up max(1, K/2), window 8, η=10 / 90, consensus 0.95 | none (``math`` only labels) |
 | dual-phase budget, exact / learned PRM | ``dual_phase``, k=K a line, cap 2K, τ=0.9 | ``arith_steps`` / ``arith_prm`` |
+| adaptive restart | ``adaptive_restart``, at most K samples, the trained head's P(restart better): prune > 0.3 at 8 tokens, stop ≤ 0.1; T from 0 (greedy) towards 1, γ=0.5 | ``math`` (picks among the finished) |
 
 DeepConf's window is 8 tokens (the paper's 2,048 is longer than any arith solution, ~28
 tokens); its warm-up is half the budget (the paper's 16 of 512 would be under one trace
@@ -61,6 +62,8 @@ METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "deepconf_high": ("deepconf", "math", {**FLAT, "batch_size": 64, "window": 8, "keep_percent": 90.0}),
     "dual_exact": ("dual_phase", "arith_steps", {**LINE, "confidence": 0.9}),
     "dual_learned": ("dual_phase", "arith_prm", {**LINE, "confidence": 0.9}),
+    "adaptive_restart": ("adaptive_restart", "math", {**FLAT, "checkpoint_tokens": 8, "prune_threshold": 0.3,
+                                                      "stop_threshold": 0.1, "first_temperature": 0.0, "anneal_rate": 0.5}),
 }
 LABELS = {
     "bon_oracle": "best-of-N, exact verifier (oracle)",
@@ -74,12 +77,14 @@ LABELS = {
     "deepconf_high": "DeepConf-high (η=90%)",
     "dual_exact": "dual-phase budget, exact PRM",
     "dual_learned": "dual-phase budget, learned PRM",
+    "adaptive_restart": "adaptive restart, learned P(restart better)",
 }
 #: what the size K sets for each sampler (engines.sweep.Arm.size_params: max(1, int(K * factor)))
 SIZE_PARAMS = {
     "best_of_n": {"n": 1}, "majority": {"n": 1}, "soft_best_of_k": {"n": 1},
     "mini_n": {"n": 1, "mini_n": 0.25}, "deepconf": {"n": 1, "warmup": 0.5},
     "dual_phase": {"samples_per_step": 1, "max_per_step": 2},
+    "adaptive_restart": {"max_samples": 1},
 }
 
 
@@ -123,7 +128,8 @@ def findings(s: dict[str, dict[str, dict[str, float]]], sizes: list[int]) -> lis
     top = str(max(sizes))
     target = s["bon_oracle"][top]
     out = []
-    for method in ("mini_n_exact", "mini_n_orm", "deepconf_low", "deepconf_high", "dual_exact", "dual_learned"):
+    for method in ("mini_n_exact", "mini_n_orm", "deepconf_low", "deepconf_high", "dual_exact", "dual_learned",
+                   "adaptive_restart"):
         reached = [(int(k), v) for k, v in s[method].items() if v["accuracy"] >= target["accuracy"] - 2 * target["se"]]
         if reached:
             k, v = min(reached, key=lambda kv: kv[1]["tokens"])
