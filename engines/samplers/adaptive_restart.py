@@ -208,6 +208,7 @@ class AdaptiveRestartConfig(GenerationConfig):
              "Even Mid-Generation (arXiv:2410.02725)")
     summary = ("Sample in growing batches with annealed temperature; prune partial samples a restart would likely "
                "beat; stop once a restart is unlikely to beat the best.")
+    size_field = "max_samples"
 
     max_samples: int = param(16, label="Max samples", min=1, max=1024, help="Most samples started (pruned ones count).")
     batch_growth: int = param(2, label="Batch growth", min=1, max=8,
