@@ -52,6 +52,7 @@ from engines.errors import BudgetExhausted, ConfigError
 from engines.models.arith import ASSETS, load_hf
 from engines.models.base import Generation
 from engines.models.sampling import warp
+from engines.rewards.arith import _pad_right, orm_input_ids
 from engines.rewards.base import Reward
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
@@ -133,11 +134,13 @@ class OraclePredictor(RestartPredictor):
         if self._rewards is None:
             texts = list(self.model.distribution())
             self._rewards = dict(zip(texts, self.reward.score(task, texts), strict=True))
-        rewards = self._rewards
-        out = []
+        rewards, out = self._rewards, []
         for prefix in prefixes:
             restart = self.law("", prefix.restart_temperature)
-            beaten = lambda v: math.fsum(p for y, p in restart.items() if rewards[y] > v)  # noqa: E731
+
+            def beaten(value: float, restart: dict[str, float] = restart) -> float:
+                return math.fsum(p for y, p in restart.items() if rewards[y] > value)
+
             if prefix.finished:
                 out.append(beaten(rewards[prefix.text]))
             else:
@@ -150,8 +153,7 @@ def restart_input_ids(tokenizer: Any, prompt: str, text: str, finished: bool) ->
     """The head's input: ``prompt + text``, closed by ``<eos>`` (trailing whitespace dropped) when
     finished, as the ORM reads it; q is read at the last position. Shared with the training script."""
     if finished:
-        body = prompt + text.rstrip()
-        return list(tokenizer(body, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+        return orm_input_ids(tokenizer, prompt, text)
     return list(tokenizer(prompt + text, add_special_tokens=False)["input_ids"])
 
 
@@ -170,11 +172,7 @@ class ArithRestartHead(RestartPredictor):
         model, tokenizer = load_hf(self.folder, self.device, "token")
         limit = int(model.config.max_position_embeddings)
         rows = [restart_input_ids(tokenizer, task.prompt, p.text, p.finished)[:limit] for p in prefixes]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+        ids, mask = _pad_right(rows, tokenizer.pad_token_id)
         logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits[..., 0].float().cpu()
         if usage is not None:
             usage.add(reward_tokens=sum(len(r) for r in rows))
