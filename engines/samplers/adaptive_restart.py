@@ -258,7 +258,7 @@ class AdaptiveRestart(Sampler):
         finished: list[Sample] = []
         drawn = rounds = pruned = 0
         temperatures: list[float] = []
-        stopped = False
+        stopped, forced = False, None
         while drawn < cfg.max_samples and not stopped:
             size = min(cfg.batch_growth**rounds, cfg.max_samples - drawn)
             temperature = cfg.temperature_at(drawn)
@@ -270,8 +270,12 @@ class AdaptiveRestart(Sampler):
             if running:
                 q = yield from _predict(ctx, predictor, running, restart_t)
                 keep = [s for s, v in zip(running, q, strict=True) if v <= cfg.prune_threshold]
+                if not keep and not finished and not any(s.finished for s in batch) and drawn >= cfg.max_samples:
+                    # the last batch and nothing finished: its most promising sample is kept, so the run has a pick
+                    keep = [min(zip(running, q, strict=True), key=lambda sv: sv[1])[0]]
+                    forced = keep[0].id
                 for s, v in zip(running, q, strict=True):
-                    if v > cfg.prune_threshold:
+                    if s not in keep:
                         pruned += 1
                         yield PruneEvent(node=s.id, reason=f"P(restart better) {v:.3f} > {cfg.prune_threshold:g}")
                 yield from self._finish(ctx, cfg, keep)
@@ -288,9 +292,7 @@ class AdaptiveRestart(Sampler):
                 (q_best,) = yield from _predict(ctx, predictor, [best], restart_t)
                 stopped = q_best <= cfg.stop_threshold
         ctx.metrics.update(samples=drawn, rounds=rounds, pruned=pruned, finished=len(finished),
-                           stopped_early=stopped, temperatures=temperatures)
-        if not finished:
-            raise BudgetExhausted("every sample was pruned before the budget ran out")
+                           stopped_early=stopped, temperatures=temperatures, kept_for_a_pick=forced)
         best = _best(finished)
         why = "a restart is unlikely to beat it" if stopped else f"all {drawn} samples drawn"
         yield SelectEvent(nodes=[best.id], reason=f"best of {len(finished)} finished by reward; {why}")

@@ -99,7 +99,10 @@ def replay(trace, model, reward, cfg: AdaptiveRestartConfig, ties_count=False) -
         q = brute_q(model, reward, trace.full_text(e.node), node.final, node.meta["temperature"], t_restart, ties_count)
         if e.partial:  # continue (worth 1 - q) or prune (worth 1 - τ_prune)
             assert e.value == pytest.approx(q, abs=1e-6)
-            assert (e.node in pruned) == ((1 - q) < 1 - cfg.prune_threshold), f"prune decision on {e.node}"
+            if e.node == trace.done.metrics["kept_for_a_pick"]:  # the last batch's best kept when nothing finished
+                assert not finished_rewards and drawn == cfg.max_samples
+            else:
+                assert (e.node in pruned) == ((1 - q) < 1 - cfg.prune_threshold), f"prune decision on {e.node}"
         else:  # the best finished so far; sample more iff the myopic gain beats the price
             best = max(finished_rewards.values())
             assert finished_rewards[e.node] == best
@@ -188,3 +191,16 @@ def test_the_trained_arith_head_drives_a_run():
     qs = [e.value for e in trace.events if e.kind == "score" and e.reward == "p_restart_better"]
     assert qs and all(0.0 < q < 1.0 for q in qs) and not math.isnan(sum(qs))
     assert trace.done.cost["reward_tokens"] > 0  # the head's reads are metered
+
+
+def test_a_run_that_prunes_everything_still_picks_a_finished_sample():
+    model, reward = load_model("toy:abc"), HasA()
+    sampler = build_sampler("adaptive_restart", {"max_samples": 3, "checkpoint_tokens": 1, "prune_threshold": 0.0,
+                                                 "max_new_tokens": 8, "first_temperature": 1.0, "predictor": "oracle"})
+    forced = 0
+    for seed in range(6):
+        trace = collect(sampler.run(TASK, model, reward, rng=torch.Generator().manual_seed(seed)))
+        assert trace.done.status == "ok" and trace.nodes[trace.done.picks[0]].final
+        replay(trace, model, reward, sampler.config)
+        forced += trace.done.metrics["kept_for_a_pick"] is not None
+    assert forced > 0
