@@ -178,6 +178,9 @@ Trained by `python scripts/train_arith_restart.py` (seed {r['seed']}, CPU, {metr
 | prefix | AUROC | Brier | ECE | mean q | mean label |
 |---|---|---|---|---|---|
 {rows}
+
+Read the AUROC against 0.5 (no skill); the realised event is noisy even for a perfect predictor, so its
+ceiling is below 1. Wall time depends on how busy the machine is (several jobs shared its 2 cores).
 """
 
 
