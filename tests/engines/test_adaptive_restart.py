@@ -175,6 +175,7 @@ def test_predictor_that_does_not_fit_the_model_is_refused():
             Task(prompt="Q: 1+2"), load_model("embedded:arith"), HasA(), rng=torch.Generator().manual_seed(0))
 
 
+@pytest.mark.slow
 def test_the_trained_arith_head_drives_a_run():
     from engines.prompts import builtin_prompt_set
     from engines.rewards import build_reward
