@@ -54,6 +54,7 @@ def _load_all() -> None:
         svdd,
         vas,
         weighted_majority,
+        zip_rc,
     )
 
 
