@@ -182,7 +182,9 @@ bins keep any length within 2 tokens of its bin's value; the paper's doubling bi
 
 On {e['prefixes']} held-out prefixes ({e['heldout_samples']} samples of other problems, {e['heldout_right']} right):
 - P(right) = the joint's reward marginal: AUROC **{e['reward_auroc']:.3f}** against the final answer
-  ({e['reward_auroc_at_prompt']:.3f} read at the prompt alone, {e['reward_auroc_after_prompt']:.3f} after it);
+  ({e['reward_auroc_at_prompt']:.3f} read at the prompt alone, {e['reward_auroc_after_prompt']:.3f} after it: as for
+  `orm/`, most of the skill is knowing which problems are hard, which says when to stop but not which of one
+  problem's samples to keep);
   expected calibration error {e['reward_ece']:.3f} (10 bins; mean P(right) {e['mean_p_right']:.3f}, share right
   {e['share_right']:.3f}).
 - Remaining tokens: MAE of E[remaining] **{e['length_mae']:.2f}** tokens (a baseline that knows only the mean
@@ -214,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="a smoke run (not the shipped recipe)")
+    parser.add_argument("--card-only", action="store_true", help="re-render the card section from --out's ziprc.json")
     args = parser.parse_args(argv)
+    if args.card_only:
+        saved = json.loads((args.out / "ziprc.json").read_text())
+        write_card(args.card or args.out.parent / "MODEL_CARD.md", render_section(saved["metrics"], saved["length_values"]))
+        return 0
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     started, cpu_started = time.perf_counter(), time.process_time()
