@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from engines.config import param
-from engines.errors import BudgetExhausted, ConfigError
+from engines.errors import BudgetExhausted, Cancelled, ConfigError
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
 from engines.task import Task
@@ -322,7 +322,7 @@ class ZipRC(Sampler):
                               "value": action.value, "compute": action.compute, "latency": action.latency})
             for s in live:
                 if id(s) not in kept:
-                    yield PruneEvent(node=s.id, reason=f"ZIP-RC: utility {action.utility:.3g} without it "
+                    yield PruneEvent(node=s.id, reason=f"ZIP-RC: the best meta-action (utility {action.utility:.3g}) drops it "
                                                        f"(E[r]={s.prediction.mean_reward:.2f}, E[T]={s.prediction.mean_length:.1f})")
             if not keep and not action.new:
                 break
@@ -331,15 +331,15 @@ class ZipRC(Sampler):
             grown = self._grow(ctx, prompt, keep + fresh, cfg)
             done = [child for _, child, _ in grown if child.done]
             live = [child for _, child, _ in grown if not child.done]
-            if live:
-                for s, p in zip(live, predictor.predict(ctx, [s.ids for s in live]), strict=True):
+            try:  # the predictions go on the live nodes; if predicting stops the run, the tokens are still traced
+                for s, p in zip(live, predictor.predict(ctx, [s.ids for s in live]) if live else [], strict=True):
                     s.prediction = p
+            except (BudgetExhausted, Cancelled):
+                for parent, child, gen in grown:
+                    yield self._node(parent, child, gen, cfg)
+                raise
             for parent, child, gen in grown:
-                prediction = {} if child.done else {"E[reward]": round(child.prediction.mean_reward, 6),
-                                                    "E[remaining tokens]": round(child.prediction.mean_length, 3)}
-                yield NodeEvent(id=child.id, parent=parent.id, depth=-(-len(child.ids) // cfg.interval), text=gen.text,
-                                tokens=len(gen.token_ids), logprob=gen.logprob, final=child.done,
-                                meta={"finish": gen.finish_reason, **prediction})
+                yield self._node(parent, child, gen, cfg)
             if done:
                 for s, value in zip(done, ctx.score([s.text for s in done]), strict=True):
                     s.reward = value
@@ -350,6 +350,15 @@ class ZipRC(Sampler):
         ctx.metrics.update(samples=started, finished=len(finished), decisions_made=len(decisions))
         yield SelectEvent(nodes=[pick.id], reason=f"best of {len(finished)} finished after {len(decisions)} decisions "
                                                   f"(stopped: continuing or starting had lower utility)")
+
+    @staticmethod
+    def _node(parent: Sample, child: Sample, gen: Any, cfg: ZipRCConfig) -> NodeEvent:
+        """The grown segment as a node; a live one carries its predicted E[reward] and E[remaining tokens]."""
+        prediction = {} if child.prediction is None else {"E[reward]": round(child.prediction.mean_reward, 6),
+                                                          "E[remaining tokens]": round(child.prediction.mean_length, 3)}
+        return NodeEvent(id=child.id, parent=parent.id, depth=-(-len(child.ids) // cfg.interval), text=gen.text,
+                         tokens=len(gen.token_ids), logprob=gen.logprob, final=child.done,
+                         meta={"finish": gen.finish_reason, **prediction})
 
     def _grow(self, ctx: RunContext, prompt: list[int], samples: list[Sample], cfg: ZipRCConfig
               ) -> list[tuple[Sample, Sample, Any]]:

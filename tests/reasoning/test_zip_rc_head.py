@@ -74,3 +74,46 @@ def test_zip_rc_runs_on_the_arith_policy_and_meters_the_head() -> None:
     assert sum(n.tokens for i, n in trace.nodes.items() if i != "root") == trace.done.cost["generated_tokens"]
     live = [n for n in trace.nodes.values() if n.parent is not None and not n.final]
     assert live and all(0 <= n.meta["E[reward]"] <= 1 and n.meta["E[remaining tokens]"] >= 1 for n in live)
+
+
+def test_a_reward_call_budget_stops_the_head_and_every_token_is_still_traced() -> None:
+    from engines.prompts import builtin_prompt_set
+    from engines.rewards import build_reward
+    from engines.trace import Budget
+
+    task = builtin_prompt_set("arith").tasks[1]
+    cfg = {"samples": 8, "width": 4, "interval": 4, "max_new_tokens": 80}
+    trace = collect(build_sampler("zip_rc", cfg).run(task, load_model("embedded:arith"), build_reward("math"),
+                                                    budget=Budget(reward_calls=6), rng=torch.Generator().manual_seed(0)))
+    assert trace.done.status == "budget" and trace.done.cost["reward_calls"] <= 6
+    assert sum(n.tokens for i, n in trace.nodes.items() if i != "root") == trace.done.cost["generated_tokens"] > 0
+
+
+def test_a_cancel_during_generation_stops_before_the_head_and_the_tokens_are_traced() -> None:
+    """The UI may set the flag while the model generates: the head's next read stops the run,
+    and the segments just generated are still in the trace."""
+    import threading
+
+    from engines.prompts import builtin_prompt_set
+    from engines.rewards import build_reward
+
+    cancel = threading.Event()
+
+    class CancelWhileGenerating:
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def sample(self, *args, **kwargs):
+            out = self.model.sample(*args, **kwargs)
+            cancel.set()
+            return out
+
+    task = builtin_prompt_set("arith").tasks[2]
+    model = CancelWhileGenerating(load_model("embedded:arith"))
+    trace = collect(build_sampler("zip_rc", {"samples": 4, "interval": 4}).run(
+        task, model, build_reward("math"), rng=torch.Generator().manual_seed(0), cancel=cancel))
+    assert trace.done.status == "cancelled" and trace.done.cost["reward_calls"] == 1  # the prompt's read only
+    assert sum(n.tokens for i, n in trace.nodes.items() if i != "root") == trace.done.cost["generated_tokens"] > 0
