@@ -56,6 +56,7 @@ def _load_all() -> None:
         svdd,
         vas,
         weighted_majority,
+        zip_rc,
     )
 
 
