@@ -19,6 +19,7 @@ fewer tokens than their budget K; the x axis of the plot is what they really spe
 | mini-N, ORM | ``mini_n``, N=K, m=max(1, K/4), τ=0.9 | ``arith_orm:prob`` |
 | DeepConf-low / -high | ``deepconf``, N=K, warm-up max(1, K/2), window 8, η=10 / 90, consensus 0.95 | none (``math`` only labels) |
 | dual-phase budget, exact / learned PRM | ``dual_phase``, k=K a line, cap 2K, τ=0.9 | ``arith_steps`` / ``arith_prm`` |
+| VAS, learned value | ``vas``, value=learned, β=0.1, the K most likely tokens valued (one text at any K; K=1 is greedy) | ``math`` (its value head) |
 
 DeepConf's window is 8 tokens (the paper's 2,048 is longer than any arith solution, ~28
 tokens); its warm-up is half the budget (the paper's 16 of 512 would be under one trace
@@ -61,6 +62,7 @@ METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "deepconf_high": ("deepconf", "math", {**FLAT, "batch_size": 64, "window": 8, "keep_percent": 90.0}),
     "dual_exact": ("dual_phase", "arith_steps", {**LINE, "confidence": 0.9}),
     "dual_learned": ("dual_phase", "arith_prm", {**LINE, "confidence": 0.9}),
+    "vas_learned": ("vas", "math", {**FLAT, "value": "learned", "beta": 0.1}),
 }
 LABELS = {
     "bon_oracle": "best-of-N, exact verifier (oracle)",
@@ -74,12 +76,14 @@ LABELS = {
     "deepconf_high": "DeepConf-high (η=90%)",
     "dual_exact": "dual-phase budget, exact PRM",
     "dual_learned": "dual-phase budget, learned PRM",
+    "vas_learned": "VAS, learned value head (β=0.1), K valued tokens",
 }
 #: what the size K sets for each sampler (engines.sweep.Arm.size_params: max(1, int(K * factor)))
 SIZE_PARAMS = {
     "best_of_n": {"n": 1}, "majority": {"n": 1}, "soft_best_of_k": {"n": 1},
     "mini_n": {"n": 1, "mini_n": 0.25}, "deepconf": {"n": 1, "warmup": 0.5},
     "dual_phase": {"samples_per_step": 1, "max_per_step": 2},
+    "vas": {"candidates": 1},
 }
 
 
