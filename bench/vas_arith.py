@@ -92,11 +92,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"unknown arm(s) {unknown} or --problems outside 1..200")
     torch.set_num_threads(args.threads)
     path = RESULTS / "vas_arith.json"
-    results = json.loads(path.read_text()) if path.exists() else {"seed": args.seed, "arms": {}}
-    if results["seed"] != args.seed:
-        results = {"seed": args.seed, "arms": {}}
     for arm in arms:
-        results["arms"][arm] = run_arm(arm, args.problems, args.seed, print)
+        row = run_arm(arm, args.problems, args.seed, print)
+        # read just before writing: another run may have stored its arms meanwhile
+        results = json.loads(path.read_text()) if path.exists() else {}
+        if results.get("seed") != args.seed:
+            results = {"seed": args.seed, "arms": {}}
+        results["arms"][arm] = row
         RESULTS.mkdir(exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "vas_arith.md").write_text(markdown(results, f"python -m bench.vas_arith --problems {args.problems}"))

@@ -61,6 +61,7 @@ from engines.rewards.arith import ORM_DIR  # noqa: E402
 from engines.rewards.verifiable import MathAnswer  # noqa: E402
 from engines.tasks.arith import generate_problem, generate_problems, reserved_expressions  # noqa: E402
 from scripts.arith_data import pad_batch, token_logits  # noqa: E402
+from scripts.train_arith import log  # noqa: E402
 
 CARD_BEGIN = "<!-- value head: written by scripts/train_arith_value.py -->"
 CARD_END = "<!-- /value head -->"
@@ -83,10 +84,6 @@ class Recipe:
 
     def quick(self) -> Recipe:
         return replace(self, train_problems=100, heldout_problems=40, steps=30)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -247,7 +244,7 @@ def render_section(metrics: dict) -> str:
 
     def row(part: str, label: str) -> str:
         v, o = ev["value"][part], ev["arith_orm"][part]
-        return (f"| {label} | {v['prefixes']} | **{v['auroc']:.3f}** | **{v['brier']:.4f}** | {o['auroc']:.3f} | "
+        return (f"| {label} | {v['prefixes']} | {v['auroc']:.3f} | {v['brier']:.4f} | {o['auroc']:.3f} | "
                 f"{o['brier']:.4f} | {v['base_rate_brier']:.4f} |")
 
     return "\n".join([
@@ -255,7 +252,7 @@ def render_section(metrics: dict) -> str:
         "## Value head (`value/`, for `vas` with `value=learned`)",
         "",
         f"Written by `python scripts/train_arith_value.py` (seed {r['seed']}, CPU, {metrics['threads']} thread(s), "
-        f"{metrics['total_wall_s']:.0f} s wall); rerun it after `scripts/train_arith.py`, which rewrites this card.",
+        f"{metrics['total_wall_s']:.0f} s wall on a shared, busy machine); rerun it after `scripts/train_arith.py`, which rewrites this card.",
         "",
         f"- What it is: `LlamaForTokenClassification`, one label, initialised from `policy/` "
         f"({metrics['params']:,} parameters, stored fp16, {metrics['size_mb']:.1f} MB); sigmoid(logit at token t) is "

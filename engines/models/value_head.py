@@ -19,6 +19,7 @@ and the tokens it read as prefill tokens. Weights load once per process, offline
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -59,13 +60,20 @@ class ValueHead:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path = VALUE_DIR, device: str = "cpu") -> ValueHead:
-        folder = Path(folder)
+        """The head in ``folder``, loaded once per process (a sampler asks for it at every step)."""
+        return _load(str(Path(folder).resolve()), device)
+
+    @classmethod
+    def _read(cls, folder: Path, device: str) -> ValueHead:
         spec_path = folder / SPEC_FILE
         if not spec_path.exists():
             raise ModelLoadError(f"no value head in {folder} (no {SPEC_FILE}); "
                                  "run `python scripts/train_arith_value.py` to build the arith one")
-        raw = json.loads(spec_path.read_text())
-        spec = ValueHeadSpec(**{**raw, "levels": tuple(raw.get("levels", (0.0, 1.0)))})
+        try:
+            raw = json.loads(spec_path.read_text())
+            spec = ValueHeadSpec(**{**raw, "levels": tuple(raw.get("levels", (0.0, 1.0)))})
+        except (TypeError, ValueError) as exc:  # JSON errors are ValueErrors
+            raise ModelLoadError(f"{spec_path} is not a value head spec: {exc}") from None
         model, _ = load_hf(folder, device, "token")
         return cls(model, spec, int(model.config.max_position_embeddings))
 
@@ -80,3 +88,8 @@ class ValueHead:
         if usage is not None:
             usage.add(model_calls=1, prefill_tokens=rows.numel())
         return torch.sigmoid(logits.double()).cpu()
+
+
+@functools.lru_cache(maxsize=8)
+def _load(folder: str, device: str) -> ValueHead:
+    return ValueHead._read(Path(folder), device)

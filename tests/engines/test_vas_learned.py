@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engines.errors import ConfigError
+from engines.errors import ConfigError, ModelLoadError
 from engines.models import load_model
 from engines.models.value_head import ValueHeadSpec
 from engines.rewards.base import Reward, WeightedSum
@@ -96,13 +96,15 @@ def test_the_head_part_composes_with_rollout_values_of_the_other_parts():
     assert evaluations > 0 and trace.done.cost["reward_calls"] == evaluations + 1  # rollouts of the other part only
 
 
-def test_a_head_for_another_reward_or_model_is_refused_in_one_line():
+def test_a_head_for_another_reward_or_model_is_refused_in_one_line(tmp_path):
     model = load_model("toy:abc")
     with pytest.raises(ConfigError, match="no such part"):
         learned(model, TwoAs()).run(TASK, model, DigitLength(), rng=torch.Generator())
     other = load_model("toy:ab2")
     with pytest.raises(ConfigError, match="this run's model"):
         learned(model, TwoAs()).run(TASK, other, TwoAs(), rng=torch.Generator())
+    with pytest.raises(ModelLoadError, match="no value head in"):
+        VAS(VAS.Config(value="learned", value_model=str(tmp_path))).run(TASK, model, TwoAs(), rng=torch.Generator())
 
 
 def last_cost(trace) -> dict:
@@ -147,7 +149,7 @@ def test_the_arith_head_decodes_deterministically_and_meters_its_passes():
     assert first.done.cost["model_calls"] == 2 * tokens and first.done.cost["reward_calls"] == 1
     assert counters(last_cost(first)) == counters(first.done.cost)
     with pytest.raises(ConfigError, match="values 'embedded:arith'"):
-        sampler.run(TASK, load_model("toy:abc"), reward, rng=torch.Generator())
+        sampler.run(task, load_model("toy:abc"), reward, rng=torch.Generator())
 
 
 # -- TD(λ) ------------------------------------------------------------------------------------------
@@ -207,3 +209,14 @@ def test_td_lambda_recovers_the_values_of_a_synthetic_problem():
         assert float(v[i, 1]) == pytest.approx(first[a], abs=0.05)
         assert float(v[i, 2]) == pytest.approx(SUCCESS[(a, b)], abs=0.05)
         assert float(v[i, 3]) == pytest.approx(SUCCESS[(a, b)], abs=0.05)  # the end token: E[r | text]
+
+
+def test_the_shipped_head_comes_from_the_full_recipe_and_the_card_quotes_it():
+    import json
+
+    from engines.models.value_head import VALUE_DIR
+
+    metrics = json.loads((VALUE_DIR / "metrics.json").read_text())
+    assert not metrics["quick"] and (VALUE_DIR / "model.safetensors").stat().st_size < 4_000_000
+    card = (VALUE_DIR.parent / "MODEL_CARD.md").read_text()
+    assert f"| all | {metrics['heldout']['value']['all']['prefixes']} | {metrics['heldout']['value']['all']['auroc']:.3f} |" in card
