@@ -137,7 +137,7 @@ def test_the_arith_head_decodes_deterministically_and_meters_its_passes():
 
     model, reward = load_model("embedded:arith"), build_reward("math")
     task = builtin_prompt_set("arith").tasks[0]
-    sampler = build_sampler("vas", {"value": "learned", "beta": 0.1, "max_new_tokens": 80})
+    sampler = build_sampler("vas", {"value": "learned", "beta": 0.1, "max_new_tokens": 24})
 
     def run(seed: int):
         return collect(sampler.run(task, model, reward, rng=torch.Generator().manual_seed(seed)))
