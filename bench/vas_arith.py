@@ -11,7 +11,7 @@ problem (seed ``seed * 1000 + i``), judged by the ``math`` verifier. Arms:
 | ``greedy`` | ``best_of_n``, n=1, T=0 | none: the policy's most likely tokens |
 | ``vas_learned`` | ``vas``, value=learned, β=0.1, 8 valued tokens | the value head of ``scripts/train_arith_value.py`` |
 | ``vas_learned_b1`` | the same at β=1 | the same |
-| ``vas_learned_mean`` | the same at β=0.1 with the paper's mean value E[r \| s, a] in place of the soft one | the same |
+| ``vas_learned_mean`` | the same at β=0.1 with the paper's mean value E[r given s, a] in place of the soft one | the same |
 | ``vas_learned_mean_sharp`` | the mean value at β=0.02 (a spread of 0.08 in q is a factor e^4) | the same |
 | ``vas_rollouts`` | ``vas``, value=rollouts, β=0.1, 4 valued tokens, 2 rollouts each | ``math`` on Monte-Carlo continuations |
 
