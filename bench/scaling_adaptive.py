@@ -22,6 +22,7 @@ fewer tokens than their budget K; the x axis of the plot is what they really spe
 | dual-phase budget, exact / learned PRM | ``dual_phase``, k=K a line, cap 2K, τ=0.9 | ``arith_steps`` / ``arith_prm`` |
 | beam search with early rejection, learned PRM | ``beam_early_reject``, K/4 beams x 4, scored after 3 tokens, rank cut | ``arith_prm`` (partial scores) |
 | adaptive restart | ``adaptive_restart``, at most K samples, the trained head's P(restart better): prune > 0.3 at 8 tokens, stop ≤ 0.1; T from 0 (greedy) towards 1, γ=0.5 | ``math`` (picks among the finished) |
+| VAS, learned value | ``vas``, value=learned, β=0.1, the K most likely tokens valued (one text at any K; K=1 is greedy) | ``math`` (its value head) |
 
 DeepConf's window is 8 tokens (the paper's 2,048 is longer than any arith solution, ~28
 tokens); its warm-up is half the budget (the paper's 16 of 512 would be under one trace
@@ -68,6 +69,7 @@ METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "beam_er_learned": ("beam_early_reject", "arith_prm", {**LINE, "expand": 4, "prefix_tokens": 3, "final_tokens": 64}),
     "adaptive_restart": ("adaptive_restart", "math", {**FLAT, "checkpoint_tokens": 8, "prune_threshold": 0.3,
                                                       "stop_threshold": 0.1, "first_temperature": 0.0, "anneal_rate": 0.5}),
+    "vas_learned": ("vas", "math", {**FLAT, "value": "learned", "beta": 0.1}),
 }
 LABELS = {
     "bon_oracle": "best-of-N, exact verifier (oracle)",
@@ -84,6 +86,7 @@ LABELS = {
     "dual_learned": "dual-phase budget, learned PRM",
     "beam_er_learned": "beam search, early rejection after 3 tokens, learned PRM",
     "adaptive_restart": "adaptive restart, learned P(restart better)",
+    "vas_learned": "VAS, learned value head (β=0.1), K valued tokens",
 }
 #: what the size K sets for each sampler (engines.sweep.Arm.size_params: max(1, int(K * factor)))
 SIZE_PARAMS = {
@@ -93,6 +96,7 @@ SIZE_PARAMS = {
     "dual_phase": {"samples_per_step": 1, "max_per_step": 2},
     "beam_early_reject": {"beams": 0.25},
     "adaptive_restart": {"max_samples": 1},
+    "vas": {"candidates": 1},
 }
 
 
