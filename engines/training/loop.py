@@ -60,7 +60,7 @@ class TrainConfig(Config):
     strategy: str = param("grpo", label="Strategy")
     learning_rate: float = param(1e-5, label="Learning rate", min=0.0, max=1.0)
     gain_learning_rate: float | None = param(
-        1e-1, label="Learning rate of the output norm's gain", min=0.0, max=1.0, advanced=True,
+        2e-1, label="Learning rate of the output norm's gain", min=0.0, max=1.0, advanced=True,
         help="The gain of the last RMSNorm/LayerNorm, the logit scale (inverse temperature); empty: the learning rate. "
         "See HFPolicy.parameter_groups.",
     )
