@@ -57,12 +57,13 @@ class HFPolicy:
         scales each channel of the last hidden state before the (tied) output projection: scaled
         uniformly it is the inverse sampling temperature, the direction that sharpens a policy and
         the one RL with a verifier moves first. The blocks' gains are not: at 0.1 with the output
-        gain they broke the arith policy (README, "RL on the arith policy")."""
-        if gain_learning_rate is None:
+        gain they broke the arith policy (README, "RL on the arith policy"). A model without such a
+        gain trains every parameter at ``learning_rate``."""
+        gains = self.logit_scale_parameters()
+        if gain_learning_rate is None or not gains:
             return [{"params": list(self.model.parameters()), "lr": learning_rate}]
-        gains = {id(p) for p in self.logit_scale_parameters()}
-        rest = [p for p in self.model.parameters() if id(p) not in gains]
-        return [{"params": rest, "lr": learning_rate}, {"params": self.logit_scale_parameters(), "lr": gain_learning_rate}]
+        rest = [p for p in self.model.parameters() if all(p is not g for g in gains)]
+        return [{"params": rest, "lr": learning_rate}, {"params": gains, "lr": gain_learning_rate}]
 
     def logit_scale_parameters(self) -> list[torch.nn.Parameter]:
         """The gain of the normalisation right before the output projection (Llama's ``model.norm``,
