@@ -60,8 +60,9 @@ class TrainConfig(Config):
     strategy: str = param("grpo", label="Strategy")
     learning_rate: float = param(1e-5, label="Learning rate", min=0.0, max=1.0)
     gain_learning_rate: float | None = param(
-        1e-2, label="Learning rate of normalisation gains", min=0.0, max=1.0, advanced=True,
-        help="RMSNorm/LayerNorm weights (the logit scale); empty: the learning rate. See HFPolicy.parameter_groups.",
+        2e-1, label="Learning rate of the output norm's gain", min=0.0, max=1.0, advanced=True,
+        help="The gain of the last RMSNorm/LayerNorm, the logit scale (inverse temperature); empty: the learning rate. "
+        "See HFPolicy.parameter_groups.",
     )
     kl_coef: float = param(0.0, label="KL coefficient (k3)", min=0.0, max=100.0)
     clip_eps: float | None = param(None, label="Ratio clip epsilon", min=0.0, max=10.0, advanced=True)

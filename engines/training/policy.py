@@ -16,6 +16,7 @@ gradients (prompt + completion, right padded).
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,21 +47,33 @@ class HFPolicy:
         return self.model.parameters()
 
     def parameter_groups(self, learning_rate: float, gain_learning_rate: float | None = None) -> list[dict[str, Any]]:
-        """Optimiser groups: the normalisation gains (RMSNorm / LayerNorm weights, 1-D tensors of a
-        module named ``*norm*``) at ``gain_learning_rate``, every other parameter at ``learning_rate``.
+        """Optimiser groups: the output normalisation's gain (:meth:`logit_scale_parameters`) at
+        ``gain_learning_rate``, every other parameter (the blocks' own norm gains included) at
+        ``learning_rate``.
 
-        Why a separate rate: Adam moves each parameter by about its learning rate per step whatever
-        its scale, and the gains sit near 1 while the matrix entries sit near 0.02. The final norm's
-        gain sets each channel's logit scale (its uniform scaling is the sampling temperature), the
-        direction that sharpens a policy; on the arith policy a learning rate small enough for the
-        matrices (the policy is sharp along its gradient: a step of L2 norm 0.1 along it costs 8
-        points of accuracy) leaves the gains nearly still (README, "RL on the arith policy")."""
-        if gain_learning_rate is None:
+        Why a separate rate: the policy is sharp along its gradient (on the arith policy a step of
+        L2 norm 0.1 along it costs 8 points of accuracy), so the matrices need a learning rate near
+        1e-5, at which the output gain (≈ 1.3, one entry per channel) barely moves. That gain
+        scales each channel of the last hidden state before the (tied) output projection: scaled
+        uniformly it is the inverse sampling temperature, the direction that sharpens a policy and
+        the one RL with a verifier moves first. The blocks' gains are not: at 0.1 with the output
+        gain they broke the arith policy (README, "RL on the arith policy"). A model without such a
+        gain trains every parameter at ``learning_rate``."""
+        gains = self.logit_scale_parameters()
+        if gain_learning_rate is None or not gains:
             return [{"params": list(self.model.parameters()), "lr": learning_rate}]
-        gains, rest = [], []
-        for name, param in self.model.named_parameters():
-            (gains if param.dim() == 1 and "norm" in name.lower() else rest).append(param)
+        rest = [p for p in self.model.parameters() if all(p is not g for g in gains)]
         return [{"params": rest, "lr": learning_rate}, {"params": gains, "lr": gain_learning_rate}]
+
+    def logit_scale_parameters(self) -> list[torch.nn.Parameter]:
+        """The gain of the normalisation right before the output projection (Llama's ``model.norm``,
+        GPT-2's ``transformer.ln_f``): 1-D parameters of a ``*norm*`` / ``ln_f`` module outside the
+        numbered blocks."""
+        return [
+            param for name, param in self.model.named_parameters()
+            if param.dim() == 1 and name.endswith("weight") and ("norm" in name.lower() or "ln_f" in name)
+            and not re.search(r"\.\d+\.", name)
+        ]
 
     def frozen_copy(self) -> HFPolicy:
         """A copy that does not train (the KL reference)."""

@@ -9,7 +9,9 @@ step moves a sample's log-prob the way its objective says.
 - the k3 KL term alone pulls a perturbed policy back toward its reference;
 - the policy is in eval mode (no dropout: the same forward twice gives the same log-probs) and fp32;
 - the held-out prompts are fresh (none in the training prompts or a task set) and formatted as the
-  training prompts are.
+  training prompts are;
+- the separate learning rate reaches the output normalisation's gain alone, and scaling that gain
+  scales the logits (it is the inverse sampling temperature).
 """
 
 from __future__ import annotations
@@ -161,3 +163,17 @@ def test_held_out_prompts_are_fresh_and_formatted_as_the_training_prompts():
     assert not {t.prompt for t in fresh} & ({t.prompt for t in train} | reserved)
     for task in (train[0], fresh[0]):
         assert task.prompt.startswith("Q: ") and task.prompt.endswith("\n") and task.chat is False
+
+
+def test_the_gain_learning_rate_reaches_the_output_gain_alone_and_that_gain_is_the_inverse_temperature(policy):
+    names = {id(p): n for n, p in policy.model.named_parameters()}
+    rest, gains = policy.parameter_groups(1e-5, 0.2)
+    assert [names[id(p)] for p in gains["params"]] == ["model.norm.weight"] and gains["lr"] == 0.2
+    assert len(rest["params"]) + 1 == len(list(policy.parameters())) and rest["lr"] == 1e-5
+    assert len(policy.parameter_groups(1e-5, None)) == 1
+    ids = torch.tensor([policy.encode("Q: 3+4*5-2\n4*5=20\n")])
+    with torch.no_grad():
+        logits = policy.model(input_ids=ids).logits
+        policy.model.model.norm.weight.mul_(2.0)
+        doubled = policy.model(input_ids=ids).logits
+    assert torch.allclose(doubled, 2.0 * logits, atol=1e-4)  # sampling at T=1 after the gain doubles = T=0.5 before
