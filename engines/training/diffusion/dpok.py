@@ -149,7 +149,8 @@ class DPOK(DiffusionScheme):
         advantages = baseline_advantages(returns, cfg.baseline).detach()
         loss = -(advantages * logp).sum(1).mean() + cfg.kl_coef * kl.sum(1).mean()
         yield from batch_events(ctx, images, rewards.tolist(), advantages[:, 0].tolist(), stochastic=stochastic,
-                                meta={"step_advantages": advantages.mean(0).tolist()})
+                                meta={"step_advantages": advantages.mean(0).tolist(),
+                                      "sample_step_advantages": advantages.tolist()})
         metrics = {
             "loss": float(loss.detach()),
             "reward_mean": float(rewards.mean()),
