@@ -18,4 +18,5 @@ BENCHES = {
     "pairs": ("bench.pairs", "held-out reward accuracy against labels spent, per pair rule and filter (simulated annotator)"),
     "audit": ("bench.audit", "robustness audit of every shipped reward on arith; West-of-N vs random pairs (simulated annotator)"),
     "train": ("bench.train", "RL on the arith policy: lab vs TRL rollout tokens/s, s per update, accuracy vs samples per strategy"),
+    "diffusion_train": ("bench.diffusion_train", "diffusion RL on digits: updates/s and peak memory per scheme; steer or train? at matched compute"),
 }
