@@ -9,8 +9,7 @@ Two parts, both on the embedded digits DDPM with the ``digit:3`` reward:
    model and libraries included; the RSS after loading, before the first update, is reported beside
    it), CUDA's allocator peak on a GPU. Update steps per second are timed from the end of the first
    update (a warm-up: the first backward pass, the optimiser's state) to the end of the last; the
-   per-update spend
-   (NFE, backward NFE, reward backward passes) is the scheme's own accounting. A scheme that
+   per-update spend (NFE, backward NFE, reward backward passes) is the scheme's own accounting. A scheme that
    refuses these settings is reported with its one-line reason.
 2. Steer or train? (engines.steer_or_train): best-of-N, FK steering, SVDD and DTS on the base model
    against DPOK fine-tuning (plus best-of-N on the fine-tuned model), quality with 95% bootstrap
