@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from app.views.render import image_tag, md_text
+from app.views.rollouts import panel_curves
 from app.views.trace import GREY, _layout, empty
 from engines.trace import Event, GroupEvent
 
@@ -109,18 +109,10 @@ PANELS = (
 
 def diffusion_curves(view: DiffusionTrainingView, title: str = "Diffusion training (x: update)") -> go.Figure:
     """Reward, the held-out check, KL to the base model and loss against the update step."""
-    if not view.updates and not view.evals:
-        return empty(title, "no update yet")
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[0] for p in PANELS], vertical_spacing=0.18)
-    for index, (_, series) in enumerate(PANELS):
-        row, col = index // 2 + 1, index % 2 + 1
-        for name, source, key in series:
-            points = [(m["step"], m[key]) for m in getattr(view, source) if m.get(key) is not None]
-            if points:
-                fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=name,
-                                         mode="lines+markers"), row=row, col=col)
-    fig.update_yaxes(range=[0, 1.05], row=1, col=2)
-    return _layout(fig, title, height=520, showlegend=True)
+    fig = panel_curves(view, PANELS, title)
+    if view.updates or view.evals:
+        fig.update_yaxes(range=[0, 1.05], row=1, col=2)
+    return fig
 
 
 def step_advantages(group: GroupEvent, sample: int) -> dict[int, float]:

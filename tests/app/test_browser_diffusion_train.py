@@ -12,28 +12,19 @@ import re
 
 import pytest
 
-from tests.app.helpers import launched, open_db
-
 pytestmark = [pytest.mark.browser, pytest.mark.model]
 
 # importing test_browser skips this module where it is skipped (no playwright, no chromium)
 import tests.app.test_browser as shared  # noqa: E402, I001
 from playwright.sync_api import expect  # noqa: E402
 
+import tests.app.test_browser_rollouts as rollouts_test  # noqa: E402
+
 browser, page = shared.browser, shared.page
+server = rollouts_test.server  # the same app as the text side's test
 open_tab, set_number = shared.open_tab, shared.set_number
 
 WAIT_MS = 300_000
-
-
-@pytest.fixture
-def server(tmp_path):
-    from app.ui.services import Services
-
-    db = open_db(tmp_path / "app.db")
-    with launched(Services(db=db, default_model="toy:abc", device="cpu")) as url:
-        yield url
-    db.close()
 
 
 def test_diffusion_training_runs_cancels_and_resumes(server, page):
