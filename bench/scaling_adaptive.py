@@ -18,7 +18,11 @@ fewer tokens than their budget K; the x axis of the plot is what they really spe
 | mini-N, exact | ``mini_n``, N=K, m=max(1, K/4), τ=1 | ``math`` (stop at the first right answer) |
 | mini-N, ORM | ``mini_n``, N=K, m=max(1, K/4), τ=0.9 | ``arith_orm:prob`` |
 | DeepConf-low / -high | ``deepconf``, N=K, warm-up max(1, K/2), window 8, η=10 / 90, consensus 0.95 | none (``math`` only labels) |
+| ZIP-RC | ``zip_rc``, at most K samples, 4 running, a decision every 8 tokens, α=β=0.05, the trained joint head | ``math`` on finished samples |
 | dual-phase budget, exact / learned PRM | ``dual_phase``, k=K a line, cap 2K, τ=0.9 | ``arith_steps`` / ``arith_prm`` |
+| beam search with early rejection, learned PRM | ``beam_early_reject``, K/4 beams x 4, scored after 3 tokens, rank cut | ``arith_prm`` (partial scores) |
+| adaptive restart | ``adaptive_restart``, at most K samples, the trained head's P(restart better): prune > 0.3 at 8 tokens, stop ≤ 0.1; T from 0 (greedy) towards 1, γ=0.5 | ``math`` (picks among the finished) |
+| VAS, learned value | ``vas``, value=learned, β=0.1, the K most likely tokens valued (one text at any K; K=1 is greedy) | ``math`` (its value head) |
 
 DeepConf's window is 8 tokens (the paper's 2,048 is longer than any arith solution, ~28
 tokens); its warm-up is half the budget (the paper's 16 of 512 would be under one trace
@@ -59,8 +63,13 @@ METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "mini_n_orm": ("mini_n", "arith_orm:prob", {**FLAT, "threshold": 0.9}),
     "deepconf_low": ("deepconf", "math", {**FLAT, "batch_size": 64, "window": 8, "keep_percent": 10.0}),
     "deepconf_high": ("deepconf", "math", {**FLAT, "batch_size": 64, "window": 8, "keep_percent": 90.0}),
+    "zip_rc": ("zip_rc", "math", {**FLAT, "width": 4, "interval": 8, "compute_cost": 0.05, "latency_cost": 0.05}),
     "dual_exact": ("dual_phase", "arith_steps", {**LINE, "confidence": 0.9}),
     "dual_learned": ("dual_phase", "arith_prm", {**LINE, "confidence": 0.9}),
+    "beam_er_learned": ("beam_early_reject", "arith_prm", {**LINE, "expand": 4, "prefix_tokens": 3, "final_tokens": 64}),
+    "adaptive_restart": ("adaptive_restart", "math", {**FLAT, "checkpoint_tokens": 8, "prune_threshold": 0.3,
+                                                      "stop_threshold": 0.1, "first_temperature": 0.0, "anneal_rate": 0.5}),
+    "vas_learned": ("vas", "math", {**FLAT, "value": "learned", "beta": 0.1}),
 }
 LABELS = {
     "bon_oracle": "best-of-N, exact verifier (oracle)",
@@ -72,14 +81,22 @@ LABELS = {
     "mini_n_orm": "mini-N in-loop, ORM P(right) (τ=0.9)",
     "deepconf_low": "DeepConf-low (η=10%)",
     "deepconf_high": "DeepConf-high (η=90%)",
+    "zip_rc": "ZIP-RC, learned joint head (α=β=0.05)",
     "dual_exact": "dual-phase budget, exact PRM",
     "dual_learned": "dual-phase budget, learned PRM",
+    "beam_er_learned": "beam search, early rejection after 3 tokens, learned PRM",
+    "adaptive_restart": "adaptive restart, learned P(restart better)",
+    "vas_learned": "VAS, learned value head (β=0.1), K valued tokens",
 }
 #: what the size K sets for each sampler (engines.sweep.Arm.size_params: max(1, int(K * factor)))
 SIZE_PARAMS = {
     "best_of_n": {"n": 1}, "majority": {"n": 1}, "soft_best_of_k": {"n": 1},
     "mini_n": {"n": 1, "mini_n": 0.25}, "deepconf": {"n": 1, "warmup": 0.5},
+    "zip_rc": {"samples": 1},
     "dual_phase": {"samples_per_step": 1, "max_per_step": 2},
+    "beam_early_reject": {"beams": 0.25},
+    "adaptive_restart": {"max_samples": 1},
+    "vas": {"candidates": 1},
 }
 
 
@@ -123,7 +140,8 @@ def findings(s: dict[str, dict[str, dict[str, float]]], sizes: list[int]) -> lis
     top = str(max(sizes))
     target = s["bon_oracle"][top]
     out = []
-    for method in ("mini_n_exact", "mini_n_orm", "deepconf_low", "deepconf_high", "dual_exact", "dual_learned"):
+    for method in ("mini_n_exact", "mini_n_orm", "deepconf_low", "deepconf_high", "dual_exact", "dual_learned",
+                   "adaptive_restart"):
         reached = [(int(k), v) for k, v in s[method].items() if v["accuracy"] >= target["accuracy"] - 2 * target["se"]]
         if reached:
             k, v = min(reached, key=lambda kv: kv[1]["tokens"])

@@ -1,7 +1,8 @@
 """``samplescope reward``: train a reward on the stored votes, pick the next pairs, label quality.
 
-- ``reward train --name NAME [--votes FILTER] [--base MODEL] [--kind head|finetune]``
+- ``reward train --name NAME [--votes FILTER] [--base MODEL] [--kind head|finetune] [--outside-option]``
   trains ``learned:NAME`` (app/workflows/reward_training.py, app/workflows/reward_finetune.py);
+  ``--outside-option`` also learns the acceptability threshold τ from "both bad" votes;
 - ``reward learn METHOD --name NAME`` trains ``learned:NAME`` by West-of-N, ODIN or GAN-RM, or stores
   a PAR reward over another (app/workflows/reward_learners.py);
 - ``reward pairs --run ID --strategy uncertain:NAME [--against REWARD]`` stores
@@ -49,6 +50,10 @@ def print_card(card: dict[str, Any]) -> None:
         print(f"stored reward {name}: agreement {_fmt(p['rate'])} [{_fmt(p['low'])}, {_fmt(p['high'])}] on {p['n']}")
     for point in metrics.get("learning_curve", []):
         print(f"  {point['votes']:>7.1f} training votes: accuracy {_fmt(point['rate'])}")
+    outside = card.get("outside_option")
+    if outside:
+        print(outside.get("message") or f"outside option: τ = {outside['tau']:.3f} from {outside['both_bad_votes']} 'both bad' votes "
+              f"(observed rate {outside['both_bad_rate']:.3f}, fitted {outside['predicted_both_bad_rate']:.3f})")
 
 
 @_storage_errors
@@ -58,6 +63,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     with _open(args) as db:
         if args.kind == "finetune":
+            if args.outside_option:
+                raise ValueError("--outside-option trains a head (--kind head), not a fine-tune")
             from app.workflows.reward_finetune import finetune_reward as trainer
 
             items = trainer(db, args.name, votes=args.votes, base=args.base, min_agreement=args.min_agreement,
@@ -68,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = FitConfig(hidden=args.hidden, epochs=args.epochs or 100, folds=args.folds, seed=args.seed,
                                ties=args.ties)
             items = trainer(db, args.name, votes=args.votes, base=args.base, min_agreement=args.min_agreement,
-                            group_by=args.group_by, config=config)
+                            group_by=args.group_by, config=config, outside_option=args.outside_option)
         trained = None
         last = -1
         for item in items:
@@ -299,6 +306,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="training epochs (head: 100, finetune: 1)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (head)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--outside-option", action="store_true",
+                   help="also learn an acceptability threshold τ from the 'both bad' votes (head; mini_n uses it)")
     _add_db(p)
     add_json(p)
     p.set_defaults(func=cmd_train)

@@ -13,6 +13,12 @@ original pair; they measure consistency). ``min_agreement`` drops annotators
 whose agreement with the others (or accuracy on gold pairs, where they voted
 on any) is below it; the summary says how many votes that dropped.
 
+``outside_option=True`` also reads the ``both_bad`` votes: the head is then fitted
+jointly with an outside option's utility τ by the choice model of
+:mod:`engines.rewards.outside_option` (Rho 2025), and the card's ``outside_option``
+carries τ, or, with fewer "both bad" votes than its stated minimum, no τ and why; the
+cross-validation metrics stay those of the Bradley-Terry fit on the a/b/tie votes.
+
 Baselines on the same votes: each stored reward's agreement
 (``storage.stats.reward_agreement``) and the annotators' agreement with each
 other on comparisons several of them labelled (the ceiling a reward can reach).
@@ -53,6 +59,7 @@ from engines.rewards.learned import (
     image_base,
     save_head,
 )
+from engines.rewards.outside_option import MIN_BOTH_BAD, fit_outside_option
 from engines.task import Task
 from storage.quality import quality_summary
 from storage.records import vote_records
@@ -112,7 +119,8 @@ def matches(record: Any, wanted: dict[str, str]) -> bool:
 
 
 def select_votes(
-    records: Sequence[Any], quality: dict[str, Any], *, votes: str | None = None, min_agreement: float | None = None
+    records: Sequence[Any], quality: dict[str, Any], *, votes: str | None = None, min_agreement: float | None = None,
+    both_bad: bool = False,
 ) -> tuple[list[Any], dict[str, Any]]:
     """The records to train on and what was left out (counts)."""
     wanted = parse_filter(votes)
@@ -128,13 +136,15 @@ def select_votes(
                 dropped_annotators.append(row["annotator"])
     by_dropped = [r for r in chosen if r.annotator in dropped_annotators]
     kept = [r for r in chosen if r.annotator not in dropped_annotators]
-    usable = [r for r in kept if r.outcome in OUTCOME_Y and r.comparison_id not in repeats]
+    readable = (*OUTCOME_Y, "both_bad") if both_bad else tuple(OUTCOME_Y)
+    usable = [r for r in kept if r.outcome in readable and r.comparison_id not in repeats]
     counts = {
         "matched": len(chosen),
         "used": len(usable),
         "decisive": sum(r.outcome in ("a", "b") for r in usable),
         "ties": sum(r.outcome == "tie" for r in usable),
-        "both_bad_excluded": sum(r.outcome == "both_bad" for r in kept),
+        "both_bad_excluded": 0 if both_bad else sum(r.outcome == "both_bad" for r in kept),
+        "both_bad_used": sum(r.outcome == "both_bad" for r in usable),
         "repeats_excluded": sum(r.comparison_id in repeats for r in kept),
         "dropped_annotators": dropped_annotators,
         "dropped_votes": len(by_dropped),
@@ -189,6 +199,7 @@ def train_reward(
     min_agreement: float | None = None,
     config: FitConfig | None = None,
     load_model: Callable[..., Any] | None = None,
+    outside_option: bool = False,
 ) -> Iterator[Progress | Trained]:
     """Train ``learned:NAME`` on the stored votes (see the module docstring)."""
 
@@ -201,7 +212,7 @@ def train_reward(
     config = config or FitConfig(hidden=hidden)
     records = db.read(vote_records)
     quality = db.read(quality_summary)
-    usable, counts = select_votes(records, quality, votes=votes, min_agreement=min_agreement)
+    usable, counts = select_votes(records, quality, votes=votes, min_agreement=min_agreement, both_bad=outside_option)
     images = [bool(r.a.image and r.b.image) for r in usable]
     modality = "image" if usable and all(images) else "text"
     if usable and any(images) and not all(images):
@@ -211,22 +222,24 @@ def train_reward(
             prompt=r.prompt,
             a=r.a.image if modality == "image" else r.a.text,
             b=r.b.image if modality == "image" else r.b.text,
-            y=OUTCOME_Y[r.outcome],
+            y=OUTCOME_Y.get(r.outcome, 0.5),  # both_bad (outside option only) is not a pair outcome
             outcome=r.outcome,
             annotator=r.annotator,
             comparison_id=r.comparison_id,
         )
         for r in usable
     ]
-    groups = np.array([ex.prompt if group_by == "prompt" else ex.annotator for ex in examples], dtype=object)
-    y = torch.tensor([ex.y for ex in examples], dtype=torch.float32)
+    paired = [i for i, ex in enumerate(examples) if ex.outcome in OUTCOME_Y]
+    groups = np.array([examples[i].prompt if group_by == "prompt" else examples[i].annotator for i in paired], dtype=object)
+    y = torch.tensor([examples[i].y for i in paired], dtype=torch.float32)
     # the cheap checks before any model is loaded
-    check_trainable(PairData(torch.zeros(len(y), 1), torch.zeros(len(y), 1), y, groups), [ex.outcome for ex in examples])
+    check_trainable(PairData(torch.zeros(len(y), 1), torch.zeros(len(y), 1), y, groups), [examples[i].outcome for i in paired])
     base = (base or (DEFAULT_IMAGE_BASE if modality == "image" else DEFAULT_TEXT_BASE)).strip()
     if image_base(base) != (modality == "image"):
         raise ConfigError(f"base model {base!r} does not take {modality} candidates")
     features = featuriser(base, load_model)
-    xa, xb = featurise(examples, features, modality)
+    xa_all, xb_all = featurise(examples, features, modality)
+    xa, xb = xa_all[paired], xb_all[paired]
     data = PairData(xa, xb, y, groups)
     result: TrainResult | None = None
     for item in train(data, config):
@@ -235,6 +248,9 @@ def train_reward(
         else:
             yield item
     assert result is not None
+    head, outside = result.head, None
+    if outside_option:
+        head, outside = fit_outside(name, xa_all, xb_all, [ex.outcome for ex in examples], config, result.head)
     card = {
         "name": name,
         "kind": "head",
@@ -254,8 +270,26 @@ def train_reward(
             "annotator_ceiling": ceiling(usable),
         },
     }
-    write_folder(folder, card, lambda tmp: save_head(result.head, tmp))
+    if outside is not None:
+        card["outside_option"] = outside
+    write_folder(folder, card, lambda tmp: save_head(head, tmp))
     yield Trained(name=name, folder=folder, card=card)
+
+
+def fit_outside(name: str, xa: torch.Tensor, xb: torch.Tensor, outcomes: list[str], config: FitConfig,
+                bt_head: Any) -> tuple[Any, dict[str, Any]]:
+    """The head to save and the card's ``outside_option``: the choice-model head and τ when the
+    votes hold at least MIN_BOTH_BAD "both bad" ones, else the Bradley-Terry head, no τ, and why."""
+    both_bad = outcomes.count("both_bad")
+    entry: dict[str, Any] = {"model": "multinomial logit over (a, b, outside option), Rho 2025 (arXiv:2510.04087)",
+                             "both_bad_votes": both_bad, "minimum": MIN_BOTH_BAD, "tau": None}
+    if both_bad < MIN_BOTH_BAD:
+        entry["message"] = (f"learned:{name} has {both_bad} 'both bad' votes, below the minimum of {MIN_BOTH_BAD}: "
+                            "no outside option (mini_n falls back to its fixed threshold)")
+        return bt_head, entry
+    fit = fit_outside_option(xa, xb, outcomes, hidden=config.hidden, lr=config.lr, l2=config.l2, seed=config.seed)
+    entry.update(tau=fit.tau, nll=fit.nll, both_bad_rate=fit.both_bad_rate, predicted_both_bad_rate=fit.predicted_both_bad_rate)
+    return fit.head, entry
 
 
 def write_folder(folder: Path, card: dict[str, Any], write_weights: Callable[[Path], None]) -> None:

@@ -45,7 +45,7 @@ from engines.models.arith import ASSETS, load_hf
 from engines.rewards import REWARDS, RewardEnv, RewardFactory
 from engines.rewards.base import Reward, StepReward
 from engines.task import Task
-from engines.tasks.arith import Problem, check_steps, parse_expression
+from engines.tasks.arith import Problem, check_steps, on_track, parse_expression
 from engines.trace import Cost
 
 ORM_DIR = ASSETS / "orm"
@@ -108,8 +108,19 @@ def step_scores(problem: Problem, steps: Sequence[str]) -> list[float]:
     return [1.0 if end < 0 or valid[end] else 0.0 for end in ends]
 
 
+def partial_text(steps: Sequence[str]) -> str:
+    """The text of steps whose last one is cut mid-line, in the format the checks and the PRM read:
+    every finished line stripped and closed by a newline, blank lines dropped, the cut line stripped."""
+    *lines, tail = "".join(steps).split("\n")
+    return "".join(line.strip() + "\n" for line in lines if line.strip()) + tail.strip()
+
+
 class ArithStepReward(StepReward):
-    """``arith_steps``: exact prefix validity of every step (see the module docstring)."""
+    """``arith_steps``: exact prefix validity of every step (see the module docstring).
+
+    A step cut mid-line (:meth:`score_partial`) scores 1.0 while the text can still grow into a
+    fully valid solution (:func:`engines.tasks.arith.on_track` at its last character), else 0.0.
+    """
 
     name = "arith_steps"
 
@@ -118,6 +129,10 @@ class ArithStepReward(StepReward):
     ) -> list[list[float]]:
         problem = _problem(task)
         return [step_scores(problem, steps) for steps in candidates]
+
+    def score_partial(self, task: Task, candidates: Sequence[Sequence[str]], *, usage: Cost | None = None) -> list[float]:
+        problem = _problem(task)
+        return [1.0 if all(on_track(problem, partial_text(steps))[-1:]) else 0.0 for steps in candidates]
 
     def check_task(self, task: Task) -> None:
         _problem(task)
@@ -182,6 +197,26 @@ class ArithProcessModel(StepReward):
                 out.append([float(probs[row, p]) if p < limit else 0.0 for p in positions])
         if usage is not None:
             usage.add(reward_tokens=sum(min(len(ids), limit) for ids, _ in encoded))
+        return out
+
+
+    @torch.no_grad()
+    def score_partial(self, task: Task, candidates: Sequence[Sequence[str]], *, usage: Cost | None = None) -> list[float]:
+        """P(on track) read at the last token of a step cut mid-line: the head is trained on the
+        ``on_track`` label at every token (scripts/arith_data.py), so any prefix can be read."""
+        model, tokenizer = load_hf(self.folder, self.device, "token")
+        limit = int(model.config.max_position_embeddings)
+        prompt = list(tokenizer(task.prompt, add_special_tokens=False)["input_ids"])
+        rows = [(prompt + list(tokenizer(partial_text(steps), add_special_tokens=False)["input_ids"]))[:limit]
+                for steps in candidates]
+        out: list[float] = []
+        for start in range(0, len(rows), self.batch_size):
+            part = rows[start : start + self.batch_size]
+            ids, mask = _pad_right(part, tokenizer.pad_token_id)
+            probs = torch.sigmoid(model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits[..., 0]).cpu()
+            out += [float(probs[row, len(r) - 1]) for row, r in enumerate(part)]
+        if usage is not None:
+            usage.add(reward_tokens=sum(len(r) for r in rows))
         return out
 
 

@@ -100,6 +100,12 @@ class StepReward(ABC):
         """The score after the last step of each candidate (samplers that only need the newest value)."""
         return [scores[-1] for scores in self.score_steps(task, candidates, usage=usage)]
 
+    def score_partial(self, task: Task, candidates: Sequence[Sequence[str]], *, usage: Cost | None = None) -> list[float]:
+        """The score of each candidate whose last step is cut mid-step (a partial step, as early
+        rejection inside beam search reads it). By default the cut step is read as if it were
+        complete (:meth:`score_last`); a reward that can read a prefix at any token overrides this."""
+        return self.score_last(task, candidates, usage=usage)
+
     def evaluations(self, candidates: Sequence[Sequence[str]], *, last: bool = False) -> int:
         """Reward evaluations that :meth:`score_steps` (or, with ``last``, :meth:`score_last`)
         spends on ``candidates``: the run's ``reward_calls``. A per-prefix reward must

@@ -26,6 +26,8 @@ def build_sampler(name: str, params: dict[str, Any] | None = None, *, strings: b
 def _load_all() -> None:
     # Imported for their registration side effect, one module per algorithm.
     from engines.samplers import (  # noqa: F401
+        adaptive_restart,
+        beam_early_reject,
         beam_search,
         best_of_majority,
         best_of_n,
@@ -54,6 +56,7 @@ def _load_all() -> None:
         svdd,
         vas,
         weighted_majority,
+        zip_rc,
     )
 
 

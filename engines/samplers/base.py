@@ -168,9 +168,16 @@ class RunContext:
 
     def score_last(self, candidates: Sequence[Sequence[str]]) -> list[float]:
         """The step reward after the last step of each candidate (one evaluation each)."""
+        return self._score_newest(candidates, self.reward.score_last)
+
+    def score_partial(self, candidates: Sequence[Sequence[str]]) -> list[float]:
+        """The step reward of each candidate whose last step is cut mid-step (one evaluation each)."""
+        return self._score_newest(candidates, self.reward.score_partial)
+
+    def _score_newest(self, candidates: Sequence[Sequence[str]], read: Any) -> list[float]:
         calls = self.reward.evaluations(candidates, last=True)
         self._reserve("reward_calls", calls, "reward_calls", "reward_tokens")
-        values = self.reward.score_last(self.task, candidates, usage=self.cost)
+        values = read(self.task, candidates, usage=self.cost)
         self.cost.add(reward_calls=calls)
         return [float(v) for v in values]
 

@@ -23,9 +23,10 @@ Symbols: K = ``beams``, M = ``expand``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 from engines.config import param
+from engines.models.base import SamplingParams
 from engines.samplers import SAMPLERS
 from engines.samplers.base import RunContext
 from engines.samplers.stepwise import Partial, StepConfig, StepSampler, expand, prune, root_partial, score
@@ -59,8 +60,7 @@ class BeamSearch(StepSampler):
             # the first expansion draws all K·M from the root, later ones M per beam
             k = cfg.beams * cfg.expand if active == [root] else cfg.expand
             last = active[0].depth == cfg.max_steps - 1
-            children = yield from expand(ctx, active, k, cfg, params=cfg.final_params(cfg.final_tokens) if last else None)
-            yield from score(ctx, children, cfg.aggregate)
+            children = yield from self.grow(ctx, active, k, cfg.final_params(cfg.final_tokens) if last else None)
             finished += [c for c in children if c.done]
             ranked = sorted((c for c in children if not c.done), key=lambda c: -c.value)
             active = ranked[: cfg.beams]
@@ -69,3 +69,10 @@ class BeamSearch(StepSampler):
         best = max(finished, key=lambda c: c.value)
         ctx.metrics.update(finished=len(finished))
         yield SelectEvent(nodes=[best.id], reason=f"best of {len(finished)} finished beams")
+
+    def grow(self, ctx: RunContext, beams: list[Partial], k: int, params: SamplingParams | None) -> Generator[Event, None, list[Partial]]:
+        """One step's scored children: ``k`` next steps of every beam (``params`` replaces the
+        step's sampling on the last iteration). Subclasses change how a step is grown."""
+        children = yield from expand(ctx, beams, k, self.config, params=params)  # type: ignore[arg-type]
+        yield from score(ctx, children, self.config.aggregate)  # type: ignore[attr-defined]
+        return children

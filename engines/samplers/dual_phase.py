@@ -18,8 +18,8 @@ The paper also splits every step into a *plan* and its *execution*, each searche
 own reward model; the lab's step rewards are not trained on that format, so only the
 budget rule is implemented (``dual_phase`` runs it on whatever steps ``step`` cuts). The
 in-step early rejection of Accelerating LLM Reasoning via Early Rejection (partial-step
-scores inside beam search) is not here; ``early_rejection`` is the flat speculative
-rejection with partial rewards.
+scores inside beam search) is ``beam_early_reject``; ``early_rejection`` is the flat
+speculative rejection with partial rewards.
 
 Symbols: k = ``samples_per_step``, τ = ``confidence``, cap = ``max_per_step``.
 """

@@ -83,6 +83,22 @@ def root_partial(ctx: RunContext) -> tuple[Partial, NodeEvent]:
     return Partial(id="root", ids=ids), ctx.root(ctx.task.prompt, len(ids))
 
 
+def fit_step(ctx: RunContext, parents: Sequence[Partial], k: int, params: SamplingParams) -> SamplingParams:
+    """``params`` with ``max_new_tokens`` cut to the room the model's context has left after the
+    longest parent; raises :class:`BudgetExhausted` when the context is full or the budget cannot
+    pay for ``k`` worst-case continuations of every parent (``k = 0`` checks only the context)."""
+    room = ctx.model.context_length
+    if room is not None:  # a step never asks for more tokens than the context has left
+        longest = max(len(p.ids) for p in parents)
+        if longest + params.max_new_tokens > room:
+            if longest >= room:
+                raise BudgetExhausted(f"context full: {longest} tokens of the model's {room}")
+            params = dataclasses.replace(params, max_new_tokens=room - longest)
+    if ctx.affordable(len(parents) * k, params.max_new_tokens) < len(parents) * k:
+        raise BudgetExhausted("budget exhausted: no room for another expansion")
+    return params
+
+
 def expand(
     ctx: RunContext,
     parents: Sequence[Partial],
@@ -102,16 +118,7 @@ def expand(
     ``ends(child)`` says so (a sampler's own length limit). ``params`` replaces the
     step's sampling parameters (a last step that runs to end-of-text).
     """
-    params = params or cfg.step_params(max_tokens)
-    room = ctx.model.context_length
-    if room is not None:  # a step never asks for more tokens than the context has left
-        longest = max(len(p.ids) for p in parents)
-        if longest + params.max_new_tokens > room:
-            if longest >= room:
-                raise BudgetExhausted(f"context full: {longest} tokens of the model's {room}")
-            params = dataclasses.replace(params, max_new_tokens=room - longest)
-    if ctx.affordable(len(parents) * k, params.max_new_tokens) < len(parents) * k:
-        raise BudgetExhausted("budget exhausted: no room for another expansion")
+    params = fit_step(ctx, parents, k, params or cfg.step_params(max_tokens))
     generations = ctx.generate([p.ids for p in parents], params, n=k)
     out: list[Partial] = []
     for parent, gens in zip(parents, generations, strict=True):

@@ -29,6 +29,16 @@ Where V comes from (``value``), each evaluation metered through the run context:
   one reward call per scored text and reward part.
 - ``exact`` (enumerable toy models with ``distribution()``): every complete text is scored
   once per run (reward calls = their number) and V is summed exactly over the continuations.
+- ``learned`` (the paper's way): a value head trained by TD(λ) on samples of the frozen policy
+  (:mod:`engines.models.value_head`; ``value_model`` is its folder, empty for the shipped arith
+  head of ``scripts/train_arith_value.py``) gives q(s, a), the probability that the policy's
+  completion of s·a reaches the higher of its reward's two levels (lo, hi), for the
+  ``candidates`` most likely tokens in one batched forward pass, metered as one model call (and
+  the tokens it reads as prefill tokens), no reward call. The mean value is lo + (hi - lo)·q; the
+  soft value of a two-level reward is a function of q too, β·log((1 - q)·e^(lo/β) + q·e^(hi/β)),
+  so with an exact q the rule decodes the KL optimum exactly (as β → 0, p(y | r(y) = hi)). The
+  head values the reward part it was trained for (its ``value_head.json`` names it, e.g.
+  ``math``); the run's other reward parts, if any, are valued by rollouts as above.
 
 Composition: when the run's reward is a weighted sum (``0.5*sentiment+1*length:20``) or a preference
 direction (``direction:30:sentiment,length:20``, weights its unit vector) each part's
@@ -49,6 +59,7 @@ import torch
 from engines.config import param
 from engines.errors import BudgetExhausted, ConfigError
 from engines.models.sampling import warp
+from engines.models.value_head import VALUE_DIR, ValueHead
 from engines.samplers import SAMPLERS
 from engines.samplers.base import GenerationConfig, RunContext, Sampler
 from engines.samplers.candidates import open_root
@@ -63,19 +74,24 @@ class VASConfig(GenerationConfig):
     label = "Value Augmented Sampling"
     paper = "Han et al. 2024, Value Augmented Sampling for Language Model Alignment and Personalization (arXiv:2405.06639)"
     summary = ("Decode token by token from p(a|s)·exp(V(s,a)/β) over the top-k tokens, V the value of each "
-               "candidate token (Monte-Carlo rollouts of the run's reward, or exact on a toy); several rewards "
+               "candidate token (Monte-Carlo rollouts of the run's reward, exact on a toy, or a value head trained by "
+               "TD(λ) on the frozen policy's samples); several rewards "
                "combined by per-reward weights.")
 
     beta: float = param(1.0, label="β (KL strength)", min=1e-4, max=1e4, step=0.01,
                         help="π ∝ p·exp(V/β): small β follows the value, large β the model.")
-    value: str = param("rollouts", label="Value source", choices=("rollouts", "exact"),
-                       help="rollouts: Monte-Carlo continuations scored by the reward; exact: enumerate a toy model.")
+    value: str = param("rollouts", label="Value source", choices=("rollouts", "exact", "learned"),
+                       help="rollouts: Monte-Carlo continuations scored by the reward; exact: enumerate a toy model; "
+                            "learned: a value head trained by TD(λ) on the frozen policy's samples.")
+    value_model: str = param("", label="Value head",
+                             help="value=learned: the value head's folder (empty: the embedded arith head, which values "
+                                  "the math reward of embedded:arith).")
     estimator: str = param("soft", label="Value", choices=("soft", "mean"),
                            help="soft: β·log E[exp(r/β)] (exact KL-optimum); mean: E[r] (the paper's learned value).")
     rollouts: int = param(4, label="Rollouts per token", min=1, max=256,
                           help="Continuations drawn per candidate token to estimate its value.")
     candidates: int = param(8, label="Valued tokens", min=0, max=100000,
-                            help="value=rollouts: the most likely tokens that get a value (0: every token p can "
+                            help="value=rollouts / learned: the most likely tokens that get a value (0: every token p can "
                                  "draw, which on a 49k-token vocabulary is 49k rollout sets per step).")
     weights: str = param("", label="Reward weights",
                          help="Comma-separated weights of the reward's parts (a weighted-sum reward); empty keeps its own.")
@@ -139,7 +155,15 @@ class VAS(Sampler):
     def check_inputs(self, task: Task, model: Any, reward: Any) -> None:
         super().check_inputs(task, model, reward)
         cfg: VASConfig = self.config  # type: ignore[assignment]
-        reward_parts(reward, parse_weights(cfg.weights))
+        parts = reward_parts(reward, parse_weights(cfg.weights))
+        if cfg.value == "learned":
+            head = self.value_head()
+            if head.spec.policy != getattr(model, "name", None):
+                raise ConfigError(f"the value head values {head.spec.policy!r}'s samples; this run's model is "
+                                  f"{getattr(model, 'name', model)!r}")
+            if not any(r.name == head.spec.reward for _, r in parts):
+                raise ConfigError(f"the value head values the reward {head.spec.reward!r}; reward {reward.name!r} "
+                                  "has no such part")
         if cfg.value != "exact":
             return
         if not hasattr(model, "distribution"):
@@ -158,13 +182,40 @@ class VAS(Sampler):
         """V(s, a) of each candidate token a after ``response``: Σ_i w_i V_i."""
         if table is not None:
             return self.exact_values(ctx, table, response, tokens)
-        return self.rollout_values(ctx, prefix, response, tokens)
+        parts = self.parts(ctx)
+        total = torch.zeros(len(tokens), dtype=torch.float64)
+        if self.config.value == "learned":  # type: ignore[attr-defined]
+            head = self.value_head()
+            learned = [w for w, r in parts if r.name == head.spec.reward]
+            parts = [(w, r) for w, r in parts if r.name != head.spec.reward]
+            total += sum(learned) * self.learned_values(ctx, head, prefix + response, tokens)
+        if parts:
+            total += self.rollout_values(ctx, prefix, response, tokens, parts)
+        return total
+
+    def value_head(self) -> ValueHead:
+        """The learned value head (``value_model``; loaded once per process)."""
+        return ValueHead.from_pretrained(self.config.value_model or VALUE_DIR)  # type: ignore[attr-defined]
+
+    def learned_values(self, ctx: RunContext, head: ValueHead, prefix: list[int], tokens: list[int]) -> torch.Tensor:
+        """The head's mean or soft value of each candidate, from its q(s, a) (one metered forward pass)."""
+        cfg: VASConfig = self.config  # type: ignore[assignment]
+        q = head.success_probabilities(prefix, tokens, usage=ctx.cost).clamp(0.0, 1.0)
+        ctx.metrics["value_head_calls"] = ctx.metrics.get("value_head_calls", 0) + 1
+        lo, hi = head.spec.levels
+        if cfg.estimator == "mean":
+            return lo + (hi - lo) * q
+        # β·log((1-q)·e^(lo/β) + q·e^(hi/β)), the soft value of a two-level reward, computed stably
+        beta = self.soft_value_beta()
+        both = torch.stack([(1 - q).log() + lo / beta, q.log() + hi / beta])
+        return beta * torch.logsumexp(both, 0)
 
     def soft_value_beta(self) -> float:
         """The β inside the exact soft value: the rule's own β (anything else misses the optimum)."""
         return self.config.beta  # type: ignore[attr-defined]
 
-    def rollout_values(self, ctx: RunContext, prefix: list[int], response: list[int], tokens: list[int]) -> torch.Tensor:
+    def rollout_values(self, ctx: RunContext, prefix: list[int], response: list[int], tokens: list[int],
+                       parts: list[tuple[float, Any]]) -> torch.Tensor:
         cfg: VASConfig = self.config  # type: ignore[assignment]
         model, left = ctx.model, cfg.max_new_tokens - len(response) - 1
         # per candidate: the texts whose rewards estimate its value (one if it ends the text)
@@ -180,7 +231,7 @@ class VAS(Sampler):
                 texts[i] = [model.decode(response + [tokens[i]] + g.token_ids) for g in gens]
         flat = [t for row in texts for t in row]
         total = torch.zeros(len(tokens), dtype=torch.float64)
-        for weight, reward in self.parts(ctx):
+        for weight, reward in parts:
             scores = iter(ctx.score(flat, reward=reward))
             for i, row in enumerate(texts):
                 total[i] += weight * float(aggregate(torch.tensor([next(scores) for _ in row], dtype=torch.float64),
@@ -238,7 +289,7 @@ class VAS(Sampler):
                 base[eos] = float("-inf")
             policy = warp(base, cfg.sampling())
             tokens = [int(a) for a in torch.nonzero(torch.isfinite(policy)).flatten()]
-            if cfg.value == "rollouts" and 0 < cfg.candidates < len(tokens):
+            if cfg.value != "exact" and 0 < cfg.candidates < len(tokens):
                 # A = the `candidates` most likely tokens under p (the paper's top-k), in token order
                 top = torch.topk(policy[tokens], cfg.candidates).indices.tolist()
                 tokens = sorted(tokens[i] for i in top)

@@ -122,7 +122,7 @@ def test_cli_lists_the_diffusion_schemes(capsys):
     assert main(["list", "schemes", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["name"] for row in rows] == list(SCHEMES)
-    assert {"dpok", "draft", "draft_k", "draft_lv", "curated_retraining", "single_sde"} <= set(SCHEMES)
+    assert {"dpok", "draft", "draft_k", "draft_lv", "curated_retraining", "single_sde", "branch", "tree"} <= set(SCHEMES)
     assert all(row["paper"] and row["params"] for row in rows)
 
 
@@ -139,6 +139,8 @@ def one_thread():
 SCHEME_RUNS = {
     "draft_k": ({"steps": 10, "batch_size": 16, "truncate": 1}, 1e-4),
     "dpok": ({"steps": 10, "batch_size": 16, "kl_coef": 0.01, "baseline": "mean_std"}, 3e-4),
+    # 0.153 -> 1.000 (its own chain: ODE outside the window), held-out read as 3: 0.14 -> 1.00
+    "tree": ({"steps": 10, "batch_size": 16}, 3e-4),
 }
 
 

@@ -12,6 +12,9 @@ events, checkpoints, resume and budgets, with diffusion's counters).
 | ``draft``, ``draft_k``, ``draft_lv`` | draft | Clark et al. 2023 |
 | ``curated_retraining`` | curated | Ferbach et al. 2024 |
 | ``single_sde`` | single_sde | Zhang et al. 2026 (E-GRPO) |
+| ``branch`` | branch | Hu et al. 2025 (B²-DiffuRL) |
+| ``tree`` | tree | Fu et al. 2025 (Dynamic-TreeRPO) |
+| ``adjoint_matching`` | adjoint_matching | Domingo-Enrich et al. 2025 |
 
 Shared options: ``eta_shape='decaying'`` (:mod:`~engines.training.diffusion.decaying_noise`, HiCoGen's
 decaying stochasticity) for every scheme that reads :meth:`SchemeConfig.eta_schedule`; DPOK's
@@ -38,7 +41,15 @@ def build_scheme(name: str, params: dict[str, Any] | None = None, *, strings: bo
 
 def _load_all() -> None:
     # Imported for their registration side effect, one module per scheme.
-    from engines.training.diffusion import curated, dpok, draft, single_sde  # noqa: F401
+    from engines.training.diffusion import (  # noqa: F401
+        adjoint_matching,
+        branch,
+        curated,
+        dpok,
+        draft,
+        single_sde,
+        tree,
+    )
 
 
 _load_all()

@@ -34,25 +34,42 @@ With ``step_credit='cosine'`` the return at step t is the step's share of α·r_
 (:mod:`~engines.training.diffusion.step_credit`, CoCA's step-level reward; reward shaping, so
 not the unbiased gradient above).
 
-On-policy: one gradient step per batch of fresh chains (ratio 1), so DDPO's importance
-ratio and clipping (several inner epochs on one batch) are not implemented here.
+DDPO's importance ratio and clipping (Black et al. 2023; its code github.com/kvablack/ddpo-pytorch,
+``train.clip_range`` and ``train.num_inner_epochs``): one batch
+of chains is used for ``inner_epochs`` updates (one loop update each: the first draws the chains,
+the others re-evaluate the policy at the stored states); each stochastic step's term uses the
+ratio ρ = p_θ(x_{t-1}|x_t) / p_old(x_{t-1}|x_t) against the policy that drew the batch, and PPO's
+clipped surrogate (Schulman et al. 2017)::
+
+    loss = (1/N) Σ_i Σ_{t∈S} max(−A_{i,t}·ρ_{i,t}, −A_{i,t}·clip(ρ_{i,t}, 1−ε, 1+ε))  +  β·(1/N) Σ_i Σ_{t∈S} KL_{i,t}
+
+A term's gradient vanishes once the ratio has left the trust region on the side its advantage
+pushes it (above 1+ε for A > 0, below 1−ε for A < 0). On the first epoch ρ = 1, so its gradient
+is the plain estimator above, exactly; advantages (and the path KL credit in them) are fixed when
+the batch is drawn, the KL term is re-taken at the current θ. Differences from DDPO's code: one
+gradient step per epoch over the whole batch (DDPO splits an epoch into minibatches and shuffles
+the steps), the steps' terms are summed rather than averaged, and no advantage clipping. The stored
+batch is part of the run's checkpoint, so a run resumed between a batch's epochs continues them.
 
 | code | paper (DPOK) | meaning |
 |---|---|---|
 | ``reward_weight`` | α | weight of the reward |
 | ``kl_coef`` | β | weight of the KL to the pretrained model |
 | ``log_prob`` | log p_θ(x_{t-1}|x_t) | the step's Gaussian density (the model's own step code) |
+| ``clip_range`` | ε (DDPO's ``clip_range``) | half-width of the ratio's trust region |
+| ``inner_epochs`` | DDPO's ``num_inner_epochs`` | updates per batch of chains |
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from engines.config import param
 from engines.errors import ConfigError
-from engines.models.diffusion import Eta, Prediction, Schedule, Transition
+from engines.models.diffusion import Eta, Prediction, Schedule, Transition, transition_log_prob
 from engines.training.diffusion import SCHEMES
 from engines.training.diffusion.base import (
     BASELINES,
@@ -85,6 +102,34 @@ class DPOKConfig(SchemeConfig):
         help="none: the reward on every step; cosine: each step's share by how far it moves x̂0 to the final image (CoCA).",
         advanced=True,
     )
+    clip_range: float = param(
+        1e-4, label="Ratio clip (ε)", min=0.0, max=10.0,
+        help="PPO clipping of the ratio to the policy that drew the batch (DDPO's default 1e-4); bites from the second inner epoch.",
+        advanced=True,
+    )
+    inner_epochs: int = param(1, label="Inner epochs", min=1, max=64, help="Updates per batch of chains (DDPO).", advanced=True)
+
+
+@dataclass
+class DrawnBatch:
+    """What the later inner epochs of one batch need: the stochastic steps' states and samples, the
+    log-probs under the policy that drew them, the fixed advantages, the reference means, the rewards."""
+
+    states: list[torch.Tensor]
+    samples: list[torch.Tensor]
+    stds: list[float]
+    steps: list[int]
+    old_logp: torch.Tensor  # [N, S]
+    advantages: torch.Tensor  # [N, S]
+    ref_means: list[torch.Tensor] | None
+    rewards: torch.Tensor
+    epoch: int = 1
+
+
+def clipped_surrogate(advantages: torch.Tensor, logp: torch.Tensor, old_logp: torch.Tensor, clip: float) -> torch.Tensor:
+    """PPO's clipped objective as a loss, per sample summed over steps: Σ_t max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε))."""
+    ratio = torch.exp(logp - old_logp)
+    return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)).sum(1)
 
 
 @SCHEMES.register("dpok")
@@ -112,7 +157,42 @@ class DPOK(DiffusionScheme):
         """The step's transition (drawn with ``rng``); its ``log_prob`` is the term the estimator credits."""
         return policy.step(x, i, sched, pred, eta=eta, rng=rng)
 
+    def __init__(self, config: DPOKConfig | None = None) -> None:
+        super().__init__(config)
+        self.pending: DrawnBatch | None = None  # a batch with inner epochs left
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint must keep for a resumed run to continue a batch's inner epochs exactly."""
+        return {"pending": asdict(self.pending) if self.pending is not None else None}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.pending = DrawnBatch(**state["pending"]) if state.get("pending") else None
+
     def loss(self, ctx: SchemeContext, n: int):
+        cfg = self.config
+        if self.pending is None:
+            batch, logp, kl = yield from self.draw(ctx, n)
+        else:
+            batch = self.pending
+            logp, kl = self.replay(ctx, batch)
+        surrogate = clipped_surrogate(batch.advantages, logp, batch.old_logp, cfg.clip_range)
+        loss = surrogate.mean() + cfg.kl_coef * kl.sum(1).mean()
+        ratio = torch.exp(logp.detach() - batch.old_logp)
+        metrics = {
+            "loss": float(loss.detach()),
+            "reward_mean": float(batch.rewards.mean()),
+            "kl": float(kl.detach().sum(1).mean()),
+            "logprob_terms": logp.shape[1],
+        }
+        if cfg.inner_epochs > 1:
+            metrics.update(inner_epoch=batch.epoch, ratio_mean=float(ratio.mean()),
+                           clip_fraction=float(((ratio - 1).abs() > cfg.clip_range).double().mean()))
+        batch.epoch += 1
+        self.pending = batch if batch.epoch <= cfg.inner_epochs else None
+        return loss, metrics
+
+    def draw(self, ctx: SchemeContext, n: int):
+        """Draw ``n`` chains, yield their events; return the batch, its log-probs and KL terms (with graph)."""
         cfg = self.config
         policy = ctx.policy
         sched = policy.schedule(cfg.steps)
@@ -120,7 +200,7 @@ class DPOK(DiffusionScheme):
         stochastic = sched.stochastic(eta)
         use_kl = cfg.kl_coef > 0
         x = policy.initial_noise(n, ctx.rng)
-        log_probs, kls, x0_hats = [], [], []
+        log_probs, kls, x0_hats, states, samples, stds, ref_means = [], [], [], [], [], [], []
         for i in range(len(sched)):
             pred = ctx.denoise(policy, x, i, sched, grad=stochastic[i])
             x0_hats.append(pred.x0.detach())
@@ -128,11 +208,15 @@ class DPOK(DiffusionScheme):
                 trans = self.transition(policy, x, i, sched, pred, eta, ctx.rng)
                 if stochastic[i]:
                     sample = trans.sample.detach()
+                    states.append(x)
+                    samples.append(sample)
+                    stds.append(trans.std)
                     log_probs.append(trans.log_prob(sample))
                     if use_kl:
                         ref_pred = ctx.denoise(ctx.reference, x, i, sched)
-                        ref_mean = ctx.reference.step(x, i, sched, ref_pred, eta=eta, noise=torch.zeros_like(x)).mean
-                        kls.append(((trans.mean - ref_mean.detach()) ** 2).flatten(1).sum(1) / (2 * trans.std**2))
+                        ref_mean = ctx.reference.step(x, i, sched, ref_pred, eta=eta, noise=torch.zeros_like(x)).mean.detach()
+                        ref_means.append(ref_mean)
+                        kls.append(((trans.mean - ref_mean) ** 2).flatten(1).sum(1) / (2 * trans.std**2))
             x = trans.sample.detach()
         ctx.budget.spend(samples=n)
         images = policy.decode(x)
@@ -147,14 +231,27 @@ class DPOK(DiffusionScheme):
             later = kl.detach().flip(1).cumsum(1).flip(1) - kl.detach()  # Σ over the stochastic steps after t
             returns = returns - cfg.kl_coef * later
         advantages = baseline_advantages(returns, cfg.baseline).detach()
-        loss = -(advantages * logp).sum(1).mean() + cfg.kl_coef * kl.sum(1).mean()
         yield from batch_events(ctx, images, rewards.tolist(), advantages[:, 0].tolist(), stochastic=stochastic,
                                 meta={"step_advantages": advantages.mean(0).tolist(),
                                       "sample_step_advantages": advantages.tolist()})
-        metrics = {
-            "loss": float(loss.detach()),
-            "reward_mean": float(rewards.mean()),
-            "kl": float(kl.detach().sum(1).mean()),
-            "logprob_terms": logp.shape[1],
-        }
-        return loss, metrics
+        batch = DrawnBatch(states=states, samples=samples, stds=stds, steps=[i for i, s in enumerate(stochastic) if s],
+                           old_logp=logp.detach(), advantages=advantages, ref_means=ref_means if use_kl else None,
+                           rewards=rewards)
+        return batch, logp, kl
+
+    def replay(self, ctx: SchemeContext, batch: DrawnBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-probs and KL terms of a stored batch under the current policy (a later inner epoch)."""
+        policy = ctx.policy
+        sched = policy.schedule(self.config.steps)
+        eta = self.config.eta_schedule(sched)
+        log_probs, kls = [], []
+        for k, i in enumerate(batch.steps):
+            x = batch.states[k]
+            pred = ctx.denoise(policy, x, i, sched, grad=True)
+            with torch.enable_grad():
+                mean = policy.step(x, i, sched, pred, eta=eta, noise=torch.zeros_like(x)).mean
+                log_probs.append(transition_log_prob(batch.samples[k], mean, batch.stds[k]))
+                if batch.ref_means is not None:
+                    kls.append(((mean - batch.ref_means[k]) ** 2).flatten(1).sum(1) / (2 * batch.stds[k] ** 2))
+        logp = torch.stack(log_probs, dim=1)
+        return logp, torch.stack(kls, dim=1) if kls else torch.zeros_like(logp)

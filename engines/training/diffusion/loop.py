@@ -137,6 +137,8 @@ def train_diffusion(
         optimizer.load_state_dict(state["optimizer"])
         rng.set_state(state["rng"])
         step, spent = state["step"], state["spent"]
+        if state.get("scheme") is not None:  # e.g. dpok's batch with inner epochs left
+            scheme.restore_state(state["scheme"])
     budget = DiffusionAllowance(config.samples, config.nfe, config.backward_nfe, config.backward_passes, config.seconds,
                                 cancel=cancel, spent=spent)
     sched = policy.schedule(scheme.config.steps)
@@ -152,8 +154,9 @@ def train_diffusion(
         return EvalEvent(step=at, metrics={**metrics, **budget.as_dict()})
 
     def checkpoint() -> None:
+        scheme_state = scheme.checkpoint_state() if hasattr(scheme, "checkpoint_state") else None
         folder.checkpoint({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.get_state(),
-                           "step": step, "spent": budget.as_dict()}, pending)
+                           "step": step, "spent": budget.as_dict(), "scheme": scheme_state}, pending)
         pending.clear()
 
     for data in stored:
@@ -166,7 +169,8 @@ def train_diffusion(
         while config.max_updates is None or step < config.max_updates:
             n = budget.fit_samples(scheme.config.batch_size, per_sample)
             minimum = 2 if getattr(scheme.config, "baseline", "none") != "none" else 1
-            if n < minimum:
+            replaying = getattr(scheme, "pending", None) is not None  # a later inner epoch draws no samples
+            if n < minimum and not replaying:
                 raise BudgetExhausted("budget exhausted: no room for another batch")
             budget.check()
             ctx = SchemeContext(policy=policy, reward=reward, budget=budget, rng=rng, reference=reference, step=step)

@@ -19,9 +19,25 @@ one-SDE-step rollouts of MixGRPO / G2RPO. What is followed here, on the DDPM/DDI
 - the only log-prob term is the stochastic step's Gaussian transition (deterministic steps have
   no density), so the loss is ``−(1/N) Σ_i A_i · log p_θ(x^i_{after} | x_{prefix})``.
 
+Multi-granularity advantages (``granularities``, G2RPO: Zhou, Ling, Bu, Wang, Zang, Wang, Niu &
+Zhai, "G²RPO: Granular GRPO for Precise Reward in Flow Models", arXiv:2510.01982; code
+github.com/bcmi/Granular-GRPO). Its *Multi-Granularity Advantage Integration* scores one SDE
+perturbation by the images the ODE makes from it at several denoising granularities. Here: after
+the stochastic step, the remaining deterministic steps are run once per granularity s, each run
+merging every s consecutive steps into one DDIM step (from the ᾱ at the run's start to the ᾱ after
+its last step; the last run may be shorter); each run gives its own final image and reward, the
+group advantages are computed per granularity (within one prefix's branches, as above) and summed:
+``A_i = Σ_s A_i^(s)``. ``granularities = 1`` (the default) is the single chain above, unchanged.
+The sum is how we read the paper's integration (its method text was not available to us in full;
+the abstract and summaries say the advantages "computed at multiple diffusion scales" are
+aggregated). Events and ``reward_mean`` show the first granularity's images and rewards; each
+granularity's mean reward is in the metrics. Budget: a branch is one sample; every granularity's
+ODE run is metered as network evaluations.
+
 Not implemented: choosing the step automatically from measured entropy (E-GRPO's adaptive
-threshold; here the step is chosen by index), G2RPO's aggregation over several granularities,
-PPO-style ratios and clipping (one on-policy gradient step per batch), and a KL term.
+threshold; here the step is chosen by index), G2RPO's *Singular Stochastic Sampling* moving the
+one SDE step across the chain during training (here it stays at ``sde_step``), PPO-style ratios
+and clipping (one on-policy gradient step per batch), and a KL term.
 """
 
 from __future__ import annotations
@@ -59,6 +75,12 @@ class SingleSDEConfig(SchemeConfig):
         "group_mean_std", label="Advantage", choices=GROUP_BASELINES,
         help="Within one prefix's branches: GRPO's (r − mean)/std, or leave-one-out (unbiased, no rescaling).",
     )
+    granularities: str = param(
+        "1", label="ODE granularities (G2RPO)",
+        help="Comma-separated step-merge factors for the ODE steps after the stochastic one; each gives its own image "
+        "and reward, and the advantages are summed over them (G2RPO). 1: one chain (E-GRPO).",
+        advanced=True,
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -68,6 +90,17 @@ class SingleSDEConfig(SchemeConfig):
             raise ConfigError("single_sde has one stochastic step: eta_shape must be 'constant'")
         if self.batch_size % self.group_size:
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of group_size {self.group_size}")
+        self.granularity_list()
+
+    def granularity_list(self) -> tuple[int, ...]:
+        """The granularities as positive integers, in the order given (the first is the one shown)."""
+        try:
+            scales = tuple(int(v) for v in self.granularities.split(","))
+        except ValueError:
+            raise ConfigError(f"granularities must be comma-separated whole numbers, got {self.granularities!r}") from None
+        if not scales or any(v < 1 for v in scales) or len(set(scales)) != len(scales):
+            raise ConfigError(f"granularities must be distinct whole numbers >= 1, got {self.granularities!r}")
+        return scales
 
     def eta_schedule(self, sched: Schedule) -> tuple[float, ...]:
         """η of the unmerged chain (what the loop's evaluation samples): ``eta`` on ``sde_step``, 0 elsewhere."""
@@ -85,6 +118,18 @@ def merged_schedule(sched: Schedule, start: int, merge: int) -> Schedule:
         timesteps=sched.timesteps[: start + 1] + sched.timesteps[end + 1:],
         alpha_bars=sched.alpha_bars[: start + 1] + sched.alpha_bars[end + 1:],
         alpha_bars_prev=sched.alpha_bars_prev[:start] + (sched.alpha_bars_prev[end],) + sched.alpha_bars_prev[end + 1:],
+    )
+
+
+def coarsened_tail(sched: Schedule, first: int, scale: int) -> Schedule:
+    """The schedule with steps ``first …`` grouped ``scale`` at a time, each group one step from the
+    ᾱ at its start to the ᾱ after its last step (the last group may be shorter); earlier steps unchanged."""
+    starts = range(first, len(sched), scale)
+    ends = [min(start + scale, len(sched)) - 1 for start in starts]
+    return Schedule(
+        timesteps=sched.timesteps[:first] + tuple(sched.timesteps[s] for s in starts),
+        alpha_bars=sched.alpha_bars[:first] + tuple(sched.alpha_bars[s] for s in starts),
+        alpha_bars_prev=sched.alpha_bars_prev[:first] + tuple(sched.alpha_bars_prev[e] for e in ends),
     )
 
 
@@ -121,8 +166,9 @@ class SingleSDE(DiffusionScheme):
 
     def plan(self, sched: Schedule) -> dict[str, int]:
         # An upper bound per sample: the shared prefix is evaluated once per group, so it costs less.
-        steps = len(sched) - (self.config.merge - 1)
-        return {"nfe": steps, "backward_nfe": 1, "backward_passes": 0}
+        after = len(sched) - (self.config.merge - 1) - self.config.sde_step - 1  # ODE steps after the stochastic one
+        tails = sum(-(-after // s) for s in self.config.granularity_list())
+        return {"nfe": self.config.sde_step + 1 + tails, "backward_nfe": 1, "backward_passes": 0}
 
     def loss(self, ctx: SchemeContext, n: int):
         cfg = self.config
@@ -141,14 +187,25 @@ class SingleSDE(DiffusionScheme):
         with torch.enable_grad():
             trans = policy.step(x, j, sched, pred, eta=eta, rng=ctx.rng)
             log_prob = trans.log_prob(trans.sample.detach())
-        x = trans.sample.detach()
-        for i in range(j + 1, len(sched)):
-            x = policy.step(x, i, sched, ctx.denoise(policy, x, i, sched), eta=eta).sample
+        branched = trans.sample.detach()
+        finals = {}
+        for scale in cfg.granularity_list():  # G2RPO: the same perturbation, denoised at several granularities
+            tail = sched if scale == 1 else coarsened_tail(sched, j + 1, scale)
+            x = branched
+            for i in range(j + 1, len(tail)):
+                x = policy.step(x, i, tail, ctx.denoise(policy, x, i, tail), eta=0.0).sample
+            finals[scale] = x
         ctx.budget.spend(samples=n)
-        images = policy.decode(x)
-        rewards = ctx.score(images)
-        advantages = group_advantages(cfg.reward_weight * rewards, g, cfg.baseline).to(log_prob.dtype)
+        images = {scale: policy.decode(x) for scale, x in finals.items()}
+        rewards = {scale: ctx.score(image) for scale, image in images.items()}
+        advantages = sum(group_advantages(cfg.reward_weight * r, g, cfg.baseline) for r in rewards.values())
+        advantages = advantages.to(log_prob.dtype)
         loss = -(advantages * log_prob).mean()
-        yield from batch_events(ctx, images, rewards.tolist(), advantages.tolist(), stochastic=sched.stochastic(eta),
-                                meta={"group_size": g, "merged_steps": cfg.merge})
-        return loss, {"loss": float(loss.detach()), "reward_mean": float(rewards.mean()), "logprob_terms": 1}
+        shown = cfg.granularity_list()[0]
+        yield from batch_events(ctx, images[shown], rewards[shown].tolist(), advantages.tolist(),
+                                stochastic=sched.stochastic(eta),
+                                meta={"group_size": g, "merged_steps": cfg.merge, "granularities": list(rewards)})
+        metrics = {"loss": float(loss.detach()), "reward_mean": float(rewards[shown].mean()), "logprob_terms": 1}
+        if len(rewards) > 1:
+            metrics.update({f"reward_mean_g{scale}": float(r.mean()) for scale, r in rewards.items()})
+        return loss, metrics
