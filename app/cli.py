@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "app.commands.train",
     "app.commands.pairs",
     "app.commands.pareto",
+    "app.commands.steer_or_train",
 )
 
 

@@ -19,4 +19,5 @@ BENCHES = {
     "audit": ("bench.audit", "robustness audit of every shipped reward on arith; West-of-N vs random pairs (simulated annotator)"),
     "train": ("bench.train", "RL on the arith policy: lab vs TRL rollout tokens/s, s per update, accuracy vs samples per strategy"),
     "vas_arith": ("bench.vas_arith", "vas on arith: a learned value head against Monte-Carlo values and one T=1 sample"),
+    "diffusion_train": ("bench.diffusion_train", "diffusion RL on digits: updates/s and peak memory per scheme; steer or train? at matched compute"),
 }

@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     we.set_defaults(func=_storage_errors(sweeps_export))
 
     r = sub.add_parser("report", help="one self-contained HTML file for a run or a sweep")
-    r.add_argument("target", help="run:ID, sweep:ID, compare:NAME (a strategy comparison: samplescope train --compare), or a bare run id")
+    r.add_argument("target", help="run:ID, sweep:ID, compare:NAME (a strategy comparison: samplescope train --compare), "
+                   "steer:NAME (samplescope steer-or-train), or a bare run id")
     r.add_argument("--out", required=True)
     r.add_argument("--db")
     r.set_defaults(func=_storage_errors(report))

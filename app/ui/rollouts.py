@@ -31,6 +31,7 @@ from typing import Any
 import gradio as gr
 
 from app.ui import forms
+from app.ui.diffusion_train import DIFFUSION_POLICIES, DiffusionTrainSection
 from app.ui.explore import RenderThrottle, error_markdown
 from app.ui.services import Services, error_message
 from app.ui.strategy_compare import CompareSection
@@ -60,9 +61,10 @@ class RolloutsTab:
             with gr.Row():
                 with gr.Column(scale=1, min_width=320):
                     self.name = gr.Textbox("run-1", label="Run name", info="letters, digits, '.', '_' or '-'", elem_id="rl-name")
-                    self.policy = gr.Dropdown(["embedded:arith"], value="embedded:arith", allow_custom_value=True,
-                                              label="Policy", info="embedded:arith or hf:FOLDER; rollouts only: any text "
-                                              "model, e.g. openai:URL", elem_id="rl-policy")
+                    self.policy = gr.Dropdown(["embedded:arith", *DIFFUSION_POLICIES], value="embedded:arith",
+                                              allow_custom_value=True, label="Policy",
+                                              info="embedded:arith or hf:FOLDER; rollouts only: any text model, e.g. "
+                                              "openai:URL; diffusion: embedded:digits or diffusers:FOLDER", elem_id="rl-policy")
                     self.rollouts_only = gr.Checkbox(False, label="Rollouts only (no updates)", elem_id="rl-rollouts-only",
                                                      info="what the strategy keeps from this model, at what sample cost; "
                                                      "served models too; stores nothing")
@@ -80,11 +82,11 @@ class RolloutsTab:
                         self.learning_rate = gr.Number(1e-5, label="Learning rate", elem_id="rl-lr")
                         self.kl_coef = gr.Number(0.0, label="KL coefficient", elem_id="rl-kl")
                         self.seed = gr.Number(0, precision=0, label="Seed", elem_id="rl-seed")
-                with gr.Column(scale=1, min_width=320):
+                with gr.Column(scale=1, min_width=320) as self.strategy_column:
                     self.strategy = gr.Dropdown([(cls.Config.label, name) for name, cls in STRATEGIES.items()], value="grpo",
                                                 label="Strategy", elem_id="rl-strategy")
                     self.forms = forms.build_forms(STRATEGIES.items(), "grpo", "rl")
-            with gr.Row(equal_height=True):
+            with gr.Row(equal_height=True) as self.buttons:
                 self.start_button = gr.Button("Start", variant="primary", elem_id="rl-start")
                 self.resume_button = gr.Button("Resume", elem_id="rl-resume")
                 self.cancel_button = gr.Button("Cancel", variant="stop", elem_id="rl-cancel")
@@ -93,7 +95,10 @@ class RolloutsTab:
             self.curves = gr.Plot(label="Curves", elem_id="rl-curves")
             self.token = gr.State(None)  # inside the Tab: see ExploreTab
             self.compare = CompareSection(self)
+            self.diffusion = DiffusionTrainSection(self)
         self._wire()
+        self.diffusion.toggle([self.rollouts_only, self.prompts, self.control, self.kl_coef, self.strategy_column,
+                               self.buttons, self.status, self.grid, self.curves, self.compare.accordion])
 
     def _wire(self) -> None:
         inputs = [self.name, self.policy, self.prompts, self.control, self.strategy, self.budget, self.eval_every,

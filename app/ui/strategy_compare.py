@@ -32,7 +32,7 @@ class CompareSection:
         from engines.training import STRATEGIES
 
         self.tab = tab
-        with gr.Accordion("Compare strategies at a matched sample budget", open=False, elem_id="rl-compare"):
+        with gr.Accordion("Compare strategies at a matched sample budget", open=False, elem_id="rl-compare") as self.accordion:
             gr.Markdown("Train each chosen strategy with every seed on the policy, prompts, reward control, samples "
                         "budget and evaluation settings above (each strategy with its own form's parameters), then "
                         "compare held-out accuracy, kept share and KL against samples spent, with 95% bootstrap bands "

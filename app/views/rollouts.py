@@ -134,10 +134,16 @@ PANELS = (
 
 def curves(view: TrainingView, title: str = "Training curves (x: update)") -> go.Figure:
     """Held-out accuracy (greedy and T=1) from ``eval`` events; KL, loss and samples spent from ``update`` events."""
+    return panel_curves(view, PANELS, title)
+
+
+def panel_curves(view: Any, panels: tuple, title: str) -> go.Figure:
+    """A 2x2 grid of ``panels`` ((title, ((legend name, "updates"/"evals", metric key), ...)), ...) against
+    the update step, read from a view's ``updates`` and ``evals`` lists."""
     if not view.updates and not view.evals:
         return empty(title, "no update yet")
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[0] for p in PANELS], vertical_spacing=0.18)
-    for index, (_, series) in enumerate(PANELS):
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[0] for p in panels], vertical_spacing=0.18)
+    for index, (_, series) in enumerate(panels):
         row, col = index // 2 + 1, index % 2 + 1
         for name, source, key in series:
             points = [(m["step"], m[key]) for m in getattr(view, source) if m.get(key) is not None]

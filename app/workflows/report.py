@@ -280,14 +280,19 @@ def audit_page(report: Any) -> Page:
 
 
 def write_report(db: Any, target: str, out: str | Path) -> Path:
-    """``run:ID``, ``sweep:ID``, ``compare:NAME`` (a strategy comparison) or a bare run id -> the HTML file at ``out``."""
+    """``run:ID``, ``sweep:ID``, ``compare:NAME`` (a strategy comparison), ``steer:NAME`` (steer or train?,
+    app.workflows.steer_or_train) or a bare run id -> the HTML file at ``out``."""
     from engines.training.loop import NAME_CHARS
 
     kind, _, ident = str(target).partition(":") if ":" in str(target) else ("run", "", str(target))
     if kind == "compare" and ident and set(ident) <= NAME_CHARS:
         html_text = comparison_html(ident)
+    elif kind == "steer" and ident and set(ident) <= NAME_CHARS:
+        from app.workflows.steer_or_train import load_result, steer_or_train_page
+
+        html_text = steer_or_train_page(load_result(ident)).render()
     elif kind not in ("run", "sweep") or not ident.strip().isdigit():
-        raise ConfigError(f"report takes run:ID, sweep:ID, compare:NAME or a run id, got {target!r}")
+        raise ConfigError(f"report takes run:ID, sweep:ID, compare:NAME, steer:NAME or a run id, got {target!r}")
     else:
         html_text = report_html(db, kind, int(ident))
     path = Path(out)

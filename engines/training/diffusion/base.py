@@ -285,7 +285,8 @@ def batch_events(
     meta: dict[str, Any] | None = None,
 ) -> list[Event]:
     """The trace of one update's samples: a root, a final node with its image and score per
-    sample, and one group event (rewards, advantages; stochastic steps in its meta)."""
+    sample, and one group event (rewards, advantages; the chain's length and its stochastic
+    steps in its meta, so a view can mark which steps drew noise)."""
     root = f"u{ctx.step}"
     reward_name = str(getattr(ctx.reward, "name", "reward"))
     uris = ctx.policy.to_data_uris(images.detach())
@@ -300,7 +301,8 @@ def batch_events(
         GroupEvent(
             step=ctx.step, prompt=root, nodes=ids, rewards=[float(r) for r in rewards],
             advantages=[float(a) for a in advantages],
-            meta={"stochastic_steps": [i for i, s in enumerate(stochastic) if s], **(meta or {})},
+            meta={"chain_steps": len(stochastic), "stochastic_steps": [i for i, s in enumerate(stochastic) if s],
+                  **(meta or {})},
         )
     )
     return events

@@ -232,7 +232,8 @@ class DPOK(DiffusionScheme):
             returns = returns - cfg.kl_coef * later
         advantages = baseline_advantages(returns, cfg.baseline).detach()
         yield from batch_events(ctx, images, rewards.tolist(), advantages[:, 0].tolist(), stochastic=stochastic,
-                                meta={"step_advantages": advantages.mean(0).tolist()})
+                                meta={"step_advantages": advantages.mean(0).tolist(),
+                                      "sample_step_advantages": advantages.tolist()})
         batch = DrawnBatch(states=states, samples=samples, stds=stds, steps=[i for i, s in enumerate(stochastic) if s],
                            old_logp=logp.detach(), advantages=advantages, ref_means=ref_means if use_kl else None,
                            rewards=rewards)
