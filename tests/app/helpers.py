@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_up(url: str, timeout: float = 180.0) -> None:
+    """Return once ``url`` answers an HTTP request; raise after ``timeout`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=30).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the app at {url} did not answer within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def launched(services) -> Iterator[str]:
     """The real app (build_demo + launch_options) on a free local port; yields its URL."""
@@ -65,10 +82,15 @@ def launched(services) -> Iterator[str]:
 
     demo = build_demo(services)
     port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    # Gradio's own "is localhost reachable" check gives up after one 3 s HEAD and then refuses to
+    # start ("a shareable link must be created"): on a loaded 2-core CI machine that failed a test's
+    # setup. `_frontend=False` skips only that check; the wait below is the same check, patient.
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                show_error=False, **launch_options(services))
+                show_error=False, _frontend=False, **launch_options(services))
     try:
-        yield f"http://127.0.0.1:{port}/"
+        wait_until_up(url)
+        yield url
     finally:
         demo.close()
 
