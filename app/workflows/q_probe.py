@@ -70,10 +70,10 @@ def selection_metrics(head: BTHead, data: ProbeData) -> dict[str, float]:
     """Mean reward of one sample, of the probe's soft (beta = 1) and argmax picks, and of the oracle pick."""
     with torch.no_grad():
         q = head(data.features)
-    soft = sum(sum(w * r for w, r in zip(soft_pick_weights(qs.tolist(), 1.0), rs.tolist()))
-               for qs, rs in zip(q, data.rewards))
-    argmax = sum(sum(w * r for w, r in zip(soft_pick_weights(qs.tolist(), 0.0), rs.tolist()))
-                 for qs, rs in zip(q, data.rewards))
+    soft = sum(sum(w * r for w, r in zip(soft_pick_weights(qs.tolist(), 1.0), rs.tolist(), strict=True))
+               for qs, rs in zip(q, data.rewards, strict=True))
+    argmax = sum(sum(w * r for w, r in zip(soft_pick_weights(qs.tolist(), 0.0), rs.tolist(), strict=True))
+                 for qs, rs in zip(q, data.rewards, strict=True))
     prompts = len(data.rewards)
     return {
         "prompts": prompts,

@@ -111,8 +111,18 @@ def list_rewards(rewards_folder: Path | None = None) -> list[dict[str, Any]]:
 
 
 def _load_all() -> None:
-    from engines.rewards import arith, classifier, controls, image, judge, learned, steps, text, verifiable  # noqa: F401
-    from engines.rewards import direction  # noqa: F401  (after the rewards it combines)
+    from engines.rewards import (  # noqa: F401
+        arith,
+        classifier,
+        controls,
+        direction,  # noqa: F401  (after the rewards it combines)
+        image,
+        judge,
+        learned,
+        steps,
+        text,
+        verifiable,
+    )
 
 
 _load_all()

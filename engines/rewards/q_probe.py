@@ -130,16 +130,16 @@ def soft_pick_law(p: Sequence[float], q: Sequence[float], k: int, beta: float) -
     m = len(p)
     law = [0.0] * m
     for counts in _compositions(k, m):
-        if any(c and pi == 0 for c, pi in zip(counts, p)):
+        if any(c and pi == 0 for c, pi in zip(counts, p, strict=True)):
             continue
         prob = math.exp(math.lgamma(k + 1) + sum(c * math.log(pi) - math.lgamma(c + 1)
-                                                  for c, pi in zip(counts, p) if c))
+                                                  for c, pi in zip(counts, p, strict=True) if c))
         # the y_i equal to y share their softmax mass: c_y exp(q_y / beta) / sum_j c_j exp(q_j / beta)
         present = [y for y in range(m) if counts[y]]
         weights = soft_pick_weights([q[y] for y in present], beta)
-        mass = [counts[y] * w for y, w in zip(present, weights)]
+        mass = [counts[y] * w for y, w in zip(present, weights, strict=True)]
         total = sum(mass)
-        for y, w in zip(present, mass):
+        for y, w in zip(present, mass, strict=True):
             law[y] += prob * w / total
     return law
 

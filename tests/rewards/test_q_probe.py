@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from engines.errors import ConfigError
-from engines.rewards.q_probe import ProbeFit, fit_probe, probe_loss, soft_pick_law, soft_pick_weights, tilted_law
+from engines.rewards.q_probe import (
+    ProbeFit,
+    fit_probe,
+    probe_loss,
+    soft_pick_law,
+    soft_pick_weights,
+    tilted_law,
+)
 
 P = [0.5, 0.3, 0.15, 0.05]
 Q = [0.0, 1.0, 2.0, 3.0]
