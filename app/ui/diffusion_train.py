@@ -28,6 +28,7 @@ from app.ui.explore import error_markdown
 from app.ui.services import error_message
 from app.views import diffusion_train as views
 from app.views.render import md_text
+from app.views.rollouts import RolloutTree
 from engines.errors import ConfigError
 
 DIFFUSION_POLICIES = ("embedded:digits",)
@@ -65,10 +66,11 @@ class DiffusionTrainSection:
             self.grids = gr.HTML(elem_id="dt-grids")
             self.curves = gr.Plot(label="Curves", elem_id="dt-curves")
             self.rollout = gr.Plot(label="Denoising rollout", elem_id="dt-rollout")
+            self.tree = gr.Plot(label="Rollout tree (tree, branch)", elem_id="dt-tree")
             self.token = gr.State(None)
         inputs = [tab.name, tab.policy, self.reward, self.scheme, tab.budget, tab.eval_every, tab.eval_size,
                   tab.learning_rate, tab.seed, *forms.all_inputs(self.forms)]
-        outputs = [self.status, self.grids, self.curves, self.rollout, self.token]
+        outputs = [self.status, self.grids, self.curves, self.rollout, self.tree, self.token]
         self.start_button.click(self.start, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.resume_button.click(self.resume, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.cancel_button.click(self.cancel, [self.token], [self.status], concurrency_limit=None, show_progress="hidden")
@@ -144,6 +146,10 @@ class DiffusionTrainSection:
             yield {self.status: error_markdown(error_message(exc))}
             return
         view = views.DiffusionTrainingView()
+        tree = RolloutTree()
+
+        def fold(event) -> bool:
+            return view.add(event) | tree.add(event)  # both see every event
 
         def produce(flag):  # on the worker thread; the policy and reward load there, checked before any event
             return train_diffusion(config, params, resume=resume, cancel=flag, runs_folder=training_home())
@@ -157,10 +163,10 @@ class DiffusionTrainSection:
             if not changed:
                 return {self.status: status}
             return {self.status: status, self.grids: views.sample_grids(view), self.curves: views.diffusion_curves(view),
-                    self.rollout: views.rollout_figure(view)}
+                    self.rollout: views.rollout_figure(view), self.tree: tree.figure()}
 
         starting = f"{'resuming' if resume else 'starting'} {md_text(config.name)}…"
-        yield from self.tab.stream_in_slot(ticket, request, produce, view.add, draw, starting, status_box=self.status,
+        yield from self.tab.stream_in_slot(ticket, request, produce, fold, draw, starting, status_box=self.status,
                                            token_box=self.token, thread="samplescope-train-diffusion")
 
     def cancel(self, token):

@@ -93,18 +93,19 @@ class RolloutsTab:
             self.status = gr.Markdown(elem_id="rl-status")
             self.grid = gr.Plot(label="Batch", elem_id="rl-grid")
             self.curves = gr.Plot(label="Curves", elem_id="rl-curves")
+            self.tree = gr.Plot(label="Rollout tree (tree_rpo, tree_rl)", elem_id="rl-tree")
             self.token = gr.State(None)  # inside the Tab: see ExploreTab
             self.compare = CompareSection(self)
             self.diffusion = DiffusionTrainSection(self)
         self._wire()
         self.diffusion.toggle([self.rollouts_only, self.prompts, self.control, self.kl_coef, self.strategy_column,
-                               self.buttons, self.status, self.grid, self.curves, self.compare.accordion])
+                               self.buttons, self.status, self.grid, self.curves, self.tree, self.compare.accordion])
 
     def _wire(self) -> None:
         inputs = [self.name, self.policy, self.prompts, self.control, self.strategy, self.budget, self.eval_every,
                   self.eval_size, self.learning_rate, self.kl_coef, self.seed, self.rollouts_only,
                   *forms.all_inputs(self.forms)]
-        outputs = [self.status, self.grid, self.curves, self.token]
+        outputs = [self.status, self.grid, self.curves, self.tree, self.token]
         self.start_button.click(self.start, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.resume_button.click(self.resume, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         self.cancel_button.click(self.cancel, [self.token], [self.status], concurrency_limit=None, show_progress="hidden")
@@ -185,7 +186,11 @@ class RolloutsTab:
             yield {self.status: error_markdown(error_message(exc))}
             return
         view = views.TrainingView()
+        tree = views.RolloutTree()
         curves = views.rollout_curves if only else views.curves
+
+        def fold(event) -> bool:
+            return view.add(event) | tree.add(event)  # both see every event
 
         def produce(flag):  # on the worker thread
             if only:
@@ -196,11 +201,11 @@ class RolloutsTab:
             status = views.status_line(view, time.monotonic() - clicked, running=running)
             if not running and view.done is not None and view.done.status == "cancelled" and not only:
                 status += " — the last checkpoint is kept: Resume continues this run"
-            figures = {self.grid: views.batch_grid(view), self.curves: curves(view)} if changed else {}
+            figures = {self.grid: views.batch_grid(view), self.curves: curves(view), self.tree: tree.figure()} if changed else {}
             return {self.status: status, **figures}
 
         starting = f"{'resuming' if resume else 'starting'} {md_text(config.name)}…"
-        yield from self.stream_in_slot(ticket, request, produce, view.add, draw, starting,
+        yield from self.stream_in_slot(ticket, request, produce, fold, draw, starting,
                                        status_box=self.status, token_box=self.token, thread="samplescope-train")
 
     def stream_in_slot(self, ticket, request, produce, fold, draw, starting: str, *, status_box, token_box, thread: str):

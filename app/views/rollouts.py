@@ -8,7 +8,10 @@ draws unequal counts), the curves of held-out accuracy, KL, loss and samples spe
 (:func:`curves`) and a one-line status (:func:`status_line`). A rollout-only run
 (engines.training.rollouts_only: ``cost`` events per batch, no update) is drawn by
 :func:`rollout_curves`: the share of samples each batch kept against samples spent, and the
-groups dropped by each rule. Prompt text reaches a figure
+groups dropped by each rule. :class:`RolloutTree` keeps the newest rollout *tree* (TreeRPO,
+TreeRL and the diffusion ``tree`` / ``branch`` schemes link their segments by parent ids and
+score inner nodes with their values) for the shared candidate-tree figure
+(:func:`app.views.trace.tree_figure`). Prompt text reaches a figure
 only through :func:`app.views.render.plain` (escaped), other strings through ``md_text``.
 """
 
@@ -21,8 +24,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.views.render import md_text, plain
-from app.views.trace import GREY, _layout, empty
-from engines.trace import Event, GroupEvent
+from app.views.trace import GREY, _layout, empty, tree_figure
+from engines.trace import Event, GroupEvent, Trace
 from engines.training.rollouts_only import kept_summary
 
 REWARD_SCALE = "RdYlGn"
@@ -70,6 +73,61 @@ class TrainingView:
             return []
         step = self.groups[-1].step
         return [g for g in self.groups if g.step == step]
+
+
+@dataclass
+class RolloutTree:
+    """The newest rollout tree of a run, for :func:`figure`.
+
+    Tree strategies emit a root ``node`` (parent None) per tree (text: one per prompt, all of a
+    batch's roots before their trees; diffusion: one per update, its trees below it), then each
+    segment as a ``node`` with its parent and ``score`` events: rewards at the leaves, values
+    (partial) at inner nodes. A root whose nodes go deeper than one level is a tree; a flat
+    group (GRPO's samples, all children of the prompt) is not and is not drawn. Only the last
+    ``keep`` roots are held, so a long run's memory stays bounded.
+    """
+
+    keep: int = 64
+    newest: str | None = None  # the root of the newest tree that branches below its first level
+    _events: dict[str, list[Event]] = field(default_factory=dict)  # root id -> its events, root first
+    _root_of: dict[str, str] = field(default_factory=dict)  # node id -> its root id
+
+    def add(self, event: Event) -> bool:
+        """Fold one event in; True when the drawn tree changed."""
+        if event.kind == "node":
+            if event.parent is None:
+                self._events[event.id] = [event]
+                self._root_of[event.id] = event.id
+                self._forget_old_roots()
+                return False
+            root = self._root_of.get(event.parent)
+            if root is None:
+                return False
+            self._root_of[event.id] = root
+            self._events[root].append(event)
+            if event.parent != root:
+                self.newest = root
+                return True
+            return root == self.newest
+        if event.kind == "score":
+            root = self._root_of.get(event.node)
+            if root is not None:
+                self._events[root].append(event)
+                return root == self.newest
+        return False
+
+    def _forget_old_roots(self) -> None:
+        while len(self._events) > self.keep:
+            old = next(iter(self._events))
+            del self._events[old]
+            self._root_of = {node: root for node, root in self._root_of.items() if root != old}
+            if self.newest == old:
+                self.newest = None
+
+    def figure(self, title: str = "Rollout tree (newest): leaf rewards, node values") -> go.Figure:
+        if self.newest is None:
+            return empty(title, "no rollout tree yet: tree strategies (tree_rpo, tree_rl; diffusion tree, branch) draw one")
+        return tree_figure(Trace(self._events[self.newest]), title)
 
 
 def _row_label(view: TrainingView, group: GroupEvent) -> str:

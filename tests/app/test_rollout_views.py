@@ -117,3 +117,53 @@ def test_comparison_figure_draws_a_step_line_and_band_per_strategy_and_names_mis
     finals = [{"strategy": "grpo", "seeds": 3, "accuracy_t1": curves[1]}]
     assert final_rows(finals) == [["grpo", 3, 0.6, "[0.500, 0.700]", None, "", None, None]]
     assert comparison_figure([]).layout.annotations[0].text == "no finished run yet"
+
+
+# -- the rollout tree ------------------------------------------------------------------------------------------
+
+
+def test_rollout_tree_draws_the_newest_tree_rpo_tree_with_its_leaf_rewards_and_node_values():
+    """Real TreeRPO events (a batch's roots first, then each prompt's tree) on the enumerable toy."""
+    from engines.training import build_strategy
+    from engines.training.base import Allowance
+    from engines.training.tree import VALUE
+    from tests.training.test_tree_strategies import _setup, _toy_params, run
+
+    policy, pool, reward = _setup(prompts=2)
+    strategy = build_strategy("tree_rpo", {**_toy_params(), "prompts_per_batch": 2, "group_size": 2})
+    events, _ = run(strategy, policy, pool, reward, Allowance(samples=64), seed=0)
+    roots = [e.id for e in events if e.kind == "node" and e.parent is None]
+    assert len(roots) == 2 and [e.kind for e in events[:2]] == ["node", "node"]  # roots come before their trees
+
+    tree = views.RolloutTree()
+    changed = [tree.add(e) for e in events]
+    assert any(changed) and tree.newest == roots[-1]
+    fig = tree.figure()
+    drawn = [i for trace in fig.data if trace.mode == "markers" for i in trace.hovertext]
+    below = {e.id for e in events if e.kind == "node" and e.parent is not None}
+    mine = {roots[-1]}
+    for e in events:  # the nodes of the newest tree only
+        if e.kind == "node" and e.parent in mine:
+            mine.add(e.id)
+    assert len(drawn) == len(mine) and len(mine) < len(below) + 2
+    values = {e.node: e.value for e in events if e.kind == "score" and e.reward == VALUE and e.node in mine}
+    assert values, "inner nodes carry their values"
+    for node, value in values.items():
+        assert any(node in h and f"score {value:.4g}" in h for h in drawn)
+
+
+def test_rollout_tree_ignores_flat_groups_and_keeps_only_the_last_roots():
+    tree = views.RolloutTree(keep=2)
+    flat = [NodeEvent(id="g0", parent=None, text="Q"), NodeEvent(id="g0.s0", parent="g0", text="a"),
+            NodeEvent(id="g0.s1", parent="g0", text="b"), ScoreEvent(node="g0.s0", reward="math", value=1.0)]
+    assert not any(tree.add(e) for e in flat) and tree.newest is None
+    assert "no rollout tree yet" in tree.figure().layout.annotations[0].text
+    # a diffusion update: its root, then trees below it (the images are data URIs the figure shows as thumbnails)
+    update = [NodeEvent(id="u1", parent=None), NodeEvent(id="u1.t0", parent="u1", depth=1),
+              NodeEvent(id="u1.t0.0", parent="u1.t0", depth=2), NodeEvent(id="u1.t0.1", parent="u1.t0", depth=2),
+              ScoreEvent(node="u1.t0.0", reward="digit:3", value=0.25)]
+    assert [tree.add(e) for e in update] == [False, False, True, True, True] and tree.newest == "u1"
+    for root in ("u2", "u3"):  # two newer roots push u1 out: memory stays bounded
+        tree.add(NodeEvent(id=root, parent=None))
+    assert tree.newest is None and "u1" not in tree._events and "u1.t0.0" not in tree._root_of
+    assert not tree.add(NodeEvent(id="u1.t0.2", parent="u1.t0", depth=2))  # a node of a forgotten tree is dropped
