@@ -187,3 +187,46 @@ def test_dual_phase_decisions_equal_the_rule_replayed_on_an_oracle(k, cap, batch
     assert early > 0
     if cap > k:
         assert grown > 0 and wrong > 0  # saved samples were spent on a later step: the rule without carry fails
+
+
+def soft_pick_true_reward(types: list[tuple[float, float, float]], k: int, temperature: float, weights=None) -> float:
+    """E[true reward of the pick] of soft best-of-k, exactly: every count vector of k i.i.d. draws
+    over ``types`` = (probability, proxy reward, true reward), weighted by its multinomial probability;
+    within a draw the pick is softmax(proxy / T) (the sampler's own ``softmax_weights``)."""
+    from engines.samplers.soft_best_of_k import softmax_weights
+
+    weights = weights or softmax_weights
+    total = 0.0
+    for counts in itertools.product(range(k + 1), repeat=len(types)):
+        if sum(counts) != k:
+            continue
+        prob = math.factorial(k) * math.prod(p**c / math.factorial(c) for (p, _, _), c in zip(types, counts, strict=True))
+        present = [(c, r, t) for (_, r, t), c in zip(types, counts, strict=True) if c]
+        w = weights([r for _, r, _ in present], temperature)
+        mass = [c * wi for (c, _, _), wi in zip(present, w, strict=True)]  # c equal candidates share their type's mass
+        total += prob * sum(m * t for m, (_, _, t) in zip(mass, present, strict=True)) / sum(mass)
+    return total
+
+
+def test_soft_best_of_k_curve_peaks_at_a_finite_k_under_a_misspecified_reward_and_rises_under_the_exact_one():
+    """The k-curve of Demystifying LLM-as-a-Judge: with a proxy that rates a rare wrong answer
+    highest, E[true reward of the pick] rises, peaks at a finite k and falls as k grows (the hack
+    turns up in more draws); with the exact reward it never falls. Uniform picking (no
+    selection) is flat and fails the peak check."""
+    # (probability, proxy reward, true reward): right, wrong, and a rare wrong answer the proxy loves
+    proxy = [(0.35, 0.6, 1.0), (0.5, 0.2, 0.0), (0.15, 1.0, 0.0)]
+    exact = [(p, t, t) for p, _, t in proxy]
+    ks = [1, 2, 4, 8, 16, 32]
+    temperature = 0.1
+    misspecified = [soft_pick_true_reward(proxy, k, temperature) for k in ks]
+    peak = max(range(len(ks)), key=misspecified.__getitem__)
+    assert 0 < peak < len(ks) - 1 and misspecified[-1] < misspecified[0] - 0.05, misspecified
+    right = [soft_pick_true_reward(exact, k, temperature) for k in ks]
+    assert all(b >= a - 1e-12 for a, b in zip(right, right[1:], strict=False)) and right[-1] > 0.99, right
+    assert abs(right[0] - 0.35) < 1e-12  # k = 1 is one sample, whatever the reward
+
+    def uniform(rewards, _t):
+        return [1.0 / len(rewards)] * len(rewards)
+
+    flat = [soft_pick_true_reward(proxy, k, temperature, weights=uniform) for k in ks]
+    assert max(flat) - min(flat) < 1e-9  # the wrong variant has no peak: the check above would fail on it
