@@ -306,3 +306,16 @@ def test_tree_gradient_is_the_window_gradient_and_normalising_across_the_tree_fa
     assert torch.count_nonzero(mean[outside]) == 0  # ODE steps: no log-prob term
     wrong, wrong_se = mc(AcrossTheTree(scheme.config), toy, coordinate_reward, 4000)
     assert not matches(wrong[window], wrong_se[window], exact[window]), (wrong[window], exact[window])
+
+
+@pytest.mark.parametrize("name", ["branch", "tree"])
+def test_the_train_tab_draws_the_schemes_rollout_tree(toy, coordinate_reward, name):
+    """The Train tab's rollout-tree panel (app.views.rollouts.RolloutTree) picks up both schemes' events."""
+    from app.views.rollouts import RolloutTree
+
+    params = {"branch_size": 4} if name == "branch" else {"branching": "2,2"}
+    events, _, _, _ = run_loss(build_scheme(name, params), toy, coordinate_reward, 8)
+    tree = RolloutTree()
+    assert any([tree.add(e) for e in events]) and tree.newest is not None
+    drawn = sum(len(t.x) for t in tree.figure().data if t.mode == "markers")
+    assert drawn == sum(1 for e in events if e.kind == "node")
