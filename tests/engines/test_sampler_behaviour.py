@@ -59,7 +59,7 @@ def small_config(name: str, **extra) -> dict:
     fields = {s.name for s in SAMPLERS.get(name).Config.specs()}
     small = {"n": 6, "max_new_tokens": 3, "rollouts": 1, "particles": 6, "beams": 2, "expand": 3, "simulations": 6,
              "max_tokens": 4, "interval": 1, "block_size": 2, "mcmc_steps": 2, "step": "tokens", "max_steps": 3,
-             "final_tokens": 8, "prefix_tokens": 1}
+             "final_tokens": 8, "prefix_tokens": 1, "judge_tokens": 16}
     params = {k: v for k, v in small.items() if k in fields}
     params.update(extra)
     return params
