@@ -85,15 +85,15 @@ def sample_grids(view: DiffusionTrainingView) -> str:
     if view.latest is None:
         return "<p><em>no batch drawn yet</em></p>"
 
-    def mean(values: list[float]) -> str:
-        return f"{sum(values) / len(values):.3f}" if values else "–"
+    def mean(values: list[float]) -> str:  # a number only: nothing of the run's text reaches this HTML
+        return f"{sum(float(v) for v in values) / len(values):.3f}" if values else "–"
 
     after = view.latest.rewards
     return (
         '<div class="diffusion-grids" style="display:flex;gap:32px;flex-wrap:wrap">'
         f"<div><b>Before: first batch (base model)</b>, mean reward {mean(view.first_rewards)}"
         f"{_grid(view.first_images, view.first_rewards)}</div>"
-        f"<div><b>After: update {view.latest.step + 1}'s batch</b>, mean reward {mean(after)}"
+        f"<div><b>After: update {int(view.latest.step) + 1}'s batch</b>, mean reward {mean(after)}"
         f"{_grid(view.latest_images, after)}</div></div>"
     )
 

@@ -41,6 +41,7 @@ and the pick is the best of them by that reward.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -89,8 +90,9 @@ class RestartPredictor(Reward):
     def score(self, task: Task, candidates: Sequence[Any], *, usage: Cost | None = None) -> list[float]:
         return self.predict(task, [c for c in candidates if isinstance(c, Prefix)], usage=usage)
 
+    @abstractmethod
     def predict(self, task: Task, prefixes: Sequence[Prefix], *, usage: Cost | None = None) -> list[float]:
-        raise NotImplementedError
+        """q for each prefix, in order."""
 
 
 class OraclePredictor(RestartPredictor):

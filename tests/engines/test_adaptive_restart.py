@@ -180,8 +180,7 @@ def test_the_trained_arith_head_drives_a_run():
     from engines.rewards import build_reward
     from engines.samplers.adaptive_restart import RESTART_DIR
 
-    if not (RESTART_DIR / "config.json").exists():
-        pytest.skip("no restart head; run scripts/train_arith_restart.py")
+    assert (RESTART_DIR / "config.json").exists(), "the restart head ships in engines/assets/arith/restart"
     task = builtin_prompt_set("arith").tasks[0]
     sampler = build_sampler("adaptive_restart", {"max_samples": 4, "checkpoint_tokens": 8, "max_new_tokens": 80,
                                                  "stop_threshold": 0.0})
