@@ -58,8 +58,11 @@ def _trl_trainer(policy, tasks, prompts_per_batch, group_size, max_new_tokens, o
     return bridge, StrategyGRPOTrainer(policy.model, bridge, args=args, processing_class=policy.tokenizer)
 
 
-def throughput(prompts_per_batch: int, group_size: int, max_new_tokens: int, repeats: int) -> dict:
-    """Generated tokens/s of the lab's rollout and of TRL's own generation, on the same B x G groups."""
+def throughput(prompts_per_batch: int, group_size: int, max_new_tokens: int, repeats: int, vllm: str | None = None) -> dict:
+    """Generated tokens/s of the lab's rollout and of TRL's own generation, on the same B x G groups;
+    with ``vllm`` (a vLLM server's /v1 URL serving the same weights) also the served rollout path
+    (:class:`~engines.training.rollout_policy.TextModelPolicy`: one request of n per group, the
+    token ids and log-probs a rollout needs), timed in the same interleaved repeats."""
     from trl import GRPOConfig, GRPOTrainer
 
     from engines.training.policy import load_policy
@@ -75,7 +78,9 @@ def throughput(prompts_per_batch: int, group_size: int, max_new_tokens: int, rep
         )
         from datasets import Dataset
 
-        trainer = GRPOTrainer(policy.model, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
+        # TRL gets its own copy of the weights: its trainer sets train mode (and its own generation
+        # settings) on the model it is given, and the lab's side should run as the lab's loop runs it
+        trainer = GRPOTrainer(load_policy("embedded:arith").model, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
                               train_dataset=Dataset.from_dict({"prompt": flat[::group_size]}), processing_class=policy.tokenizer)
         trainer.model.train()  # TRL's _generate reads the mode; as in a training step
         counts: dict[str, int] = {}
@@ -90,8 +95,25 @@ def throughput(prompts_per_batch: int, group_size: int, max_new_tokens: int, rep
 
         lab(), trl()  # warm-up
         times = interleaved({"lab": lab, "trl": trl}, repeats)
+        if vllm:
+            # timed in its own block, after the in-process sides: the vLLM-CPU engine keeps the cores
+            # busy for a moment after each request, which slowed an in-process run interleaved after
+            # it ~3x on 2 cores (measured); on a GPU server the two would not share cores at all
+            from engines.training.rollout_policy import load_rollout_policy
+
+            served = load_rollout_policy(f"openai:{vllm}")
+
+            def served_side():
+                rollouts = served.rollout(flat, temperature=1.0, max_new_tokens=max_new_tokens, rng=torch.Generator().manual_seed(0))
+                counts["vllm"] = sum(r.tokens for r in rollouts)
+
+            served_side()  # warm-up
+            times.update(interleaved({"vllm": served_side}, repeats))
     out = {name: {"seconds": median(t), "tokens": counts[name], "tokens_per_s": counts[name] / median(t)} for name, t in times.items()}
     out["ratio"] = out["lab"]["tokens_per_s"] / out["trl"]["tokens_per_s"]
+    if "vllm" in out:
+        out["ratio_vllm"] = out["lab"]["tokens_per_s"] / out["vllm"]["tokens_per_s"]
+        out["vllm"]["server"] = vllm
     out["groups"] = f"{prompts_per_batch} prompts x {group_size} samples, max {max_new_tokens} new tokens, T=1"
     return out
 
@@ -251,19 +273,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="training parameter for the accuracy runs (learning_rate=..., kl_coef=...; default TrainConfig's)")
     parser.add_argument("--accuracy-only", action="store_true", help="skip the throughput and update-cost parts")
+    parser.add_argument("--speed-only", action="store_true", help="skip the accuracy part")
+    parser.add_argument("--prompts-per-batch", type=int, default=None, help="prompts per update (default 16; quick 4)")
+    parser.add_argument("--group-size", type=int, default=None, help="samples per prompt (default 8; quick 4)")
+    parser.add_argument("--vllm", default=None, metavar="URL",
+                        help="a vLLM server's /v1 URL serving the arith policy's weights: its rollouts join the throughput part")
     args = parser.parse_args(argv)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     quick = args.quick
-    size = {"prompts_per_batch": 4 if quick else 8, "group_size": 4 if quick else 8, "max_new_tokens": 32 if quick else 96}
+    size = {"prompts_per_batch": args.prompts_per_batch or (4 if quick else 16), "group_size": args.group_size or (4 if quick else 8),
+            "max_new_tokens": 32 if quick else 96}
     seeds = args.seeds or (2 if quick else 3)
-    samples = args.samples or (48 if quick else 4096)
-    eval_every, eval_size = (3, 30) if quick else (4, 200)
+    samples = args.samples or (48 if quick else 5120)
+    eval_every, eval_size = (3, 30) if quick else (5, 200)
     eval_every, eval_size = args.eval_every or eval_every, args.eval_size or eval_size
     train_params = {k: float(v) for k, v in (item.split("=", 1) for item in args.train_set)}
 
     result: dict = {"quick": quick, "size": size, "train_params": train_params}
     if not args.accuracy_only:
-        _speed(result, size, quick)
+        _speed(result, size, quick, args.vllm)
+    if args.speed_only:
+        path = save("train_speed_quick" if quick else "train_speed", result)
+        print(f"  -> {path}")
+        return result
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     curves = accuracy_curves(strategies, seeds, samples, eval_every, eval_size, size, train_params)
     result["accuracy"] = {"seeds": seeds, "samples": samples, "eval_size": eval_size, "eval_every": eval_every, "strategies": curves}
@@ -285,11 +317,13 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _speed(result: dict, size: dict, quick: bool) -> None:
-    result["throughput"] = throughput(size["prompts_per_batch"] * 2, size["group_size"], size["max_new_tokens"], 1 if quick else 3)
+def _speed(result: dict, size: dict, quick: bool, vllm: str | None = None) -> None:
+    result["throughput"] = throughput(size["prompts_per_batch"] * (2 if quick else 1), size["group_size"], size["max_new_tokens"], 1 if quick else 3, vllm)
     t = result["throughput"]
     print(f"rollout throughput ({t['groups']}): lab {t['lab']['tokens_per_s']:.0f} tok/s, "
           f"TRL GRPOTrainer {t['trl']['tokens_per_s']:.0f} tok/s, ratio {t['ratio']:.2f} (goal >= 1.0)", flush=True)
+    if "vllm" in t:
+        print(f"  vLLM server {t['vllm']['server']}: {t['vllm']['tokens_per_s']:.0f} tok/s; lab / vLLM {t['ratio_vllm']:.2f}", flush=True)
     result["update"] = update_cost(size["prompts_per_batch"], size["group_size"], size["max_new_tokens"], 1 if quick else 3)
     u = result["update"]
     print(f"per update step ({size['prompts_per_batch']}x{size['group_size']}): lab rollout {u['lab_rollout_s']:.2f} s + "

@@ -376,10 +376,14 @@ def train_with_trl(config: Any, strategy_params: dict[str, Any] | None, *, run_d
         str(run_dir / "trl"), learning_rate=config.learning_rate, max_steps=steps, beta=config.kl_coef,
         epsilon=config.clip_eps if config.clip_eps is not None else 0.2, max_grad_norm=config.max_grad_norm,
         use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(), save_strategy="no", logging_steps=1,
-        disable_tqdm=True,
+        disable_tqdm=True, lr_scheduler_type="constant",
     )
+    # the lab loop's optimiser: AdamW without weight decay, constant rates, the output normalisation's
+    # gain at its own rate (HFPolicy.parameter_groups); TRL's default would be one rate, linearly decayed
+    groups = policy.parameter_groups(config.learning_rate, config.gain_learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=0.0)
     StrategyGRPOTrainer = _trainer_class()  # noqa: N806
-    trainer = StrategyGRPOTrainer(policy.model, bridge, args=args, processing_class=policy.tokenizer)
+    trainer = StrategyGRPOTrainer(policy.model, bridge, args=args, processing_class=policy.tokenizer, optimizers=(optimizer, None))
     trainer.train()
     after = held_out()
     policy.save(run_dir / "policy")
@@ -388,6 +392,7 @@ def train_with_trl(config: Any, strategy_params: dict[str, Any] | None, *, run_d
         "accuracy_t1_before": before, "accuracy_t1_after": after, "eval_n": len(eval_tasks),
         "groups_kept": sum(b.groups_kept for b in bridge.batches), "groups_drawn": sum(b.groups_drawn for b in bridge.batches),
         "policy_spec": f"hf:{run_dir / 'policy'}",
+        "learning_rates": [group["lr"] for group in trainer.optimizer.param_groups],
     }
 
 

@@ -146,3 +146,30 @@ def test_bridge_rejects_settings_that_would_change_the_strategy(tmp_path):
     with pytest.raises(ConfigError, match="empty"):
         StrategyBridge("grpo", tasks=[], reward=training_reward("math"))
     assert strategy_reward(["a", "b"], strategy_reward=[1.0, None]) == [1.0, None]
+
+
+def test_samplescope_train_under_trl_uses_the_labs_optimiser_groups(tmp_path, capsys):
+    """``samplescope train --trainer trl``: TRL's step runs the lab's optimiser (the output
+    normalisation's gain at ``gain_learning_rate``, the rest at ``learning_rate``, no decay), so a
+    recipe means the same under both trainers; the policy it saves loads as an ``hf:`` spec."""
+    import json
+
+    from app.cli import main
+
+    code = main(["train", "--policy", "embedded:arith", "--strategy", "grpo", "--trainer", "trl",
+                 "--set", "prompts_per_batch=4", "--set", "group_size=4", "--set", "max_new_tokens=40",
+                 "--train-set", "learning_rate=1e-5", "--train-set", "gain_learning_rate=0.2",
+                 "--train-set", "eval_every=0", "--budget", "updates=2", "--json", "--name", "trl-groups"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["trainer"] == "trl" and result["updates"] == 2
+    assert result["learning_rates"] == [1e-5, 0.2]  # constant: no decay after two steps
+    trained = load_policy(result["policy_spec"])
+    start = load_policy("embedded:arith")
+    gain_moves = [float((a - b).abs().max()) for a, b in zip(trained.logit_scale_parameters(), start.logit_scale_parameters(), strict=True)]
+    gains = {id(p) for p in trained.logit_scale_parameters()}
+    other_moves = [float((a - b).abs().max()) for a, b in zip(trained.model.parameters(), start.model.parameters(), strict=True)
+                   if id(a) not in gains]
+    # Adam's first steps move each weight by about its rate: the gain by ~0.2, nothing else by more than ~2e-5
+    assert max(gain_moves) > 0.05, gain_moves
+    assert max(other_moves) < 1e-4, max(other_moves)
