@@ -273,13 +273,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="training parameter for the accuracy runs (learning_rate=..., kl_coef=...; default TrainConfig's)")
     parser.add_argument("--accuracy-only", action="store_true", help="skip the throughput and update-cost parts")
+    parser.add_argument("--out", default=None, help="results file name under bench/results (default train / train_quick)")
     parser.add_argument("--speed-only", action="store_true", help="skip the accuracy part")
     parser.add_argument("--prompts-per-batch", type=int, default=None, help="prompts per update (default 16; quick 4)")
     parser.add_argument("--group-size", type=int, default=None, help="samples per prompt (default 8; quick 4)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default 1 on CPU: the 856K-parameter policy gains nothing from a second "
+                             "thread, and on a shared machine its OpenMP barriers wait for a core: 61 against 5,036 tok/s measured)")
     parser.add_argument("--vllm", default=None, metavar="URL",
                         help="a vLLM server's /v1 URL serving the arith policy's weights: its rollouts join the throughput part")
     args = parser.parse_args(argv)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    if args.threads or not torch.cuda.is_available():
+        torch.set_num_threads(args.threads or 1)
     quick = args.quick
     size = {"prompts_per_batch": args.prompts_per_batch or (4 if quick else 16), "group_size": args.group_size or (4 if quick else 8),
             "max_new_tokens": 32 if quick else 96}
@@ -287,9 +293,9 @@ def main(argv: list[str] | None = None) -> dict:
     samples = args.samples or (48 if quick else 5120)
     eval_every, eval_size = (3, 30) if quick else (5, 200)
     eval_every, eval_size = args.eval_every or eval_every, args.eval_size or eval_size
-    train_params = {k: float(v) for k, v in (item.split("=", 1) for item in args.train_set)}
+    train_params = _typed_train_params(dict(item.split("=", 1) for item in args.train_set))
 
-    result: dict = {"quick": quick, "size": size, "train_params": train_params}
+    result: dict = {"quick": quick, "size": size, "train_params": train_params, "threads": torch.get_num_threads()}
     if not args.accuracy_only:
         _speed(result, size, quick, args.vllm)
     if args.speed_only:
@@ -312,9 +318,17 @@ def main(argv: list[str] | None = None) -> dict:
               f"(95% CI {reach.get('ci95')}, never in {reach.get('never', 0):.0%} of resamples); "
               f"{data['step_s']:.2f} s per step ({data['update_s']:.2f} s update); peak {data['peak_memory_mb_after']:.0f} MB",
               flush=True)
-    path = save("train_quick" if quick else "train", result)
+    path = save(args.out or ("train_quick" if quick else "train"), result)
     print(f"  -> {path}")
     return result
+
+
+def _typed_train_params(raw: dict[str, str]) -> dict:
+    """``--train-set KEY=VALUE`` strings typed by TrainConfig's fields (eval_samples=4 an int, lrs floats)."""
+    from engines.training.loop import TrainConfig
+
+    typed = TrainConfig.from_strings({**raw, "samples": "1"}).as_dict()
+    return {key: typed[key] for key in raw}
 
 
 def _speed(result: dict, size: dict, quick: bool, vllm: str | None = None) -> None:
