@@ -84,3 +84,13 @@ def test_an_unknown_optimiser_is_a_one_line_config_error():
     with pytest.raises(ConfigError) as err:
         TrainConfig(samples=1, optimizer="lion")
     assert "\n" not in str(err.value) and "adamw" in str(err.value)
+
+
+def test_train_under_trl_refuses_the_sgd_option_in_one_line(capsys, tmp_path, monkeypatch):
+    from app.cli import main
+
+    monkeypatch.setenv("SAMPLESCOPE_HOME", str(tmp_path))
+    code = main(["train", "--strategy", "grpo", "--trainer", "trl", "--train-set", "optimizer=sgd", "--budget", "updates=1"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "optimizer=sgd" in err and "\n" not in err
+    assert not any(tmp_path.rglob("state.pt"))
