@@ -179,8 +179,6 @@ def _run_trl(args: argparse.Namespace, config: Any, strategy_params: dict[str, A
 
     if args.resume:
         raise ValueError("--resume is for the lab's trainer; TRL keeps its own checkpoints")
-    if config.optimizer != "adamw":
-        raise ValueError(f"--trainer trl runs the lab's AdamW recipe: drop --train-set optimizer={config.optimizer}")
     result = train_with_trl(config, strategy_params, run_dir=training_home() / config.name)
     if args.json:
         print(json.dumps(result))

@@ -37,7 +37,6 @@ from engines.task import Task
 from engines.trace import DoneEvent, EvalEvent, Event, UpdateEvent, event_from_dict
 from engines.training import STRATEGIES, build_strategy
 from engines.training.base import Allowance, Policy, PromptPool
-from engines.training.optim import OPTIMIZERS, build_optimizer
 from engines.training.rewards import CONTROLS, TrainingReward
 from engines.training.run_folder import RunFolder, recorded
 from engines.training.update import apply_update
@@ -65,12 +64,6 @@ class TrainConfig(Config):
         help="The gain of the last RMSNorm/LayerNorm, the logit scale (inverse temperature); empty: the learning rate. "
         "See HFPolicy.parameter_groups.",
     )
-    optimizer: str = param(
-        "adamw", label="Optimiser (weights)", choices=OPTIMIZERS, advanced=True,
-        help="adamw: AdamW on every parameter; sgd: SGD with momentum on the weights, AdamW on the output gain. "
-        "See engines/training/optim.py.",
-    )
-    momentum: float = param(0.9, label="SGD momentum", min=0.0, max=0.999, advanced=True, help="Only with optimizer sgd.")
     kl_coef: float = param(0.0, label="KL coefficient (k3)", min=0.0, max=100.0)
     clip_eps: float | None = param(None, label="Ratio clip epsilon", min=0.0, max=10.0, advanced=True)
     max_grad_norm: float = param(1.0, label="Max gradient norm", min=0.0, max=1e6, advanced=True)
@@ -164,8 +157,9 @@ def train(
         eval_tasks = load_prompts(config.eval_prompts)
     eval_tasks = (eval_tasks or [])[: config.eval_size]
     reference = policy.frozen_copy() if config.kl_coef else None
-    optimizer = build_optimizer(policy, kind=config.optimizer, learning_rate=config.learning_rate,
-                                gain_learning_rate=config.gain_learning_rate, momentum=config.momentum)
+    groups = (policy.parameter_groups(config.learning_rate, config.gain_learning_rate) if hasattr(policy, "parameter_groups")
+              else policy.parameters())
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=0.0)
     rng = torch.Generator().manual_seed(config.seed)
     step, spent = 0, {"samples": 0, "tokens": 0, "seconds": 0.0}
     state, stored = folder.open(resume=resume, settings={"config": config.as_dict(), "strategy_params": strategy_params or {}})
