@@ -52,6 +52,12 @@ class TreeNode:
     advantage: float = 0.0
     leaves_below: int = 0  # set by back_up_values
     prompt_index: int = -1  # roots: the prompt's index in the pool
+    ids_given: int = 0  # child ids handed out so far: a split moves children, so ids never come from len(children)
+
+    def child_id(self) -> str:
+        """A new child's id, never one this node gave before (unique in the tree)."""
+        self.ids_given += 1
+        return f"{self.id}.{self.ids_given - 1}"
 
     @property
     def ids(self) -> tuple[int, ...]:
@@ -121,7 +127,7 @@ def grow(
     for i, segment in enumerate(segments):
         parent = parents[i // k]
         child = TreeNode(
-            id=f"{parent.id}.{len(parent.children)}",
+            id=parent.child_id(),
             parent=parent,
             segment=segment,
             prompt_ids=parent.prompt_ids,
@@ -252,7 +258,37 @@ class TreeStrategy(RolloutStrategy):
             groups_drawn=len(groups),
             groups_kept=len(groups),
             samples_drawn=sum(len(g.rollouts) for g in groups),
+            samples_kept=sum(len(g.rollouts) for g in groups),  # every leaf; rows are segments
         )
+
+
+def path_token_weights(rows: Sequence[TreeNode], aggregation: str) -> list[list[float]]:
+    """Token weights of segment rows that give the loss of training on every root-to-leaf path
+    instead: one sequence per leaf (its segments' tokens in a row, each carrying its segment's
+    advantage), weighted by ``aggregation`` over those sequences as :func:`token_weights` would,
+    and each segment's weight summed over the paths through it (a segment above k leaves counts
+    k times). The paths' token counts include the shared segments every time."""
+    leaves = [n for n in rows if not n.children]
+    lengths = []
+    for leaf in leaves:
+        length, node = 0, leaf
+        while node is not None and node.segment is not None:
+            length, node = length + node.tokens, node.parent
+        lengths.append(length)
+    n, total = len(leaves), sum(lengths)
+    weight: dict[int, float] = {id(row): 0.0 for row in rows}
+    for leaf, length in zip(leaves, lengths, strict=True):
+        if aggregation == "token_mean":
+            each = 1 / total if total else 0.0
+        elif aggregation == "sequence_mean":
+            each = 1 / (n * length) if length else 0.0
+        else:
+            each = 1 / n
+        node = leaf
+        while node is not None and node.segment is not None:
+            weight[id(node)] += each
+            node = node.parent
+    return [[weight[id(row)]] * row.tokens for row in rows]
 
 
 def policy_encode(policy: Policy, prompt: str) -> list[int]:

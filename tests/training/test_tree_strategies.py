@@ -10,6 +10,8 @@ wrong variant written here must break that bound.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -17,11 +19,12 @@ from engines.errors import BudgetExhausted
 from engines.task import Task
 from engines.trace import NodeEvent, ScoreEvent
 from engines.training import build_strategy
-from engines.training.base import Allowance, PromptPool, Rollout
+from engines.training.base import Allowance, PromptPool, Rollout, TrainingBatch, token_weights
 from engines.training.rewards import TrainingReward
-from engines.training.strategies.tree_rl import TreeRL
+from engines.training.strategies.tree_rl import TreeRL, split
 from engines.training.strategies.tree_rpo import TreeRPO
-from engines.training.tree import VALUE
+from engines.training.tree import VALUE, TreeNode, grow
+from engines.training.update import batch_loss
 from tests.training.test_estimators import RIGHT, Z, assert_differs, assert_matches, estimates, success
 from tests.training.toy import LeafReward, TreePolicy
 
@@ -329,6 +332,67 @@ def test_tree_rl_advantages_are_global_plus_local_over_sqrt_leaves():
             assert abs(e.meta["advantage"] - expected) < 1e-12
 
 
+def test_tree_rl_two_forks_in_one_segment_keep_every_node_id_unique():
+    """Splitting a segment moves its children under the new tail; ids counted from the number
+    of children would be handed out twice (the trace refuses a repeated node id)."""
+
+    class OneToken:
+        def extend(self, prefixes, *, temperature, max_new_tokens, rng, stop_ids=()):
+            return [Rollout(prompt_ids=tuple(p), completion_ids=(7,), logprobs=(0.0,), text="x") for p in prefixes]
+
+    root = TreeNode(id="r", parent=None, segment=None, prompt_ids=(1,))
+    chain = grow(OneToken(), Allowance(), [root], 1, temperature=1.0, max_new_tokens=1, rng=torch.Generator())[0]
+    chain.segment = Rollout(prompt_ids=(1,), completion_ids=(2, 3, 4, 5, 6, 7), logprobs=(0.0,) * 6, text="abcdef")
+    decode = lambda ids: "".join("abcdefgh"[i - 2] for i in ids)  # noqa: E731
+    for offset in (5, 2):  # two forks in one segment, deepest first (as fork_points orders them)
+        node = split(chain, offset, decode)
+        grow(OneToken(), Allowance(), [node], 2, temperature=1.0, max_new_tokens=1, rng=torch.Generator())
+    ids = [n.id for n in root.walk()]
+    assert len(ids) == len(set(ids)), ids
+
+
+@pytest.mark.parametrize("aggregation", ["sample_sum", "token_mean", "sequence_mean"])
+def test_tree_rl_segment_rows_weigh_like_training_on_every_path(aggregation):
+    """The batch's segment rows give the gradient of TreeRL's training data, one sequence per
+    root-to-leaf path with each token carrying its segment's advantage; one row per segment
+    weighted once (a shared segment counted once, not once per path through it) does not."""
+    policy, pool, reward = _setup()
+    strategy = build_strategy("tree_rl", {**TREE_PARAMS["tree_rl"], "aggregation": aggregation})
+
+    def gradient(batch):
+        loss, _ = batch_loss(policy, batch)
+        return torch.autograd.grad(loss, policy.theta)[0]
+
+    wrong_differs = 0
+    for seed in range(8):
+        events, batch = run(strategy, policy, pool, reward, Allowance(samples=10**6), seed)
+        nodes, _, children = _values_by_node(events)
+        segments = [e for e in events if isinstance(e, NodeEvent) and e.parent is not None]  # the rows' order
+        assert len(segments) == len(batch)
+        row = {e.id: i for i, e in enumerate(segments)}
+        paths, folded = [], []
+        for leaf in (e for e in segments if not children.get(e.id)):
+            chain, node = [], leaf
+            while node.parent is not None:
+                chain.append(row[node.id])
+                node = nodes[node.parent]
+            chain.reverse()
+            parts = [batch.rollouts[i] for i in chain]
+            paths.append(Rollout(prompt_ids=parts[0].prompt_ids, completion_ids=sum((p.completion_ids for p in parts), ()),
+                                 logprobs=sum((p.logprobs for p in parts), ()), text="", finished=parts[-1].finished))
+            folded.append([batch.advantages[i] for i in chain for _ in range(batch.rollouts[i].tokens)])
+        per_path = token_weights(paths, [1.0] * len(paths), aggregation)
+        path_batch = TrainingBatch(
+            rollouts=paths, rewards=[0.0] * len(paths), advantages=[1.0] * len(paths), sample_weights=[1.0] * len(paths),
+            token_weights=[[w * a for w, a in zip(ws, adv, strict=True)] for ws, adv in zip(per_path, folded, strict=True)],
+        )
+        expected = gradient(path_batch)
+        assert torch.allclose(gradient(batch), expected, atol=1e-12)
+        once = dataclasses.replace(batch, token_weights=token_weights(batch.rollouts, [1.0] * len(batch), aggregation))
+        wrong_differs += not torch.allclose(gradient(once), expected, atol=1e-9)
+    assert wrong_differs > 0
+
+
 def tree_rl_expected(policy, T: int, fork_offset) -> torch.Tensor:
     """E[g] of tree_rl with one chain, one fork, T branches, one prompt per batch (the
     closed form in tree_rl's docstring), ``fork_offset(j, a)`` giving the fork token."""
@@ -348,8 +412,8 @@ def tree_rl_expected(policy, T: int, fork_offset) -> torch.Tensor:
             if fork_offset(j, a) == 0:  # T fresh chains beside the first: rows T + 1
                 inner = float(q_a.detach()) * grad_log_a + grad_q - float(p_j.detach()) * grad_log_a
                 case = 2 * (T / (T + 1) * inner + T**2 / (T + 1) * grad_p) / (T + 1)
-            else:  # the chain splits after a: the head's advantage is 0, T + 1 leaves under a; rows T + 2
-                case = 2 * T * grad_q / (T + 2)
+            else:  # the chain splits after a: the head's advantage is 0; T + 1 paths under a
+                case = 2 * T * grad_q / (T + 1)
             total += pi_a * case / M
     return total
 

@@ -1,8 +1,9 @@
 """``tree_rl``: EPTree rollouts — fork where the policy is least sure (highest token entropy).
 
 Hou et al. 2025, "TreeRL: LLM Reinforcement Learning with On-Policy Tree Search"
-(arXiv 2506.11902; code github.com/THUDM/TreeRL, not in the searchable index, so the rules
-follow the paper's EPTree description):
+(arXiv 2506.11902; code github.com/THUDM/TreeRL). The rules follow the paper's EPTree
+description; the training weights (point 4) the released code (openrlhf/trainer/ppo_utils/
+parallel_mcts.py ``gather_paths``, tree_node.py ``compute_weighted_update``):
 
 1. Per prompt, M = ``group_size`` independent responses (the first level of the tree).
 2. ``iterations`` times: over every token of the tree, take the ``forks`` tokens of highest
@@ -14,21 +15,29 @@ follow the paper's EPTree description):
    tokens get R(s) = (V(s) - V(root) + V(s) - V(parent)) / sqrt(|L(s)|): the global
    advantage plus the local one, scaled down for nodes shared by many responses
    (|L(s)| leaves below s).
+4. The policy trains on the tree's responses, one sequence per root-to-leaf path, so a
+   segment's tokens appear in each of the |L(s)| paths through it (the released code's
+   ``gather_paths`` builds the training paths from the selected leaves, and its "sqrt"
+   ``compute_weighted_update`` divides each node's value by sqrt of the leaves below it:
+   a shared segment's total weight is sqrt(|L(s)|) times its (g + l)). Rows here stay
+   segments, each token weighted by the sum of its weights over the paths through it
+   (``engines.training.tree.path_token_weights``): the same loss with one row per segment.
 
 Cost: every segment's tokens; every leaf is one sample. The worst case reserved per tree
 is (M + iterations * forks * branches) responses of ``max_new_tokens`` each.
 
 Expected update, the smallest tree (M = 1 chain, one fork, T branches, one iteration, one
-prompt per batch, ``sample_sum``), with e(a) the fork offset the entropy rule picks after
-first token a, Q(a) = E[r | a], p = E[r]::
+prompt per batch, ``sample_sum``: T + 1 paths, each weighted 1/(T + 1)), with e(a) the fork
+offset the entropy rule picks after first token a, Q(a) = E[r | a], p = E[r]::
 
     E[g] = sum_a pi(a) * { 2/(T+1) * [T/(T+1) (Q(a) grad log pi(a) + grad Q(a) - p grad log pi(a))
                                       + T^2/(T+1) grad p]                 if e(a) = 0 (fork at the root)
-                           2T/(T+2) * grad Q(a)                          if e(a) = 1 (fork after a) }
+                           2T/(T+1) * grad Q(a)                          if e(a) = 1 (fork after a) }
 
 (forking after a leaves the shared head [a] with advantage 0: only the decision at the
-fork learns). tests/training/test_tree_strategies.py checks it, and that the other fork
-point gives a different expectation.
+fork learns). tests/training/test_tree_strategies.py checks it, that the other fork
+point gives a different expectation, and that the segment rows' gradient equals the one of
+training on every path (one row per segment weighted once fails it).
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ import torch
 from engines.config import param
 from engines.training import STRATEGIES
 from engines.training.base import StrategyConfig
-from engines.training.tree import TreeNode, TreeStrategy, grow
+from engines.training.tree import TreeNode, TreeStrategy, grow, path_token_weights
 
 
 class TreeRLConfig(StrategyConfig):
@@ -62,7 +71,7 @@ def split(node: TreeNode, offset: int, decode) -> TreeNode:
     assert seg is not None and 0 < offset < seg.tokens
     head_ids, tail_ids = seg.completion_ids[:offset], seg.completion_ids[offset:]
     tail = TreeNode(
-        id=f"{node.id}.{len(node.children)}", parent=node, prompt_ids=node.prompt_ids, depth=node.depth + 1,
+        id=node.child_id(), parent=node, prompt_ids=node.prompt_ids, depth=node.depth + 1,
         segment=dataclasses.replace(seg, prompt_ids=seg.prompt_ids + head_ids, completion_ids=tail_ids,
                                     logprobs=seg.logprobs[offset:], text=decode(tail_ids)),
         children=node.children,
@@ -128,6 +137,11 @@ class TreeRL(TreeStrategy):
         # forks inside one segment are taken deepest first, so a split keeps the other offsets valid
         chosen = [candidates[i] for i in order[: self.config.forks]]
         return sorted(chosen, key=lambda c: -c[1])
+
+    def segment_batch(self, rows, groups):
+        """Segment rows weighted as training on every root-to-leaf path (point 4 above)."""
+        batch = super().segment_batch(rows, groups)
+        return dataclasses.replace(batch, token_weights=path_token_weights(rows, self.config.aggregation))
 
     def set_advantages(self, root: TreeNode) -> None:
         for node in root.walk():
