@@ -206,9 +206,15 @@ class TrainingBatch:
     groups_drawn: int = 0
     groups_kept: int = 0
     samples_drawn: int = 0
+    samples_kept: int | None = None  # responses kept, where rows are not responses (tree segments, split samples)
 
     def __len__(self) -> int:
         return len(self.rollouts)
+
+    @property
+    def kept_samples(self) -> int:
+        """Responses this batch trains on (its rows, unless a row is a piece of a response)."""
+        return len(self.rollouts) if self.samples_kept is None else self.samples_kept
 
 
 def token_weights(rollouts: Sequence[Rollout], sample_weights: Sequence[float], aggregation: Aggregation) -> list[list[float]]:

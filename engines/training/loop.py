@@ -226,7 +226,7 @@ def train(
             step += 1
             metrics.update(
                 update_seconds=round(time.perf_counter() - t0, 3),
-                groups_drawn=batch.groups_drawn, groups_kept=batch.groups_kept, batch_samples=len(batch),
+                groups_drawn=batch.groups_drawn, groups_kept=batch.groups_kept, batch_samples=batch.kept_samples, batch_rows=len(batch),
                 batch_samples_drawn=batch.samples_drawn, reward_mean=sum(batch.rewards) / len(batch) if len(batch) else None,
                 **{f"spent_{k}": v for k, v in budget.as_dict().items()},
             )

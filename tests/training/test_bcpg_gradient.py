@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
+from engines.errors import ConfigError
 from engines.rewards.base import Reward, StepReward
 from engines.task import Task
 from engines.training import build_strategy
-from engines.training.base import PromptPool, Rollout
+from engines.training.base import Allowance, PromptPool, Rollout
 from engines.training.rewards import TrainingReward
 from tests.training.test_estimators import RIGHT, SEEDS, _theta, assert_differs, assert_matches, estimates
 from tests.training.toy import LEAVES, TreePolicy
@@ -141,3 +143,24 @@ def test_bcpg_nsa_gradient_matches_the_mined_rows_closed_form_and_no_mining_is_c
     unmined = build_strategy("bcpg_nsa", {"aggregation": "sample_sum", "prompts_per_batch": 1, "group_size": G})
     unmined.judge = NeverCorrect()  # wrong variant: no step mined, every wrong sample penalised whole
     assert_differs(estimates(unmined, policy, pool, reward, 2 * SEEDS), exact)
+
+
+def test_bcpg_nsa_refuses_a_policy_without_a_one_token_newline_before_drawing():
+    """Without a one-token newline no sample could be cut at a step line: the run would silently be
+    GRPO. It is refused in one line, and nothing is drawn."""
+    policy, pool, reward = _setup()
+    strategy = build_strategy("bcpg_nsa", {"prompts_per_batch": 1, "group_size": 3})
+    strategy.judge = ToyStepJudge()
+
+    class TwoTokenNewline(LinePolicy):
+        def encode(self, text: str) -> list[int]:
+            return [NEWLINE, NEWLINE] if text == "\n" else super().encode(text)
+
+    class NoTokenizer(LinePolicy):
+        encode = None
+
+    for bad in (TwoTokenNewline(policy.theta), NoTokenizer(policy.theta)):
+        budget = Allowance(samples=100)
+        with pytest.raises(ConfigError, match="newline is one token") as info:
+            next(strategy.collect(bad, pool, reward, budget, torch.Generator().manual_seed(0)))
+        assert "\n" not in str(info.value) and budget.spent_samples == 0

@@ -160,6 +160,8 @@ def _run(name, run_name, monkeypatch, *, cancel=None, resume=False, stop_after=N
 def test_training_loop_runs_and_resumes_after_cancel_exactly(name, monkeypatch):
     events, policy = _run(name, "whole", monkeypatch)
     assert events[-1].status == "ok" and events[-1].metrics["updates"] == 3
+    for update in (e for e in events if e.kind == "update"):  # kept responses, not rows: a share of at most 1
+        assert 0 < update.metrics["batch_samples"] <= update.metrics["batch_samples_drawn"] <= update.metrics["spent_samples"]
     cancel = threading.Event()
     cut, _ = _run(name, "cut", monkeypatch, cancel=cancel, stop_after=1)
     assert cut[-1].status == "cancelled"

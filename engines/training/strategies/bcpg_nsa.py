@@ -20,7 +20,8 @@ Rules here (an online group version of the paper's offline objective):
   makes the correct steps exactly a leading run of lines: after the first wrong step no
   later step counts. Samples without a correct step, and right samples, are one row.
 - Steps are lines; the cut needs the policy's newline to be one token (the arith policy's
-  is); when a sample's tokens and lines do not line up the sample is kept whole.
+  is; other policies are refused in one line); when a sample's tokens and lines do not line
+  up the sample is kept whole.
 
 Cost: G samples per prompt, as GRPO; mining is free (exact checks).
 """
@@ -103,16 +104,18 @@ class BCPGNSA(RolloutStrategy):
 
     def collect(self, policy, prompts, reward, budget, rng):
         cfg = self.config
+        encode = getattr(policy, "encode", None)
+        newline = encode("\n") if encode is not None else []
+        if len(newline) != 1:  # without it no sample could be cut at a step line: it would silently be GRPO
+            raise ConfigError(f"bcpg_nsa cuts samples at step lines and needs a policy whose newline is one token; {policy.name} has none")
         indices = prompts.draw(cfg.prompts_per_batch, rng)
         fit = budget.fit(len(indices) * cfg.group_size, cfg.max_new_tokens) // cfg.group_size
         if fit == 0:
             return self.mined_batch([], [])
         groups = yield from self.draw_groups(policy, prompts, indices[:fit], cfg.group_size, reward, budget, rng)
-        encode = getattr(policy, "encode", None)
-        newline = encode("\n") if encode is not None else []
         rows: list[tuple[Rollout, float, float]] = []
         for group in groups:
-            rows += self.split_group(group, newline[0] if len(newline) == 1 else None)
+            rows += self.split_group(group, newline[0])
             yield self.group_event(group)
         return self.mined_batch(rows, groups)
 
@@ -157,4 +160,5 @@ class BCPGNSA(RolloutStrategy):
             groups_drawn=len(groups),
             groups_kept=len(groups),
             samples_drawn=sum(len(g.rollouts) for g in groups),
+            samples_kept=sum(len(g.rollouts) for g in groups),  # a mined sample is two rows
         )
