@@ -53,8 +53,11 @@ What does not map:
   clip and importance-weight as TRL does; the lab's update is a single on-policy step;
 - TRL's own ``top_entropy_quantile``, off-policy masks and vLLM importance correction
   multiply the loss as in TRL, unknown to the strategy;
-- a strategy that keeps more than R samples per batch cannot fit TRL's fixed rows (none
-  of the registered ones does: each keeps at most ``prompts_per_batch`` x G);
+- a strategy whose batch has more than R rows cannot fit TRL's fixed rows and is refused in
+  one line (the tree strategies' segment rows; ``bcpg_nsa``, which splits samples in two and
+  needs the lab's tokenizer to find step lines, is refused before it draws);
+- temperatures other than 1: TRL differentiates log-probs of the tempered policy, the lab
+  records and trains the untempered one (refused in one line);
 - with several processes each runs the strategy on its own slice (groups never straddle
   processes: the per-process generation batch must be a multiple of G); with
   ``generation="trl"`` and vLLM in server / colocate mode, strategies whose number of draws
@@ -78,7 +81,7 @@ from typing import Any
 
 import torch
 
-from engines.errors import ConfigError
+from engines.errors import BudgetExhausted, ConfigError
 from engines.task import Task
 from engines.trace import Event, GroupEvent
 from engines.training import build_strategy
@@ -239,6 +242,11 @@ class StrategyBridge:
             raise ConfigError(f"num_generations {args.num_generations} must equal the strategy's group_size {cfg.group_size}")
         if abs(args.temperature - cfg.temperature) > 1e-9 or args.max_completion_length != cfg.max_new_tokens:
             raise ConfigError("the trainer's temperature and max_completion_length must equal the strategy's")
+        if abs(cfg.temperature - 1.0) > 1e-9:
+            raise ConfigError(
+                f"the TRL bridge needs temperature 1 (got {cfg.temperature:g}): TRL differentiates the tempered policy, "
+                "the strategy's samples carry the untempered log-probs"
+            )
         if args.loss_type != LOSS_TYPES[cfg.aggregation]:
             raise ConfigError(f"aggregation {cfg.aggregation} needs loss_type={LOSS_TYPES[cfg.aggregation]!r}, got {args.loss_type!r}")
         if args.num_iterations != 1 or args.steps_per_generation != args.gradient_accumulation_steps:
@@ -271,6 +279,8 @@ class StrategyBridge:
             except StopIteration as stop:
                 batch: TrainingBatch = stop.value
                 break
+        if not batch.samples_drawn:
+            raise BudgetExhausted("budget exhausted: samples (the next batch does not fit)")
         self.batches.append(batch)
         return self._rows(batch, prompts, trainer)
 
@@ -298,7 +308,7 @@ class StrategyBridge:
         mode["strategy/samples_drawn"].append(float(batch.samples_drawn))
         mode["strategy/groups_kept"].append(float(batch.groups_kept))
         mode["strategy/groups_drawn"].append(float(batch.groups_drawn))
-        mode["strategy/kept_samples"].append(float(len(batch)))
+        mode["strategy/kept_samples"].append(float(batch.kept_samples))
         return out
 
     def _plain_rows(self, prompts: list[str], backend: Any, trainer: Any) -> dict[str, list]:
@@ -342,9 +352,10 @@ class StrategyBridge:
 def train_with_trl(config: Any, strategy_params: dict[str, Any] | None, *, run_dir: Any, generation: str = "lab") -> dict[str, Any]:
     """``samplescope train --trainer trl``: a lab training config run by ``GRPOTrainer`` through the bridge.
 
-    The budget becomes ``max_steps``: ``max_updates``, else ``samples // (prompts_per_batch x G)``
-    (strategies that over-sample, such as dynamic_sampling, spend more; the result reports the
-    spend). Held-out T=1 accuracy (the exact reward) before and after; the policy is saved
+    The budget becomes ``max_steps``: ``max_updates``, else ``samples // (prompts_per_batch x G)``.
+    A samples budget also caps the draws: strategies that over-sample (dynamic_sampling, reinforce_ada)
+    stop the run, like the lab loop, when the next batch no longer fits (``status: budget``); tokens and
+    seconds budgets are the lab loop's and are refused in one line. Held-out T=1 accuracy (the exact reward) before and after; the policy is saved
     in ``run_dir/policy`` and loads as ``hf:`` spec. No resume: TRL's checkpoints are its own.
     """
     from pathlib import Path
@@ -359,9 +370,12 @@ def train_with_trl(config: Any, strategy_params: dict[str, Any] | None, *, run_d
     bridge = StrategyBridge(config.strategy, strategy_params, tasks=load_prompts(config.prompts), reward=reward,
                             seed=config.seed, generation=generation)
     cfg = bridge.strategy.config
+    if config.tokens is not None or config.seconds is not None:
+        raise ConfigError("--trainer trl takes a budget of updates=N or samples=N; tokens= and seconds= are the lab loop's")
     steps = config.max_updates or (config.samples // (cfg.prompts_per_batch * cfg.group_size) if config.samples else 0)
     if not steps:
         raise ConfigError("--trainer trl needs a budget of updates=N or samples=N (at least one batch)")
+    bridge.budget = Allowance(samples=config.samples)  # the draws never pass it; a batch that no longer fits ends the run
     eval_tasks = load_prompts(config.eval_prompts)[: config.eval_size] if config.eval_every else []
 
     def held_out() -> float | None:
@@ -384,11 +398,15 @@ def train_with_trl(config: Any, strategy_params: dict[str, Any] | None, *, run_d
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=0.0)
     StrategyGRPOTrainer = _trainer_class()  # noqa: N806
     trainer = StrategyGRPOTrainer(policy.model, bridge, args=args, processing_class=policy.tokenizer, optimizers=(optimizer, None))
-    trainer.train()
+    status = "ok"
+    try:
+        trainer.train()
+    except BudgetExhausted:  # raised by rollout_func before the step's update: the updates so far stand
+        status = "budget"
     after = held_out()
     policy.save(run_dir / "policy")
     return {
-        "trainer": "trl", "updates": trainer.state.global_step, **bridge.budget.as_dict(),
+        "trainer": "trl", "status": status, "updates": trainer.state.global_step, **bridge.budget.as_dict(),
         "accuracy_t1_before": before, "accuracy_t1_after": after, "eval_n": len(eval_tasks),
         "groups_kept": sum(b.groups_kept for b in bridge.batches), "groups_drawn": sum(b.groups_drawn for b in bridge.batches),
         "policy_spec": f"hf:{run_dir / 'policy'}",

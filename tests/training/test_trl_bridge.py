@@ -141,6 +141,10 @@ def test_bridge_rejects_settings_that_would_change_the_strategy(tmp_path):
     ):
         with pytest.raises(ConfigError, match=message):
             bridge.check(bridge.grpo_config(str(tmp_path), use_cpu=True, **change))
+    tempered = StrategyBridge("grpo", {"group_size": 4, "prompts_per_batch": 2, "temperature": 0.7}, tasks=tasks,
+                              reward=training_reward("math"))
+    with pytest.raises(ConfigError, match="temperature 1"):  # TRL trains the tempered policy, the lab the untempered one
+        tempered.check(tempered.grpo_config(str(tmp_path), use_cpu=True))
     with pytest.raises(ConfigError, match="generation"):
         StrategyBridge("grpo", tasks=tasks, reward=training_reward("math"), generation="sglang")
     with pytest.raises(ConfigError, match="empty"):
@@ -173,3 +177,23 @@ def test_samplescope_train_under_trl_uses_the_labs_optimiser_groups(tmp_path, ca
     # Adam's first steps move each weight by about its rate: the gain by ~0.2, nothing else by more than ~2e-5
     assert max(gain_moves) > 0.05, gain_moves
     assert max(other_moves) < 1e-4, max(other_moves)
+
+
+def test_samplescope_train_under_trl_keeps_a_samples_budget_and_refuses_the_loops_budgets(tmp_path, capsys):
+    """A samples budget caps what an over-sampling strategy draws under TRL (the run ends, like the
+    lab loop, when the next batch no longer fits); tokens= and seconds= budgets are refused in one line."""
+    import json
+
+    from app.cli import main
+
+    common = ["train", "--policy", "embedded:arith", "--strategy", "dynamic_sampling", "--trainer", "trl",
+              "--set", "prompts_per_batch=2", "--set", "group_size=4", "--set", "max_new_tokens=24",
+              "--train-set", "eval_every=0", "--json"]
+    assert main([*common, "--budget", "samples=24", "--name", "trl-samples"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["samples"] <= 24, result  # max_steps alone (24 // 8 = 3 steps) would let it draw more
+    assert result["updates"] <= 3 and result["status"] in ("ok", "budget")
+    for budget in ("tokens=500", "seconds=60"):
+        assert main([*common, "--budget", budget, "--name", "trl-refused"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "updates=N or samples=N" in err
