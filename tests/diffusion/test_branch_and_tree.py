@@ -187,6 +187,8 @@ def test_bad_tree_and_branch_settings_are_one_line_errors(toy, coordinate_reward
         ("tree", {"branching": "2,x"}, "whole numbers"),
         ("tree", {"branching": "1,1", "depth_eta": "1,1"}, "at least one >= 2"),
         ("tree", {"depth_eta": "1"}, "1 values for 2 tree layers"),
+        ("tree", {"depth_eta": "1,1.5"}, "every η in depth_eta must be between 0 and 1"),
+        ("tree", {"depth_eta": "1,-0.5"}, "every η in depth_eta must be between 0 and 1"),
         ("tree", {"batch_size": 6}, "multiple of 4 leaves"),
         ("tree", {"eta_steps": "1,1,1,1,1,1"}, "sets η per step itself"),
         ("tree", {"eta": 0.5}, "sets η per step itself"),

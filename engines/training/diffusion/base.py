@@ -36,7 +36,7 @@ import torch
 
 from engines.config import Config, param
 from engines.errors import BudgetExhausted, ConfigError
-from engines.models.diffusion import Eta, Prediction, Schedule
+from engines.models.diffusion import Eta, Prediction, Schedule, parse_etas
 from engines.task import Task
 from engines.trace import Event, GroupEvent, NodeEvent, ScoreEvent
 from engines.training.base import Allowance
@@ -204,7 +204,7 @@ class SchemeConfig(Config):
 
     def validate(self) -> None:
         if self.eta_steps.strip():
-            parse_eta_steps(self.eta_steps)
+            parse_etas(self.eta_steps)
 
     def eta_schedule(self, sched: Schedule) -> Eta:
         """η of every step: ``eta_steps`` as given (its length checked against the schedule), or
@@ -216,20 +216,11 @@ class SchemeConfig(Config):
                 return etas or self.eta
             etas = etas or (self.eta,) * len(sched)
             return tuple(e if sched.std(i, e) >= self.noise_floor else 0.0 for i, e in enumerate(etas))
-        etas = parse_eta_steps(self.eta_steps)
+        etas = parse_etas(self.eta_steps)
         if len(etas) != len(sched):
             raise ConfigError(f"eta_steps has {len(etas)} values for a {len(sched)}-step chain")
         return etas
 
-
-def parse_eta_steps(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"eta_steps must be comma-separated numbers, got {text!r}") from None
-    if any(not v >= 0 for v in values):
-        raise ConfigError("every η in eta_steps must be >= 0")
-    return values
 
 
 class DiffusionScheme(ABC):
