@@ -12,7 +12,9 @@ its run folder under ``runs_folder``), then runs two kinds of sweep cells throug
 :func:`engines.sweep.run_sweep` on ``prompts`` copies of the reward's task (each copy its own seed,
 the unit the bootstrap resamples): the steering samplers on the base model at every size, and
 best-of-N at every ``finetuned_sizes`` size on each fine-tuned model (N = 1 is plain sampling from
-it). Each cell is one delivered image, judged by the evaluation reward (``evaluate``, default the
+it), on the chain the scheme trained on and its training run evaluates with (its steps and its
+per-step η: :meth:`~engines.training.diffusion.base.SchemeConfig.eta_schedule`, e.g. one SDE step
+and ODE elsewhere for ``single_sde``, the noise floor's deterministic last steps). Each cell is one delivered image, judged by the evaluation reward (``evaluate``, default the
 steering reward) and by the held-out k-NN check (:class:`engines.models.digits.HeldoutCheck`:
 still a digit, read as the target), which tells a rising reward from a hacked one.
 
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import ConfigError
-from engines.models.diffusion import image_from_data_uri
+from engines.models.diffusion import Schedule, image_from_data_uri
 from engines.sweep import Arm, SweepPlan, run_sweep
 from engines.sweep_stats import points
 from engines.task import Task
@@ -95,6 +97,15 @@ class SteerOrTrainPlan:
     def sampler_params(self) -> dict[str, Any]:
         return {} if self.steps is None else {"steps": self.steps}
 
+    def scheme_settings(self, scheme: str) -> dict[str, Any]:
+        """The parameters ``scheme`` trains with: the plan's steps, then the scheme's own."""
+        return {**self.sampler_params(), **self.scheme_params.get(scheme, {})}
+
+    def scheme_config(self, scheme: str) -> Any:
+        from engines.training.diffusion import build_scheme
+
+        return build_scheme(scheme, self.scheme_settings(scheme)).config
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -150,17 +161,37 @@ def heldout_extra(target: int | None):
     return extra
 
 
+def finetuned_params(plan: SteerOrTrainPlan, scheme: str, sched: Schedule) -> dict[str, Any]:
+    """best_of_n's parameters for a model fine-tuned with ``scheme``: the chain the scheme trained on and
+    its run evaluates with (:func:`engines.training.diffusion.loop.evaluate`), ``sched`` being the
+    model's schedule at the scheme's steps: those steps and the scheme's η of every step."""
+    config = plan.scheme_config(scheme)
+    params = dict(plan.sampler_params())
+    if config.steps is not None:
+        params["steps"] = config.steps
+    eta = config.eta_schedule(sched)
+    if isinstance(eta, (int, float)):
+        params["eta"] = float(eta)
+    else:
+        params["eta_steps"] = ",".join(str(float(e)) for e in eta)
+    return params
+
+
 def train_schemes(plan: SteerOrTrainPlan, runs_folder: Path, cancel: threading.Event | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Fine-tune the base model with every scheme under the plan's samples budget; (scheme, totals) as each ends."""
+    """Fine-tune the base model with every scheme under the plan's samples budget; (scheme, totals) as each ends,
+    the totals with ``sampling``: the fine-tuned model's best_of_n parameters (:func:`finetuned_params`)."""
     from engines.training.diffusion.loop import DiffusionTrainConfig, train_diffusion
+    from engines.training.diffusion.policy import load_diffusion_policy
 
     for scheme in plan.schemes:
-        params = {**plan.sampler_params(), **plan.scheme_params.get(scheme, {})}
+        params = plan.scheme_settings(scheme)
         config = DiffusionTrainConfig(name=f"{plan.name}-{scheme}", policy=BASE_MODEL, reward=plan.reward, scheme=scheme,
                                       samples=plan.train_samples, learning_rate=plan.learning_rate, eval_every=0,
                                       eval_size=min(64, plan.prompts), seed=plan.seed)
+        policy = load_diffusion_policy(BASE_MODEL)
+        sampling = finetuned_params(plan, scheme, policy.schedule(plan.scheme_config(scheme).steps))
         done, evals = None, []
-        for event in train_diffusion(config, params, cancel=cancel, runs_folder=runs_folder):
+        for event in train_diffusion(config, params, cancel=cancel, policy=policy, runs_folder=runs_folder):
             if event.kind == "eval":
                 evals.append({"step": event.step, **event.metrics})
             elif event.kind == "done":
@@ -170,7 +201,7 @@ def train_schemes(plan: SteerOrTrainPlan, runs_folder: Path, cancel: threading.E
         yield scheme, {"status": done.status, "updates": done.metrics["updates"], "model_spec": done.metrics["model_spec"],
                        "nfe": done.cost["nfe"], "backward_nfe": done.cost["backward_nfe"],
                        "backward_passes": done.cost["backward_passes"], "seconds": done.cost["wall_seconds"],
-                       "samples": done.metrics["samples"], "evals": evals}
+                       "samples": done.metrics["samples"], "evals": evals, "sampling": sampling}
 
 
 def _sweep(plan: SteerOrTrainPlan, arms: tuple[Arm, ...], levels: tuple[int, ...], model: str,
@@ -203,7 +234,7 @@ def run_steer_or_train(plan: SteerOrTrainPlan, runs_folder: Path, *, cancel: thr
         result.cells += list(_sweep(plan, arms, plan.sizes, BASE_MODEL, cancel))
         say(f"steered the base model: {len(result.cells)} cells")
     for scheme, totals in result.training.items():
-        arm = Arm(label=f"{scheme} + best_of_n", sampler="best_of_n", params=params)
+        arm = Arm(label=f"{scheme} + best_of_n", sampler="best_of_n", params=totals["sampling"])
         for row in _sweep(plan, (arm,), plan.finetuned_sizes, totals["model_spec"], cancel):
             for counter in AMORTISED:
                 row[counter] = row.get(counter, 0) + totals[counter] / plan.amortize_images
