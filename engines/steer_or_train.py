@@ -8,7 +8,8 @@ training budget in samples, the sizes of each curve, and ``amortize_images``: ho
 fine-tuned model is taken to generate in its life, over which its training compute is spread.
 
 :func:`run_steer_or_train` first trains each scheme (:func:`engines.training.diffusion.loop.train_diffusion`,
-its run folder under ``runs_folder``), then runs two kinds of sweep cells through
+its run folder under ``runs_folder``; a scheme that ends with no update is an error, and
+``curated_retraining`` needs ``train_samples`` of at least one round's pool, round_size·choices), then runs two kinds of sweep cells through
 :func:`engines.sweep.run_sweep` on ``prompts`` copies of the reward's task (each copy its own seed,
 the unit the bootstrap resamples): the steering samplers on the base model at every size, and
 best-of-N at every ``finetuned_sizes`` size on each fine-tuned model (N = 1 is plain sampling from
@@ -89,6 +90,11 @@ class SteerOrTrainPlan:
                 raise ConfigError(f"{label} must be at least 1, got {value}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
+        for name in self.schemes:
+            config = self.scheme_config(name)
+            if name == "curated_retraining" and self.train_samples < config.round_size * config.choices:
+                raise ConfigError(f"curated_retraining draws round_size·choices = {config.round_size * config.choices} "
+                                  f"samples before its first update; train_samples is {self.train_samples}")
 
     def task(self) -> Task:
         return Task(prompt=f"an image for {self.reward}", name=self.reward, chat=False,
@@ -198,6 +204,8 @@ def train_schemes(plan: SteerOrTrainPlan, runs_folder: Path, cancel: threading.E
                 done = event
         if done.status == "cancelled":
             raise ConfigError(f"cancelled while training {scheme}")
+        if done.metrics["updates"] == 0:  # the saved model is the base model: not a fine-tuned one
+            raise ConfigError(f"{scheme} made no update within train_samples={plan.train_samples} ({done.message})")
         yield scheme, {"status": done.status, "updates": done.metrics["updates"], "model_spec": done.metrics["model_spec"],
                        "nfe": done.cost["nfe"], "backward_nfe": done.cost["backward_nfe"],
                        "backward_passes": done.cost["backward_passes"], "seconds": done.cost["wall_seconds"],

@@ -17,7 +17,7 @@ import torch
 from app.cli import main
 from engines.errors import ConfigError
 from engines.samplers import build_sampler
-from engines.steer_or_train import SteerOrTrainPlan, finetuned_params
+from engines.steer_or_train import SteerOrTrainPlan, finetuned_params, train_schemes
 from engines.task import Task
 from engines.trace import collect
 from engines.training.diffusion import build_scheme
@@ -64,6 +64,9 @@ def test_steer_or_train_counts_compute_alike_and_reports(tmp_path, capsys):
     (["--scheme-set", "draft.k=2"], "SCHEME.KEY=VALUE for a scheme in --schemes"),
     (["--scheme-set", "dpok.kl_coef=lots"], "lots"),
     (["--amortize", "0"], "amortize_images must be at least 1"),
+    (["--schemes", "curated_retraining", "--train-samples", "255"], "round_size·choices = 256 samples before its first"),
+    (["--schemes", "curated_retraining", "--scheme-set", "curated_retraining.round_size=32",
+      "--scheme-set", "curated_retraining.choices=8", "--train-samples", "200"], "round_size·choices = 256"),
     (["--sizes", "1,two"], "--sizes takes whole numbers"),
     (["--name", "../x"], "must be letters"),
 ])
@@ -103,3 +106,14 @@ def test_best_of_n_eta_steps_are_checked_in_one_line(toy_model, coordinate_rewar
     with pytest.raises(ConfigError, match="eta_steps has 2 values for a 8-step chain"):
         build_sampler("best_of_n", {"steps": 8, "eta_steps": "1,0"}).run(
             Task(prompt=""), toy_model, coordinate_reward, rng=torch.Generator())
+
+
+def test_a_scheme_that_made_no_update_is_not_reported_as_trained(tmp_path):
+    """dpok's leave-one-out baseline needs 2 samples an update: with 1 training sample the run ends
+    with 0 updates, and its saved model (the base model) must not become a fine-tuned arm."""
+    plan = SteerOrTrainPlan(name="none", samplers=(), schemes=("dpok",), train_samples=1, prompts=2, steps=4)
+    with pytest.raises(ConfigError, match="dpok made no update within train_samples=1"):
+        list(train_schemes(plan, tmp_path))
+    # one curated round fits: the plan is accepted
+    SteerOrTrainPlan(samplers=(), schemes=("curated_retraining",), train_samples=64,
+                     scheme_params={"curated_retraining": {"round_size": 16, "choices": 4}})
