@@ -24,6 +24,7 @@ Compute per delivered image, the same counters for both kinds (``engines.trace.C
 - ``nfe``: the cell's denoiser evaluations, plus for a fine-tuned model its training NFE / ``amortize_images``;
 - ``backward_nfe`` and ``backward_passes``: evaluations back-propagated through and reward backward
   passes (steering samplers that use gradients count theirs; training's are amortised alike);
+- ``reward_calls``: the cell's reward evaluations plus the training's (every image it scored) / ``amortize_images``;
 - ``wall_seconds``: the cell's wall time plus the training's wall seconds / ``amortize_images``.
 
 The sampling-only parts stay in each row (``sampling_nfe``, ``sampling_seconds``) and the training
@@ -47,7 +48,7 @@ from engines.task import Task
 from engines.trace import Trace
 
 BASE_MODEL = "embedded:digits"
-AMORTISED = ("nfe", "backward_nfe", "backward_passes")
+AMORTISED = ("nfe", "backward_nfe", "backward_passes", "reward_calls")
 CHECKS = ("heldout_digit", "heldout_target")
 
 
@@ -208,7 +209,8 @@ def train_schemes(plan: SteerOrTrainPlan, runs_folder: Path, cancel: threading.E
             raise ConfigError(f"{scheme} made no update within train_samples={plan.train_samples} ({done.message})")
         yield scheme, {"status": done.status, "updates": done.metrics["updates"], "model_spec": done.metrics["model_spec"],
                        "nfe": done.cost["nfe"], "backward_nfe": done.cost["backward_nfe"],
-                       "backward_passes": done.cost["backward_passes"], "seconds": done.cost["wall_seconds"],
+                       "backward_passes": done.cost["backward_passes"], "reward_calls": done.cost["reward_calls"],
+                       "seconds": done.cost["wall_seconds"],
                        "samples": done.metrics["samples"], "evals": evals, "sampling": sampling}
 
 

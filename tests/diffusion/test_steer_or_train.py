@@ -35,6 +35,7 @@ def test_steer_or_train_counts_compute_alike_and_reports(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     trained = result["training"]["dpok"]
     assert trained["updates"] == 1 and trained["samples"] == 2 and trained["model_spec"].startswith("diffusers:")
+    assert trained["reward_calls"] == 2  # each training sample scored once
     steering = [c for c in result["cells"] if c["arm"] == "best_of_n"]
     tuned = [c for c in result["cells"] if c["arm"] == "dpok + best_of_n"]
     assert len(steering) == 4 and len(tuned) == 2  # 2 sizes x 2 images; 1 size x 2 images
@@ -44,6 +45,7 @@ def test_steer_or_train_counts_compute_alike_and_reports(tmp_path, capsys):
         assert cell["model"] == trained["model_spec"]
         assert cell["nfe"] == pytest.approx(cell["sampling_nfe"] + trained["nfe"] / 4)
         assert cell["backward_nfe"] == pytest.approx(trained["backward_nfe"] / 4) and trained["backward_nfe"] > 0
+        assert cell["reward_calls"] == pytest.approx(cell["level"] + trained["reward_calls"] / 4)
         assert cell["wall_seconds"] == pytest.approx(cell["sampling_seconds"] + trained["seconds"] / 4)
     for point in result["points"]:
         assert point["prompts"] == 2 and point["ci_low"] <= point["quality"] <= point["ci_high"]

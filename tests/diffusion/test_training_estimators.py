@@ -215,7 +215,9 @@ def test_draft_lv_differentiates_only_the_last_step_on_renoised_copies(shift_toy
     grad = shift_toy.theta.grad
     assert torch.count_nonzero(grad[list(sched.timesteps[:-1])]) == 0
     assert torch.count_nonzero(grad[sched.timesteps[-1]]) > 0
-    assert budget.spent == {"samples": 10, "nfe": 10 * (STEPS + 3), "backward_nfe": 30, "backward_passes": 30}
+    # reward calls: the 10 final images, then each of the 3 re-noised copies of each with its graph
+    assert budget.spent == {"samples": 10, "nfe": 10 * (STEPS + 3), "backward_nfe": 30, "backward_passes": 30,
+                            "reward_calls": 10 + 30}
     assert scheme.plan(sched) == {"nfe": STEPS + 3, "backward_nfe": 3, "backward_passes": 3}
 
 
