@@ -311,7 +311,7 @@ class VAS(Sampler):
             tilted = (policy[tokens].double() + values / cfg.beta).softmax(-1)
             pick = int(torch.multinomial(tilted.float(), 1, generator=ctx.rng))
             token = tokens[pick]
-            ctx.cost.add(generated_tokens=1)
+            ctx.spend("generated_tokens", 1)  # the rollouts may have used the room the decoded text had
             before = ctx.model.decode(response)
             response.append(token)
             text = ctx.model.decode(response)

@@ -155,6 +155,17 @@ def test_budget_stops_before_a_text_that_cannot_be_finished():
     assert trace.done.status == "budget" and trace.done.cost["generated_tokens"] <= 20
 
 
+def test_decoded_tokens_never_pass_the_generated_tokens_cap():
+    """The rollouts spend generated tokens too: a decoded token is refused, not counted past the cap, when
+    they have used the room (toy:abc at these caps passed them by one token)."""
+    model = load_model("toy:abc")
+    sampler = build_sampler("vas", {"max_new_tokens": 3, "rollouts": 2, "candidates": 2})
+    for cap, seed in ((4, 1), (6, 0), (7, 1)):
+        trace = collect(sampler.run(TASK, model, CountA(), budget=Budget(generated_tokens=cap),
+                                    rng=torch.Generator().manual_seed(seed)))
+        assert trace.done.status == "budget" and trace.done.cost["generated_tokens"] <= cap
+
+
 def test_a_preference_direction_is_valued_per_reward():
     """direction:W1,W2:R1,R2 is composed like a weighted sum, its unit vector as the weights."""
     from engines.rewards.direction import DirectionReward
