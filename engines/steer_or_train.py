@@ -8,11 +8,14 @@ training budget in samples, the sizes of each curve, and ``amortize_images``: ho
 fine-tuned model is taken to generate in its life, over which its training compute is spread.
 
 :func:`run_steer_or_train` first trains each scheme (:func:`engines.training.diffusion.loop.train_diffusion`,
-its run folder under ``runs_folder``), then runs two kinds of sweep cells through
+its run folder under ``runs_folder``; a scheme that ends with no update is an error, and
+``curated_retraining`` needs ``train_samples`` of at least one round's pool, round_size·choices), then runs two kinds of sweep cells through
 :func:`engines.sweep.run_sweep` on ``prompts`` copies of the reward's task (each copy its own seed,
 the unit the bootstrap resamples): the steering samplers on the base model at every size, and
 best-of-N at every ``finetuned_sizes`` size on each fine-tuned model (N = 1 is plain sampling from
-it). Each cell is one delivered image, judged by the evaluation reward (``evaluate``, default the
+it), on the chain the scheme trained on and its training run evaluates with (its steps and its
+per-step η: :meth:`~engines.training.diffusion.base.SchemeConfig.eta_schedule`, e.g. one SDE step
+and ODE elsewhere for ``single_sde``, the noise floor's deterministic last steps). Each cell is one delivered image, judged by the evaluation reward (``evaluate``, default the
 steering reward) and by the held-out k-NN check (:class:`engines.models.digits.HeldoutCheck`:
 still a digit, read as the target), which tells a rising reward from a hacked one.
 
@@ -21,6 +24,7 @@ Compute per delivered image, the same counters for both kinds (``engines.trace.C
 - ``nfe``: the cell's denoiser evaluations, plus for a fine-tuned model its training NFE / ``amortize_images``;
 - ``backward_nfe`` and ``backward_passes``: evaluations back-propagated through and reward backward
   passes (steering samplers that use gradients count theirs; training's are amortised alike);
+- ``reward_calls``: the cell's reward evaluations plus the training's (every image it scored) / ``amortize_images``;
 - ``wall_seconds``: the cell's wall time plus the training's wall seconds / ``amortize_images``.
 
 The sampling-only parts stay in each row (``sampling_nfe``, ``sampling_seconds``) and the training
@@ -37,14 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import ConfigError
-from engines.models.diffusion import image_from_data_uri
+from engines.models.diffusion import Schedule, image_from_data_uri
 from engines.sweep import Arm, SweepPlan, run_sweep
 from engines.sweep_stats import points
 from engines.task import Task
 from engines.trace import Trace
 
 BASE_MODEL = "embedded:digits"
-AMORTISED = ("nfe", "backward_nfe", "backward_passes")
+AMORTISED = ("nfe", "backward_nfe", "backward_passes", "reward_calls")
 CHECKS = ("heldout_digit", "heldout_target")
 
 
@@ -87,6 +91,11 @@ class SteerOrTrainPlan:
                 raise ConfigError(f"{label} must be at least 1, got {value}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
+        for name in self.schemes:
+            config = self.scheme_config(name)
+            if name == "curated_retraining" and self.train_samples < config.round_size * config.choices:
+                raise ConfigError(f"curated_retraining draws round_size·choices = {config.round_size * config.choices} "
+                                  f"samples before its first update; train_samples is {self.train_samples}")
 
     def task(self) -> Task:
         return Task(prompt=f"an image for {self.reward}", name=self.reward, chat=False,
@@ -94,6 +103,15 @@ class SteerOrTrainPlan:
 
     def sampler_params(self) -> dict[str, Any]:
         return {} if self.steps is None else {"steps": self.steps}
+
+    def scheme_settings(self, scheme: str) -> dict[str, Any]:
+        """The parameters ``scheme`` trains with: the plan's steps, then the scheme's own."""
+        return {**self.sampler_params(), **self.scheme_params.get(scheme, {})}
+
+    def scheme_config(self, scheme: str) -> Any:
+        from engines.training.diffusion import build_scheme
+
+        return build_scheme(scheme, self.scheme_settings(scheme)).config
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,27 +168,50 @@ def heldout_extra(target: int | None):
     return extra
 
 
+def finetuned_params(plan: SteerOrTrainPlan, scheme: str, sched: Schedule) -> dict[str, Any]:
+    """best_of_n's parameters for a model fine-tuned with ``scheme``: the chain the scheme trained on and
+    its run evaluates with (:func:`engines.training.diffusion.loop.evaluate`), ``sched`` being the
+    model's schedule at the scheme's steps: those steps and the scheme's η of every step."""
+    config = plan.scheme_config(scheme)
+    params = dict(plan.sampler_params())
+    if config.steps is not None:
+        params["steps"] = config.steps
+    eta = config.eta_schedule(sched)
+    if isinstance(eta, (int, float)):
+        params["eta"] = float(eta)
+    else:
+        params["eta_steps"] = ",".join(str(float(e)) for e in eta)
+    return params
+
+
 def train_schemes(plan: SteerOrTrainPlan, runs_folder: Path, cancel: threading.Event | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Fine-tune the base model with every scheme under the plan's samples budget; (scheme, totals) as each ends."""
+    """Fine-tune the base model with every scheme under the plan's samples budget; (scheme, totals) as each ends,
+    the totals with ``sampling``: the fine-tuned model's best_of_n parameters (:func:`finetuned_params`)."""
     from engines.training.diffusion.loop import DiffusionTrainConfig, train_diffusion
+    from engines.training.diffusion.policy import load_diffusion_policy
 
     for scheme in plan.schemes:
-        params = {**plan.sampler_params(), **plan.scheme_params.get(scheme, {})}
+        params = plan.scheme_settings(scheme)
         config = DiffusionTrainConfig(name=f"{plan.name}-{scheme}", policy=BASE_MODEL, reward=plan.reward, scheme=scheme,
                                       samples=plan.train_samples, learning_rate=plan.learning_rate, eval_every=0,
                                       eval_size=min(64, plan.prompts), seed=plan.seed)
+        policy = load_diffusion_policy(BASE_MODEL)
+        sampling = finetuned_params(plan, scheme, policy.schedule(plan.scheme_config(scheme).steps))
         done, evals = None, []
-        for event in train_diffusion(config, params, cancel=cancel, runs_folder=runs_folder):
+        for event in train_diffusion(config, params, cancel=cancel, policy=policy, runs_folder=runs_folder):
             if event.kind == "eval":
                 evals.append({"step": event.step, **event.metrics})
             elif event.kind == "done":
                 done = event
         if done.status == "cancelled":
             raise ConfigError(f"cancelled while training {scheme}")
+        if done.metrics["updates"] == 0:  # the saved model is the base model: not a fine-tuned one
+            raise ConfigError(f"{scheme} made no update within train_samples={plan.train_samples} ({done.message})")
         yield scheme, {"status": done.status, "updates": done.metrics["updates"], "model_spec": done.metrics["model_spec"],
                        "nfe": done.cost["nfe"], "backward_nfe": done.cost["backward_nfe"],
-                       "backward_passes": done.cost["backward_passes"], "seconds": done.cost["wall_seconds"],
-                       "samples": done.metrics["samples"], "evals": evals}
+                       "backward_passes": done.cost["backward_passes"], "reward_calls": done.cost["reward_calls"],
+                       "seconds": done.cost["wall_seconds"],
+                       "samples": done.metrics["samples"], "evals": evals, "sampling": sampling}
 
 
 def _sweep(plan: SteerOrTrainPlan, arms: tuple[Arm, ...], levels: tuple[int, ...], model: str,
@@ -203,7 +244,7 @@ def run_steer_or_train(plan: SteerOrTrainPlan, runs_folder: Path, *, cancel: thr
         result.cells += list(_sweep(plan, arms, plan.sizes, BASE_MODEL, cancel))
         say(f"steered the base model: {len(result.cells)} cells")
     for scheme, totals in result.training.items():
-        arm = Arm(label=f"{scheme} + best_of_n", sampler="best_of_n", params=params)
+        arm = Arm(label=f"{scheme} + best_of_n", sampler="best_of_n", params=totals["sampling"])
         for row in _sweep(plan, (arm,), plan.finetuned_sizes, totals["model_spec"], cancel):
             for counter in AMORTISED:
                 row[counter] = row.get(counter, 0) + totals[counter] / plan.amortize_images

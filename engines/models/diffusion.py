@@ -68,6 +68,18 @@ from engines.trace import Cost
 Eta = float | Sequence[float]
 
 
+def parse_etas(text: str, name: str = "eta_steps") -> tuple[float, ...]:
+    """A per-step η schedule written as comma-separated numbers, each in [0, 1] (η > 1 has no DDIM
+    step: σ would pass the DDPM posterior std); ``name`` is the field named in the one-line errors."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if any(not 0 <= v <= 1 for v in values):  # also refuses NaN
+        raise ConfigError(f"every η in {name} must be between 0 and 1")
+    return values
+
+
 @dataclass(frozen=True)
 class Schedule:
     """The K inference timesteps, noisiest first, and the ᾱ before and after each step."""

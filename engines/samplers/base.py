@@ -136,6 +136,12 @@ class RunContext:
         self._reserve("generated_tokens", len(prefixes) * n * params.max_new_tokens)
         return self.model.sample(prefixes, params, n=n, rng=self.rng, usage=self.cost)
 
+    def spend(self, counter: str, amount: float) -> None:
+        """Meter ``amount`` of ``counter`` for work a sampler does itself (not through :meth:`generate`,
+        :meth:`score` or :meth:`denoise`), refused before it is done when it would pass the budget."""
+        self._reserve(counter, amount, counter)
+        self.cost.add(**{counter: amount})
+
     def _reserve(self, counter: str, amount: float, *spends: str) -> None:
         """The one budget guard before metered work: cancel, a spent counter among ``spends``
         (or wall time), or ``amount`` more of ``counter`` than is left."""

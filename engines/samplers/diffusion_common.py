@@ -30,6 +30,7 @@ import torch
 
 from engines.config import Config, param
 from engines.errors import BudgetExhausted, ConfigError
+from engines.models.diffusion import Eta
 from engines.samplers.base import RunContext, Sampler
 from engines.task import Task
 from engines.trace import Event, NodeEvent, PruneEvent, ScoreEvent
@@ -232,7 +233,7 @@ class ImageCandidate:
 
 
 def draw_images(
-    ctx: RunContext, count: int, steps: int | None, eta: float, out: list[ImageCandidate]
+    ctx: RunContext, count: int, steps: int | None, eta: Eta, out: list[ImageCandidate]
 ) -> Iterator[Event]:
     """Run ``count`` independent chains (as many as the budget allows, else BudgetExhausted):
     yield every state as a node, then the final images, their scores and a cost snapshot;

@@ -26,10 +26,14 @@ Weights (``weights``):
 - ``exact``: the discrete-time importance weight, log w = Σ_k [λτ_{k+1}R_{k+1}(x_{k+1}) −
   λτ_kR_k(x_k)] + log p_θ(x_{k+1}|x_k) − log q(x_{k+1}|x_k), which telescopes to
   λ·r(x0)·(p_θ/q along the path): exact for any number of steps.
-- ``none`` (the paper's search use): no weights, the highest-reward sample is the pick.
+- ``none`` (the paper's search use): no weights.
 
-The weighted samples target p_θ(x0)·exp(λ·r(x0))/Z; the last ``resample`` event carries their
-log-weights (``resampled=False``), as FK steering's does. No resampling along the way.
+The pick is always the highest-reward particle (search), whatever ``weights`` says: the weights
+do not choose it and nothing is resampled by them, along the way or at the end. They are
+diagnostic output: the weighted *particle set* targets p_θ(x0)·exp(λ·r(x0))/Z (the paper's exact
+sampling by importance weighting), read through the last ``resample`` event's log-weights
+(``resampled=False``, as FK steering's), ``final_ess`` and ``log_evidence``; the pick alone is not
+a sample of that law.
 
 Flow maps. A model offers one as ``flow_map(x, alpha_bar)`` with its cost ``flow_map_nfe``
 (network evaluations per call). Only the Gaussian-mixture toy has one: its exact
@@ -82,7 +86,8 @@ class FMTTConfig(DiffusionConfig):
     size_field = "particles"
     label = "FMTT (flow-map trajectory tilting)"
     paper = "Sabour, Albergo, Domingo-Enrich et al. 2025, Test-time scaling of diffusions with flow maps"
-    summary = "Tilt every step by the reward of where the flow map lands; importance weights reach p·exp(λr). Flow-map models only."
+    summary = ("Tilt every step by the reward of where the flow map lands; pick the best reward (importance weights "
+               "reaching p·exp(λr) are reported, not used for the pick). Flow-map models only.")
 
     particles: int = param(8, label="Particles", min=1, max=100000, help="Independent weighted chains.")
     lam: float = param(1.0, label="λ (reward weight)", min=0.0, max=1000.0, help="Target p(x)·exp(λ·r(x)).")
@@ -90,7 +95,8 @@ class FMTTConfig(DiffusionConfig):
         "jarzynski",
         label="Weights",
         choices=("jarzynski", "exact", "none"),
-        help="jarzynski: ∫λR dt (the paper); exact: the discrete-time importance ratio; none: search, pick the best.",
+        help="Diagnostic importance weights (in the last resample event and the metrics); the pick is the highest "
+        "reward either way. jarzynski: ∫λR dt (the paper); exact: the discrete-time importance ratio; none: no weights.",
     )
 
     def validate(self) -> None:

@@ -38,13 +38,17 @@ Where V comes from (``value``), each evaluation metered through the run context:
   soft value of a two-level reward is a function of q too, β·log((1 - q)·e^(lo/β) + q·e^(hi/β)),
   so with an exact q the rule decodes the KL optimum exactly (as β → 0, p(y | r(y) = hi)). The
   head values the reward part it was trained for (its ``value_head.json`` names it, e.g.
-  ``math``); the run's other reward parts, if any, are valued by rollouts as above.
+  ``math``, times its weight: a two-level reward with levels w·lo, w·hi); the run's other reward
+  parts, if any, are valued by rollouts as above, with the mean value only (the soft value of a
+  sum needs every part's reward on the same continuations, which the head does not give).
 
 Composition: when the run's reward is a weighted sum (``0.5*sentiment+1*length:20``) or a preference
-direction (``direction:30:sentiment,length:20``, weights its unit vector) each part's
-value is estimated on the same rollouts and combined as Σ_i w_i V_i, the weights taken from the
-reward or set here (``weights``, one per part) to re-personalise at decoding time. The decoded
-text is scored once at the end by the run's reward.
+direction (``direction:30:sentiment,length:20``, weights its unit vector) every part scores the
+same rollouts (or enumerated texts), each continuation's Σ_i w_i r_i is formed and valued once:
+the soft value β·log E[exp(Σ_i w_i r_i / β)] (the KL optimum of the weighted reward; the sum of the
+parts' soft values is not) or the mean value, which is Σ_i w_i V_i (the paper's composition).
+The weights are taken from the reward or set here (``weights``, one per part) to re-personalise at
+decoding time. The decoded text is scored once at the end by the run's reward.
 """
 
 from __future__ import annotations
@@ -164,6 +168,9 @@ class VAS(Sampler):
             if not any(r.name == head.spec.reward for _, r in parts):
                 raise ConfigError(f"the value head values the reward {head.spec.reward!r}; reward {reward.name!r} "
                                   "has no such part")
+            if cfg.estimator == "soft" and any(w != 0 and r.name != head.spec.reward for w, r in parts):
+                raise ConfigError("the soft value of a weighted sum needs every part on the same rollouts, which the "
+                                  "head's part has not: use estimator=mean, or the head's reward alone")
         if cfg.value != "exact":
             return
         if not hasattr(model, "distribution"):
@@ -188,7 +195,7 @@ class VAS(Sampler):
             head = self.value_head()
             learned = [w for w, r in parts if r.name == head.spec.reward]
             parts = [(w, r) for w, r in parts if r.name != head.spec.reward]
-            total += sum(learned) * self.learned_values(ctx, head, prefix + response, tokens)
+            total += self.learned_values(ctx, head, prefix + response, tokens, weight=sum(learned))
         if parts:
             total += self.rollout_values(ctx, prefix, response, tokens, parts)
         return total
@@ -197,12 +204,14 @@ class VAS(Sampler):
         """The learned value head (``value_model``; loaded once per process)."""
         return ValueHead.from_pretrained(self.config.value_model or VALUE_DIR)  # type: ignore[attr-defined]
 
-    def learned_values(self, ctx: RunContext, head: ValueHead, prefix: list[int], tokens: list[int]) -> torch.Tensor:
-        """The head's mean or soft value of each candidate, from its q(s, a) (one metered forward pass)."""
+    def learned_values(self, ctx: RunContext, head: ValueHead, prefix: list[int], tokens: list[int],
+                       weight: float = 1.0) -> torch.Tensor:
+        """The head's mean or soft value of each candidate for ``weight`` times its reward (a two-level
+        reward too, levels w·lo and w·hi), from its q(s, a) (one metered forward pass)."""
         cfg: VASConfig = self.config  # type: ignore[assignment]
         q = head.success_probabilities(prefix, tokens, usage=ctx.cost).clamp(0.0, 1.0)
         ctx.metrics["value_head_calls"] = ctx.metrics.get("value_head_calls", 0) + 1
-        lo, hi = head.spec.levels
+        lo, hi = (weight * level for level in head.spec.levels)
         if cfg.estimator == "mean":
             return lo + (hi - lo) * q
         # β·log((1-q)·e^(lo/β) + q·e^(hi/β)), the soft value of a two-level reward, computed stably
@@ -230,32 +239,37 @@ class VAS(Sampler):
             for i, gens in zip(open_rows, drawn, strict=True):
                 texts[i] = [model.decode(response + [tokens[i]] + g.token_ids) for g in gens]
         flat = [t for row in texts for t in row]
-        total = torch.zeros(len(tokens), dtype=torch.float64)
+        # each text's Σ_i w_i r_i, aggregated once: the soft value of a sum is not the sum of soft values
+        combined = torch.zeros(len(flat), dtype=torch.float64)
         for weight, reward in parts:
-            scores = iter(ctx.score(flat, reward=reward))
-            for i, row in enumerate(texts):
-                total[i] += weight * float(aggregate(torch.tensor([next(scores) for _ in row], dtype=torch.float64),
-                                                     cfg.beta, cfg.estimator))
-        ctx.metrics["value_evaluations"] = ctx.metrics.get("value_evaluations", 0) + len(flat)
+            combined += weight * torch.tensor(ctx.score(flat, reward=reward), dtype=torch.float64)
+        total = torch.zeros(len(tokens), dtype=torch.float64)
+        start = 0
+        for i, row in enumerate(texts):
+            total[i] = aggregate(combined[start:start + len(row)], cfg.beta, cfg.estimator)
+            start += len(row)
+        ctx.metrics["value_evaluations"] = ctx.metrics.get("value_evaluations", 0) + len(flat) * len(parts)
         return total
 
     def exact_values(self, ctx: RunContext, table: Enumerated, response: list[int], tokens: list[int]) -> torch.Tensor:
         """V(s, a) summed over every complete text that continues s·a, under the model's exact law."""
         cfg: VASConfig = self.config  # type: ignore[assignment]
         law, rewards = table
+        weights = [w for w, _ in self.parts(ctx)]
         total = torch.zeros(len(tokens), dtype=torch.float64)
         for i, a in enumerate(tokens):
             key = ctx.model.decode(response + [a])
             matches = [key] if a == ctx.model.eos_token_id else [x for x in law if x.startswith(key)]
             p = torch.tensor([law[x] for x in matches], dtype=torch.float64)
-            for part, (weight, _) in enumerate(self.parts(ctx)):
-                r = torch.tensor([rewards[part][x] for x in matches], dtype=torch.float64)
-                if cfg.estimator == "mean":
-                    v = (p * r).sum() / p.sum()
-                else:  # β·log E_p[exp(r/β) | s·a]
-                    beta = self.soft_value_beta()
-                    v = beta * (torch.logsumexp(r / beta + p.log(), 0) - p.sum().log())
-                total[i] += weight * float(v)
+            # each text's Σ_i w_i r_i first: the soft value of a sum is not the sum of soft values
+            r = torch.tensor([sum(w * rewards[part][x] for part, w in enumerate(weights)) for x in matches],
+                             dtype=torch.float64)
+            if cfg.estimator == "mean":
+                v = (p * r).sum() / p.sum()
+            else:  # β·log E_p[exp(Σ_i w_i r_i / β) | s·a]
+                beta = self.soft_value_beta()
+                v = beta * (torch.logsumexp(r / beta + p.log(), 0) - p.sum().log())
+            total[i] = float(v)
         return total
 
     def enumerate(self, ctx: RunContext) -> Enumerated:
@@ -297,7 +311,7 @@ class VAS(Sampler):
             tilted = (policy[tokens].double() + values / cfg.beta).softmax(-1)
             pick = int(torch.multinomial(tilted.float(), 1, generator=ctx.rng))
             token = tokens[pick]
-            ctx.cost.add(generated_tokens=1)
+            ctx.spend("generated_tokens", 1)  # the rollouts may have used the room the decoded text had
             before = ctx.model.decode(response)
             response.append(token)
             text = ctx.model.decode(response)

@@ -113,7 +113,8 @@ def test_adjoint_is_the_pullback_of_the_reward_gradient_and_the_budget_counts_ev
     loss, metrics = drain(scheme.loss(ctx, 5))
     assert math.isclose(float(loss.detach()), expected, rel_tol=1e-9) and metrics["kl"] == 0.0
     stochastic = sum(sched.stochastic(eta))
-    assert budget.spent == {"samples": 5, "nfe": 5 * 2 * 6, "backward_nfe": 5 * (stochastic + 5), "backward_passes": 5}
+    assert budget.spent == {"samples": 5, "nfe": 5 * 2 * 6, "backward_nfe": 5 * (stochastic + 5), "backward_passes": 5,
+                            "reward_calls": 5}  # each final image scored once, with its graph
     assert scheme.plan(sched) == {"nfe": 12, "backward_nfe": stochastic + 5, "backward_passes": 1}
     assert is_memoryless(sched, eta, 0.0) and not is_memoryless(sched, 0.5, 0.0)
 

@@ -86,7 +86,8 @@ def test_branch_samples_share_the_exact_prefix_state_and_the_prefix_is_drawn_onc
     assert not torch.equal(at_branch[0, 0], at_branch[1, 0])  # groups have their own prefixes
     after = policy.seen[start + 1].reshape(3, 4, -1)
     assert all(len({tuple(row.tolist()) for row in group}) == 4 for group in after)  # the branches' own noise
-    assert budget.spent == {"samples": 12, "nfe": 3 * start + 12 * 3, "backward_nfe": 12 * 2, "backward_passes": 0}
+    assert budget.spent == {"samples": 12, "nfe": 3 * start + 12 * 3, "backward_nfe": 12 * 2, "backward_passes": 0,
+                            "reward_calls": 12}
     group = events[-1]
     assert group.meta["interval"] == [start, STEPS] and group.meta["credited_steps"] == [start, start + 1]
 
@@ -158,7 +159,8 @@ def test_tree_nodes_share_their_parents_state_and_each_layer_has_its_own_eta(mix
     assert torch.equal(layer1, layer1[:, :1].expand_as(layer1))
     assert len({tuple(r.tolist()) for r in policy.seen[3].reshape(4, 3, -1)[:, 0]}) == 4  # the 4 inner nodes differ
     # network evaluations: trunk 2 trees × 1 step, layer 0: 4 nodes × 2 steps, layer 1 and the ODE tail: 12 leaves × 3
-    assert budget.spent == {"samples": 12, "nfe": 2 + 4 * 2 + 12 * 3, "backward_nfe": 4 * 2 + 12 * 2, "backward_passes": 0}
+    assert budget.spent == {"samples": 12, "nfe": 2 + 4 * 2 + 12 * 3, "backward_nfe": 4 * 2 + 12 * 2, "backward_passes": 0,
+                            "reward_calls": 12}
     assert [sched.std(i, eta) for i in (3, 4)] == [sched.std(i, 0.4) for i in (3, 4)]
     assert scheme.plan(sched)["nfe"] * 12 >= budget.spent["nfe"]
 
@@ -187,6 +189,8 @@ def test_bad_tree_and_branch_settings_are_one_line_errors(toy, coordinate_reward
         ("tree", {"branching": "2,x"}, "whole numbers"),
         ("tree", {"branching": "1,1", "depth_eta": "1,1"}, "at least one >= 2"),
         ("tree", {"depth_eta": "1"}, "1 values for 2 tree layers"),
+        ("tree", {"depth_eta": "1,1.5"}, "every η in depth_eta must be between 0 and 1"),
+        ("tree", {"depth_eta": "1,-0.5"}, "every η in depth_eta must be between 0 and 1"),
         ("tree", {"batch_size": 6}, "multiple of 4 leaves"),
         ("tree", {"eta_steps": "1,1,1,1,1,1"}, "sets η per step itself"),
         ("tree", {"eta": 0.5}, "sets η per step itself"),

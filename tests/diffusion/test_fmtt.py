@@ -71,6 +71,15 @@ def test_wrong_fmtt_variants_fail_the_check(flow_model, mixture, coordinate_rewa
     assert misfits(trace, mixture, LAM, particles=N), f"{cls.__name__} with {weights} weights passed"
 
 
+@pytest.mark.parametrize("weights", ["jarzynski", "exact", "none"])
+def test_the_pick_is_the_highest_reward_whatever_the_weights(flow_model, coordinate_reward, weights) -> None:  # noqa: ANN001
+    """As the docstring and the weights' help say: the weights are reported, the pick is the best reward."""
+    trace = run(FMTT, flow_model, coordinate_reward, weights=weights, particles=8, steps=5)
+    finals = [i for i, node in trace.nodes.items() if node.final]
+    (pick,) = trace.done.picks
+    assert trace.reward(pick) == max(trace.reward(i) for i in finals)
+
+
 def test_fmtt_refuses_a_model_without_a_flow_map(digits_model) -> None:  # noqa: ANN001
     with pytest.raises(ConfigError, match="needs a model with a flow map") as info:
         FMTT().run(Task(prompt=""), digits_model, build_reward("digit:3"), rng=torch.Generator())

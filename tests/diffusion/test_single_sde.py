@@ -153,7 +153,7 @@ def test_branches_share_their_prefix_and_the_budget_counts_it_once(toy, coordina
     adv = torch.tensor(group.advantages).reshape(2, 4)
     assert torch.allclose(adv.sum(1), torch.zeros(2), atol=1e-5)  # normalised inside each group
     # prefix: 2 groups × 2 steps; the merged step and the 3 after it: 8 branches each
-    assert budget.spent == {"samples": 8, "nfe": 2 * 2 + 8 * 4, "backward_nfe": 8, "backward_passes": 0}
+    assert budget.spent == {"samples": 8, "nfe": 2 * 2 + 8 * 4, "backward_nfe": 8, "backward_passes": 0, "reward_calls": 8}
     assert scheme.plan(full)["nfe"] >= budget.spent["nfe"] / 8
     with pytest.raises(ConfigError, match="σ = 0"):  # merged down to ᾱ = 1: no noise left to draw
         build_scheme("single_sde", {"sde_step": 0, "merge": STEPS}).check_inputs(toy, coordinate_reward)

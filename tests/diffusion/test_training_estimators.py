@@ -139,6 +139,16 @@ def test_deterministic_steps_have_no_density_and_a_chain_without_noise_is_refuse
         build_scheme("dpok", {"eta_steps": "1,1,1"}).check_inputs(shift_toy, coordinate_reward)
 
 
+def test_eta_steps_above_one_are_refused_like_eta():
+    """η > 1 has no DDIM step (σ above the DDPM posterior std); ``eta`` caps it at 1, so must ``eta_steps``."""
+    with pytest.raises(ConfigError, match="eta must be <= 1"):
+        build_scheme("dpok", {"eta": 1.5})
+    for bad in ("1,1.5,0,0", "1,-0.5,0,0", "1,nan,0,0"):
+        with pytest.raises(ConfigError, match="every η in eta_steps must be between 0 and 1"):
+            build_scheme("dpok", {"eta_steps": bad})
+    assert build_scheme("dpok", {"eta_steps": "1,0.5,0,0"}).config.eta_steps == "1,0.5,0,0"
+
+
 def pathwise_kl_objective_gradient(policy, reference, sched, beta: float, n: int, seed: int) -> torch.Tensor:
     """∇θ (E[x_0] − β·Σ_t KL_t) by reparameterisation: the whole chain differentiated with its noise fixed."""
     policy.module.zero_grad(set_to_none=True)
@@ -205,7 +215,9 @@ def test_draft_lv_differentiates_only_the_last_step_on_renoised_copies(shift_toy
     grad = shift_toy.theta.grad
     assert torch.count_nonzero(grad[list(sched.timesteps[:-1])]) == 0
     assert torch.count_nonzero(grad[sched.timesteps[-1]]) > 0
-    assert budget.spent == {"samples": 10, "nfe": 10 * (STEPS + 3), "backward_nfe": 30, "backward_passes": 30}
+    # reward calls: the 10 final images, then each of the 3 re-noised copies of each with its graph
+    assert budget.spent == {"samples": 10, "nfe": 10 * (STEPS + 3), "backward_nfe": 30, "backward_passes": 30,
+                            "reward_calls": 10 + 30}
     assert scheme.plan(sched) == {"nfe": STEPS + 3, "backward_nfe": 3, "backward_passes": 3}
 
 

@@ -19,6 +19,7 @@ from tests.engines.test_exactness import ALPHA, TASK, chi_square_p, pick_counts,
 from tests.engines.toys import CountA, DigitValue
 
 RUNS = 1500
+WRONG_RUNS = 400
 
 
 def decoded_law(sampler, model, reward, runs: int = RUNS, seed: int = 7) -> Counter:
@@ -90,6 +91,49 @@ class DigitLength(CountA):
         return [float(len(x)) for x in candidates]
 
 
+class PerPartSoftValues(VAS):
+    """Σ_i w_i·β·log E[exp(r_i/β)]: each part's soft value on its own, then weighted (a wrong variant:
+    the soft value of a sum is not the sum of soft values)."""
+
+    def exact_values(self, ctx, table, response, tokens):
+        law, rewards = table
+        beta, total = self.config.beta, torch.zeros(len(tokens), dtype=torch.float64)
+        for i, a in enumerate(tokens):
+            key = ctx.model.decode(response + [a])
+            matches = [key] if a == ctx.model.eos_token_id else [x for x in law if x.startswith(key)]
+            p = torch.tensor([law[x] for x in matches], dtype=torch.float64)
+            for part, (weight, _) in enumerate(self.parts(ctx)):
+                r = torch.tensor([rewards[part][x] for x in matches], dtype=torch.float64)
+                total[i] += weight * float(beta * (torch.logsumexp(r / beta + p.log(), 0) - p.sum().log()))
+        return total
+
+
+def test_weighted_reward_soft_value_decodes_the_kl_optimum_of_the_sum():
+    """A two-part weighted reward with the exact soft value decodes p·exp(Σ_i w_i r_i/β)/Z: the weighted
+    rewards are summed per text before the soft value; summing the parts' soft values does not."""
+    model, beta = load_model("toy:abc"), 0.5
+    reward = WeightedSum([(1.0, CountA()), (-1.0, DigitLength())])
+    params = {"value": "exact", "beta": beta, "max_new_tokens": 8}
+    law = tilted(model, reward, beta)
+    counts = decoded_law(build_sampler("vas", params), model, reward)
+    assert chi_square_p(counts, law, RUNS) > ALPHA
+    wrong = decoded_law(PerPartSoftValues(VAS.Config(**params)), model, reward, runs=WRONG_RUNS)
+    assert chi_square_p(wrong, law, WRONG_RUNS) < ALPHA
+
+
+def test_rollout_soft_values_value_the_weighted_sum_of_each_rollout():
+    """r − r is 0 on every rollout, so its soft value is 0 at every token; the sum of the parts' soft
+    values, β·log E[e^(r/β)] + β·log E[e^(−r/β)], is positive wherever the rollouts' rewards differ."""
+    model = load_model("toy:abc")
+    reward = WeightedSum([(1.0, CountA()), (-1.0, CountA())])
+    sampler = build_sampler("vas", {"beta": 0.5, "rollouts": 4, "max_new_tokens": 8})
+    trace = collect(sampler.run(TASK, model, reward, rng=torch.Generator().manual_seed(0)))
+    values = [e.meta["value"] for e in trace.events if e.kind == "node" and e.depth > 0]
+    assert values and all(v == 0 for v in values)
+    evaluations = trace.done.metrics["value_evaluations"]
+    assert trace.done.cost["reward_calls"] == evaluations + 1  # every rollout scored by each part, + the pick
+
+
 def test_bad_inputs_are_refused_in_one_line():
     model = load_model("toy:abc")
     with pytest.raises(ConfigError, match="comma-separated"):
@@ -109,6 +153,17 @@ def test_budget_stops_before_a_text_that_cannot_be_finished():
     trace = collect(build_sampler("vas", {"max_new_tokens": 3}).run(
         TASK, model, DigitValue(), budget=Budget(generated_tokens=20), rng=torch.Generator().manual_seed(0)))
     assert trace.done.status == "budget" and trace.done.cost["generated_tokens"] <= 20
+
+
+def test_decoded_tokens_never_pass_the_generated_tokens_cap():
+    """The rollouts spend generated tokens too: a decoded token is refused, not counted past the cap, when
+    they have used the room (toy:abc at these caps passed them by one token)."""
+    model = load_model("toy:abc")
+    sampler = build_sampler("vas", {"max_new_tokens": 3, "rollouts": 2, "candidates": 2})
+    for cap, seed in ((4, 1), (6, 0), (7, 1)):
+        trace = collect(sampler.run(TASK, model, CountA(), budget=Budget(generated_tokens=cap),
+                                    rng=torch.Generator().manual_seed(seed)))
+        assert trace.done.status == "budget" and trace.done.cost["generated_tokens"] <= cap
 
 
 def test_a_preference_direction_is_valued_per_reward():

@@ -96,6 +96,26 @@ def test_the_head_part_composes_with_rollout_values_of_the_other_parts():
     assert evaluations > 0 and trace.done.cost["reward_calls"] == evaluations + 1  # rollouts of the other part only
 
 
+def test_a_weighted_head_part_decodes_the_kl_optimum_of_the_weighted_reward():
+    """w·r of a two-level r is two-level (w·lo, w·hi): its soft value is β·log((1−q)·e^(w·lo/β) + q·e^(w·hi/β)),
+    not w times the soft value of r; with weight 2 the decoded law is p·exp(2r/β)/Z."""
+    model, beta = load_model("toy:abc"), BETA
+    reward = WeightedSum([(2.0, TwoAs())])
+    counts = decoded_law(learned(model, TwoAs(), beta=beta), model, reward, runs=RUNS)
+    assert chi_square_p(counts, tilted(model, reward, beta), RUNS) > ALPHA
+    assert chi_square_p(counts, tilted(model, TwoAs(), beta), RUNS) < ALPHA  # the weight is not lost
+
+
+def test_a_soft_head_value_mixed_with_rollout_parts_is_refused_in_one_line():
+    """The soft value of a sum needs every part's reward on the same continuations; the head gives only q."""
+    model = load_model("toy:abc")
+    reward = WeightedSum([(1.0, TwoAs()), (1.0, DigitLength())])
+    with pytest.raises(ConfigError, match="soft value of a weighted sum"):
+        learned(model, TwoAs(), weights="1,1").run(TASK, model, reward, rng=torch.Generator())
+    learned(model, TwoAs(), weights="1,0").check_inputs(TASK, model, reward)  # the other part weighs nothing
+    learned(model, TwoAs(), estimator="mean", weights="1,1").check_inputs(TASK, model, reward)
+
+
 def test_a_head_for_another_reward_or_model_is_refused_in_one_line(tmp_path):
     model = load_model("toy:abc")
     with pytest.raises(ConfigError, match="no such part"):

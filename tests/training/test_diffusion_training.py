@@ -89,6 +89,17 @@ def test_budget_is_never_exceeded(scheme, budget):
     assert done.metrics["updates"] >= 1
 
 
+def test_reward_calls_count_every_image_scored_in_training_but_not_evaluation():
+    """dpok scores each of its 8 samples once an update: 4 updates are 32 reward calls, reported in every
+    update event and the done event; the evaluations' 3 × 32 samples are not training compute (like their NFE)."""
+    events, _ = _toy_run("reward-calls")
+    updates = [e for e in events if e.kind == "update"]
+    assert [u.metrics["spent_reward_calls"] for u in updates] == [8, 16, 24, 32]
+    assert [u.metrics["spent_samples"] for u in updates] == [8, 16, 24, 32]
+    done = events[-1]
+    assert done.cost["reward_calls"] == done.metrics["reward_calls"] == done.metrics["samples"] == 32
+
+
 def test_allowance_refuses_before_spending():
     allowance = DiffusionAllowance(nfe=10)
     allowance.spend(nfe=6)

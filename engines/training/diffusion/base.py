@@ -18,7 +18,7 @@ The step noise is a per-step schedule (``eta``, or ``eta_steps`` with one η per
 with σ > 0 is stochastic and has a Gaussian transition density (:meth:`Transition.log_prob`,
 from the model's own step code); a step with σ = 0 is deterministic and has none.
 
-Every network evaluation, reward backward pass and denoiser evaluation back-propagated
+Every network evaluation, reward call, reward backward pass and denoiser evaluation back-propagated
 through is metered by :class:`DiffusionAllowance` *before* it is done, so a cap is never
 passed; the scheme's :meth:`~DiffusionScheme.plan` lets the loop shrink a batch to what fits.
 """
@@ -36,7 +36,7 @@ import torch
 
 from engines.config import Config, param
 from engines.errors import BudgetExhausted, ConfigError
-from engines.models.diffusion import Eta, Prediction, Schedule
+from engines.models.diffusion import Eta, Prediction, Schedule, parse_etas
 from engines.task import Task
 from engines.trace import Event, GroupEvent, NodeEvent, ScoreEvent
 from engines.training.base import Allowance
@@ -77,9 +77,10 @@ class DiffusionAllowance(Allowance):
     evaluations (``nfe``), denoiser evaluations back-propagated through (``backward_nfe``),
     reward backward passes (``backward_passes``, one per image differentiated) and wall
     seconds, with the cancel flag. Work is refused before it is done (:meth:`spend`);
-    wall seconds are checked between pieces of work, so they may be passed by one."""
+    wall seconds are checked between pieces of work, so they may be passed by one.
+    ``reward_calls`` (one per image scored, with or without its graph) is counted, not capped."""
 
-    COUNTERS = ("samples", "nfe", "backward_nfe", "backward_passes")
+    COUNTERS = ("samples", "nfe", "backward_nfe", "backward_passes", "reward_calls")
 
     def __init__(
         self,
@@ -99,6 +100,7 @@ class DiffusionAllowance(Allowance):
         for name, cap in self.caps.items():
             if cap is not None and cap <= 0:
                 raise ConfigError(f"budget {name} must be positive, got {cap!r}")
+        self.caps["reward_calls"] = None
         self.spent = {name: int(spent.get(name, 0)) for name in self.COUNTERS}
 
     def left(self, counter: str) -> float:
@@ -151,13 +153,14 @@ class SchemeContext:
             return model.predict(x, i, sched, self.task)
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        """The rewards of final images, no gradient."""
+        """The rewards of final images, no gradient: one reward call per image, metered."""
+        self.budget.spend(reward_calls=images.shape[0])
         with torch.no_grad():
             return torch.as_tensor(self.reward.score(self.task, images), dtype=torch.float64)
 
     def score_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """The rewards with their graph (a differentiable reward): one backward pass per image, metered."""
-        self.budget.spend(backward_passes=images.shape[0])
+        """The rewards with their graph (a differentiable reward): one reward call and one backward pass per image, metered."""
+        self.budget.spend(reward_calls=images.shape[0], backward_passes=images.shape[0])
         return self.reward.score_tensor(self.task, images)
 
 
@@ -204,7 +207,7 @@ class SchemeConfig(Config):
 
     def validate(self) -> None:
         if self.eta_steps.strip():
-            parse_eta_steps(self.eta_steps)
+            parse_etas(self.eta_steps)
 
     def eta_schedule(self, sched: Schedule) -> Eta:
         """η of every step: ``eta_steps`` as given (its length checked against the schedule), or
@@ -216,20 +219,11 @@ class SchemeConfig(Config):
                 return etas or self.eta
             etas = etas or (self.eta,) * len(sched)
             return tuple(e if sched.std(i, e) >= self.noise_floor else 0.0 for i, e in enumerate(etas))
-        etas = parse_eta_steps(self.eta_steps)
+        etas = parse_etas(self.eta_steps)
         if len(etas) != len(sched):
             raise ConfigError(f"eta_steps has {len(etas)} values for a {len(sched)}-step chain")
         return etas
 
-
-def parse_eta_steps(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"eta_steps must be comma-separated numbers, got {text!r}") from None
-    if any(not v >= 0 for v in values):
-        raise ConfigError("every η in eta_steps must be >= 0")
-    return values
 
 
 class DiffusionScheme(ABC):

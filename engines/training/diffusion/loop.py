@@ -13,7 +13,7 @@ spec (``diffusers:<run folder>/model``).
 The run folder, checkpoints and resume are the text lab's
 (:class:`~engines.training.run_folder.RunFolder`); the budgets are diffusion's counters
 (:class:`~engines.training.diffusion.base.DiffusionAllowance`: samples, nfe, backward_nfe,
-backward_passes, seconds) and updates. Determinism: one ``torch.Generator`` seeded from
+backward_passes, seconds; reward_calls counted, not capped) and updates. Determinism: one ``torch.Generator`` seeded from
 ``config.seed`` draws everything (evaluation has its own fixed one); nothing is seeded
 globally. A cancel ``threading.Event`` stops the run at the next network evaluation.
 """
@@ -204,5 +204,6 @@ def train_diffusion(
         metrics["model_spec"] = f"diffusers:{run_dir / 'model'}"
     yield DoneEvent(picks=[], candidates=[], status=status, message=message, metrics=metrics,
                     cost={"nfe": budget.spent["nfe"], "backward_nfe": budget.spent["backward_nfe"],
-                          "backward_passes": budget.spent["backward_passes"], "wall_seconds": budget.spent_seconds})
+                          "backward_passes": budget.spent["backward_passes"], "reward_calls": budget.spent["reward_calls"],
+                          "wall_seconds": budget.spent_seconds})
 

@@ -47,7 +47,7 @@ import torch
 
 from engines.config import param
 from engines.errors import BudgetExhausted, ConfigError
-from engines.models.diffusion import Eta, Schedule
+from engines.models.diffusion import Eta, Schedule, parse_etas
 from engines.trace import Event, GroupEvent, NodeEvent, ScoreEvent
 from engines.training.diffusion import SCHEMES
 from engines.training.diffusion.base import DiffusionPolicy, DiffusionScheme, SchemeConfig, SchemeContext
@@ -246,8 +246,6 @@ class TreeConfig(SchemeConfig):
             raise ConfigError(f"branching {self.branching!r}: every factor >= 1, and at least one >= 2")
         if len(etas) != len(branching):
             raise ConfigError(f"depth_eta has {len(etas)} values for {len(branching)} tree layers")
-        if any(not e >= 0 for e in etas):
-            raise ConfigError("every η in depth_eta must be >= 0")
         if self.batch_size % self.leaves_per_tree():
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of {self.leaves_per_tree()} leaves per tree")
 
@@ -255,10 +253,7 @@ class TreeConfig(SchemeConfig):
         return parse_ints(self.branching, "branching")
 
     def depth_etas(self) -> tuple[float, ...]:
-        try:
-            return tuple(float(v) for v in self.depth_eta.split(","))
-        except ValueError:
-            raise ConfigError(f"depth_eta must be comma-separated numbers, got {self.depth_eta!r}") from None
+        return parse_etas(self.depth_eta, "depth_eta")
 
     def leaves_per_tree(self) -> int:
         count = 1
