@@ -79,9 +79,19 @@ def open_tab(page, name: str) -> None:
 
 
 def set_number(page, elem_id: str, value: int) -> None:
+    """Type ``value`` into a number box and commit it (Enter, then leaving the box). A box that was just
+    revealed (an accordion opening) can be mounted again right after the fill, with its old value: the
+    value is read back after a moment and typed again until it holds (a CI run's compare started with
+    the default seeds where the test had typed 0)."""
     box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
+    for _ in range(5):
+        box.fill(str(value))
+        box.press("Enter")
+        box.press("Tab")
+        page.wait_for_timeout(250)
+        if box.input_value() == str(value):
+            return
+    raise AssertionError(f"#{elem_id} did not keep the value {value}: it reads {box.input_value()!r}")
 
 
 def plot_points(page, elem_id: str, layer: str = "scatterlayer") -> int:

@@ -110,6 +110,7 @@ def test_rollouts_only_and_compare_strategies_in_the_train_tab(server, page):
 
     page.get_by_role("button", name=re.compile("^Compare strategies")).click()
     compare = page.locator("#rl-compare-status")
+    expect(page.locator("#rl-compare-start")).to_be_visible()  # the section is open before its boxes are typed in
     set_number(page, "rl-compare-seeds", 0)
     page.locator("#rl-compare-start").click()
     expect(compare).to_contain_text("Seeds must be at least 1")
