@@ -71,6 +71,7 @@ class SteerOrTrainPlan:
     workers: int = 1
 
     def __post_init__(self) -> None:
+        from engines.rewards import REWARDS
         from engines.samplers import SAMPLERS
         from engines.training.diffusion import SCHEMES
 
@@ -91,6 +92,10 @@ class SteerOrTrainPlan:
                 raise ConfigError(f"{label} must be at least 1, got {value}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
+        for spec in (self.reward, self.evaluate):  # names checked before any training (each is built after it)
+            for term in (spec or "").split("+"):
+                if term.strip():
+                    REWARDS.get(term.split("*")[-1].strip().partition(":")[0])
         for name in self.schemes:
             config = self.scheme_config(name)
             if name == "curated_retraining" and self.train_samples < config.round_size * config.choices:
@@ -190,6 +195,10 @@ def train_schemes(plan: SteerOrTrainPlan, runs_folder: Path, cancel: threading.E
     from engines.training.diffusion.loop import DiffusionTrainConfig, train_diffusion
     from engines.training.diffusion.policy import load_diffusion_policy
 
+    for scheme in plan.schemes:  # before any training: a run left by an earlier comparison of this name is not overwritten
+        if (Path(runs_folder) / f"{plan.name}-{scheme}").exists():
+            raise ConfigError(f"a training run {plan.name}-{scheme!s} is left from an earlier steer-or-train named "
+                              f"{plan.name!r} in {runs_folder}; choose another name")
     for scheme in plan.schemes:
         params = plan.scheme_settings(scheme)
         config = DiffusionTrainConfig(name=f"{plan.name}-{scheme}", policy=BASE_MODEL, reward=plan.reward, scheme=scheme,

@@ -31,9 +31,13 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     quiet_libraries()
     from app.workflows.pair_building import build_pairs, plan_from_inputs
 
+    if args.earlier is not None and args.rule != "temporal":
+        raise ValueError(f"--earlier goes with --rule temporal, not {args.rule}")
+    if args.beta is not None and args.rule != "mcpo":
+        raise ValueError(f"--beta goes with --rule mcpo, not {args.rule}")
     readings = tuple(s.strip() for s in (args.readings or "").split(",") if s.strip())
     options = {"n": args.n, "filter": args.filter, "readings": readings, "keep": args.keep, "earlier_model": args.earlier,
-               "beta": args.beta, "seed": args.seed, "max_new_tokens": args.max_new_tokens}
+               "beta": 1.0 if args.beta is None else args.beta, "seed": args.seed, "max_new_tokens": args.max_new_tokens}
     if args.no_save:
         plan = plan_from_inputs(model=args.model, reward=args.reward, rule=args.rule, prompt_set=args.prompts,
                                 prompts=args.prompt or (), limit=args.limit, **options)
@@ -77,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filter", default="none", help="none, upo (keep the less uncertain pairs) or strength (a vote of rewards)")
     p.add_argument("--readings", metavar="R1,R2", help="the rewards the filter reads each pair with (an ensemble)")
     p.add_argument("--keep", type=float, default=0.5, help="upo: the share of favoured pairs kept")
-    p.add_argument("--beta", type=float, default=1.0, help="mcpo: the kernel's temperature")
+    p.add_argument("--beta", type=float, default=None, help="mcpo: the kernel's temperature (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
     p.add_argument("--out", metavar="FILE.jsonl", help="write the kept pairs as TRL preference rows")

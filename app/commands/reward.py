@@ -68,11 +68,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             from app.workflows.reward_finetune import finetune_reward as trainer
 
             items = trainer(db, args.name, votes=args.votes, base=args.base, min_agreement=args.min_agreement,
-                            group_by=args.group_by, epochs=args.epochs or 1)
+                            group_by=args.group_by, epochs=1 if args.epochs is None else args.epochs)
         else:
             from app.workflows.reward_training import train_reward as trainer
 
-            config = FitConfig(hidden=args.hidden, epochs=args.epochs or 100, folds=args.folds, seed=args.seed,
+            config = FitConfig(hidden=args.hidden, epochs=100 if args.epochs is None else args.epochs, folds=args.folds, seed=args.seed,
                                ties=args.ties)
             items = trainer(db, args.name, votes=args.votes, base=args.base, min_agreement=args.min_agreement,
                             group_by=args.group_by, config=config, outside_option=args.outside_option)

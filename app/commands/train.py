@@ -51,10 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default="embedded:arith",
                    help="embedded:arith or hf:FOLDER (default embedded:arith); with --rollouts-only any text model spec, "
                    "e.g. openai:URL")
-    p.add_argument("--prompts", default="arith-train", help="arith-train[:LEVEL[:N]], a task set name or a .jsonl file")
-    p.add_argument("--eval-prompts", default="arith-fresh", help="held-out prompts (default arith-fresh: 200 unseen problems)")
+    p.add_argument("--prompts", default=None,
+                   help="arith-train[:LEVEL[:N]] (default arith-train), a task set name or a .jsonl file; text policies")
+    p.add_argument("--eval-prompts", default=None, help="held-out prompts (default arith-fresh: 200 unseen problems); text policies")
     p.add_argument("--reward", default="math", help="outcome reward spec (default math)")
-    p.add_argument("--reward-control", default="exact", help="exact, random, inverted or gated_step")
+    p.add_argument("--reward-control", default=None, help="exact (default), random, inverted or gated_step; text policies")
     p.add_argument("--strategy", default="grpo", help="rollout strategy (default grpo; see `samplescope list strategies`)")
     p.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE", help="strategy parameter")
     p.add_argument("--train-set", dest="train_params", action="append", default=[], metavar="KEY=VALUE",
@@ -66,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="lab: the lab's loop (default); trl: the same strategy inside TRL's GRPOTrainer (engines.training.trl_bridge)")
     p.add_argument("--compare", metavar="S1,S2,...",
                    help="compare these strategies at the matched samples budget, one training run per strategy and seed")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per strategy with --compare (0..N-1; default 3)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per strategy with --compare (0..N-1; default 3)")
     p.add_argument("--rollouts-only", action="store_true",
                    help="draw and filter rollouts without updates (any text model, served ones included): "
                    "what the strategy keeps, at what sample cost; stores nothing")
@@ -109,10 +110,10 @@ def build_config(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     values = {
         "name": args.name or f"{args.strategy}-seed{args.seed}",
         "policy": args.policy,
-        "prompts": args.prompts,
-        "eval_prompts": args.eval_prompts,
+        "prompts": "arith-train" if args.prompts is None else args.prompts,
+        "eval_prompts": "arith-fresh" if args.eval_prompts is None else args.eval_prompts,
         "reward": args.reward,
-        "reward_control": args.reward_control,
+        "reward_control": "exact" if args.reward_control is None else args.reward_control,
         "strategy": args.strategy,
         "seed": str(args.seed),
         **parse_pairs(args.train_params, "--train-set"),
@@ -130,15 +131,22 @@ def run(args: argparse.Namespace) -> int:
     from engines.training.rollout_policy import check_trainable
 
     if is_diffusion_run(args):  # diffusion models and schemes: app.commands.train_diffusion
-        text_only = [flag for flag, on in (("--compare", args.compare), ("--rollouts-only", args.rollouts_only),
-                                           ("--trainer trl", getattr(args, "trainer", "lab") == "trl")) if on]
+        text_only = [flag for flag, on in (
+            ("--compare", args.compare is not None), ("--seeds", args.seeds is not None), ("--rollouts-only", args.rollouts_only),
+            ("--trainer trl", getattr(args, "trainer", "lab") == "trl"), ("--prompts", args.prompts is not None),
+            ("--eval-prompts", args.eval_prompts is not None), ("--reward-control", args.reward_control is not None),
+        ) if on]
         if text_only:
-            raise ConfigError(f"{', '.join(text_only)} work on text policies; a diffusion run takes none of them")
+            raise ConfigError(f"{', '.join(text_only)} only work on text policies; a diffusion run takes none of them")
         return run_diffusion(args)
-    if args.compare and not args.name:
+    if args.seeds is not None and args.compare is None:
+        raise ConfigError("--seeds goes with --compare; a single run takes --seed")
+    if args.rollouts_only and args.train_params:
+        raise ConfigError("--rollouts-only makes no update: drop --train-set")
+    if args.compare is not None and not args.name:
         args.name = "compare"
     config, params = build_config(args)
-    if args.compare:
+    if args.compare is not None:
         return _run_comparison(args, config, params)
     # bad parameters get their one line here, before any work; the typed values are what the run stores
     strategy_params = build_strategy(config.strategy, params, strings=not args.resume).config.as_dict()
@@ -223,11 +231,14 @@ def _run_comparison(args: argparse.Namespace, config: Any, params: dict[str, str
 
     if args.resume or args.rollouts_only or args.trainer != "lab":
         raise ValueError("--compare runs the lab's trainer and continues by itself: drop --resume / --rollouts-only / --trainer")
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    seeds = 3 if args.seeds is None else args.seeds
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
     strategies = [s.strip() for s in args.compare.split(",") if s.strip()]
+    if not strategies:
+        raise ValueError("--compare needs at least one strategy name, e.g. --compare grpo,raft")
     check_trainable(config.policy)
-    plan = StrategyComparison(name=config.name, strategies=tuple(strategies), seeds=tuple(range(args.seeds)),
+    plan = StrategyComparison(name=config.name, strategies=tuple(strategies), seeds=tuple(range(seeds)),
                               config=config, params=_typed_common(strategies, params))
     folder = comparison_dir(training_home(), plan.name)
     bar = _Bar(config, enabled=not args.json and sys.stderr.isatty())

@@ -204,6 +204,8 @@ def build_pairs(plan: PairPlan, *, db: Any = None, out: str | Path | None = None
 
     if out is not None and Path(out).suffix != ".jsonl":
         raise PairError(f"the pairs file is JSONL (TRL preference rows): name it .jsonl, got {str(out)!r}")
+    if out is not None and not Path(out).resolve().parent.is_dir():  # before anything is sampled or stored
+        raise PairError(f"no folder {str(Path(out).resolve().parent)!r} for the pairs file {str(out)!r}")
     readers = _readers(plan.readings)
     parts: dict[str, Any] = {}
     rng = torch.Generator().manual_seed(plan.seed)

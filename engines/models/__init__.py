@@ -38,6 +38,15 @@ class LoadOptions:
     def __post_init__(self) -> None:
         if self.dtype not in ("fp32", "bf16", "fp16"):
             raise ModelLoadError(f"unknown dtype {self.dtype!r}; use fp32 or bf16")
+        if self.device != "auto":
+            import torch
+
+            try:
+                kind = torch.device(self.device).type
+            except (RuntimeError, TypeError):
+                raise ModelLoadError(f"unknown device {self.device!r}; use auto, cpu or cuda[:N]") from None
+            if kind == "cuda" and not torch.cuda.is_available():
+                raise ModelLoadError(f"device {self.device!r}: no CUDA GPU on this machine; use auto or cpu")
 
     def torch_device(self) -> str:
         import torch

@@ -296,6 +296,8 @@ class ZipRC(Sampler):
             if (cfg.temperature, cfg.top_p, cfg.top_k, cfg.min_new_tokens) != (1.0, 1.0, 0, 0):
                 raise ConfigError("the oracle predictor knows the model's own law: temperature 1, top_p 1, top_k 0, "
                                   "min_new_tokens 0")
+        if kind == "arith_head" and model.name != "embedded:arith":
+            raise ConfigError(f"the arith joint head reads embedded:arith samples, not {model.name!r}")
         return kind
 
     def steps(self, ctx: RunContext) -> Iterator[Event]:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from app.cli import main
 
@@ -52,12 +53,19 @@ def test_sample_human_output_and_set_params(capsys):
         (["sample", "--task", "nosuchset:1"], "unknown task set"),
         (["sample", "--prompt", "x", "--model", "toy:abc", "--budget", "bananas=3"], "unknown budget"),
         (["sample", "--prompt", "x", "--model", "toy:abc", "--reward", "regex:("], "invalid regex"),
+        (["sample", "--prompt", "x", "--model", "toy:abc", "--device", "tpu"], "unknown device 'tpu'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, argv, message):
     code, out, err = run_cli(capsys, *argv)
     assert code == 2
     assert message in err and err.count("\n") == 1 and err.startswith("samplescope: error:")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_one_line(capsys):
+    code, _, err = run_cli(capsys, "sample", "--prompt", "x", "--model", "toy:abc", "--device", "cuda")
+    assert code == 2 and "no CUDA GPU on this machine" in err and err.count("\n") == 1
 
 
 def test_list_commands(capsys):

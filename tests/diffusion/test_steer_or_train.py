@@ -71,6 +71,8 @@ def test_steer_or_train_counts_compute_alike_and_reports(tmp_path, capsys):
       "--scheme-set", "curated_retraining.choices=8", "--train-samples", "200"], "round_size·choices = 256"),
     (["--sizes", "1,two"], "--sizes takes whole numbers"),
     (["--name", "../x"], "must be letters"),
+    (["--evaluate", "nope"], "unknown reward 'nope'"),  # refused before any training
+    (["--reward", "digit:3+0.5*nope"], "unknown reward 'nope'"),
 ])
 def test_bad_input_is_one_line(args, message, capsys):
     assert main(["steer-or-train", *args]) == 2
@@ -115,6 +117,9 @@ def test_a_scheme_that_made_no_update_is_not_reported_as_trained(tmp_path):
     with 0 updates, and its saved model (the base model) must not become a fine-tuned arm."""
     plan = SteerOrTrainPlan(name="none", samplers=(), schemes=("dpok",), train_samples=1, prompts=2, steps=4)
     with pytest.raises(ConfigError, match="dpok made no update within train_samples=1"):
+        list(train_schemes(plan, tmp_path))
+    # that failed run's folder stays; the same name again is one line naming it, before any training
+    with pytest.raises(ConfigError, match="none-dpok is left from an earlier steer-or-train named 'none'"):
         list(train_schemes(plan, tmp_path))
     # one curated round fits: the plan is accepted
     SteerOrTrainPlan(samplers=(), schemes=("curated_retraining",), train_samples=64,

@@ -157,3 +157,5 @@ def test_bad_predictor_settings_are_refused():
         build_sampler("zip_rc", {"temperature": 0.5}).run(TASK, model, CountA(), rng=torch.Generator())
     with pytest.raises(ConfigError, match="compute_cost"):
         build_sampler("zip_rc", {"compute_cost": -1.0})
+    with pytest.raises(ConfigError, match="reads embedded:arith samples, not 'toy:abc'"):  # its tokenizer is arith's
+        build_sampler("zip_rc", {"predictor": "arith_head"}).run(TASK, model, CountA(), rng=torch.Generator())

@@ -85,6 +85,9 @@ def test_plans_refuse_bad_input(options, message):
     ["--prompt", "toy", "--model", "toy:abc", "--reward", "length", "--rule", "max_min", "--n", "1"],
     ["--prompt", "toy", "--model", "toy:abc", "--reward", "length", "--rule", "max_min", "--filter", "upo",
      "--readings", "length,no_such_reward"],
+    ["--prompt", "toy", "--model", "toy:abc", "--reward", "length", "--rule", "max_min", "--beta", "0.5"],
+    ["--prompt", "toy", "--model", "toy:abc", "--reward", "length", "--rule", "max_min", "--earlier", "toy:abc"],
+    ["--prompt", "toy", "--model", "toy:abc", "--reward", "length", "--rule", "max_min", "--out", "/no/such/folder/p.jsonl"],
 ])
 def test_the_cli_says_one_line_and_stores_nothing(tmp_path, capsys, args):
     url = f"sqlite:///{tmp_path / 'cli.db'}"

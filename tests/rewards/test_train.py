@@ -75,6 +75,7 @@ def test_bad_input_is_one_line_and_writes_nothing(db, capsys):
     fill(db, prompts=12, per_prompt=6, seed=3, annotator="second")
     _refused(db, capsys, ["--name", "x", "--base", "toy:nope"], "unknown toy model")
     _refused(db, capsys, ["--name", "x", "--base", "embedded:digits"], "does not take text")
+    _refused(db, capsys, ["--name", "x", "--base", "toy:digits", "--epochs", "0"], "epochs >= 1")  # not the default 100
     _refused(db, capsys, ["--name", "../evil", "--base", "toy:digits"], "reward name")
     _refused(db, capsys, ["--name", "x", "--votes", "colour=red"], "vote filter")
     _refused(db, capsys, ["--name", "x", "--votes", "annotator=nobody"], "too few votes")

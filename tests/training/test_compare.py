@@ -137,3 +137,20 @@ def test_cli_compares_strategies_on_arith_and_the_report_holds_the_curves(capsys
     assert "Strategies at a matched sample budget" in page and "Held-out accuracy, T=1" in page
     assert page.count('<div class="figure"') == 1 and ">grpo<" in page and ">raft<" in page
     assert main(["report", "compare:nothing-here", "--out", str(tmp_path / "x.html")]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--compare", ""], "at least one strategy"),
+    (["--compare", " , "], "at least one strategy"),
+    (["--seeds", "2"], "--seeds goes with --compare"),
+    (["--rollouts-only", "--train-set", "learning_rate=0.1"], "--rollouts-only makes no update"),
+])
+def test_train_options_that_do_not_apply_are_one_line_and_store_nothing(capsys, argv, message):
+    """An empty --compare once fell through to a plain training run; --seeds without --compare and
+    --train-set with --rollouts-only were silently ignored."""
+    from app.cli import main
+
+    assert main(["train", "--budget", "samples=4", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not training_home().exists() or not any(training_home().iterdir())

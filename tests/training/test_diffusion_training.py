@@ -195,12 +195,14 @@ def test_cli_trains_digits_with_dpok_resumes_and_the_result_is_a_model_spec(caps
     assert capsys.readouterr().err.strip().count("\n") == 0
 
 
-@pytest.mark.parametrize("flag", [["--compare", "dpok,draft_k"], ["--rollouts-only"], ["--trainer", "trl"]])
+@pytest.mark.parametrize("flag", [["--compare", "dpok,draft_k"], ["--compare", ""], ["--rollouts-only"], ["--trainer", "trl"],
+                                  ["--seeds", "2"], ["--prompts", "arith-train"], ["--eval-prompts", "arith-fresh"],
+                                  ["--reward-control", "random"]])
 def test_text_only_train_options_on_a_diffusion_run_are_one_line(capsys, flag):
     from app.cli import main
 
     code = main(["train", "--policy", "embedded:digits", "--strategy", "dpok", "--reward", "digit:3",
                  "--budget", "samples=8", *flag])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "work on text policies" in err and len(err.splitlines()) == 1
+    assert code == 2 and "only work on text policies" in err and len(err.splitlines()) == 1
     assert not training_home().exists() or not any(training_home().iterdir())
