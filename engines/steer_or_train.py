@@ -71,7 +71,7 @@ class SteerOrTrainPlan:
     workers: int = 1
 
     def __post_init__(self) -> None:
-        from engines.rewards import REWARDS
+        from engines.rewards import check_reward_names
         from engines.samplers import SAMPLERS
         from engines.training.diffusion import SCHEMES
 
@@ -93,9 +93,8 @@ class SteerOrTrainPlan:
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
         for spec in (self.reward, self.evaluate):  # names checked before any training (each is built after it)
-            for term in (spec or "").split("+"):
-                if term.strip():
-                    REWARDS.get(term.split("*")[-1].strip().partition(":")[0])
+            if spec is not None:
+                check_reward_names(spec)
         for name in self.schemes:
             config = self.scheme_config(name)
             if name == "curated_retraining" and self.train_samples < config.round_size * config.choices:

@@ -56,19 +56,40 @@ REWARDS: Registry[RewardFactory] = Registry("reward")
 _WEIGHTED = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*\*\s*(.+)$")
 
 
-def build_reward(spec: str, env: RewardEnv | None = None) -> Reward | PairwiseReward | StepReward:
-    env = env or RewardEnv()
+def _parse(spec: str) -> tuple[str, list[tuple[float, str]] | None]:
+    """``spec`` stripped, and its weighted terms when it is a sum (``0.5*sentiment+1*length:20``)."""
     spec = (spec or "").strip()
     if not spec:
         raise ConfigError("no reward given")
-    if _WEIGHTED.match(spec):
+    if not _WEIGHTED.match(spec):
+        return spec, None
+    terms = []
+    for term in spec.split("+"):
+        m = _WEIGHTED.match(term)
+        weight, sub = (float(m.group(1)), m.group(2)) if m else (1.0, term)
+        terms.append((weight, sub.strip()))
+    return spec, terms
+
+
+def check_reward_names(spec: str) -> None:
+    """The one-line error :func:`build_reward` would give for an unknown reward name, without
+    building anything (loading a model): for checks before long work."""
+    spec, terms = _parse(spec)
+    for _, sub in terms or []:
+        check_reward_names(sub)
+    if terms is None:
+        REWARDS.get(spec.partition(":")[0])
+
+
+def build_reward(spec: str, env: RewardEnv | None = None) -> Reward | PairwiseReward | StepReward:
+    env = env or RewardEnv()
+    spec, terms = _parse(spec)
+    if terms is not None:
         parts = []
-        for term in spec.split("+"):
-            m = _WEIGHTED.match(term)
-            weight, sub = (float(m.group(1)), m.group(2)) if m else (1.0, term)
-            reward = build_reward(sub.strip(), env)
+        for weight, sub in terms:
+            reward = build_reward(sub, env)
             if not isinstance(reward, Reward):
-                raise ConfigError(f"only outcome rewards can be summed; {sub.strip()!r} is {reward.kind}")
+                raise ConfigError(f"only outcome rewards can be summed; {sub!r} is {reward.kind}")
             parts.append((weight, reward))
         return WeightedSum(parts)
     name, _, arg = spec.partition(":")

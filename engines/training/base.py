@@ -228,17 +228,27 @@ def token_weights(rollouts: Sequence[Rollout], sample_weights: Sequence[float], 
     """
     n = len(rollouts)
     total = sum(r.tokens for r in rollouts)
-    out = []
-    for rollout, weight in zip(rollouts, sample_weights, strict=True):
-        length = rollout.tokens
-        if aggregation == "token_mean":
-            each = weight / total if total else 0.0
-        elif aggregation == "sequence_mean":
-            each = weight / (n * length) if length else 0.0
-        else:
-            each = weight / n
-        out.append([each] * length)
-    return out
+    return [[token_weight(aggregation, weight, rollout.tokens, n, total)] * rollout.tokens
+            for rollout, weight in zip(rollouts, sample_weights, strict=True)]
+
+
+def token_weight(aggregation: Aggregation, weight: float, length: int, sequences: int, total: int) -> float:
+    """The weight of each token of a sequence of ``length`` tokens and sample weight ``weight``, among
+    ``sequences`` sequences of ``total`` tokens in all, under ``aggregation`` (see :func:`token_weights`)."""
+    if aggregation == "token_mean":
+        return weight / total if total else 0.0
+    if aggregation == "sequence_mean":
+        return weight / (sequences * length) if length else 0.0
+    return weight / sequences
+
+
+def newline_token(policy: Policy, needed_by: str) -> int:
+    """The policy's newline token id, for strategies that cut at step lines; one line when it has none."""
+    encode = getattr(policy, "encode", None)
+    ids = encode("\n") if encode is not None else []
+    if len(ids) != 1:
+        raise ConfigError(f"{needed_by} needs a policy whose newline is one token; {policy.name} has none")
+    return ids[0]
 
 
 # ---------------------------------------------------------------------------

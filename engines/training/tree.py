@@ -33,6 +33,8 @@ from engines.training.base import (
     Rollout,
     RolloutStrategy,
     TrainingBatch,
+    newline_token,
+    token_weight,
     token_weights,
 )
 
@@ -195,11 +197,7 @@ class TreeStrategy(RolloutStrategy):
         """The newline token when segments are lines (``step="newline"``)."""
         if getattr(self.config, "step", "tokens") != "newline":
             return ()
-        encode = getattr(policy, "encode", None)
-        ids = encode("\n") if encode is not None else []
-        if len(ids) != 1:
-            raise ConfigError(f"{self.name}: step=newline needs a policy whose newline is one token; use step=tokens")
-        return (ids[0],)
+        return (newline_token(policy, f"{self.name} with step=newline (else use step=tokens)"),)
 
     def collect(self, policy, prompts, reward, budget, rng):
         cfg = self.config
@@ -278,12 +276,7 @@ def path_token_weights(rows: Sequence[TreeNode], aggregation: str) -> list[list[
     n, total = len(leaves), sum(lengths)
     weight: dict[int, float] = {id(row): 0.0 for row in rows}
     for leaf, length in zip(leaves, lengths, strict=True):
-        if aggregation == "token_mean":
-            each = 1 / total if total else 0.0
-        elif aggregation == "sequence_mean":
-            each = 1 / (n * length) if length else 0.0
-        else:
-            each = 1 / n
+        each = token_weight(aggregation, 1.0, length, n, total)  # type: ignore[arg-type]
         node = leaf
         while node is not None and node.segment is not None:
             weight[id(node)] += each

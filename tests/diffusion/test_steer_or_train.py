@@ -72,7 +72,7 @@ def test_steer_or_train_counts_compute_alike_and_reports(tmp_path, capsys):
     (["--sizes", "1,two"], "--sizes takes whole numbers"),
     (["--name", "../x"], "must be letters"),
     (["--evaluate", "nope"], "unknown reward 'nope'"),  # refused before any training
-    (["--reward", "digit:3+0.5*nope"], "unknown reward 'nope'"),
+    (["--reward", "1*digit:3+0.5*nope"], "unknown reward 'nope'"),
 ])
 def test_bad_input_is_one_line(args, message, capsys):
     assert main(["steer-or-train", *args]) == 2

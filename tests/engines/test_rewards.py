@@ -5,7 +5,7 @@ import math
 import pytest
 
 from engines.errors import ConfigError, UnknownNameError
-from engines.rewards import REWARDS, RewardEnv, build_reward
+from engines.rewards import REWARDS, RewardEnv, build_reward, check_reward_names
 from engines.rewards.base import KLRegularized, ScalarAsPairwise, WeightedSum, aggregate
 from engines.rewards.verifiable import extract_answer
 from engines.task import Task
@@ -114,3 +114,18 @@ def test_kl_regularised_reward(tiny_lm, tiny_lm_dir):
 def test_registry_lists_every_issue_name():
     for name in ["math", "regex", "length", "keywords", "sentiment", "judge", "judge_pairwise", "rm", "pairwise"]:
         assert name in REWARDS
+
+
+@pytest.mark.parametrize("spec", ["regex:a+b", "0.5*length:3+1*regex:x", "digit:3", " sentiment "])
+def test_reward_names_are_checked_as_build_reward_parses_them(spec):
+    """check_reward_names (used before long work) reads a spec as build_reward does: only a spec that
+    starts with a weight is a sum, so the '+' of a regex is not a term."""
+    check_reward_names(spec)
+    build_reward(spec)
+
+
+@pytest.mark.parametrize("spec, message", [("nope", "unknown reward 'nope'"), ("1*length:3+0.5*nope", "unknown reward 'nope'"),
+                                           ("  ", "no reward given")])
+def test_unknown_reward_names_are_one_line_before_anything_is_built(spec, message):
+    with pytest.raises((ConfigError, UnknownNameError), match=message):
+        check_reward_names(spec)

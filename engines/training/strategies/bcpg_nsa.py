@@ -41,6 +41,7 @@ from engines.training.base import (
     StrategyConfig,
     TrainingBatch,
     mean_baseline,
+    newline_token,
     token_weights,
 )
 
@@ -104,10 +105,8 @@ class BCPGNSA(RolloutStrategy):
 
     def collect(self, policy, prompts, reward, budget, rng):
         cfg = self.config
-        encode = getattr(policy, "encode", None)
-        newline = encode("\n") if encode is not None else []
-        if len(newline) != 1:  # without it no sample could be cut at a step line: it would silently be GRPO
-            raise ConfigError(f"bcpg_nsa cuts samples at step lines and needs a policy whose newline is one token; {policy.name} has none")
+        # without it no sample could be cut at a step line: the run would silently be GRPO
+        newline = newline_token(policy, "bcpg_nsa cuts samples at step lines and")
         indices = prompts.draw(cfg.prompts_per_batch, rng)
         fit = budget.fit(len(indices) * cfg.group_size, cfg.max_new_tokens) // cfg.group_size
         if fit == 0:
@@ -115,11 +114,11 @@ class BCPGNSA(RolloutStrategy):
         groups = yield from self.draw_groups(policy, prompts, indices[:fit], cfg.group_size, reward, budget, rng)
         rows: list[tuple[Rollout, float, float]] = []
         for group in groups:
-            rows += self.split_group(group, newline[0])
+            rows += self.split_group(group, newline)
             yield self.group_event(group)
         return self.mined_batch(rows, groups)
 
-    def split_group(self, group: Group, newline: int | None) -> list[tuple[Rollout, float, float]]:
+    def split_group(self, group: Group, newline: int) -> list[tuple[Rollout, float, float]]:
         """Set the group's advantages; the batch rows (segment, advantage, sample reward) it gives."""
         cfg = self.config
         group.advantages = mean_baseline(group.rewards, std=cfg.scale_by_std)
@@ -132,7 +131,7 @@ class BCPGNSA(RolloutStrategy):
         rows, mined_steps = [], []
         for rollout, r, a in zip(group.rollouts, group.rewards, group.advantages, strict=True):
             m = correct_prefix_steps(self.judge, group.task, rollout.text) if r <= cfg.threshold else 0
-            cut = cut_after_lines(rollout, m, newline) if m and newline is not None else None
+            cut = cut_after_lines(rollout, m, newline) if m else None
             mined_steps.append(m if cut else 0)
             if not cut:
                 rows.append((rollout, a, r))
